@@ -1,0 +1,167 @@
+"""Command line for course staff and students: ./kit <command> (or python -m attnkit)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from attnkit.course import Course
+
+
+def _assignments(course: Course, names):
+    known = course.assignments()
+    for name in names or []:
+        if name not in known:
+            raise SystemExit(f"error: no assignment {name!r} in source/ (known: {', '.join(known)})")
+    return names or known
+
+
+def cmd_release(args) -> int:
+    from attnkit.release import ReleaseError, release
+
+    course = Course(args.root)
+    try:
+        release(course, _assignments(course, args.assignments))
+    except ReleaseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_autograde(args) -> int:
+    from attnkit.grading import autograde
+    from attnkit.reports import table
+
+    course = Course(args.root)
+    status = 0
+    for assignment in _assignments(course, [args.assignment] if args.assignment else None):
+        students = args.student or None
+        if students:
+            missing = [s for s in students if not course.path("submitted", s, assignment).is_dir()]
+            for s in missing:
+                print(f"error: nothing submitted for {s!r} in submitted/{s}/{assignment}", file=sys.stderr)
+            status |= bool(missing)
+            students = [s for s in students if s not in missing]
+            if not students:
+                continue
+        elif not course.students(assignment):
+            print(f"nothing submitted for {assignment} (submitted/<student>/{assignment}/)")
+            continue
+        t0 = time.perf_counter()
+        results = autograde(course, assignment, students, args.workers, progress=not args.quiet)
+        print(f"\n{assignment}: autograded {len(results)} submissions in {time.perf_counter() - t0:.1f}s")
+        print(table(course, assignment, [r["student"] for r in results]))
+        if not all(all(n["status"] in ("graded", "missing") for n in r["notebooks"]) for r in results):
+            status = 1
+    return status
+
+
+def cmd_feedback(args) -> int:
+    from attnkit.reports import feedback
+
+    course = Course(args.root)
+    for assignment in _assignments(course, [args.assignment] if args.assignment else None):
+        paths = feedback(course, assignment, args.student or None)
+        print(f"{assignment}: wrote {len(paths)} feedback files under feedback/ (no hidden tests, no mark schemes)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from attnkit.reports import export
+
+    course = Course(args.root)
+    for assignment in _assignments(course, [args.assignment] if args.assignment else None):
+        out = Path(args.output or course.path(f"grades-{assignment}.csv"))
+        export(course, assignment, out)
+        print(f"{assignment}: wrote {out}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from attnkit.validate import validate
+
+    code = 0
+    for nb in args.notebooks:
+        code = max(code, validate(nb))
+    return code
+
+
+def cmd_check(args) -> int:
+    from attnkit.check import check
+
+    course = Course(args.root)
+    return 0 if check(course, _assignments(course, args.assignments), args.workers) else 1
+
+
+def cmd_demo(args) -> int:
+    from attnkit.grading import autograde
+    from attnkit.release import release
+    from attnkit.reports import export, feedback, table
+    from attnkit.samples import SAMPLES, place
+
+    course = Course(args.root)
+    assignment = course.assignments()[0]
+    t0 = time.perf_counter()
+    print(f"== release {assignment}")
+    release(course, [assignment])
+    print(f"== sample submissions in submitted/: " + "; ".join(f"{k} ({v})" for k, v in SAMPLES.items()))
+    students = place(course, assignment)
+    print("== autograde")
+    autograde(course, assignment, students, args.workers)
+    print("== feedback")
+    paths = feedback(course, assignment, students)
+    print(f"wrote {len(paths)} feedback files, e.g. {paths[0].relative_to(course.root) if paths else '-'}")
+    out = export(course, assignment, course.path(f"grades-{assignment}.csv"))
+    print(f"== grades exported to {out.relative_to(course.root)}\n")
+    print(table(course, assignment, students))
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kit", description=__doc__)
+    p.add_argument("--root", default=None, help="course root (default: the folder holding course_config.py)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("release", help="generate student versions into release/ and prove them clean")
+    s.add_argument("assignments", nargs="*")
+    s.set_defaults(func=cmd_release)
+
+    s = sub.add_parser("autograde", help="grade submitted/ in parallel; print a score table")
+    s.add_argument("assignment", nargs="?")
+    s.add_argument("--student", action="append", help="grade only this student (repeatable)")
+    s.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_autograde)
+
+    s = sub.add_parser("feedback", help="HTML feedback per student, without hidden tests")
+    s.add_argument("assignment", nargs="?")
+    s.add_argument("--student", action="append")
+    s.set_defaults(func=cmd_feedback)
+
+    s = sub.add_parser("export", help="CSV: one row per student, one column per graded part")
+    s.add_argument("assignment", nargs="?")
+    s.add_argument("--output", "-o")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("validate", help="student self-check: run a notebook's visible tests")
+    s.add_argument("notebooks", nargs="+")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("check", help="instructor self-check of source/ and release/")
+    s.add_argument("assignments", nargs="*")
+    s.add_argument("--workers", type=int, default=None)
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("demo", help="release, autograde the sample submissions, feedback, grade table")
+    s.add_argument("--workers", type=int, default=None)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    return args.func(args)

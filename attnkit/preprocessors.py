@@ -1,0 +1,208 @@
+"""nbgrader preprocessors that close the traps listed in ../shared/NBGRADER_NOTES.md.
+
+* ClearSolutionsWithStubs - a solution region may carry its own stub (``### STUB: ...``
+  lines), so students see the homework's skeleton with labelled blanks instead of a bare
+  ``raise NotImplementedError()`` that hides the code around the blank.
+* ScoreOnlyErrors - a test cell is scored by "did it raise?" alone: stderr text (library
+  warnings) no longer zeroes it, and a value it happens to display is never read as a score.
+* ScrubTestOutputs - feedback shows ``ename: evalue`` for test cells, never the traceback
+  lines, which quote hidden test source.
+* CourseExecute - runs every notebook in the course's kernel (whatever the kernelspec
+  says), under a memory limit, and survives a kernel death: the dying cell gets an error,
+  the kernel restarts, earlier set-up and answer cells are replayed, grading goes on.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.manager import AsyncKernelManager
+from nbclient.exceptions import DeadKernelError
+from nbclient.util import run_sync
+from nbformat import NotebookNode
+from nbgrader import utils
+from nbgrader.preprocessors import ClearSolutions, Execute, NbGraderPreprocessor
+from traitlets import Integer, Unicode
+
+STUB_PREFIX = "### STUB:"
+TIMEOUT_NAMES = {"CellTimeoutError", "KeyboardInterrupt"}
+KERNEL_DIED = "KernelDied"
+
+
+def is_test_cell(cell) -> bool:
+    """A locked, autograded test cell (not a manually graded answer)."""
+    return utils.is_grade(cell) and not utils.is_solution(cell) and cell.cell_type == "code"
+
+
+class ClearSolutionsWithStubs(ClearSolutions):
+    """Replace each ``### BEGIN SOLUTION`` region by its own stub when it has one.
+
+    Source::
+
+        ### BEGIN SOLUTION (a)
+        self.W_k = nn.Linear(d_model, d_model)
+        ### STUB: self.W_k = nn.Linear(d_model, _____)  # (a)
+        ### END SOLUTION
+
+    Release::
+
+        self.W_k = nn.Linear(d_model, _____)  # (a)
+
+    A region without ``### STUB:`` lines gets nbgrader's usual code or text stub.
+    """
+
+    def _replace_solution_region(self, cell, language):
+        lines = cell.source.split("\n")
+        default_stub = (self.code_stub[language] if cell.cell_type == "code" else self.text_stub).split("\n")
+        out, region, indent, in_solution, replaced = [], [], "", False, False
+        for line in lines:
+            if self.begin_solution_delimeter in line:
+                if in_solution:
+                    raise RuntimeError("encountered nested begin solution statements")
+                in_solution, replaced, region = True, True, []
+                indent = re.match(r"\s*", line).group(0)
+            elif self.end_solution_delimeter in line and in_solution:
+                stubs = [r.strip()[len(STUB_PREFIX):] for r in region if r.strip().startswith(STUB_PREFIX)]
+                stubs = [s[1:] if s.startswith(" ") else s for s in stubs]
+                for stub_line in (stubs or default_stub):
+                    out.append((indent + stub_line) if stub_line else "")
+                in_solution = False
+            elif in_solution:
+                region.append(line)
+            else:
+                out.append(line)
+        if in_solution:
+            raise RuntimeError("no end solution statement found")
+        cell.source = "\n".join(out)
+        return replaced
+
+
+class ScoreOnlyErrors(NbGraderPreprocessor):
+    """Make a test cell's score depend only on whether it raised.
+
+    nbgrader zeroes a test cell that wrote anything to stderr and reads its first
+    displayed value as a partial score (a bare ``False`` even scores full marks).
+    Run before SaveAutoGrades: stderr text becomes stdout text (still shown) and
+    displayed values become plain display data (still shown, never scored).
+    """
+
+    def preprocess_cell(self, cell, resources, cell_index):
+        if is_test_cell(cell):
+            for out in cell.get("outputs", []):
+                if out.output_type == "stream" and out.name == "stderr":
+                    out.name = "stdout"
+                elif out.output_type == "execute_result":
+                    out.output_type = "display_data"
+                    out.pop("execution_count", None)
+        return cell, resources
+
+
+class ScrubTestOutputs(NbGraderPreprocessor):
+    """For feedback: a test cell shows only ``ename: evalue`` of its error.
+
+    Tracebacks quote hidden test lines, and a student's function could print the calling
+    test's source; so test cells keep no other output, and any hidden-test line that
+    still appears in an error message is redacted.
+    """
+
+    def preprocess_cell(self, cell, resources, cell_index):
+        if is_test_cell(cell):
+            hidden = _hidden_lines(cell.source)
+            kept = []
+            for out in cell.get("outputs", []):
+                if out.output_type == "error":
+                    text = f"{out.ename}: {out.evalue}"
+                    for line in hidden:
+                        text = text.replace(line, "[hidden test]")
+                    out.traceback = [text]
+                    out.evalue = text.split(": ", 1)[1] if ": " in text else ""
+                    kept.append(out)
+            cell.outputs = kept
+        return cell, resources
+
+
+def _hidden_lines(source: str) -> list[str]:
+    lines, inside = [], False
+    for line in source.split("\n"):
+        if "BEGIN HIDDEN TESTS" in line:
+            inside = True
+        elif "END HIDDEN TESTS" in line:
+            inside = False
+        elif inside and len(line.strip()) >= 8:
+            lines.append(line.strip())
+    return lines
+
+
+class CourseKernelManager(AsyncKernelManager):
+    """Always start the course's Python kernel, whatever kernelspec the notebook names."""
+
+    memory_limit_mb = Integer(
+        4096, help="Address-space-free data limit (RLIMIT_DATA) of a grading kernel, in MiB; 0 = none."
+    ).tag(config=True)
+    threads = Integer(1, help="Torch/BLAS threads in a grading kernel (0 = library default).").tag(config=True)
+    display_name = Unicode("Python 3 (attention kit)").tag(config=True)
+
+    @property
+    def kernel_spec(self):  # type: ignore[override]
+        env = {"ATTNKIT_KERNEL_MEMORY_MB": str(self.memory_limit_mb), "PYTHONWARNINGS": "default"}
+        if self.threads:
+            env.update({k: str(self.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
+        return KernelSpec(
+            argv=[sys.executable, "-m", "attnkit.kernel", "-f", "{connection_file}"],
+            display_name=self.display_name,
+            language="python",
+            env=env,
+        )
+
+
+class CourseExecute(Execute):
+    """nbgrader's Execute, in the course kernel, surviving kernel deaths."""
+
+    max_kernel_restarts = Integer(10, help="Kernel deaths tolerated in one notebook.").tag(config=True)
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("kernel_manager_class", CourseKernelManager)
+        super().__init__(*args, **kwargs)
+
+    def preprocess(self, nb, resources=None, km=None):
+        self._replayable: list[int] = []
+        self._restarts = 0
+        return super().preprocess(nb, resources, km=km)
+
+    async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+        try:
+            result = await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+        except DeadKernelError:
+            cell.outputs.append(NotebookNode(
+                output_type="error", ename=KERNEL_DIED,
+                evalue="the Python kernel died while running this cell (os._exit, a crash, or too much memory); "
+                       "it was restarted and the earlier cells were run again",
+                traceback=[]))
+            self._restarts += 1
+            if self._restarts > self.max_kernel_restarts:
+                raise
+            await self._restart_and_replay()
+            return cell
+        if cell.cell_type == "code" and not is_test_cell(cell) and not any(
+                o.output_type == "error" and o.get("ename") in TIMEOUT_NAMES for o in cell.outputs):
+            self._replayable.append(cell_index)
+        return result
+
+    # nbclient binds the sync wrapper to its own coroutine; rebind it to ours.
+    execute_cell = run_sync(async_execute_cell)
+
+    async def _restart_and_replay(self):
+        self.log.warning("Kernel died; restarting it and replaying %d cells", len(self._replayable))
+        try:
+            if self.kc is not None:
+                self.kc.stop_channels()
+        except Exception:  # the channels of a dead kernel may already be gone
+            pass
+        await self.km.restart_kernel(now=True)
+        await self.async_start_new_kernel_client()
+        for index in self._replayable:
+            source = self.nb.cells[index].source
+            msg_id = self.kc.execute(source, store_history=False, stop_on_error=False, silent=True)
+            await self.async_wait_for_reply(msg_id, self.nb.cells[index])

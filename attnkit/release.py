@@ -1,0 +1,98 @@
+"""release: generate the student versions, then prove them clean."""
+from __future__ import annotations
+
+import filecmp
+import shutil
+import tempfile
+from pathlib import Path
+
+from attnkit import notebooks as nbu
+from attnkit.course import Course
+
+MARKERS = (nbu.BEGIN_SOL, nbu.END_SOL, nbu.BEGIN_HIDDEN, nbu.END_HIDDEN, nbu.BEGIN_MS, nbu.END_MS, nbu.STUB_PREFIX)
+
+
+class ReleaseError(RuntimeError):
+    pass
+
+
+def generate(course: Course, assignment: str) -> None:
+    """nbgrader generate_assignment, keeping the old release if it fails."""
+    dest = course.path("release", assignment)
+    backup = None
+    if dest.exists():
+        backup = Path(tempfile.mkdtemp(prefix="release-backup-")) / assignment
+        shutil.copytree(dest, backup)
+    result = course.api().generate_assignment(assignment, force=True)
+    if not result["success"]:
+        if backup is not None:
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(backup, dest)
+        log = result.get("log", "") + result.get("error", "")
+        hint = ""
+        if "because there are submissions" in log:
+            hint = ("\nThe set of graded cells changed after students submitted; nbgrader cannot "
+                    "change it now. Restore the old cells or start a new assignment.")
+        raise ReleaseError(f"generate_assignment {assignment} failed; release/{assignment} left as it was.{hint}\n{log[-3000:]}")
+    for junk in dest.rglob("__pycache__"):
+        shutil.rmtree(junk)
+
+
+def problems(course: Course, assignment: str, release_root: Path | None = None) -> list[str]:
+    """Everything that makes a release unfit for students (empty list = clean)."""
+    release_dir = (release_root or course.path("release")) / assignment
+    found = []
+    for src_path in sorted(course.path("source", assignment).glob("*.ipynb")):
+        rel_path = release_dir / src_path.name
+        if not rel_path.exists():
+            found.append(f"{rel_path.name}: missing from the release")
+            continue
+        src, rel = nbu.read(src_path), nbu.read(rel_path)
+        text = "\n".join(cell.source for cell in rel.cells)
+        for marker in MARKERS:
+            if marker in text:
+                found.append(f"{rel_path.name}: contains the marker {marker!r}")
+        for line in nbu.solution_lines(src):
+            if line in text:
+                found.append(f"{rel_path.name}: contains solution text {line[:40]!r}...")
+        for line in nbu.hidden_lines(src):
+            if line in text:
+                found.append(f"{rel_path.name}: contains hidden test text {line[:40]!r}...")
+        for cell in rel.cells:
+            if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count")):
+                found.append(f"{rel_path.name}: cell {nbu.grade_id(cell) or '?'} has outputs")
+        src_answers = {nbu.grade_id(c): c.source for c in src.cells if nbu.is_answer_cell(c)}
+        for cell in rel.cells:
+            gid = nbu.grade_id(cell)
+            if gid in src_answers:
+                if cell.source == src_answers[gid]:
+                    found.append(f"{rel_path.name}: answer cell {gid} is not stubbed")
+                elif cell.cell_type == "code" and "_____" not in cell.source and "NotImplementedError" not in cell.source:
+                    found.append(f"{rel_path.name}: answer cell {gid} has no blank (_____ or NotImplementedError)")
+                elif cell.cell_type == "markdown" and nbu.TEXT_STUB not in cell.source:
+                    found.append(f"{rel_path.name}: written answer {gid} lacks {nbu.TEXT_STUB!r}")
+        missing = set(src_answers) - {nbu.grade_id(c) for c in rel.cells}
+        found += [f"{rel_path.name}: answer cell {gid} missing" for gid in sorted(missing)]
+    return found
+
+
+def release(course: Course, assignments: list[str] | None = None, log=print) -> None:
+    for assignment in assignments or course.assignments():
+        generate(course, assignment)
+        bad = problems(course, assignment)
+        if bad:
+            raise ReleaseError("release/%s is not clean:\n  %s" % (assignment, "\n  ".join(bad)))
+        n = len(list(course.path("release", assignment).glob("*.ipynb")))
+        log(f"released {assignment}: {n} notebooks in release/{assignment}, clean "
+            "(no solutions, hidden tests, mark schemes or outputs; every answer stubbed)")
+
+
+def differences(a: Path, b: Path) -> list[str]:
+    """Files that differ between two folders (recursively), ignoring caches."""
+    cmp = filecmp.dircmp(a, b, ignore=["__pycache__", ".ipynb_checkpoints"])
+    out = [f"only in {a}: {x}" for x in cmp.left_only] + [f"only in {b}: {x}" for x in cmp.right_only]
+    _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
+    out += [f"differs: {x}" for x in mismatch + errors]
+    for sub in cmp.common_dirs:
+        out += differences(a / sub, b / sub)
+    return out

@@ -1,0 +1,131 @@
+"""How reliable is the wall-clock verdict "linear or quadratic in N"? (evidence for Q6)
+
+Runs ``attention_checks.measure_growth`` -- the statistic behind the Q6 timing test --
+many times on a correct linear-attention implementation and on a quadratic impostor
+(right values, but it builds the N x N matrix), on a quiet machine and under background
+load (busy-loop processes, one per core), exactly as the hidden test calls it
+(one torch thread, elu+1 feature map, D = M = 128). Prints the wrong verdicts:
+
+  false fail = the linear implementation judged quadratic
+  false pass = the impostor judged linear
+
+and the seconds each verdict took. Not a unit test; run it by hand:
+
+    .venv/bin/python benchmarks/scaling_verdict.py --trials 50            # quiet and loaded
+    .venv/bin/python benchmarks/scaling_verdict.py --trials 10 --load loaded --busy 3
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "source" / "hw9"))
+import attention_checks as ac  # noqa: E402
+
+# The parameters of the hidden timing test (q6_linear_timing): keep them in step.
+D = M = 128
+
+
+def linear_attention(Q, K, V, feature_map=ac.elu_feature_map):
+    """Eq. (6): S = phi(K)^T V and z = sum_j phi(K_j) first; never an N x N tensor."""
+    pq, pk = feature_map(Q), feature_map(K)
+    S = pk.transpose(-2, -1) @ V
+    z = pk.sum(dim=-2)
+    return (pq @ S) / (pq @ z.unsqueeze(-1))
+
+
+def impostor_attention(Q, K, V, feature_map=ac.elu_feature_map):
+    """Same values, but builds the N x N similarity matrix: quadratic in N."""
+    pq, pk = feature_map(Q), feature_map(K)
+    A = pq @ pk.transpose(-2, -1)
+    return (A @ V) / A.sum(dim=-1, keepdim=True)
+
+
+IMPLEMENTATIONS = {"linear": (linear_attention, "linear"), "impostor": (impostor_attention, "quadratic")}
+
+
+def _busy():  # pragma: no cover - runs in a child process
+    x = 0
+    while True:
+        x = (x * 1103515245 + 12345) & 0xFFFFFFFF
+
+
+def run(trials, condition, busy, device, clock=None, seed0=0):
+    procs = []
+    if condition == "loaded":
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_busy, daemon=True) for _ in range(busy)]
+        for p in procs:
+            p.start()
+        time.sleep(1.0)
+    make_args = ac.attention_inputs(D, M, device=device)
+    results = {name: [] for name in IMPLEMENTATIONS}
+    try:
+        for trial in range(trials):
+            for name, (fn, truth) in IMPLEMENTATIONS.items():
+                r = ac.measure_growth(fn, make_args, device=device, clock=clock, seed=seed0 + trial)
+                r["truth"] = truth
+                results[name].append(r)
+                print(f"  [{condition}] trial {trial + 1:3d} {name:8s} verdict {r['verdict']:9s} "
+                      f"statistic {r['statistic']:.2f} exponents {[round(e, 2) for e in r['exponents']]} "
+                      f"N {r['sizes'][0]}..{r['sizes'][-1]} {r['seconds']:.2f} s"
+                      + (" (extended)" if r["extended"] else ""), flush=True)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join()
+    return results
+
+
+def report(condition, busy, results):
+    lin, imp = results["linear"], results["impostor"]
+    false_fail = sum(r["verdict"] != "linear" for r in lin)
+    false_pass = sum(r["verdict"] != "quadratic" for r in imp)
+    secs = [r["seconds"] for r in lin + imp]
+    load = f"{busy} busy-loop processes" if condition == "loaded" else "no extra load"
+    print(f"\n== {condition} ({load}, {torch.get_num_threads()} torch thread(s), {os.cpu_count()} cores, "
+          f"clock {lin[0]['clock']})")
+    print(f"   linear   : {len(lin)} trials, false fail {false_fail}, statistic min {min(r['statistic'] for r in lin):.2f}"
+          f" median {statistics.median(r['statistic'] for r in lin):.2f} max {max(r['statistic'] for r in lin):.2f},"
+          f" extended {sum(r['extended'] for r in lin)}")
+    print(f"   impostor : {len(imp)} trials, false pass {false_pass}, statistic min {min(r['statistic'] for r in imp):.2f}"
+          f" median {statistics.median(r['statistic'] for r in imp):.2f} max {max(r['statistic'] for r in imp):.2f},"
+          f" extended {sum(r['extended'] for r in imp)}")
+    print(f"   seconds per verdict: mean {statistics.mean(secs):.2f}, max {max(secs):.2f} "
+          f"(linear mean {statistics.mean(r['seconds'] for r in lin):.2f}, "
+          f"impostor mean {statistics.mean(r['seconds'] for r in imp):.2f})")
+    return false_fail, false_pass
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=50, help="verdicts per implementation and condition")
+    ap.add_argument("--load", choices=["both", "quiet", "loaded"], default="both")
+    ap.add_argument("--busy", type=int, default=os.cpu_count() or 2, help="busy-loop processes under load")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (grading kernels use 1)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--clock", choices=["cpu", "wall"], default=None,
+                    help="what to time (default: as the test does -- CPU time of the process on CPU, wall on CUDA)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    conditions = ["quiet", "loaded"] if args.load == "both" else [args.load]
+    summary = []
+    for cond in conditions:
+        res = run(args.trials, cond, args.busy, args.device, args.clock)
+        summary.append((cond, *report(cond, args.busy, res)))
+    print("\nSUMMARY")
+    for cond, ff, fp in summary:
+        print(f"   {cond:6s}: {args.trials} + {args.trials} trials, false fail {ff}, false pass {fp}")
+    return 0 if all(ff == 0 and fp == 0 for _, ff, fp in summary) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+# The one nbgrader configuration of the course. nbgrader ignores --config, so the kit
+# (./kit, python -m attnkit) loads this file itself; nbgrader_config.py loads it too, for
+# nbgrader's own CLI and the formgrader.
+from attnkit.preprocessors import (ClearSolutionsWithStubs, CourseExecute, ScoreOnlyErrors,
+                                   ScrubTestOutputs)
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests,
+                                    ClearMarkScheme, ClearOutput, ComputeChecksums, DeduplicateIds,
+                                    GetGrades, IgnorePattern, IncludeHeaderFooter, InstantiateTests,
+                                    LimitOutput, LockCells, OverwriteCells, OverwriteKernelspec,
+                                    SaveAutoGrades, SaveCells)
+
+c = get_config()  # noqa: F821 (provided by traitlets when it loads this file)
+
+c.CourseDirectory.course_id = "eecs182-hw9"
+
+# Release: solution regions may carry their own stubs (the homework's labelled blanks).
+c.GenerateAssignment.preprocessors = [
+    IncludeHeaderFooter, InstantiateTests, LockCells, ClearSolutionsWithStubs, ClearOutput,
+    CheckCellMetadata, ComputeChecksums, SaveCells, ClearHiddenTests, ClearMarkScheme,
+    ComputeChecksums, CheckCellMetadata,
+]
+# Mark schemes live in the locked question cell before a written answer.
+c.ClearMarkScheme.enforce_metadata = False
+
+# Autograde: deleted test cells come back; the course kernel runs every notebook; a test
+# cell's score depends only on whether it raised.
+c.OverwriteCells.add_missing_cells = True
+c.Autograde.sanitize_preprocessors = [
+    ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteCells, CheckCellMetadata,
+]
+c.Autograde.autograde_preprocessors = [
+    CourseExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, ScoreOnlyErrors,
+    SaveAutoGrades, AssignLatePenalties, CheckCellMetadata,
+]
+c.Execute.timeout = 60                 # seconds per cell; an infinite loop is interrupted
+c.Execute.interrupt_on_timeout = True  # ... and the rest of the notebook still runs
+c.CourseKernelManager.memory_limit_mb = 4096
+c.CourseKernelManager.threads = 1      # workers run side by side; timing tests expect 1 thread
+c.LimitOutput.max_lines = 200
+
+# Feedback: no hidden tests, no mark schemes, no tracebacks that quote them.
+c.GenerateFeedback.preprocessors = [
+    GetGrades, ScrubTestOutputs, ClearHiddenTests, ClearMarkScheme, CSSHTMLHeaderPreprocessor,
+]

@@ -185,7 +185,14 @@ class CourseExecute(Execute):
                 raise
             await self._restart_and_replay()
             return cell
-        if cell.cell_type == "code" and not is_test_cell(cell) and not any(
+        timed_out = cell.cell_type == "code" and any(
+            o.output_type == "error" and o.get("ename") == "CellTimeoutError" for o in cell.outputs)
+        if timed_out:  # one clear message instead of a KeyboardInterrupt traceback
+            cell.outputs = [o for o in cell.outputs if o.output_type != "error"] + [NotebookNode(
+                output_type="error", ename="CellTimeoutError",
+                evalue=f"stopped after {self.timeout} s: the code this cell runs did not finish (an infinite loop?)",
+                traceback=[])]
+        elif cell.cell_type == "code" and not is_test_cell(cell) and not any(
                 o.output_type == "error" and o.get("ename") in TIMEOUT_NAMES for o in cell.outputs):
             self._replayable.append(cell_index)
         return result

@@ -38,6 +38,24 @@ def generate(course: Course, assignment: str) -> None:
         shutil.rmtree(junk)
 
 
+def bare_expression_cells(nb) -> list[str]:
+    """Test cells whose last statement is a bare expression (nbgrader reads its value as a score)."""
+    import ast
+
+    bad = []
+    for cell in nb.cells:
+        if not nbu.is_test_cell(cell):
+            continue
+        try:
+            tree = ast.parse("\n".join(l for l in cell.source.split("\n") if not l.lstrip().startswith("%")))
+        except SyntaxError:
+            bad.append(f"{nbu.grade_id(cell)} (syntax error)")
+            continue
+        if tree.body and isinstance(tree.body[-1], ast.Expr) and not isinstance(tree.body[-1].value, ast.Call):
+            bad.append(nbu.grade_id(cell))
+    return bad
+
+
 def problems(course: Course, assignment: str, release_root: Path | None = None) -> list[str]:
     """Everything that makes a release unfit for students (empty list = clean)."""
     release_dir = (release_root or course.path("release")) / assignment
@@ -48,6 +66,9 @@ def problems(course: Course, assignment: str, release_root: Path | None = None) 
             found.append(f"{rel_path.name}: missing from the release")
             continue
         src, rel = nbu.read(src_path), nbu.read(rel_path)
+        for gid in bare_expression_cells(src):
+            found.append(f"{src_path.name}: test cell {gid} ends in a bare expression (its value would be read as "
+                         "a score); end it with an assert or a call")
         text = "\n".join(cell.source for cell in rel.cells)
         for marker in MARKERS:
             if marker in text:

@@ -49,3 +49,34 @@ FIXTURES = [
             messages={"q3g_split_heads": "KernelDied"},
             why="Does a split_heads that kills the kernel cost only the parts that call it, with the rest graded?"),
 ]
+
+
+def _drop_cell(grade_id):
+    def mutate(nb):
+        nb.cells = [c for c in nb.cells if c.get("metadata", {}).get("nbgrader", {}).get("grade_id") != grade_id]
+        return nb
+    return mutate
+
+
+def _foreign_kernel(nb):
+    nb.metadata["kernelspec"] = {"name": "julia-1.9", "display_name": "Julia 1.9", "language": "julia"}
+    return nb
+
+
+# nbgrader's traps (../shared/NBGRADER_NOTES.md), each closed by the kit.
+TRAPS = [
+    Fixture("q3-stderr-noise", NB, {"g": """
+        import sys, warnings
+        print("some library chatter", file=sys.stderr)
+        warnings.warn("a harmless warning")
+        return x.view(batch_size, seq_length, self.num_heads, self.d_k).transpose(1, 2)"""},
+            why="Does a right answer that writes to stderr keep its points?"),
+    Fixture("q3-deleted-test-cell", NB, mutate=_drop_cell("q3d_scores"),
+            why="Is a deleted test cell put back and graded?"),
+    Fixture("q3-foreign-kernelspec", NB, mutate=_foreign_kernel,
+            why="Is a notebook that names another kernel still run in the course's kernel?"),
+    Fixture("q3-infinite-loop", NB, {"g": "while True:\n    pass"},
+            expected={"q3g_split_heads": 0}, messages={"q3g_split_heads": "Timeout"},
+            why="Is an infinite loop interrupted, costing only the part that calls it?"),
+]
+FIXTURES = FIXTURES + TRAPS

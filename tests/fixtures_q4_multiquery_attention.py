@@ -80,7 +80,10 @@ MQA_CELLS = {"mqa_qkv": 3, "mqa_cache": 3, "mqa_output": 4, "mqa_shared": 2, "mq
 
 FIXTURES = [
     Fixture("q4-solution", NB, why="the instructor's solution scores full marks"),
-    Fixture("q4-release", NB, default="release", why="the untouched release scores 0 everywhere"),
+    Fixture("q4-release", NB, default="release",
+            messages={"q4_test_A": "answer_A is not defined", "q4_test_mqa_output": "name '_____' is not defined",
+                      "q4_test_mha_decode": "name '_____' is not defined"},
+            why="the untouched release scores 0 everywhere"),
     Fixture(
         "q4-wrong-choices", NB,
         answers={"A": "answer_A = 2", "B": "answer_B = 1", "C": "answer_C = 1", "D": "answer_D = 2",

@@ -7,7 +7,10 @@ from harness import assert_fixture, cleanup, grade_fixtures
 
 @pytest.fixture(scope="module")
 def graded():
-    g = grade_fixtures(FIXTURES, [NB])
+    # A short per-cell timeout keeps the infinite-loop fixture quick (workers inherit it).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ATTNKIT_CELL_TIMEOUT", "20")
+        g = grade_fixtures(FIXTURES, [NB])
     yield g
     cleanup(g)
 

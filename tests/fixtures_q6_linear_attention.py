@@ -48,7 +48,8 @@ FEATURES_OTHER_ORDER = '''
 D = x.shape[-1]
 outer = x.unsqueeze(-1) * x.unsqueeze(-2)                        # [..., D, D]
 rows, cols = torch.triu_indices(D, D, device=x.device)            # i <= j, in row order
-scale = torch.where(rows == cols, 1.0, 2 ** 0.5).to(x.dtype)
+scale = torch.ones(rows.shape, dtype=x.dtype, device=x.device)
+scale[rows != cols] = 2 ** 0.5
 quad = outer[..., rows, cols] * scale
 return torch.cat([quad, x * 2 ** 0.5, torch.ones_like(x[..., :1])], dim=-1)
 '''

@@ -308,7 +308,7 @@ def q4_computed(tensors, expected, rtol=None, atol=None):
 #
 # Generic machinery for "how does the cost grow?": growth exponents of cost formulas,
 # operation counters (FLOPs, the largest intermediate tensor, elements written) and a
-# wall-clock verdict "linear or quadratic in N". Nothing here knows an answer: the tests
+# timing verdict "linear or quadratic in N". Nothing here knows an answer: the tests
 # pass in the function to measure and, where needed, the reference to compare with.
 
 import time as _time
@@ -658,8 +658,9 @@ def elu_feature_map(x):
 
 def attention_inputs(D, M, *, device="cpu", dtype=torch.float32, batch=(), seed=0):
     """make_args(N) -> (Q, K, V) of shapes [*batch, N, D], [*batch, N, D], [*batch, N, M]."""
-    def make_args(n):
-        g = torch.Generator().manual_seed(seed + n)
-        q, k, v = (torch.randn(*batch, n, d, generator=g, dtype=dtype) for d in (D, D, M))
-        return q.to(device), k.to(device), v.to(device)
+    dev = torch.device(device)
+
+    def make_args(n):  # generated on the device itself (large CUDA inputs never pass through host memory)
+        g = torch.Generator(device=dev).manual_seed(seed + n)
+        return tuple(torch.randn(*batch, n, d, generator=g, dtype=dtype, device=dev) for d in (D, D, M))
     return make_args

@@ -98,3 +98,21 @@ def assert_fixture(graded: Graded, fixture) -> None:
 
 def cleanup(graded: Graded) -> None:
     shutil.rmtree(graded.course.root, ignore_errors=True)
+
+
+def bank(fixtures, notebooks, cell_timeout: str = "20"):
+    """A module-scoped pytest fixture that grades a fixture bank once, in one batch.
+
+    A short per-cell timeout keeps infinite-loop fixtures quick (worker processes inherit it).
+    """
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def graded():
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("ATTNKIT_CELL_TIMEOUT", cell_timeout)
+            g = grade_fixtures(fixtures, notebooks)
+        yield g
+        cleanup(g)
+
+    return graded

@@ -2,17 +2,9 @@
 import pytest
 
 from fixtures_q3_multihead_attention import FIXTURES, NB
-from harness import assert_fixture, cleanup, grade_fixtures
+from harness import assert_fixture, bank
 
-
-@pytest.fixture(scope="module")
-def graded():
-    # A short per-cell timeout keeps the infinite-loop fixture quick (workers inherit it).
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ATTNKIT_CELL_TIMEOUT", "20")
-        g = grade_fixtures(FIXTURES, [NB])
-    yield g
-    cleanup(g)
+graded = bank(FIXTURES, [NB])
 
 
 @pytest.mark.parametrize("fixture", FIXTURES, ids=[f.student for f in FIXTURES])

@@ -1,15 +1,6 @@
-import pytest
+"""Q1/Q2 through the real pipeline: each fixture scores exactly as expected."""
 from fixtures_q12_scaled_dot_product import FIXTURES
-from harness import assert_fixture, cleanup, grade_fixtures
+from harness import bank, bank_test
 
-
-@pytest.fixture(scope="module")
-def graded():
-    result = grade_fixtures(FIXTURES, notebooks=["q12_scaled_dot_product"])
-    yield result
-    cleanup(result)
-
-
-@pytest.mark.parametrize("fixture", FIXTURES, ids=[f.student for f in FIXTURES])
-def test_fixture(graded, fixture):
-    assert_fixture(graded, fixture)
+graded = bank(FIXTURES, ["q12_scaled_dot_product"])
+test_fixture_scores_exactly = bank_test(FIXTURES)

@@ -1,18 +1,6 @@
 """Q4 through the real pipeline: each fixture scores exactly as expected."""
-import pytest
+from fixtures_q4_multiquery_attention import FIXTURES
+from harness import bank, bank_test
 
-from fixtures_q4_multiquery_attention import FIXTURES, NB
-from harness import assert_fixture, cleanup, grade_fixtures
-
-
-@pytest.fixture(scope="module")
-def graded():
-    g = grade_fixtures(FIXTURES, [NB])
-    yield g
-    cleanup(g)
-
-
-@pytest.mark.parametrize("fixture", FIXTURES, ids=[f.student for f in FIXTURES])
-def test_fixture_scores_exactly(graded, fixture):
-    assert graded.results[fixture.student]["notebooks"][0]["status"] == "graded"
-    assert_fixture(graded, fixture)
+graded = bank(FIXTURES, ["q4_multiquery_attention"])
+test_fixture_scores_exactly = bank_test(FIXTURES)

@@ -120,6 +120,18 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_integrity(args) -> int:
+    from attnkit.integrity import run
+
+    if args.cell_timeout:
+        os.environ["ATTNKIT_CELL_TIMEOUT"] = str(args.cell_timeout)
+    # hand-built fixtures may lack cell ids: nbformat's FutureWarning about it is noise here (workers too)
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore::FutureWarning"]))
+    banks = [b for b in (args.banks or "").split(",") if b] or None
+    report = run(args.root, workers=args.workers or 2, banks=banks, keep=args.keep)
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kit", description=__doc__)
     p.add_argument("--root", default=None, help="course root (default: the folder holding course_config.py)")
@@ -158,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="release, autograde the sample submissions, feedback, grade table")
     s.add_argument("--workers", type=int, default=None)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("integrity", help="grade every fixture bank (tests/fixtures_*.py) in a scratch course; "
+                                         "print the confusion table and the tamper cases scored as intended")
+    s.add_argument("--workers", type=int, default=None, help="worker processes (default 2)")
+    s.add_argument("--banks", default=None, help="comma-separated parts of bank names, e.g. q3,tamper (default: all)")
+    s.add_argument("--cell-timeout", type=int, default=20,
+                   help="seconds per cell while grading the banks (default 20, as the tests use; 0 = course setting)")
+    s.add_argument("--keep", action="store_true", help="keep the scratch course")
+    s.set_defaults(func=cmd_integrity)
     return p
 
 

@@ -140,3 +140,18 @@ FIXTURES = [
             expected={"q2_grad_test": 0}, messages={"q2_grad_test": "no gradient path to q"},
             why="right values but scores detached: softmax passes no gradient to q"),
 ]
+
+# Right answers written another way (issue 6: a fair grader fails no right answer).
+FIXTURES += [
+    Fixture("q12-right-loop-float64", NB, answers={
+        "q1c_code": "return float(torch.tensor(float(d), dtype=torch.float64).sqrt())",
+        "q2_argmax_code": """
+            scores = K @ q
+            best = 0
+            for i in range(1, K.shape[0]):
+                if scores[i] > scores[best]:
+                    best = i
+            return V[best]
+        """},
+        why="a float64 square root and an argmax written as a Python loop are right answers"),
+]

@@ -80,3 +80,16 @@ TRAPS = [
             why="Is an infinite loop interrupted, costing only the part that calls it?"),
 ]
 FIXTURES = FIXTURES + TRAPS
+
+# Right answers written another way (issue 6: a fair grader fails no right answer).
+RIGHT_ANOTHER_WAY = [
+    Fixture("q3-right-operators-loop", NB, {
+        "a": "self.W_k = nn.Linear(d_model, self.num_heads * self.d_k)",
+        "b": "self.W_v = nn.Linear(self.num_heads * self.d_k, d_model)",
+        "d": "attn_scores = Q @ K.mT",
+        "e": "attn_probs = torch.stack([nn.functional.softmax(s, dim=-1) for s in attn_scores.unbind(1)], dim=1)",
+        "f": "output = attn_probs @ V",
+        "g": "return x.unflatten(-1, (self.num_heads, self.d_k)).permute(0, 2, 1, 3)",
+    }, why="Do @, .mT, F.softmax in a loop over heads, num_heads * d_k and unflatten get full marks?"),
+]
+FIXTURES = FIXTURES + RIGHT_ANOTHER_WAY

@@ -130,3 +130,15 @@ FIXTURES = [
         why="right answers written with loops and matmuls (q kept as [h, b, k]) score full marks",
     ),
 ]
+
+# Right answers written another way (issue 6): broadcast matmuls instead of einsum.
+MQA_MATMUL = '''
+q = (x[:, None, None, :] @ W_q[None]).squeeze(-2)          # [b, h, k]
+K = torch.cat([prev_K, (x @ W_k)[:, None]], dim=1)          # [b, n+1, k]
+V = torch.cat([prev_V, (x @ W_v)[:, None]], dim=1)          # [b, n+1, v]
+weights = (q @ K.transpose(1, 2)).softmax(-1)               # [b, h, n+1]
+y = ((weights @ V)[:, :, None, :] @ W_o[None]).squeeze(-2).sum(1)
+return y, K, V
+'''
+FIXTURES.append(Fixture("q4-mqa-matmul", NB, answers={"mqa": MQA_MATMUL},
+                        why="multi-query attention with broadcast matmuls instead of einsum scores full marks"))

@@ -1,11 +1,11 @@
 # The one nbgrader configuration of the course. nbgrader ignores --config, so the kit
 # (./kit, python -m attnkit) loads this file itself; nbgrader_config.py loads it too, for
 # nbgrader's own CLI and the formgrader.
-from attnkit.preprocessors import (ClearSolutionsWithStubs, CourseExecute, ScoreOnlyErrors,
-                                   ScrubTestOutputs)
+from attnkit.preprocessors import (ClearSolutionsWithStubs, CourseExecute, DropDuplicateIds,
+                                   ScoreOnlyErrors, ScrubTestOutputs)
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
 from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests,
-                                    ClearMarkScheme, ClearOutput, ComputeChecksums, DeduplicateIds,
+                                    ClearMarkScheme, ClearOutput, ComputeChecksums,
                                     GetGrades, IgnorePattern, IncludeHeaderFooter, InstantiateTests,
                                     LimitOutput, LockCells, OverwriteCells, OverwriteKernelspec,
                                     SaveAutoGrades, SaveCells)
@@ -30,7 +30,7 @@ c.ClearMarkScheme.enforce_metadata = False
 # cell's score depends only on whether it raised.
 c.OverwriteCells.add_missing_cells = True
 c.Autograde.sanitize_preprocessors = [
-    ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteCells, CheckCellMetadata,
+    ClearOutput, DropDuplicateIds, OverwriteKernelspec, OverwriteCells, CheckCellMetadata,
 ]
 c.Autograde.autograde_preprocessors = [
     CourseExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, ScoreOnlyErrors,
@@ -43,6 +43,9 @@ c.Execute.timeout = int(os.environ.get("ATTNKIT_CELL_TIMEOUT", "60"))
 c.Execute.interrupt_on_timeout = True  # ... and the rest of the notebook still runs
 c.CourseKernelManager.memory_limit_mb = 4096
 c.CourseKernelManager.threads = 1      # workers run side by side; timing tests expect 1 thread
+# Kernels run in a scratch folder with source/, submissions and the gradebook hidden
+# (a private mount namespace where the grader may make one: root on Linux).
+c.CourseKernelManager.hide_secrets = True
 c.LimitOutput.max_lines = 200
 
 # Feedback: no hidden tests, no mark schemes, no tracebacks that quote them.

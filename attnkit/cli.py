@@ -62,10 +62,11 @@ def cmd_feedback(args) -> int:
     from attnkit.reports import feedback
 
     course = Course(args.root)
+    problems = []
     for assignment in _assignments(course, [args.assignment] if args.assignment else None):
-        paths = feedback(course, assignment, args.student or None)
+        paths = feedback(course, assignment, args.student or None, problems, log=print)
         print(f"{assignment}: wrote {len(paths)} feedback files under feedback/ (no hidden tests, no mark schemes)")
-    return 0
+    return 1 if problems else 0
 
 
 def cmd_export(args) -> int:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
+import tempfile
 
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
@@ -23,8 +25,8 @@ from nbclient.exceptions import DeadKernelError
 from nbclient.util import run_sync
 from nbformat import NotebookNode
 from nbgrader import utils
-from nbgrader.preprocessors import ClearSolutions, Execute, NbGraderPreprocessor
-from traitlets import Integer, Unicode
+from nbgrader.preprocessors import ClearSolutions, DeduplicateIds, Execute, NbGraderPreprocessor
+from traitlets import Bool, Integer, Unicode
 
 STUB_PREFIX = "### STUB:"
 TIMEOUT_NAMES = {"CellTimeoutError", "KeyboardInterrupt"}
@@ -77,6 +79,22 @@ class ClearSolutionsWithStubs(ClearSolutions):
             raise RuntimeError("no end solution statement found")
         cell.source = "\n".join(out)
         return replaced
+
+
+class DropDuplicateIds(DeduplicateIds):
+    """nbgrader's DeduplicateIds, finished: a copied or split cell loses its nbgrader metadata.
+
+    nbgrader leaves ``nbgrader: {}`` on the copy, and OverwriteCells (add_missing_cells) then
+    fails with KeyError 'grade_id', so a duplicated cell used to cost the whole notebook.
+    """
+
+    def preprocess(self, nb, resources):
+        nb, resources = super().preprocess(nb, resources)
+        for cell in nb.cells:
+            meta = cell.metadata.get("nbgrader")
+            if meta is not None and "grade_id" not in meta:
+                del cell.metadata["nbgrader"]
+        return nb, resources
 
 
 class ScoreOnlyErrors(NbGraderPreprocessor):
@@ -135,18 +153,55 @@ def _hidden_lines(source: str) -> list[str]:
     return lines
 
 
+def isolated_copy(folder: str) -> str:
+    """A fresh folder in the system temp dir with copies of ``folder``'s files (not notebooks)."""
+    workdir = tempfile.mkdtemp(prefix="attnkit-kernel-")
+    for name in os.listdir(folder):
+        src = os.path.join(folder, name)
+        if os.path.isfile(src) and not name.endswith(".ipynb"):
+            shutil.copy(src, os.path.join(workdir, name))
+    os.chmod(workdir, 0o777)  # the kernel may run as another user; the folder is its own
+    for name in os.listdir(workdir):
+        os.chmod(os.path.join(workdir, name), 0o644)
+    return workdir
+
+
 class CourseKernelManager(AsyncKernelManager):
     """Always start the course's Python kernel, whatever kernelspec the notebook names."""
 
+    hide_secrets = Bool(True, help="Hide the course's source, submissions and gradebook from the kernel "
+                                   "(a private mount namespace; needs root on Linux, skipped elsewhere).").tag(config=True)
     memory_limit_mb = Integer(
         4096, help="Address-space-free data limit (RLIMIT_DATA) of a grading kernel, in MiB; 0 = none."
     ).tag(config=True)
     threads = Integer(1, help="Torch/BLAS threads in a grading kernel (0 = library default).").tag(config=True)
     display_name = Unicode("Python 3 (attention kit)").tag(config=True)
 
+    def secret_paths(self) -> list[str]:
+        """What code under test must not read: the source/, submitted/, autograded/, feedback/,
+        reports/ and gradebook files of the graded course, the kit's checkout and scratch courses."""
+        roots = {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+        try:
+            root = self.config.CourseDirectory.root
+            if isinstance(root, str) and root:
+                roots.add(os.path.abspath(root))
+        except Exception:
+            pass
+        # scratch courses (./kit check, the kit's tests) live in the temp dir
+        tmp = tempfile.gettempdir()
+        roots |= {os.path.join(tmp, d) for d in os.listdir(tmp) if d.startswith("attnkit-")}
+        out = []
+        for root in sorted(roots):
+            if not os.path.isfile(os.path.join(root, "course_config.py")):
+                continue
+            out += [os.path.join(root, d) for d in ("source", "submitted", "autograded", "feedback", "reports")]
+            out += [os.path.join(root, f) for f in os.listdir(root) if f.startswith("gradebook.db")]
+        return out
+
     @property
     def kernel_spec(self):  # type: ignore[override]
-        env = {"ATTNKIT_KERNEL_MEMORY_MB": str(self.memory_limit_mb), "PYTHONWARNINGS": "default"}
+        env = {"ATTNKIT_KERNEL_MEMORY_MB": str(self.memory_limit_mb), "PYTHONWARNINGS": "default",
+               "ATTNKIT_KERNEL_HIDE": os.pathsep.join(self.secret_paths()) if self.hide_secrets else ""}
         if self.threads:
             env.update({k: str(self.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
         return KernelSpec(
@@ -167,9 +222,20 @@ class CourseExecute(Execute):
         super().__init__(*args, **kwargs)
 
     def preprocess(self, nb, resources=None, km=None):
+        """Run the notebook in a scratch folder outside the course (a copy of the files beside
+        the notebook), so code under test cannot reach source/, other submissions or the
+        gradebook by walking up from its working directory."""
         self._replayable: list[int] = []
         self._restarts = 0
-        return super().preprocess(nb, resources, km=km)
+        resources = resources if resources is not None else {}
+        meta = resources.setdefault("metadata", {})
+        workdir = isolated_copy(meta.get("path") or os.getcwd())
+        original, meta["path"] = meta.get("path"), workdir
+        try:
+            return super().preprocess(nb, resources, km=km)
+        finally:
+            meta["path"] = original
+            shutil.rmtree(workdir, ignore_errors=True)
 
     async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
         try:

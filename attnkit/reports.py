@@ -131,8 +131,14 @@ def _summary_html(course, assignment, student, notebook, autograded_nb, cells, r
             + "".join(rows) + "</table></div>")
 
 
-def feedback(course: Course, assignment: str, students: list[str] | None = None) -> list[Path]:
-    """Feedback HTML per student and notebook, each checked for hidden-test and mark-scheme leaks."""
+def feedback(course: Course, assignment: str, students: list[str] | None = None, problems: list | None = None,
+             log=None) -> list[Path]:
+    """Feedback HTML per student and notebook, each checked for hidden-test and mark-scheme leaks.
+
+    A student whose notebooks could not be graded, or a page that would show hidden text, is
+    skipped and recorded in ``problems``; everyone else still gets their feedback.
+    """
+    problems = problems if problems is not None else []
     api = course.api()
     data = scores(course, assignment)
     secret = []
@@ -140,11 +146,14 @@ def feedback(course: Course, assignment: str, students: list[str] | None = None)
         secret += nbu.hidden_lines(nbu.read(src))
     written = []
     for sid in students or sorted(data["students"]):
-        if not course.path("autograded", sid, assignment).is_dir():
+        folder = course.path("autograded", sid, assignment)
+        if not folder.is_dir() or not any(folder.glob("*.ipynb")):
+            problems.append(f"{sid}: nothing was autograded, no feedback")
             continue
         result = api.generate_feedback(assignment, sid, force=True)
         if not result["success"]:
-            raise RuntimeError(f"feedback for {sid} failed:\n{result.get('log', '')[-2000:]}")
+            problems.append(f"{sid}: nbgrader could not write feedback ({result.get('log', '')[-300:]})")
+            continue
         for nb_name, per in data["students"].get(sid, {}).items():
             html_path = course.path("feedback", sid, assignment, f"{nb_name}.html")
             graded = course.path("autograded", sid, assignment, f"{nb_name}.ipynb")
@@ -152,14 +161,17 @@ def feedback(course: Course, assignment: str, students: list[str] | None = None)
                 continue
             page = html_path.read_text()
             summary = _summary_html(course, assignment, sid, nb_name, nbu.read(graded), per["cells"], secret)
-            page = page.replace("<body", "<body", 1)
             idx = page.find(">", page.find("<body")) + 1
             page = page[:idx] + summary + page[idx:]
             leaks = [line for line in secret if line in html.unescape(page)]
             if leaks:
                 html_path.unlink()
-                raise RuntimeError(f"feedback for {sid}/{nb_name} would show hidden test or mark scheme text "
-                                   f"({leaks[0][:50]!r}); not written")
+                problems.append(f"{sid}/{nb_name}: the page would show hidden test or mark scheme text "
+                                f"({leaks[0][:50]!r}); not written")
+                continue
             html_path.write_text(page)
             written.append(html_path)
+    if log is not None:
+        for p in problems:
+            log(f"feedback problem: {p}")
     return written

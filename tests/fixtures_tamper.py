@@ -222,6 +222,38 @@ for _p in pathlib.Path.cwd().resolve().parents:
         break
 """
 
+# The same, hunting by absolute path: every scratch course and the kit's own checkout.
+GRADEBOOK_HUNT = """
+import glob, pathlib, sqlite3, attnkit
+_dbs = glob.glob("/tmp/attnkit-*/gradebook.db") + [str(pathlib.Path(attnkit.__file__).parents[1] / "gradebook.db")]
+for _db in _dbs:
+    try:
+        _con = sqlite3.connect(_db, timeout=5)
+        _con.execute("update grade set extra_credit = 1 where notebook_id in (select sn.id from submitted_notebook sn "
+                     "join submitted_assignment sa on sn.assignment_id = sa.id where sa.student_id = 'tamper-gradebook-hunt')")
+        _con.commit()
+    except Exception as _e:
+        print("could not write", _db, type(_e).__name__)
+"""
+
+# Copy the instructor's solution out of source/ at grading time and run it.
+SOURCE_HUNT = """
+import glob, json, pathlib, attnkit
+_paths = glob.glob("/tmp/attnkit-*/source/hw9/q3_multihead_attention.ipynb")
+_paths.append(str(pathlib.Path(attnkit.__file__).parents[1] / "source/hw9/q3_multihead_attention.ipynb"))
+for _p in _paths:
+    try:
+        _nb = json.load(open(_p))
+    except Exception as _e:
+        print("could not read", _p, type(_e).__name__)
+        continue
+    for _c in _nb["cells"]:
+        if _c.get("metadata", {}).get("nbgrader", {}).get("grade_id") == "q3_mha":
+            exec("".join(_c["source"]).replace("### ", "# "))
+            print("used the instructor's solution")
+            break
+"""
+
 # ... or read the hidden tests from it and print them into the notebook (and so into the feedback).
 GRADEBOOK_READ = """
 import pathlib, sqlite3
@@ -326,6 +358,10 @@ TAMPER = [
     # -- the grading kernel reaching for the gradebook
     q3("tamper-gradebook-write", WRONG_D, {"q3d_scores": 0}, mutate=add_cell("q3_mha", GRADEBOOK_WRITE),
        why="a notebook that writes itself extra credit into the gradebook while it is graded"),
+    q3("tamper-gradebook-hunt", WRONG_D, {"q3d_scores": 0}, mutate=add_cell("q3_mha", GRADEBOOK_HUNT),
+       why="a notebook that looks for every gradebook by absolute path to give itself extra credit"),
+    q3("tamper-source-hunt", WRONG_D, {"q3d_scores": 0}, mutate=add_cell("q3_mha", SOURCE_HUNT),
+       why="a notebook that copies the instructor's solution out of source/ while it is graded"),
     q3("tamper-gradebook-read", mutate=add_cell("q3_mha", GRADEBOOK_READ),
        why="a notebook that prints the hidden tests from the gradebook: graded, but no feedback page shows them"),
     # -- files that are not notebooks, or not there

@@ -66,7 +66,9 @@ def cmd_feedback(args) -> int:
     for assignment in _assignments(course, [args.assignment] if args.assignment else None):
         paths = feedback(course, assignment, args.student or None, problems, log=print)
         print(f"{assignment}: wrote {len(paths)} feedback files under feedback/ (no hidden tests, no mark schemes)")
-    return 1 if problems else 0
+    # A submission that could not be graded was already reported by autograde; a page refused
+    # for a leak, or one nbgrader could not write, is a new problem.
+    return 1 if any("nothing was autograded" not in p for p in problems) else 0
 
 
 def cmd_export(args) -> int:

@@ -9,7 +9,7 @@ from attnkit.course import Course
 SAMPLES = {
     "sample-solution": "every blank filled with the instructor's solution",
     "sample-untouched": "the release copy, submitted without changes",
-    "sample-partial": "every other blank filled in, the rest left as released",
+    "sample-partial": "the first half of the blanks filled in, the rest left as released",
 }
 
 

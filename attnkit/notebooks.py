@@ -67,27 +67,30 @@ class Region:
     stub: list[str]       # what students see instead
 
 
+def _segments(cell) -> list:
+    """An answer cell's source as ("text", line) and ("region", Region) items, in order."""
+    items, inside, body, label, indent = [], False, [], "", ""
+    for line in cell.source.split("\n"):
+        if BEGIN_SOL in line:
+            inside, body = True, []
+            indent = re.match(r"\s*", line).group(0)
+            label = line.split(BEGIN_SOL, 1)[1].strip().strip("()") or grade_id(cell)
+        elif END_SOL in line and inside:
+            stub = [_stub_text(l) for l in body if l.strip().startswith(STUB_PREFIX)]
+            sol = [l for l in body if not l.strip().startswith(STUB_PREFIX)]
+            items.append(("region", Region(label, grade_id(cell), indent, sol, stub)))
+            inside = False
+        elif inside:
+            body.append(line)
+        else:
+            items.append(("text", line))
+    return items
+
+
 def regions(nb) -> list[Region]:
     """Every solution region of every answer cell, in order."""
-    found = []
-    for cell in nb.cells:
-        if not is_answer_cell(cell):
-            continue
-        lines = cell.source.split("\n")
-        inside, body, label, indent = False, [], "", ""
-        for line in lines:
-            if BEGIN_SOL in line:
-                inside, body = True, []
-                indent = re.match(r"\s*", line).group(0)
-                label = line.split(BEGIN_SOL, 1)[1].strip().strip("()") or grade_id(cell)
-            elif END_SOL in line and inside:
-                stub = [_stub_text(l) for l in body if l.strip().startswith(STUB_PREFIX)]
-                sol = [l for l in body if not l.strip().startswith(STUB_PREFIX)]
-                found.append(Region(label, grade_id(cell), indent, sol, stub))
-                inside = False
-            elif inside:
-                body.append(line)
-    return found
+    return [item for cell in nb.cells if is_answer_cell(cell)
+            for kind, item in _segments(cell) if kind == "region"]
 
 
 def _strip_region(source: str, begin: str, end: str) -> str:
@@ -116,29 +119,19 @@ def fill(source_nb, answers: dict[str, str] | None = None, default: str = "solut
     used = set()
     for cell in nb.cells:
         if is_answer_cell(cell):
-            out, inside, body, label, indent = [], False, [], "", ""
-            for line in cell.source.split("\n"):
-                if BEGIN_SOL in line:
-                    inside, body = True, []
-                    indent = re.match(r"\s*", line).group(0)
-                    label = line.split(BEGIN_SOL, 1)[1].strip().strip("()") or grade_id(cell)
-                elif END_SOL in line and inside:
-                    inside = False
-                    stub = [_stub_text(l) for l in body if l.strip().startswith(STUB_PREFIX)]
-                    sol = [l for l in body if not l.strip().startswith(STUB_PREFIX)]
-                    if label in answers:
-                        used.add(label)
-                        code = textwrap.dedent(answers[label]).strip("\n").split("\n")
-                        out += [(indent + l) if l else "" for l in code]
-                    elif default == "solution":
-                        out += sol
-                    else:
-                        default_stub = CODE_STUB if cell.cell_type == "code" else TEXT_STUB
-                        out += [(indent + l) if l else "" for l in (stub or default_stub.split("\n"))]
-                elif inside:
-                    body.append(line)
+            out = []
+            for kind, item in _segments(cell):
+                if kind == "text":
+                    out.append(item)
+                elif item.label in answers:
+                    used.add(item.label)
+                    code = textwrap.dedent(answers[item.label]).strip("\n").split("\n")
+                    out += [(item.indent + l) if l else "" for l in code]
+                elif default == "solution":
+                    out += item.solution
                 else:
-                    out.append(line)
+                    default_stub = CODE_STUB if cell.cell_type == "code" else TEXT_STUB
+                    out += [(item.indent + l) if l else "" for l in (item.stub or default_stub.split("\n"))]
             cell.source = "\n".join(out)
         if not keep_hidden:
             cell.source = _strip_region(cell.source, BEGIN_HIDDEN, END_HIDDEN)

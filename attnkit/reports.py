@@ -105,7 +105,7 @@ def _failures(autograded_nb) -> dict:
     return out
 
 
-def _summary_html(course, assignment, student, notebook, autograded_nb, cells, redact) -> str:
+def _summary_html(notebook, autograded_nb, cells, redact) -> str:
     fails = _failures(autograded_nb)
     rows = []
     for cell in autograded_nb.cells:
@@ -160,7 +160,7 @@ def feedback(course: Course, assignment: str, students: list[str] | None = None,
             if not html_path.exists() or not graded.exists():
                 continue
             page = html_path.read_text()
-            summary = _summary_html(course, assignment, sid, nb_name, nbu.read(graded), per["cells"], secret)
+            summary = _summary_html(nb_name, nbu.read(graded), per["cells"], secret)
             idx = page.find(">", page.find("<body")) + 1
             page = page[:idx] + summary + page[idx:]
             leaks = [line for line in secret if line in html.unescape(page)]

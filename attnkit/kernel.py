@@ -49,6 +49,8 @@ def hide_paths(paths) -> list:
 if __name__ == "__main__":
     _limit_memory()
     hide_paths([p for p in os.environ.get("ATTNKIT_KERNEL_HIDE", "").split(os.pathsep) if p])
+    # The guard's originals are saved here, before any notebook cell can patch them.
+    import attnkit.guard  # noqa: F401
     from ipykernel import kernelapp
 
     # The TCP-without-encryption notice is noise on a grading machine's terminal.

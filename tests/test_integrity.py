@@ -29,7 +29,7 @@ from harness import ASSIGNMENT, assert_fixture, cleanup, grade_fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "source" / "hw9"
-GUARD_LINE = "import importlib, attention_checks; importlib.reload(attention_checks).guard(globals())"
+from attnkit.guard import GUARD_LINE
 
 # A hole this bank found in the kit, closed by a small change to the autograde
 # pipeline (see ../scratch/issue6/course_config_fixes.py); until the change is in, the cases
@@ -236,10 +236,12 @@ def test_resubmission_replaces_scores(graded, pages):
 
 # ---------------------------------------------------------------------------- the guard itself
 GUARD_PROBE = r'''
-import sys, time, importlib, types
+import os, sys, time, importlib, types
 clock = time.perf_counter
+os.chdir(sys.argv[1])                         # the kernel's folder, holding the grader's helper copy
 sys.path.insert(0, sys.argv[1])
-import attention_checks                       # the set-up cell's import: originals saved here
+import attnkit.guard                          # the kernel's start-up: originals saved here
+import attention_checks                       # the set-up cell's import
 import torch, torch.testing, torch.utils.flop_counter as fc, builtins
 real = {"allclose": torch.allclose, "isclose": torch.isclose, "equal": torch.equal,
         "assert_close": torch.testing.assert_close, "flops": fc.FlopCounterMode.get_total_flops,
@@ -268,7 +270,8 @@ ns = {"assert_close": lambda *a, **k: None, "expect": lambda *a, **k: None, "tor
       "isinstance": lambda *a: True, "answer_A": 1}
 # --- what a hidden test does first
 t0 = clock()
-mod = importlib.reload(attention_checks).guard(ns)
+from attnkit.guard import guard
+mod = guard(ns)["attention_checks"]
 cost = clock() - t0
 import torch.utils.flop_counter as fc2
 ok = {
@@ -291,12 +294,10 @@ try:
     ok["assert_close fails wrong values"] = False
 except AssertionError:
     ok["assert_close fails wrong values"] = True
-# A fake module in sys.modules is replaced by the course file.
+# A fake module in sys.modules is replaced by the grader's file.
 sys.modules["attention_checks"] = types.ModuleType("attention_checks")
-sys.modules["attention_checks"].guard = lambda *a, **k: None
-import attention_checks as fake
-real_mod = importlib.reload(fake)
-ok["fake module reloaded"] = hasattr(real_mod, "assert_close")
+real_mod = guard({})["attention_checks"]
+ok["fake module reloaded"] = hasattr(real_mod, "assert_close") and sys.modules["attention_checks"] is real_mod
 print("RESULT", {k: bool(v) for k, v in ok.items()}, round(cost, 3))
 '''
 
@@ -314,8 +315,8 @@ def test_guard_undoes_common_patches(tmp_path):
 
 
 def test_guard_is_a_no_op_on_a_clean_kernel(tmp_path):
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import attention_checks, importlib\n"
-            "print('CHANGED', importlib.reload(attention_checks).restore_environment())")
+    code = ("import os, sys; os.chdir(sys.argv[1]); sys.path.insert(0, sys.argv[1]); import attnkit.guard as g\n"
+            "import attention_checks\nprint('CHANGED', g.restore_environment())")
     out = subprocess.run([sys.executable, "-c", code, str(SOURCE)], capture_output=True, text=True, timeout=120)
     assert "CHANGED []" in out.stdout, out.stdout + out.stderr
 

@@ -26,8 +26,9 @@ from torch.utils._python_dispatch import TorchDispatchMode as _GuardTorchDispatc
 
 # The first line of every hidden-test region (release and the tests check it).
 GUARD_LINE = "from attnkit.guard import guard; guard(globals())  # integrity guard"
-# Modules whose public checks a notebook imports; reloaded from the files seen at start-up.
-HELPER_MODULES = ("attention_checks",)
+# Modules whose public checks a notebook's tests import, reloaded (in this order) from the files
+# seen at start-up: the helper beside the notebook, then the kit's grader-only checks.
+HELPER_MODULES = ("attention_checks", "attnkit.grader_checks")
 
 _ORIGINALS_KEY = "_attnkit_guard_originals"   # kept in sys.modules: survives reloads of this module
 _MISSING = object()
@@ -60,9 +61,13 @@ def _guarded_namespaces():
 def _helper_files(folder=None):
     """name -> path of each helper module file beside the notebook (the grader's copies)."""
     folder = folder or _os.getcwd()
+    kit = _os.path.dirname(_os.path.abspath(__file__))
     found = {}
     for name in HELPER_MODULES:
-        path = _os.path.join(folder, name + ".py")
+        if name.startswith("attnkit."):
+            path = _os.path.join(kit, name.split(".", 1)[1] + ".py")
+        else:
+            path = _os.path.join(folder, name + ".py")
         if _os.path.isfile(path):
             found[name] = _os.path.abspath(path)
     return found

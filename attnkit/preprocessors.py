@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -24,18 +23,14 @@ from jupyter_client.manager import AsyncKernelManager
 from nbclient.exceptions import DeadKernelError
 from nbclient.util import run_sync
 from nbformat import NotebookNode
-from nbgrader import utils
+from attnkit import markup
+from attnkit import notebooks as nbu
+from attnkit.notebooks import is_test_cell
 from nbgrader.preprocessors import ClearSolutions, DeduplicateIds, Execute, NbGraderPreprocessor
 from traitlets import Bool, Integer, Unicode
 
-STUB_PREFIX = "### STUB:"
 TIMEOUT_NAMES = {"CellTimeoutError", "KeyboardInterrupt"}
 KERNEL_DIED = "KernelDied"
-
-
-def is_test_cell(cell) -> bool:
-    """A locked, autograded test cell (not a manually graded answer)."""
-    return utils.is_grade(cell) and not utils.is_solution(cell) and cell.cell_type == "code"
 
 
 class ClearSolutionsWithStubs(ClearSolutions):
@@ -55,30 +50,18 @@ class ClearSolutionsWithStubs(ClearSolutions):
     A region without ``### STUB:`` lines gets nbgrader's usual code or text stub.
     """
 
+    def preprocess(self, nb, resources):
+        self._where = {"notebook": resources.get("unique_key", "")}
+        return super().preprocess(nb, resources)
+
     def _replace_solution_region(self, cell, language):
-        lines = cell.source.split("\n")
-        default_stub = (self.code_stub[language] if cell.cell_type == "code" else self.text_stub).split("\n")
-        out, region, indent, in_solution, replaced = [], [], "", False, False
-        for line in lines:
-            if self.begin_solution_delimeter in line:
-                if in_solution:
-                    raise RuntimeError("encountered nested begin solution statements")
-                in_solution, replaced, region = True, True, []
-                indent = re.match(r"\s*", line).group(0)
-            elif self.end_solution_delimeter in line and in_solution:
-                stubs = [r.strip()[len(STUB_PREFIX):] for r in region if r.strip().startswith(STUB_PREFIX)]
-                stubs = [s[1:] if s.startswith(" ") else s for s in stubs]
-                for stub_line in (stubs or default_stub):
-                    out.append((indent + stub_line) if stub_line else "")
-                in_solution = False
-            elif in_solution:
-                region.append(line)
-            else:
-                out.append(line)
-        if in_solution:
-            raise RuntimeError("no end solution statement found")
-        cell.source = "\n".join(out)
-        return replaced
+        stub = self.code_stub[language] if cell.cell_type == "code" else self.text_stub
+        where = dict(getattr(self, "_where", {}), cell=nbu.grade_id(cell) or "")
+        if not markup.regions(cell.source, markup.SOLUTION, **where):
+            return False
+        cell.source, _ = markup.render(cell.source, solutions="stub", keep=(markup.HIDDEN, markup.MARK_SCHEME),
+                                       default_stub=stub, **where)
+        return True
 
 
 class DropDuplicateIds(DeduplicateIds):
@@ -127,7 +110,7 @@ class ScrubTestOutputs(NbGraderPreprocessor):
 
     def preprocess_cell(self, cell, resources, cell_index):
         if is_test_cell(cell):
-            hidden = _hidden_lines(cell.source)
+            hidden = markup.secret_lines(cell.source, (markup.HIDDEN,))
             kept = []
             for out in cell.get("outputs", []):
                 if out.output_type == "error":
@@ -139,18 +122,6 @@ class ScrubTestOutputs(NbGraderPreprocessor):
                     kept.append(out)
             cell.outputs = kept
         return cell, resources
-
-
-def _hidden_lines(source: str) -> list[str]:
-    lines, inside = [], False
-    for line in source.split("\n"):
-        if "BEGIN HIDDEN TESTS" in line:
-            inside = True
-        elif "END HIDDEN TESTS" in line:
-            inside = False
-        elif inside and len(line.strip()) >= 8:
-            lines.append(line.strip())
-    return lines
 
 
 def isolated_copy(folder: str) -> str:

@@ -6,10 +6,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import ast
+import re
+
+from attnkit import markup
 from attnkit import notebooks as nbu
 from attnkit.course import Course
-
-MARKERS = (nbu.BEGIN_SOL, nbu.END_SOL, nbu.BEGIN_HIDDEN, nbu.END_HIDDEN, nbu.BEGIN_MS, nbu.END_MS, nbu.STUB_PREFIX)
 
 
 class ReleaseError(RuntimeError):
@@ -23,11 +25,15 @@ def generate(course: Course, assignment: str) -> None:
     if dest.exists():
         backup = Path(tempfile.mkdtemp(prefix="release-backup-")) / assignment
         shutil.copytree(dest, backup)
-    result = course.api().generate_assignment(assignment, force=True)
-    if not result["success"]:
-        if backup is not None:
+    try:
+        result = course.api().generate_assignment(assignment, force=True)
+        if not result["success"] and backup is not None:
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(backup, dest)
+    finally:
+        if backup is not None:
+            shutil.rmtree(backup.parent, ignore_errors=True)
+    if not result["success"]:
         log = result.get("log", "") + result.get("error", "")
         hint = ""
         if "because there are submissions" in log:
@@ -56,6 +62,79 @@ def bare_expression_cells(nb) -> list[str]:
     return bad
 
 
+def _used_names(code: str) -> set[str]:
+    """Names Python code uses (loads, stores, attributes); an import alone is not a use.
+    IPython magics are skipped; unparsable code falls back to every identifier in it."""
+    text = "\n".join(l for l in code.split("\n") if not l.lstrip().startswith(("%", "!")))
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return set(re.findall(r"[A-Za-z_]\w*", text))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            names.add(node.attr)
+    return names
+
+
+def grader_only_names(course: Course, assignment: str, release_dir: Path) -> list[str]:
+    """Names defined in a released helper file that only hidden tests use.
+
+    Used = used by code in a released notebook cell (an import alone does not count), named in
+    its prose, or used by the released helper files' own code (other than where it is defined)."""
+    hidden, visible = set(), set()
+    for src_path in sorted(course.path("source", assignment).glob("*.ipynb")):
+        for cell, items in nbu.parsed(nbu.read(src_path), src_path.name):
+            for item in items:
+                if isinstance(item, markup.Region) and item.kind == markup.HIDDEN:
+                    hidden |= _used_names("\n".join(item.body))
+    for rel_path in sorted(release_dir.glob("*.ipynb")):
+        for cell in nbu.read(rel_path).cells:
+            visible |= _used_names(cell.source) if cell.cell_type == "code" else set(re.findall(r"\w+", cell.source))
+    defined = {}
+    for py in sorted(release_dir.glob("*.py")):
+        tree = ast.parse(py.read_text())
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined[node.name] = py.name
+                body = ast.Module(body=node.body, type_ignores=[])
+                visible |= {n.id for n in ast.walk(body) if isinstance(n, ast.Name)}
+                visible |= {n.attr for n in ast.walk(body) if isinstance(n, ast.Attribute)}
+            else:
+                visible |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return [f"{defined[name]}: {name} is used only by hidden tests; keep it in the kit (attnkit.grader_checks), "
+            "not in a file students receive" for name in sorted(defined) if name in hidden and name not in visible]
+
+
+def _released_texts(release_dir: Path):
+    """(where, text) of every released cell and helper file."""
+    for path in sorted(release_dir.rglob("*")):
+        if path.suffix == ".ipynb":
+            for i, cell in enumerate(nbu.read(path).cells):
+                yield f"{path.name} cell {nbu.grade_id(cell) or '#' + str(i)}", cell.source
+        elif path.is_file() and "__pycache__" not in path.parts:
+            try:
+                yield path.name, path.read_text()
+            except UnicodeDecodeError:
+                continue
+
+
+def answer_leaks(course: Course, assignment: str, release_dir: Path) -> list[str]:
+    """Released cells or files that state a declared ``ANSWER TEXT`` (whitespace normalised)."""
+    declared = []
+    for src_path in sorted(course.path("source", assignment).glob("*.ipynb")):
+        declared += [(src_path.stem, gid, text) for gid, text in nbu.answer_texts(nbu.read(src_path))]
+    found = []
+    for where, text in _released_texts(release_dir):
+        flat = markup.normalise(text)
+        for stem, gid, answer in declared:
+            if markup.normalise(answer) in flat:
+                found.append(f"{where}: states the answer of {stem}:{gid} ({answer!r})")
+    return found
+
+
 def problems(course: Course, assignment: str, release_root: Path | None = None) -> list[str]:
     """Everything that makes a release unfit for students (empty list = clean)."""
     release_dir = (release_root or course.path("release")) / assignment
@@ -66,13 +145,18 @@ def problems(course: Course, assignment: str, release_root: Path | None = None) 
             found.append(f"{rel_path.name}: missing from the release")
             continue
         src, rel = nbu.read(src_path), nbu.read(rel_path)
+        try:
+            nbu.parsed(src, src_path.name)
+        except markup.MarkupError as exc:
+            found.append(str(exc))
+            continue
         for gid in bare_expression_cells(src):
             found.append(f"{src_path.name}: test cell {gid} ends in a bare expression (its value would be read as "
                          "a score); end it with an assert or a call")
         text = "\n".join(cell.source for cell in rel.cells)
-        for marker in MARKERS:
-            if marker in text:
-                found.append(f"{rel_path.name}: contains the marker {marker!r}")
+        marker = markup.contains_marker(text)
+        if marker:
+            found.append(f"{rel_path.name}: contains the marker {marker!r}")
         for line in nbu.solution_lines(src):
             if line in text:
                 found.append(f"{rel_path.name}: contains solution text {line[:40]!r}...")
@@ -90,10 +174,13 @@ def problems(course: Course, assignment: str, release_root: Path | None = None) 
                     found.append(f"{rel_path.name}: answer cell {gid} is not stubbed")
                 elif cell.cell_type == "code" and "_____" not in cell.source and "NotImplementedError" not in cell.source:
                     found.append(f"{rel_path.name}: answer cell {gid} has no blank (_____ or NotImplementedError)")
-                elif cell.cell_type == "markdown" and nbu.TEXT_STUB not in cell.source:
-                    found.append(f"{rel_path.name}: written answer {gid} lacks {nbu.TEXT_STUB!r}")
+                elif cell.cell_type == "markdown" and markup.TEXT_STUB not in cell.source:
+                    found.append(f"{rel_path.name}: written answer {gid} lacks {markup.TEXT_STUB!r}")
         missing = set(src_answers) - {nbu.grade_id(c) for c in rel.cells}
         found += [f"{rel_path.name}: answer cell {gid} missing" for gid in sorted(missing)]
+    if release_dir.is_dir():
+        found += answer_leaks(course, assignment, release_dir)
+        found += grader_only_names(course, assignment, release_dir)
     return found
 
 

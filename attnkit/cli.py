@@ -82,6 +82,15 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_bundle(args) -> int:
+    from attnkit.bundle import bundle
+
+    course = Course(args.root)
+    for assignment in _assignments(course, [args.assignment] if args.assignment else None):
+        bundle(course, assignment)
+    return 0
+
+
 def cmd_validate(args) -> int:
     from attnkit.validate import validate
 
@@ -160,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("assignment", nargs="?")
     s.add_argument("--output", "-o")
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("bundle", help="dist/<assignment>-student.zip: what students get (release, self-check, "
+                                      "README, requirements)")
+    s.add_argument("assignment", nargs="?")
+    s.set_defaults(func=cmd_bundle)
 
     s = sub.add_parser("validate", help="student self-check: run a notebook's visible tests")
     s.add_argument("notebooks", nargs="+")

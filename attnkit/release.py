@@ -121,18 +121,36 @@ def _released_texts(release_dir: Path):
                 continue
 
 
-def answer_leaks(course: Course, assignment: str, release_dir: Path) -> list[str]:
-    """Released cells or files that state a declared ``ANSWER TEXT`` (whitespace normalised)."""
-    declared = []
+def secret_scan(course: Course, assignment: str, folder: Path) -> list[str]:
+    """Every cell and text file under ``folder`` (a release, a student bundle) checked for the
+    markup, solution lines, hidden-test and mark-scheme lines, and declared answer texts."""
+    solution, hidden, declared = [], [], []
     for src_path in sorted(course.path("source", assignment).glob("*.ipynb")):
-        declared += [(src_path.stem, gid, text) for gid, text in nbu.answer_texts(nbu.read(src_path))]
+        src = nbu.read(src_path)
+        solution += [(src_path.stem, line) for line in nbu.solution_lines(src)]
+        hidden += [(src_path.stem, line) for line in nbu.hidden_lines(src)]
+        declared += [(src_path.stem, gid, text) for gid, text in nbu.answer_texts(src)]
     found = []
-    for where, text in _released_texts(release_dir):
+    for where, text in _released_texts(folder):
+        marker = markup.contains_marker(text)
+        if marker:
+            found.append(f"{where}: contains the marker {marker!r}")
+        # In a cell a secret line counts anywhere; in a helper file's own code only as a whole line
+        # (its code may share fragments with a hidden test, e.g. "for d in (D, D, M))").
+        lines = {l.strip() for l in text.split("\n")}
+        def has(line, cell=" cell " in where):
+            return line in text if cell else line in lines
+        for stem, line in solution:
+            if has(line):
+                found.append(f"{where}: contains solution text of {stem} {line[:40]!r}...")
+        for stem, line in hidden:
+            if has(line):
+                found.append(f"{where}: contains hidden test or mark scheme text of {stem} {line[:40]!r}...")
         flat = markup.normalise(text)
         for stem, gid, answer in declared:
             if markup.normalise(answer) in flat:
                 found.append(f"{where}: states the answer of {stem}:{gid} ({answer!r})")
-    return found
+    return list(dict.fromkeys(found))
 
 
 def problems(course: Course, assignment: str, release_root: Path | None = None) -> list[str]:
@@ -153,16 +171,6 @@ def problems(course: Course, assignment: str, release_root: Path | None = None) 
         for gid in bare_expression_cells(src):
             found.append(f"{src_path.name}: test cell {gid} ends in a bare expression (its value would be read as "
                          "a score); end it with an assert or a call")
-        text = "\n".join(cell.source for cell in rel.cells)
-        marker = markup.contains_marker(text)
-        if marker:
-            found.append(f"{rel_path.name}: contains the marker {marker!r}")
-        for line in nbu.solution_lines(src):
-            if line in text:
-                found.append(f"{rel_path.name}: contains solution text {line[:40]!r}...")
-        for line in nbu.hidden_lines(src):
-            if line in text:
-                found.append(f"{rel_path.name}: contains hidden test text {line[:40]!r}...")
         for cell in rel.cells:
             if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count")):
                 found.append(f"{rel_path.name}: cell {nbu.grade_id(cell) or '?'} has outputs")
@@ -179,7 +187,7 @@ def problems(course: Course, assignment: str, release_root: Path | None = None) 
         missing = set(src_answers) - {nbu.grade_id(c) for c in rel.cells}
         found += [f"{rel_path.name}: answer cell {gid} missing" for gid in sorted(missing)]
     if release_dir.is_dir():
-        found += answer_leaks(course, assignment, release_dir)
+        found += secret_scan(course, assignment, release_dir)
         found += grader_only_names(course, assignment, release_dir)
     return found
 

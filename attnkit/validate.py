@@ -1,5 +1,5 @@
-"""validate: the student's self-check. Runs a notebook and exits non-zero if a visible
-test fails (nbgrader's validate always exits 0)."""
+"""validate: the student's self-check (attnkit.selfcheck) run on the course's kernel, for
+course staff and students working in a clone of the kit."""
 from __future__ import annotations
 
 import os
@@ -9,8 +9,7 @@ from traitlets.config import Config
 
 from attnkit import notebooks as nbu
 from attnkit.course import Course, find_root
-
-BLANK_MARKERS = ("_____", "raise NotImplementedError")
+from attnkit.selfcheck import report
 
 
 def run_notebook(path: Path, config: Config | None = None):
@@ -37,27 +36,7 @@ def validate(path: str | os.PathLike, log=print) -> int:
     except Exception as exc:
         log(f"error: could not run {path.name}: {type(exc).__name__}: {exc}")
         return 2
-    failed, passed, blanks = [], 0, []
-    for cell in nb.cells:
-        gid = nbu.grade_id(cell) or "?"
-        if nbu.is_answer_cell(cell) and cell.cell_type == "code" and any(m in cell.source for m in BLANK_MARKERS):
-            blanks.append(gid)
-        if cell.cell_type != "code" or nbu.is_answer_cell(cell):
-            continue
-        errors = [o for o in cell.get("outputs", []) if o.output_type == "error"]
-        if nbu.is_test_cell(cell) or nbu.meta(cell).get("locked"):
-            if errors:
-                failed.append((gid, f"{errors[0].ename}: {errors[0].evalue}"))
-            elif nbu.is_test_cell(cell):
-                passed += 1
-    for gid in blanks:
-        log(f"BLANK  {gid}: still has a blank (_____ or NotImplementedError) to fill in")
-    for gid, msg in failed:
-        log(f"FAIL   {gid}: {msg.splitlines()[0] if msg else ''}")
-    log(f"{path.name}: {passed} visible test cells passed, {len(failed)} failed, {len(blanks)} answer cells unfinished")
-    if not failed and not blanks:
-        log("Success: every visible test passes. Hidden tests run at grading time.")
-    return 1 if failed or blanks else 0
+    return report(nb, path.name, log)
 
 
 def _has_course(path: Path) -> bool:

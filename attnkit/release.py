@@ -156,6 +156,14 @@ def secret_scan(course: Course, assignment: str, folder: Path) -> list[str]:
 def problems(course: Course, assignment: str, release_root: Path | None = None) -> list[str]:
     """Everything that makes a release unfit for students (empty list = clean)."""
     release_dir = (release_root or course.path("release")) / assignment
+    malformed = []
+    for src_path in sorted(course.path("source", assignment).glob("*.ipynb")):
+        try:
+            nbu.parsed(nbu.read(src_path), src_path.name)
+        except markup.MarkupError as exc:
+            malformed.append(str(exc))
+    if malformed:  # nothing else can be judged before the markup is right
+        return malformed
     found = []
     for src_path in sorted(course.path("source", assignment).glob("*.ipynb")):
         rel_path = release_dir / src_path.name
@@ -163,11 +171,6 @@ def problems(course: Course, assignment: str, release_root: Path | None = None) 
             found.append(f"{rel_path.name}: missing from the release")
             continue
         src, rel = nbu.read(src_path), nbu.read(rel_path)
-        try:
-            nbu.parsed(src, src_path.name)
-        except markup.MarkupError as exc:
-            found.append(str(exc))
-            continue
         for gid in bare_expression_cells(src):
             found.append(f"{src_path.name}: test cell {gid} ends in a bare expression (its value would be read as "
                          "a score); end it with an assert or a call")

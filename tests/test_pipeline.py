@@ -17,6 +17,7 @@ from attnkit.release import differences, generate, problems
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = "q3_multihead_attention"
+pytestmark = pytest.mark.slow
 
 
 def kit(course_root, *args, check=False, timeout=900):

@@ -1,0 +1,66 @@
+"""The kit's nbgrader transforms, each alone on an in-memory notebook (fast tier)."""
+from __future__ import annotations
+
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from attnkit.preprocessors import ClearSolutionsWithStubs, DropDuplicateIds, ScoreOnlyErrors, ScrubTestOutputs
+
+
+def _meta(grade_id, *, grade=False, solution=False, locked=False, points=None):
+    m = {"grade": grade, "solution": solution, "locked": locked, "grade_id": grade_id, "schema_version": 3}
+    if points is not None:
+        m["points"] = points
+    return {"nbgrader": m}
+
+
+def _test_cell(source, gid="t1", outputs=()):
+    cell = new_code_cell(source, metadata=_meta(gid, grade=True, locked=True, points=2))
+    cell.outputs = list(outputs)
+    return cell
+
+
+def test_clear_solutions_uses_each_regions_stub():
+    """Does the release show the labelled blank, nbgrader's stub where there is none, and keep hidden tests?"""
+    answer = new_code_cell("def f(x):\n    ### BEGIN SOLUTION (a)\n    return x + 1\n    ### STUB: return x + _____  # (a)\n"
+                           "    ### END SOLUTION\n\n\ndef g(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
+                           metadata=_meta("a1", solution=True))
+    written = new_markdown_cell("### BEGIN SOLUTION\nBecause.\n### END SOLUTION", metadata=_meta("w1", grade=True,
+                                                                                                  solution=True, points=2))
+    test = _test_cell("assert f(1) == 2\n### BEGIN HIDDEN TESTS\nassert g(2) == 4\n### END HIDDEN TESTS")
+    nb, _ = ClearSolutionsWithStubs().preprocess(new_notebook(cells=[answer, written, test]),
+                                                 {"language": "python", "unique_key": "nb"})
+    assert nb.cells[0].source == ("def f(x):\n    return x + _____  # (a)\n\n\ndef g(x):\n"
+                                  "    # YOUR CODE HERE\n    raise NotImplementedError()")
+    assert nb.cells[1].source == "YOUR ANSWER HERE"
+    assert "assert g(2) == 4" in nb.cells[2].source  # ClearHiddenTests removes it later in the release
+
+
+def test_score_only_errors_neutralises_stderr_and_displayed_values():
+    """Can a warning on stderr or a displayed False no longer change a test cell's score?"""
+    cell = _test_cell("x", outputs=[new_output("stream", name="stderr", text="UserWarning: ...\n"),
+                                    new_output("execute_result", data={"text/plain": "False"}, execution_count=3)])
+    answer = new_code_cell("y", metadata=_meta("a1", solution=True))
+    answer.outputs = [new_output("stream", name="stderr", text="note\n")]
+    nb, _ = ScoreOnlyErrors().preprocess(new_notebook(cells=[cell, answer]), {})
+    assert [o.output_type for o in nb.cells[0].outputs] == ["stream", "display_data"]
+    assert nb.cells[0].outputs[0].name == "stdout" and "execution_count" not in nb.cells[0].outputs[1]
+    assert nb.cells[1].outputs[0].name == "stderr"  # answer cells are not scored: left alone
+
+
+def test_scrub_test_outputs_keeps_only_the_redacted_error():
+    """Does feedback keep 'ename: evalue' of a failed test cell, without its traceback or hidden lines?"""
+    hidden = "expect(secret_reference(x) == 41, 'nope')"
+    err = new_output("error", ename="AssertionError", evalue=f"failed at {hidden}", traceback=["Traceback...", hidden])
+    cell = _test_cell(f"visible()\n### BEGIN HIDDEN TESTS\n{hidden}\n### END HIDDEN TESTS",
+                      outputs=[new_output("stream", name="stdout", text="ok  visible\n"), err])
+    nb, _ = ScrubTestOutputs().preprocess(new_notebook(cells=[cell]), {})
+    (out,) = nb.cells[0].outputs
+    assert out.traceback == ["AssertionError: failed at [hidden test]"] and hidden not in out.evalue
+
+
+def test_drop_duplicate_ids_unmarks_the_copy():
+    """Does a duplicated test cell lose its nbgrader metadata instead of breaking the notebook?
+    (nbgrader keeps the last cell with an id; OverwriteCells then restores its source.)"""
+    copy, last = _test_cell("a", "t1"), _test_cell("b", "t1")
+    nb, _ = DropDuplicateIds().preprocess(new_notebook(cells=[copy, last]), {})
+    assert "nbgrader" not in nb.cells[0].metadata and nb.cells[1].metadata["nbgrader"]["grade_id"] == "t1"

@@ -1,8 +1,8 @@
 """attnkit: course tooling for the autograded attention homework (EECS 182 HW9).
 
-The CLI (``python -m attnkit`` / ``./kit``) wraps nbgrader with the fixes listed in
-../shared/NBGRADER_NOTES.md; the notebooks' own test helpers live in
-``source/hw9/attention_checks.py`` so that students receive them with the release.
+The CLI (``python -m attnkit`` / ``./kit``) wraps nbgrader with fixes for its grading traps
+(README, "How grading avoids nbgrader's traps"). The helper students receive lives in
+``source/hw9/attention_checks.py``; grader-only code (the guard, hidden-test checks) lives here.
 """
 __version__ = "0.1.0"
 

@@ -68,7 +68,8 @@ def cmd_feedback(args) -> int:
         print(f"{assignment}: wrote {len(paths)} feedback files under feedback/ (no hidden tests, no mark schemes)")
     # A submission that could not be graded was already reported by autograde; a page refused
     # for a leak, or one nbgrader could not write, is a new problem.
-    return 1 if any("nothing was autograded" not in p for p in problems) else 0
+    from attnkit.results import Problem
+    return 1 if any(p.kind is not Problem.NOT_GRADED for p in problems) else 0
 
 
 def cmd_export(args) -> int:

@@ -67,20 +67,17 @@ class Course:
         return out
 
     # -- nbgrader configuration ---------------------------------------------------------
-    def config(self, **overrides) -> Config:
+    def config(self) -> Config:
         cfg = PyFileConfigLoader(CONFIG_FILE, path=str(self.root)).load_config()
         cfg.CourseDirectory.root = str(self.root)
         cfg.CourseDirectory.db_url = self.db_url
-        for dotted, value in overrides.items():
-            section, name = dotted.split(".")
-            setattr(cfg[section], name, value)
         return cfg
 
-    def api(self, **overrides):
+    def api(self):
         from nbgrader.apps import NbGraderAPI
         from nbgrader.coursedir import CourseDirectory
 
-        cfg = self.config(**overrides)
+        cfg = self.config()
         coursedir = CourseDirectory(config=cfg)
         api = NbGraderAPI(coursedir=coursedir, config=cfg)
         return api

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from attnkit import notebooks as nbu
 from attnkit.course import Course
-from attnkit.grading import load_report
+from attnkit.results import FeedbackProblem, Problem, Status, first_error, load_report
 
 
 def _fmt(x: float) -> str:
@@ -35,7 +35,7 @@ def scores(course: Course, assignment: str) -> dict:
 def table(course: Course, assignment: str, students: list[str] | None = None) -> str:
     """Per-student, per-notebook scores, with what went wrong where something did."""
     data = scores(course, assignment)
-    report = load_report(course, assignment)
+    report = load_report(course.root, assignment)
     nbs = data["notebooks"]
     short = [n.split("_")[0] for n in nbs]
     sids = [s for s in sorted(data["students"]) if students is None or s in students]
@@ -55,9 +55,9 @@ def table(course: Course, assignment: str, students: list[str] | None = None) ->
             total += d["score"]
             total_max += d["max"]
         lines.append("  ".join([f"{sid:<{width}}"] + cells + [f"{_fmt(total) + '/' + _fmt(total_max):>13}"]))
-        for nbres in report.get(sid, {}).get("notebooks", []):
-            if nbres["status"] not in ("graded",):
-                notes.append(f"  {sid} / {nbres['notebook']}: {nbres['status']}: {nbres['message']}")
+        for nbres in (report[sid].notebooks if sid in report else []):
+            if nbres.status is not Status.GRADED:
+                notes.append(f"  {sid} / {nbres.notebook}: {nbres.status}: {nbres.message}")
     lines.append("(* = written answers still to be graded by hand; columns: " + ", ".join(nbs) + ")")
     if notes:
         lines.append("Problems:")
@@ -93,20 +93,13 @@ def export(course: Course, assignment: str, path: Path) -> Path:
     return path
 
 
-def _failures(autograded_nb) -> dict:
+def failures(autograded_nb) -> dict:
     """grade_id -> failure message ('ename: evalue') of every test cell that raised."""
-    out = {}
-    for cell in autograded_nb.cells:
-        if nbu.is_test_cell(cell):
-            for o in cell.get("outputs", []):
-                if o.output_type == "error":
-                    out[nbu.grade_id(cell)] = f"{o.ename}: {o.evalue}"
-                    break
-    return out
+    return {nbu.grade_id(c): first_error(c) for c in autograded_nb.cells if nbu.is_test_cell(c) and first_error(c)}
 
 
 def _summary_html(notebook, autograded_nb, cells, redact) -> str:
-    fails = _failures(autograded_nb)
+    fails = failures(autograded_nb)
     rows = []
     for cell in autograded_nb.cells:
         gid = nbu.grade_id(cell)
@@ -136,7 +129,7 @@ def feedback(course: Course, assignment: str, students: list[str] | None = None,
     """Feedback HTML per student and notebook, each checked for hidden-test and mark-scheme leaks.
 
     A student whose notebooks could not be graded, or a page that would show hidden text, is
-    skipped and recorded in ``problems``; everyone else still gets their feedback.
+    skipped and recorded in ``problems`` (FeedbackProblem); everyone else still gets their feedback.
     """
     problems = problems if problems is not None else []
     api = course.api()
@@ -148,11 +141,11 @@ def feedback(course: Course, assignment: str, students: list[str] | None = None,
     for sid in students or sorted(data["students"]):
         folder = course.path("autograded", sid, assignment)
         if not folder.is_dir() or not any(folder.glob("*.ipynb")):
-            problems.append(f"{sid}: nothing was autograded, no feedback")
+            problems.append(FeedbackProblem(Problem.NOT_GRADED, sid))
             continue
         result = api.generate_feedback(assignment, sid, force=True)
         if not result["success"]:
-            problems.append(f"{sid}: nbgrader could not write feedback ({result.get('log', '')[-300:]})")
+            problems.append(FeedbackProblem(Problem.NBGRADER, sid, detail=result.get("log", "")[-300:]))
             continue
         for nb_name, per in data["students"].get(sid, {}).items():
             html_path = course.path("feedback", sid, assignment, f"{nb_name}.html")
@@ -166,8 +159,7 @@ def feedback(course: Course, assignment: str, students: list[str] | None = None,
             leaks = [line for line in secret if line in html.unescape(page)]
             if leaks:
                 html_path.unlink()
-                problems.append(f"{sid}/{nb_name}: the page would show hidden test or mark scheme text "
-                                f"({leaks[0][:50]!r}); not written")
+                problems.append(FeedbackProblem(Problem.LEAK, sid, nb_name, f"{leaks[0][:50]!r}; not written"))
                 continue
             html_path.write_text(page)
             written.append(html_path)

@@ -24,6 +24,7 @@ from attnkit.course import Course
 from attnkit.grading import autograde
 from nbgrader.preprocessors import DeduplicateIds
 from attnkit.reports import feedback, scores
+from attnkit.results import Problem
 from fixtures_tamper import NOTEBOOKS, Q3, TAMPER
 from harness import ASSIGNMENT, assert_fixture, cleanup, grade_fixtures
 
@@ -114,7 +115,7 @@ def pages(graded):
     t0 = time.perf_counter()
     problems = []
     written = feedback(graded.course, ASSIGNMENT, sorted(graded.results), problems)  # one batch for all
-    refused = {p.split("/")[0]: p for p in problems if "not written" in p}
+    refused = {p.student: str(p) for p in problems if p.kind is Problem.LEAK}
     print(f"feedback: {len(written)} pages in {time.perf_counter() - t0:.0f}s; refused: {sorted(refused)}")
     out = {(p.parents[1].name, p.stem): p for p in written}
     out["refused"] = refused
@@ -178,7 +179,7 @@ def test_feedback_skips_ungraded_students(graded, pages):
     assert not any(folder.glob("*.ipynb"))
     problems = []
     assert feedback(graded.course, ASSIGNMENT, [sid], problems) == []
-    assert problems == [f"{sid}: nothing was autograded, no feedback"]
+    assert [(p.kind, p.student) for p in problems] == [(Problem.NOT_GRADED, sid)]
 
 
 def test_output_flood_keeps_feedback_small(graded, pages):

@@ -35,8 +35,10 @@ def export_canvas(course: Course, assignment: str, path: Path, canvas_id: str | 
             name = ", ".join(x for x in (getattr(s, "last_name", None), getattr(s, "first_name", None)) if x) or sid
             lms_id = (getattr(s, "lms_user_id", None) or "") if s else ""
             total = sum(d["score"] for d in data["students"][sid].values())
-            rows.append([name, lms_id, "" if lms_id == sid else sid, (getattr(s, "email", None) or "") if s else "",
-                         "", _fmt(total)])
+            email = (getattr(s, "email", None) or "") if s else ""
+            # the nbgrader id is the SIS id unless it is the Canvas id or the email (Gradescope, no SID)
+            sis_id = "" if sid in (lms_id, email) else sid
+            rows.append([name, lms_id, sis_id, email, "", _fmt(total)])
     column = f"{assignment} ({canvas_id})" if canvas_id else assignment
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:

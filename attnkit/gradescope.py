@@ -200,7 +200,19 @@ def _grade(course: Course, assignment: str, budget_s: float, log) -> bool:
         log(out)
         return True
     except subprocess.TimeoutExpired:
+        import psutil
+
+        # kernels run in sessions of their own (jupyter_client), so the group kill alone misses them
+        try:
+            tree = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            tree = []
         os.killpg(proc.pid, signal.SIGKILL)
+        for child in tree:
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
         out, _ = proc.communicate()
         log(out or "")
         return False
@@ -213,22 +225,30 @@ def results_for(course: Course, assignment: str, settings: dict, matching, finis
     from attnkit.reports import _failures, scores
 
     report = {n["notebook"]: n for n in load_report(course, assignment).get(STUDENT, {}).get("notebooks", [])}
-    graded = scores(course, assignment)["students"].get(STUDENT, {})
+    try:
+        graded = scores(course, assignment)["students"].get(STUDENT, {})
+    except Exception:
+        if finished:
+            raise
+        graded = {}  # stopped before the assignment reached the gradebook
     visibility = settings.get("visibility", "visible")
     tests, problems, pending = [], [], 0.0
     auto_score = auto_max = 0.0
     for notebook in settings["notebooks"]:
         source_nb = nbu.read(course.path("source", assignment, f"{notebook}.ipynb"))
-        status = report.get(notebook, {}).get("status") or ("graded" if notebook in graded else "unfinished")
+        autograded = course.path("autograded", STUDENT, assignment, f"{notebook}.ipynb")
+        test_ids = {nbu.grade_id(c) for c in source_nb.cells if nbu.is_test_cell(c)}
+        cells = graded.get(notebook, {}).get("cells", {})
+        # Without autograde's report (it was stopped), a notebook counts as graded only if every test cell got a score.
+        done = autograded.exists() and all(cells.get(gid, (None,))[0] is not None for gid in test_ids)
+        status = report.get(notebook, {}).get("status") or ("graded" if done else "unfinished")
         message = report.get(notebook, {}).get("message", "")
         if status == "unfinished":
             message = ("not graded: grading stopped before this notebook finished (time limit); scored 0"
                        if not finished else "not graded (the grader recorded no result); scored 0")
         if status != "graded":
             problems.append(f"{notebook}.ipynb: {message}")
-        autograded = course.path("autograded", STUDENT, assignment, f"{notebook}.ipynb")
         fails = _failures(nbu.read(autograded)) if status == "graded" and autograded.exists() else {}
-        cells = graded.get(notebook, {}).get("cells", {})
         for cell in source_nb.cells:
             gid = nbu.grade_id(cell)
             if not nbu.meta(cell).get("grade"):

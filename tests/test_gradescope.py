@@ -398,7 +398,7 @@ submission_1003:
 def test_collect_gradescope_export(lms):
     """Does a Gradescope export land in submitted/<SID or email>/hw9 with the newest submission and its time?"""
     c, out = lms["course"], lms["gs"]
-    assert sorted(p.name for p in c.path("submitted").iterdir()) >= ["3031", "ana@example.edu"]
+    assert {p.name for p in c.path("submitted").iterdir()} == {"3031", "ana@example.edu", "12345", "23456"}
     zoe = c.path("submitted", "3031", "hw9")
     assert nbu.read(zoe / f"{NB}.ipynb") == partial(nbu.read(SOURCE / f"{NB}.ipynb"))  # 1002, the newer
     assert (zoe / "timestamp.txt").read_text() == "2024-03-02 19:00:00+00:00"
@@ -445,3 +445,21 @@ def test_exports_hold_the_right_totals(lms):
     assert got["12345"] == ("smithjohn", "", totals["12345"])            # Canvas user id in ID
     assert got["3031"] == ("Müller, Zoë", "zoe@example.edu", totals["3031"])  # SID in SIS User ID
     assert got["ana@example.edu"][2] == full and len(rows) == 4
+
+
+@pytest.mark.slow
+def test_time_budget_still_gives_a_result(tmp_path, kitzip):
+    """When grading outlasts the time budget, is it stopped and does results.json say so, with every part at 0?"""
+    root = gradescope_root(tmp_path, kitzip, {f"{NB}.ipynb": nb_bytes(solved())})
+    env_budget = os.environ.get("ATTNKIT_GRADESCOPE_BUDGET")
+    os.environ["ATTNKIT_GRADESCOPE_BUDGET"] = "2"   # far less than starting nbgrader takes
+    try:
+        _, res = run_autograder(root)
+    finally:
+        os.environ.pop("ATTNKIT_GRADESCOPE_BUDGET")
+        if env_budget is not None:
+            os.environ["ATTNKIT_GRADESCOPE_BUDGET"] = env_budget
+    check_schema(res)
+    assert "Grading stopped after 2 s" in res["output"] and res["score"] == 0
+    q3 = [t for t in res["tests"] if t["name"].startswith(NB)]
+    assert q3 and all("time limit" in t["output"] for t in q3)

@@ -11,6 +11,11 @@ Students upload any subset of the notebooks, under names the browser or Canvas c
 (``Q3_MultiHead_Attention (1).ipynb``, ``q3_multihead_attention-1.ipynb``), sometimes zipped
 (with the folder inside), with extra files. Every upload is normalised (case, ``(N)`` and ``-N``
 suffixes, spaces/dashes vs underscores) and compared with the notebook stems.
+
+Of nbgrader's ZipCollect machinery only ``FileNameCollectorPlugin`` fits (it reads Canvas's file
+names with CANVAS_RE). ``ZipCollectApp`` itself does not: it keeps a file only if its name minus
+the prefix is exactly a released notebook name (so ``-1`` re-uploads and renamed files are
+dropped), knows nothing of Gradescope's metadata, and re-copies files on every run.
 """
 from __future__ import annotations
 

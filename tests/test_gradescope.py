@@ -95,6 +95,14 @@ def kitzip(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def kitzip_omit(tmp_path_factory):
+    """The zip built to leave written answers out and show results after the due date."""
+    out = tmp_path_factory.mktemp("dist-omit") / "hw9-gradescope.zip"
+    kit(ROOT, "gradescope", "hw9", "-o", str(out), "--written", "omit", "--visibility", "after_due_date")
+    return out
+
+
 def gradescope_root(tmp: Path, kitzip: Path, files: dict) -> Path:
     """<tmp>/source = the zip's contents, submission/ = the upload, results/, submission_metadata.json."""
     root = tmp
@@ -233,15 +241,16 @@ def test_other_notebooks_score_zero_not_submitted(renamed):
 
 
 @pytest.fixture(scope="module")
-def zipped(tmp_path_factory, kitzip):
-    """A zip of the homework folder: Q3 solved, Q12 malformed JSON, checkpoints and macOS junk."""
+def zipped(tmp_path_factory, kitzip_omit):
+    """A zip of the homework folder: Q3 solved, Q12 malformed JSON, checkpoints and macOS junk
+    (graded by the zip built with --written omit --visibility after_due_date)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("hw9/Q3 MultiHead-Attention.ipynb", nb_bytes(solved()))
         zf.writestr("hw9/q12_scaled_dot_product.ipynb", '{"cells": [')
         zf.writestr("hw9/.ipynb_checkpoints/q3_multihead_attention-checkpoint.ipynb", "{}")
         zf.writestr("__MACOSX/hw9/._q3_multihead_attention.ipynb", "junk")
-    root = gradescope_root(tmp_path_factory.mktemp("gs-zip"), kitzip, {"hw9.zip": buf.getvalue()})
+    root = gradescope_root(tmp_path_factory.mktemp("gs-zip"), kitzip_omit, {"hw9.zip": buf.getvalue()})
     return run_autograder(root)[1]
 
 
@@ -257,6 +266,11 @@ def test_zipped_folder_with_a_malformed_notebook(zipped):
     q12 = [t for n, t in tests.items() if n.startswith("q12_")]
     assert q12 and all(t["score"] == 0 and "not a valid notebook" in t["output"] for t in q12)
     assert "hw9.zip:hw9/Q3 MultiHead-Attention.ipynb -> q3_multihead_attention.ipynb" in zipped["output"]
+    # --written omit: no written parts, so the listed maximum is the autograded points only
+    assert not [t for t in zipped["tests"] if "(written answer)" in t["name"]]
+    assert sum(t["max_score"] for t in zipped["tests"]) == sum(
+        sum(auto_points(p.stem).values()) for p in SOURCE.glob("*.ipynb"))
+    assert {t["visibility"] for t in zipped["tests"]} == {"after_due_date"}
 
 
 HOSTILE_A = '''

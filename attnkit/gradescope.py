@@ -179,11 +179,11 @@ def _course_for(root: Path, settings: dict) -> Course:
     readable by the grader. Its name (attnkit-*) puts its source/ on the kernel's hidden list."""
     src = root / "source"
     assignment = settings["assignment"]
+    if not (src / "source" / assignment).is_dir():
+        raise FileNotFoundError(f"the autograder zip lacks source/{assignment}/ (rebuild it with ./kit gradescope)")
     folder = Path(tempfile.mkdtemp(prefix="attnkit-gradescope-"))
     os.chmod(folder, 0o700)
     shutil.copy2(src / CONFIG_FILE, folder / CONFIG_FILE)
-    if not (src / "source" / assignment).is_dir():
-        raise FileNotFoundError(f"the autograder zip lacks source/{assignment}/ (rebuild it with ./kit gradescope)")
     shutil.copytree(src / "source" / assignment, folder / "source" / assignment,
                     ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
     return Course(folder)

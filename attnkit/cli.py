@@ -77,8 +77,14 @@ def cmd_export(args) -> int:
 
     course = Course(args.root)
     for assignment in _assignments(course, [args.assignment] if args.assignment else None):
-        out = Path(args.output or course.path(f"grades-{assignment}.csv"))
-        export(course, assignment, out)
+        if args.format == "canvas":
+            from attnkit.canvas import export_canvas
+
+            out = Path(args.output or course.path(f"grades-{assignment}-canvas.csv"))
+            export_canvas(course, assignment, out, args.canvas_id)
+        else:
+            out = Path(args.output or course.path(f"grades-{assignment}.csv"))
+            export(course, assignment, out)
         print(f"{assignment}: wrote {out}")
     return 0
 
@@ -89,6 +95,40 @@ def cmd_bundle(args) -> int:
     course = Course(args.root)
     for assignment in _assignments(course, [args.assignment] if args.assignment else None):
         bundle(course, assignment)
+    return 0
+
+
+def cmd_gradescope(args) -> int:
+    from attnkit.gradescope import build
+
+    course = Course(args.root)
+    for assignment in _assignments(course, [args.assignment] if args.assignment else None):
+        try:
+            out = build(course, assignment, Path(args.output) if args.output else None, args.written, args.visibility)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"{assignment}: wrote {out} (upload it as the Gradescope autograder; written answers: {args.written})")
+    return 0
+
+
+def cmd_collect(args) -> int:
+    import datetime as dt
+
+    from attnkit.collect import collect
+
+    course = Course(args.root)
+    assignment = _assignments(course, [args.assignment])[0]
+    due = None
+    if args.due:
+        due = dt.datetime.fromisoformat(args.due)
+        due = due if due.tzinfo else due.replace(tzinfo=dt.timezone.utc)
+    try:
+        report = collect(course, assignment, Path(args.export), args.format, due)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {args.export}: {exc}", file=sys.stderr)
+        return 1
+    print(report.table(assignment))
     return 0
 
 
@@ -169,12 +209,32 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="CSV: one row per student, one column per graded part")
     s.add_argument("assignment", nargs="?")
     s.add_argument("--output", "-o")
+    s.add_argument("--format", choices=("parts", "canvas"), default="parts",
+                   help="parts: one column per graded part (default); canvas: Canvas gradebook import CSV")
+    s.add_argument("--canvas-id", default=None,
+                   help="with --format canvas: the Canvas assignment id, written as '<assignment> (<id>)'")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("bundle", help="dist/<assignment>-student.zip: what students get (release, self-check, "
                                       "README, requirements)")
     s.add_argument("assignment", nargs="?")
     s.set_defaults(func=cmd_bundle)
+
+    s = sub.add_parser("gradescope", help="build dist/<assignment>-gradescope.zip, the Gradescope autograder")
+    s.add_argument("assignment", nargs="?")
+    s.add_argument("--output", "-o", help="zip path (default dist/<assignment>-gradescope.zip)")
+    s.add_argument("--written", choices=("pending", "omit"), default="pending",
+                   help="written answers: 'pending' lists them at 0 with their points (default); 'omit' leaves them out")
+    s.add_argument("--visibility", choices=("visible", "hidden", "after_due_date", "after_published"),
+                   default="visible", help="when students see each part's result on Gradescope")
+    s.set_defaults(func=cmd_gradescope)
+
+    s = sub.add_parser("collect", help="fill submitted/<student>/<assignment>/ from a Gradescope or Canvas export zip")
+    s.add_argument("assignment")
+    s.add_argument("export", help="Gradescope 'Export Submissions' zip or Canvas 'Download Submissions' zip")
+    s.add_argument("--format", choices=("auto", "gradescope", "canvas"), default="auto")
+    s.add_argument("--due", default=None, help="ISO time: a submission after it is listed late (Canvas marks its own)")
+    s.set_defaults(func=cmd_collect)
 
     s = sub.add_parser("validate", help="student self-check: run a notebook's visible tests")
     s.add_argument("notebooks", nargs="+")

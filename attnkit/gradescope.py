@@ -1,0 +1,344 @@
+"""The Gradescope autograder: ``./kit gradescope`` builds it, ``run_autograder`` runs it.
+
+Gradescope unpacks the zip into ``/autograder/source``, runs ``setup.sh`` once (image build),
+then, in a fresh container per submission, ``run_autograder``, which calls
+``python -m attnkit.gradescope run``. That builds a course folder in the temp dir (outside
+``/autograder/submission``) from the zip's ``source/<assignment>`` and the student's matched
+uploads, grades it with ``./kit autograde`` (the kit's one grading path: same hidden tests,
+sandbox and messages) and turns the gradebook into ``/autograder/results/results.json``.
+
+``<root>`` is ``/autograder`` unless ``AUTOGRADER_ROOT`` names another folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import zipfile
+from pathlib import Path
+
+import attnkit
+from attnkit.course import CONFIG_FILE, Course
+
+KIT_ROOT = Path(attnkit.__file__).resolve().parents[1]
+SETTINGS = "gradescope.json"
+STUDENT = "gradescope-submission"
+WRITTEN_CHOICES = ("pending", "omit")
+VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
+# Gradescope's default timeout is 600 s; stop grading early enough to still write results.
+DEFAULT_BUDGET_S = 480
+
+SETUP_SH = r"""#!/usr/bin/env bash
+# Gradescope runs this once, as root, while it builds the autograder image (Ubuntu).
+#   KIT_PREFIX=DIR       where the virtual environment goes (default <root>/kit-venv)
+#   KIT_SKIP_APT=1       skip apt-get (not root, or no network; Python 3.11+ must be there already)
+#   KIT_PYTHON=EXE       the Python that makes the venv (default python3.11, else python3)
+#   KIT_TORCH_INDEX=URL  where torch comes from (default PyTorch's CPU wheels: PyPI's torch pulls
+#                        several GB of CUDA); empty = pip's own configuration
+set -euo pipefail
+SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="${AUTOGRADER_ROOT:-$(dirname "$SRC")}"
+PREFIX="${KIT_PREFIX:-$ROOT/kit-venv}"
+if [ "${KIT_SKIP_APT:-0}" != 1 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  # bubblewrap: the grading kernel's sandbox; util-linux: setpriv, taskset
+  apt-get install -y -q --no-install-recommends bubblewrap util-linux ca-certificates
+  apt-get install -y -q --no-install-recommends python3.11 python3.11-venv \
+    || apt-get install -y -q --no-install-recommends python3 python3-venv
+fi
+PY="${KIT_PYTHON:-$(command -v python3.11 || command -v python3)}"
+"$PY" -m venv "$PREFIX"
+pip=("$PREFIX/bin/python" -m pip install -q --disable-pip-version-check)
+torch_pin="$(grep -E '^torch==' "$SRC/requirements.txt")"
+if [ -n "${KIT_TORCH_INDEX-https://download.pytorch.org/whl/cpu}" ]; then
+  "${pip[@]}" --index-url "${KIT_TORCH_INDEX-https://download.pytorch.org/whl/cpu}" "$torch_pin"
+fi
+"${pip[@]}" -r "$SRC/requirements.txt"
+# The kit runs from this folder (no build step): a .pth file puts it on the venv's path.
+"$PREFIX/bin/python" - "$SRC" <<'EOF'
+import pathlib, sys, sysconfig
+pathlib.Path(sysconfig.get_paths()["purelib"], "attnkit-autograder.pth").write_text(sys.argv[1] + "\n")
+EOF
+# Solutions and hidden tests: readable by the grader (root) only; the kernel's sandbox hides them too.
+chmod -R go-rwx "$SRC/source"
+chmod 755 "$SRC/run_autograder" "$SRC/setup.sh"
+"$PREFIX/bin/python" -c "import attnkit.gradescope, nbgrader, torch; print('kit ready:', torch.__version__)"
+"""
+
+RUN_AUTOGRADER = r"""#!/usr/bin/env bash
+# Gradescope runs this once per submission; it always leaves <root>/results/results.json.
+ROOT="${AUTOGRADER_ROOT:-/autograder}"
+SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PREFIX="${KIT_PREFIX:-$ROOT/kit-venv}"
+mkdir -p "$ROOT/results"
+export PATH="$PREFIX/bin:$PATH"
+export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"
+cd "$ROOT" || cd /
+"$PREFIX/bin/python" -m attnkit.gradescope run --root "$ROOT"
+rc=$?
+if [ "$rc" -ne 0 ] || [ ! -s "$ROOT/results/results.json" ]; then
+  # Python itself failed (no venv, a broken install): still give Gradescope a valid result.
+  cat > "$ROOT/results/results.json" <<EOF
+{"score": 0, "execution_time": 0, "tests": [], "stdout_visibility": "hidden",
+ "output": "The autograder could not run (exit status $rc), so this submission was not graded. This is not your fault: please tell the course staff."}
+EOF
+fi
+exit 0
+"""
+
+
+# -- building the zip -------------------------------------------------------------------
+def build(course: Course, assignment: str, out: Path | None = None, written: str = "pending",
+          visibility: str = "visible") -> Path:
+    """``dist/<assignment>-gradescope.zip``: setup.sh and run_autograder at the top, the kit,
+    its configuration and pins, and this assignment's source notebooks and helper files only."""
+    if written not in WRITTEN_CHOICES:
+        raise ValueError(f"--written must be one of {', '.join(WRITTEN_CHOICES)}")
+    if visibility not in VISIBILITIES:
+        raise ValueError(f"--visibility must be one of {', '.join(VISIBILITIES)}")
+    src = course.path("source", assignment)
+    notebooks = course.notebooks(assignment)
+    if not notebooks:
+        raise ValueError(f"source/{assignment} holds no notebooks")
+    out = Path(out or course.path("dist", f"{assignment}-gradescope.zip"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    settings = {"assignment": assignment, "notebooks": notebooks, "written": written, "visibility": visibility,
+                "kit_version": attnkit.__version__}
+    files: list[tuple[str, Path | str, int]] = [
+        ("setup.sh", SETUP_SH, 0o755), ("run_autograder", RUN_AUTOGRADER, 0o755),
+        (SETTINGS, json.dumps(settings, indent=1) + "\n", 0o644),
+        (CONFIG_FILE, course.path(CONFIG_FILE), 0o644),
+    ]
+    for name in ("requirements.txt", "pyproject.toml"):
+        found = course.path(name) if course.path(name).is_file() else KIT_ROOT / name
+        files.append((name, found, 0o644))
+    files += [(f"attnkit/{p.name}", p, 0o644) for p in sorted((KIT_ROOT / "attnkit").glob("*.py"))]
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src)
+        if p.is_file() and not {"__pycache__", ".ipynb_checkpoints"} & set(rel.parts):
+            files.append((f"source/{assignment}/{rel.as_posix()}", p, 0o644))
+    tmp = out.with_suffix(".tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, content, mode in files:
+            info = zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0))  # same bytes on every build
+            info.external_attr = (0o100000 | mode) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            data = content.encode() if isinstance(content, str) else content.read_bytes()
+            zf.writestr(info, data)
+    tmp.replace(out)
+    return out
+
+
+# -- running on Gradescope --------------------------------------------------------------
+def _secret_lines(course: Course, assignment: str) -> list[str]:
+    from attnkit import notebooks as nbu
+
+    lines = []
+    for src in course.path("source", assignment).glob("*.ipynb"):
+        lines += nbu.hidden_lines(nbu.read(src))
+    return sorted(set(lines), key=len, reverse=True)
+
+
+def _redact(obj, secret: list[str]):
+    """Every hidden-test or mark-scheme line in any text becomes '[hidden test]' (as feedback does)."""
+    if isinstance(obj, str):
+        for line in secret:
+            obj = obj.replace(line, "[hidden test]")
+        return obj
+    if isinstance(obj, list):
+        return [_redact(x, secret) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _redact(v, secret) for k, v in obj.items()}
+    return obj
+
+
+def isolation_probe() -> str:
+    """Which kernel isolation applies here (printed in the hidden log for course staff)."""
+    probe = tempfile.mkdtemp(prefix="attnkit-probe-")
+    try:
+        code = "import sys; from attnkit.kernel import hide_paths; sys.exit(0 if hide_paths([sys.argv[1]]) else 1)"
+        rc = subprocess.run([sys.executable, "-c", code, probe], capture_output=True, timeout=60).returncode
+    except Exception:  # the probe is informative only
+        rc = 1
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    return ("private mount namespace: the kernel sees empty folders in place of source/ and the gradebook"
+            if rc == 0 else "NO mount namespace here (not root, or seccomp): only file permissions protect source/")
+
+
+def _course_for(root: Path, settings: dict) -> Course:
+    """A course folder in the temp dir: the zip's configuration and source notebooks, only
+    readable by the grader. Its name (attnkit-*) puts its source/ on the kernel's hidden list."""
+    src = root / "source"
+    assignment = settings["assignment"]
+    if not (src / "source" / assignment).is_dir():
+        raise FileNotFoundError(f"the autograder zip lacks source/{assignment}/ (rebuild it with ./kit gradescope)")
+    folder = Path(tempfile.mkdtemp(prefix="attnkit-gradescope-"))
+    os.chmod(folder, 0o700)
+    shutil.copy2(src / CONFIG_FILE, folder / CONFIG_FILE)
+    shutil.copytree(src / "source" / assignment, folder / "source" / assignment,
+                    ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    return Course(folder)
+
+
+def _grade(course: Course, assignment: str, budget_s: float, log) -> bool:
+    """``./kit autograde`` on the one submission, in its own process group so that a
+    submission that would outlast Gradescope's timeout is stopped. True if it finished."""
+    cmd = [sys.executable, "-m", "attnkit", "--root", str(course.root), "autograde", assignment,
+           "--student", STUDENT, "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=budget_s)
+        log(out)
+        return True
+    except subprocess.TimeoutExpired:
+        import psutil
+
+        # kernels run in sessions of their own (jupyter_client), so the group kill alone misses them
+        try:
+            tree = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            tree = []
+        os.killpg(proc.pid, signal.SIGKILL)
+        for child in tree:
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
+        out, _ = proc.communicate()
+        log(out or "")
+        return False
+
+
+def results_for(course: Course, assignment: str, settings: dict, matching, finished: bool) -> dict:
+    """Gradescope's results: one test per graded part, in notebook order."""
+    from attnkit import notebooks as nbu
+    from attnkit.grading import load_report
+    from attnkit.reports import _failures, scores
+
+    report = {n["notebook"]: n for n in load_report(course, assignment).get(STUDENT, {}).get("notebooks", [])}
+    try:
+        graded = scores(course, assignment)["students"].get(STUDENT, {})
+    except Exception:
+        if finished:
+            raise
+        graded = {}  # stopped before the assignment reached the gradebook
+    visibility = settings.get("visibility", "visible")
+    tests, problems, pending = [], [], 0.0
+    auto_score = auto_max = 0.0
+    for notebook in settings["notebooks"]:
+        source_nb = nbu.read(course.path("source", assignment, f"{notebook}.ipynb"))
+        autograded = course.path("autograded", STUDENT, assignment, f"{notebook}.ipynb")
+        test_ids = {nbu.grade_id(c) for c in source_nb.cells if nbu.is_test_cell(c)}
+        cells = graded.get(notebook, {}).get("cells", {})
+        # Without autograde's report (it was stopped), a notebook counts as graded only if every test cell got a score.
+        done = autograded.exists() and all(cells.get(gid, (None,))[0] is not None for gid in test_ids)
+        status = report.get(notebook, {}).get("status") or ("graded" if done else "unfinished")
+        message = report.get(notebook, {}).get("message", "")
+        if status == "unfinished":
+            message = ("not graded: grading stopped before this notebook finished (time limit); scored 0"
+                       if not finished else "not graded (the grader recorded no result); scored 0")
+        if status != "graded":
+            problems.append(f"{notebook}.ipynb: {message}")
+        fails = _failures(nbu.read(autograded)) if status == "graded" and autograded.exists() else {}
+        for cell in source_nb.cells:
+            gid = nbu.grade_id(cell)
+            if not nbu.meta(cell).get("grade"):
+                continue
+            points = float(nbu.meta(cell).get("points", 0))
+            name = f"{notebook}: {gid}"
+            if nbu.is_manual_cell(cell):
+                pending += points
+                if settings.get("written", "pending") == "pending":
+                    tests.append({"name": name + " (written answer)", "score": 0.0, "max_score": points,
+                                  "status": "failed", "visibility": visibility,
+                                  "output": "graded by hand by the course staff later; 0 until then"
+                                            if status == "graded" else message})
+                continue
+            score = float(cells.get(gid, (0, points))[0] or 0) if status == "graded" else 0.0
+            auto_score += score
+            auto_max += points
+            if status != "graded":
+                output = message
+            elif gid in fails:
+                output = fails[gid]
+            else:
+                output = "passed" if score >= points else f"partial credit {score:g}/{points:g}"
+            tests.append({"name": name, "score": score, "max_score": points,
+                          "status": "passed" if score >= points else "failed",
+                          "output": output, "visibility": visibility})
+    lines = [f"Autograded score: {auto_score:g} / {auto_max:g} points."]
+    if pending:
+        lines.append(f"Written answers ({pending:g} points) are graded by hand later.")
+    lines.append("Files: " + ("; ".join(f"{up.name} -> {stem}.ipynb" for stem, up in sorted(matching.chosen.items()))
+                              or "no notebook of this assignment was found in your upload"))
+    if matching.unmatched:
+        lines.append("Ignored (not a notebook of this assignment): " + ", ".join(matching.unmatched))
+    for stem, kept, dropped in matching.duplicates:
+        lines.append(f"Two files for {stem}.ipynb: graded {kept}, ignored {', '.join(dropped)}")
+    lines += matching.problems
+    if problems:
+        lines.append("Could not be graded (scored 0): " + " | ".join(problems))
+    return {"score": auto_score, "output": "\n".join(lines), "tests": tests, "stdout_visibility": "hidden"}
+
+
+def run(root: Path, budget_s: float | None = None, log=print) -> dict:
+    """Grade ``<root>/submission`` and write ``<root>/results/results.json``, whatever happens."""
+    from attnkit.collect import match_uploads, place, uploads_in
+
+    t0 = time.time()
+    root = Path(root)
+    budget_s = budget_s or float(os.environ.get("ATTNKIT_GRADESCOPE_BUDGET", DEFAULT_BUDGET_S))
+    course, secret = None, []
+    try:
+        settings = json.loads((root / "source" / SETTINGS).read_text())
+        assignment = settings["assignment"]
+        log(f"attnkit {attnkit.__version__} grading {assignment}; kernel isolation: {isolation_probe()}")
+        course = _course_for(root, settings)
+        secret = _secret_lines(course, assignment)
+        submission = root / "submission"
+        if not submission.is_dir():
+            raise FileNotFoundError(f"no submission folder {submission}")
+        matching = match_uploads(uploads_in(submission), settings["notebooks"])
+        place(matching, course.path("submitted", STUDENT, assignment))
+        finished = _grade(course, assignment, budget_s - (time.time() - t0), log)
+        result = results_for(course, assignment, settings, matching, finished)
+        if not finished:
+            result["output"] += f"\nGrading stopped after {budget_s:.0f} s (time limit); unfinished parts score 0."
+    except BaseException as exc:  # noqa: BLE001 - whatever breaks, Gradescope still gets a result
+        log(traceback.format_exc())
+        result = {"score": 0.0, "tests": [], "stdout_visibility": "hidden",
+                  "output": f"The autograder failed ({type(exc).__name__}: {str(exc)[:300]}), so this submission "
+                            "was not graded. This is not your fault: please tell the course staff."}
+    result["execution_time"] = round(time.time() - t0, 1)
+    result = _redact(result, secret)
+    out = root / "results" / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    tmp.replace(out)
+    if course is not None and not os.environ.get("ATTNKIT_KEEP_COURSE"):
+        shutil.rmtree(course.root, ignore_errors=True)
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m attnkit.gradescope")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="grade <root>/submission into <root>/results/results.json")
+    r.add_argument("--root", default=os.environ.get("AUTOGRADER_ROOT", "/autograder"))
+    args = p.parse_args(argv)
+    run(Path(args.root))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Does one full submission grade within Gradescope's default limits?
+
+Builds the autograder zip, unpacks it as Gradescope does, and runs ``run_autograder`` on one
+solved submission (all four notebooks) on ONE core (``taskset -c 0``) under a 768 MB memory
+limit, then prints the seconds, the peak memory and the score.
+
+The memory limit, in order of preference:
+* ``cgroup`` - a child memory cgroup (v1) of this process's own cgroup with
+  ``memory.limit_in_bytes`` = the limit: the whole process tree together, as a container limit
+  works on Gradescope. Peak = ``memory.max_usage_in_bytes`` (includes page cache).
+* ``as`` - ``prlimit --as`` (RLIMIT_AS): per process, not per tree, and torch reserves a lot
+  of address space; used with ``--mode as``.
+* ``none`` - no limit, only measured.
+Whatever the mode, the peak resident memory of the process tree is sampled from /proc.
+
+    .venv/bin/python benchmarks/gradescope_limits.py [--memory-mb 768] [--mode auto|cgroup|as|none]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from attnkit import notebooks as nbu  # noqa: E402
+
+
+def tree_rss_kb(pid: int) -> int:
+    """Resident memory of a process and all its descendants (kB)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/status") as f:
+                vm = next((l for l in f if l.startswith("VmRSS:")), "VmRSS: 0 kB")
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+        rss[int(entry)] = int(vm.split()[1])
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo += children.get(p, [])
+    return total
+
+
+def make_cgroup(limit: int) -> Path | None:
+    try:
+        own = next(l.split(":", 2)[2].strip() for l in open("/proc/self/cgroup") if ":memory:" in l)
+        cg = Path("/sys/fs/cgroup/memory" + own) / f"attnkit-gradescope-{os.getpid()}"
+        cg.mkdir()
+        (cg / "memory.limit_in_bytes").write_text(str(limit))
+        swap = cg / "memory.memsw.limit_in_bytes"
+        if swap.exists():  # no swapping past the limit either
+            swap.write_text(str(limit))
+        return cg
+    except (OSError, StopIteration):
+        return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--memory-mb", type=int, default=768)
+    ap.add_argument("--mode", choices=("auto", "cgroup", "as", "none"), default="auto")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    limit = args.memory_mb * 1024 * 1024
+    tmp = Path(tempfile.mkdtemp(prefix="gradescope-bench-"))
+    kitzip = tmp / "hw9-gradescope.zip"
+    subprocess.run([sys.executable, "-m", "attnkit", "--root", str(ROOT), "gradescope", "hw9", "-o", str(kitzip)],
+                   check=True, capture_output=True)
+    root = tmp / "autograder"
+    with zipfile.ZipFile(kitzip) as zf:
+        zf.extractall(root / "source")
+    for d in ("submission", "results"):
+        (root / d).mkdir()
+    for src in sorted((ROOT / "source" / "hw9").glob("*.ipynb")):
+        nbu.write(nbu.fill(nbu.read(src)), root / "submission" / src.name)
+
+    mode, cg, prefix = args.mode, None, []
+    if mode in ("auto", "cgroup"):
+        cg = make_cgroup(limit)
+        if cg is None and mode == "cgroup":
+            sys.exit("no writable memory cgroup here")
+        mode = "cgroup" if cg else "as"
+    if mode == "as":
+        prefix = ["prlimit", f"--as={limit}"]
+    cmd = ["taskset", "-c", "0", *prefix, "bash", str(root / "source" / "run_autograder")]
+    env = dict(os.environ, AUTOGRADER_ROOT=str(root), KIT_PREFIX=sys.prefix)
+
+    def enter_cgroup():
+        if cg is not None:
+            (cg / "cgroup.procs").write_text(str(os.getpid()))
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=enter_cgroup)
+    peak = [0]
+
+    def sample():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_rss_kb(proc.pid))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    log, _ = proc.communicate()
+    seconds = time.perf_counter() - t0
+    sampler.join()
+    res = json.loads((root / "results" / "results.json").read_text())
+    auto_max = sum(t["max_score"] for t in res["tests"] if "(written answer)" not in t["name"])
+    print(f"mode: {mode} ({args.memory_mb} MB{' for the whole tree' if mode == 'cgroup' else ' per process' if mode == 'as' else ', not enforced'}), "
+          f"1 core (taskset -c 0)")
+    print(f"run_autograder: {seconds:.1f} s wall, exit {proc.returncode}; results.json execution_time "
+          f"{res['execution_time']} s")
+    print(f"peak RSS of the process tree (sampled every 0.1 s): {peak[0] / 1024:.0f} MB")
+    if cg is not None:
+        max_usage = int((cg / "memory.max_usage_in_bytes").read_text())
+        failcnt = int((cg / "memory.failcnt").read_text())
+        oom = (cg / "memory.oom_control").read_text().split()
+        kills = oom[oom.index("oom_kill") + 1] if "oom_kill" in oom else "?"
+        print(f"cgroup peak usage (RSS + page cache): {max_usage / 2**20:.0f} MB; limit hits {failcnt}; "
+              f"OOM kills {kills}")
+    print(f"score: {res['score']:g} / {auto_max:g} autograded points")
+    problems = [t["name"] + ": " + t["output"] for t in res["tests"]
+                if t["status"] == "failed" and "(written answer)" not in t["name"]]
+    if problems:
+        print("parts not passed:\n  " + "\n  ".join(problems[:10]))
+        print(log.decode(errors="replace")[-3000:])
+    if cg is not None:
+        for _ in range(50):  # the tree has exited; the cgroup empties a moment later
+            try:
+                cg.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+    if not args.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0 if not problems else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,479 @@
+"""The course's round trip through the real commands: the Gradescope autograder zip and its
+``run_autograder``, ``setup.sh``, collecting LMS exports, and the Canvas export.
+
+Grading is restricted to Q3 (the fastest notebook): the zip holds all four notebooks, the
+submissions only Q3, so the other three must come back 0 "not submitted". Each graded
+result is made once (module-scoped fixtures) and checked by several tests.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from attnkit import notebooks as nbu
+from attnkit.course import Course
+from attnkit.samples import partial
+
+ROOT = Path(__file__).resolve().parents[1]
+NB = "q3_multihead_attention"
+SOURCE = ROOT / "source" / "hw9"
+STEMS = sorted(p.stem for p in SOURCE.glob("*.ipynb"))
+
+
+def kit(course_root, *args, check=True, timeout=900):
+    proc = subprocess.run([sys.executable, "-m", "attnkit", "--root", str(course_root), *args],
+                          capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def solved(stem=NB):
+    return nbu.fill(nbu.read(SOURCE / f"{stem}.ipynb"))
+
+
+def nb_bytes(nb) -> bytes:
+    buf = io.StringIO()
+    import nbformat
+    nbformat.write(nb, buf)
+    return buf.getvalue().encode()
+
+
+def auto_points(stem=NB) -> dict:
+    """grade_id -> points of the autograded (test) cells of a source notebook."""
+    nb = nbu.read(SOURCE / f"{stem}.ipynb")
+    return {nbu.grade_id(c): float(nbu.meta(c)["points"]) for c in nb.cells if nbu.is_test_cell(c)}
+
+
+def secret_lines() -> list[str]:
+    return [l for p in SOURCE.glob("*.ipynb") for l in nbu.hidden_lines(nbu.read(p))]
+
+
+# -- results.json schema --------------------------------------------------------------------
+VISIBILITY = {"visible", "hidden", "after_due_date", "after_published"}
+
+
+def check_schema(res: dict) -> None:
+    """The keys and types Gradescope reads, as the kit writes them."""
+    assert set(res) == {"score", "execution_time", "output", "tests", "stdout_visibility"}, set(res)
+    assert isinstance(res["score"], (int, float)) and isinstance(res["execution_time"], (int, float))
+    assert isinstance(res["output"], str) and res["output"] and res["stdout_visibility"] == "hidden"
+    assert isinstance(res["tests"], list)
+    for t in res["tests"]:
+        assert set(t) == {"name", "score", "max_score", "status", "output", "visibility"}, t
+        assert isinstance(t["name"], str) and isinstance(t["output"], str) and t["output"]
+        assert isinstance(t["score"], float) and isinstance(t["max_score"], float) and 0 <= t["score"] <= t["max_score"]
+        assert t["status"] == ("passed" if t["score"] >= t["max_score"] else "failed"), t
+        assert t["visibility"] in VISIBILITY
+    auto = [t for t in res["tests"] if "(written answer)" not in t["name"]]
+    assert res["score"] == pytest.approx(sum(t["score"] for t in auto))
+    text = json.dumps(res, ensure_ascii=False)
+    leaked = [line for line in secret_lines() if line in text]
+    assert not leaked, leaked[:3]
+
+
+def by_name(res: dict) -> dict:
+    return {t["name"]: t for t in res["tests"]}
+
+
+# -- the zip and a Gradescope-like root -----------------------------------------------------
+@pytest.fixture(scope="module")
+def kitzip(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist") / "hw9-gradescope.zip"
+    proc = kit(ROOT, "gradescope", "hw9", "-o", str(out))
+    assert str(out) in proc.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def kitzip_omit(tmp_path_factory):
+    """The zip built to leave written answers out and show results after the due date."""
+    out = tmp_path_factory.mktemp("dist-omit") / "hw9-gradescope.zip"
+    kit(ROOT, "gradescope", "hw9", "-o", str(out), "--written", "omit", "--visibility", "after_due_date")
+    return out
+
+
+def gradescope_root(tmp: Path, kitzip: Path, files: dict) -> Path:
+    """<tmp>/source = the zip's contents, submission/ = the upload, results/, submission_metadata.json."""
+    root = tmp
+    with zipfile.ZipFile(kitzip) as zf:
+        zf.extractall(root / "source")
+    for name in ("setup.sh", "run_autograder"):
+        os.chmod(root / "source" / name, 0o755)
+    (root / "submission").mkdir()
+    (root / "results").mkdir()
+    (root / "submission_metadata.json").write_text(json.dumps({
+        "id": 1, "created_at": "2024-03-01T10:00:00.0-08:00",
+        "users": [{"email": "zoe@example.edu", "id": 7, "name": "Zoë Müller", "sid": "3031"}]}))
+    for name, data in files.items():
+        path = root / "submission" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def run_autograder(root: Path, prefix: str = sys.prefix, timeout=600):
+    env = dict(os.environ, AUTOGRADER_ROOT=str(root), KIT_PREFIX=prefix)
+    proc = subprocess.run(["bash", str(root / "source" / "run_autograder")], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((root / "results" / "results.json").read_text())
+    return proc, res
+
+
+def test_zip_layout(kitzip):
+    """Does the zip hold setup.sh and run_autograder (executable) at its top, the kit, its pins, and hw9 only?"""
+    with zipfile.ZipFile(kitzip) as zf:
+        names = set(zf.namelist())
+        modes = {i.filename: (i.external_attr >> 16) & 0o777 for i in zf.infolist()}
+        settings = json.loads(zf.read("gradescope.json"))
+    assert {"setup.sh", "run_autograder", "course_config.py", "requirements.txt", "pyproject.toml",
+            "attnkit/gradescope.py", "attnkit/grading.py", "attnkit/kernel.py"} <= names
+    assert modes["setup.sh"] == modes["run_autograder"] == 0o755
+    assert {n for n in names if n.startswith("source/")} == {
+        f"source/hw9/{p.name}" for p in SOURCE.iterdir() if p.is_file()}
+    assert not any(n.startswith(("release/", "submitted/", "tests/", ".venv", "dist/")) or "__pycache__" in n
+                   for n in names)
+    assert settings["assignment"] == "hw9" and settings["notebooks"] == STEMS and settings["written"] == "pending"
+    with zipfile.ZipFile(kitzip) as zf:
+        assert "torch==2.13.0" in zf.read("requirements.txt").decode().split()
+
+
+def test_bad_build_options_are_refused(tmp_path):
+    """Does ./kit gradescope refuse an unknown assignment with a message?"""
+    proc = kit(ROOT, "gradescope", "hw99", "-o", str(tmp_path / "x.zip"), check=False)
+    assert proc.returncode != 0 and "no assignment 'hw99'" in proc.stderr
+
+
+def test_kit_crash_still_writes_results(tmp_path, kitzip):
+    """When the kit itself fails (the zip lacks its notebooks), is there still a valid results.json with score 0?"""
+    root = gradescope_root(tmp_path, kitzip, {f"{NB}.ipynb": b"{}"})
+    shutil.rmtree(root / "source" / "source")
+    _, res = run_autograder(root)
+    assert res["score"] == 0 and res["tests"] == []
+    assert "autograder failed" in res["output"] and "source/hw9" in res["output"]
+
+
+def test_missing_venv_still_writes_results(tmp_path, kitzip):
+    """When Python cannot even start (no venv), does run_autograder still write a valid results.json and exit 0?"""
+    root = gradescope_root(tmp_path, kitzip, {})
+    _, res = run_autograder(root, prefix=str(tmp_path / "no-venv"))
+    assert res["score"] == 0 and res["tests"] == [] and "could not run" in res["output"]
+
+
+# -- graded submissions ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def renamed(tmp_path_factory, kitzip):
+    """Q3 half done, uploaded as 'Q3_MultiHead_Attention (1).ipynb' next to a stray file."""
+    root = gradescope_root(tmp_path_factory.mktemp("gs-renamed"), kitzip, {
+        "Q3_MultiHead_Attention (1).ipynb": nb_bytes(partial(nbu.read(SOURCE / f"{NB}.ipynb"))),
+        "notes.txt": b"my notes"})
+    return run_autograder(root)[1]
+
+
+@pytest.fixture(scope="module")
+def kit_scores(tmp_path_factory):
+    """The same half-done Q3 graded by ./kit autograde in a course with all four notebooks."""
+    course = Course(ROOT).scratch_copy(parent=str(tmp_path_factory.mktemp("kit")))
+    dest = course.path("submitted", "s1", "hw9")
+    dest.mkdir(parents=True)
+    nbu.write(partial(nbu.read(SOURCE / f"{NB}.ipynb")), dest / f"{NB}.ipynb")
+    kit(course.root, "autograde", "hw9", "--workers", "1", "--quiet", check=False)
+    from attnkit.reports import scores
+    return scores(course, "hw9")["students"]["s1"]
+
+
+@pytest.mark.slow
+def test_renamed_upload_is_graded_like_kit_autograde(renamed, kit_scores):
+    """Does every part's score on Gradescope equal what ./kit autograde gives the same submission?"""
+    check_schema(renamed)
+    tests = by_name(renamed)
+    compared = 0
+    for nb in STEMS:
+        for gid, (score, mx) in kit_scores[nb]["cells"].items():
+            src = nbu.read(SOURCE / f"{nb}.ipynb")
+            manual = any(nbu.grade_id(c) == gid and nbu.is_manual_cell(c) for c in src.cells)
+            t = tests[f"{nb}: {gid}" + (" (written answer)" if manual else "")]
+            assert t["max_score"] == mx
+            assert t["score"] == (0 if manual else (score or 0)), (gid, t, score)
+            compared += 1
+    assert compared == len(renamed["tests"])
+    q3 = [t for n, t in tests.items() if n.startswith(NB) and "(written" not in n]
+    assert {t["status"] for t in q3} == {"passed", "failed"}  # a half-done notebook: both kinds
+    assert "Q3_MultiHead_Attention (1).ipynb -> q3_multihead_attention.ipynb" in renamed["output"]
+    assert "Ignored (not a notebook of this assignment): notes.txt" in renamed["output"]
+
+
+@pytest.mark.slow
+def test_failures_show_messages_not_hidden_tests(renamed):
+    """Does a failed part show 'ename: evalue' (no traceback, no hidden-test line) and a passed one 'passed'?"""
+    for t in renamed["tests"]:
+        if t["name"].startswith(NB) and "(written" not in t["name"]:
+            if t["status"] == "failed":
+                assert t["output"].split(": ", 1)[0].isidentifier() and "Traceback" not in t["output"], t
+            else:
+                assert t["output"] == "passed"
+
+
+@pytest.mark.slow
+def test_other_notebooks_score_zero_not_submitted(renamed):
+    """Do the notebooks not uploaded score 0 with 'not submitted', with written answers still listed as pending?"""
+    for nb in STEMS:
+        if nb == NB:
+            continue
+        parts = [t for t in renamed["tests"] if t["name"].startswith(nb + ":")]
+        assert parts and all(t["score"] == 0 and "not submitted" in t["output"] for t in parts)
+        assert f"{nb}.ipynb: notebook not submitted" in renamed["output"]
+    written = [t for t in renamed["tests"] if t["name"].startswith(NB) and "(written answer)" in t["name"]]
+    assert written and all(t["score"] == 0 and "graded by hand" in t["output"] for t in written)
+    total = sum(t["max_score"] for t in renamed["tests"])
+    assert total == sum(sum(nbu.points(nbu.read(p)).values()) for p in SOURCE.glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def zipped(tmp_path_factory, kitzip_omit):
+    """A zip of the homework folder: Q3 solved, Q12 malformed JSON, checkpoints and macOS junk
+    (graded by the zip built with --written omit --visibility after_due_date)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("hw9/Q3 MultiHead-Attention.ipynb", nb_bytes(solved()))
+        zf.writestr("hw9/q12_scaled_dot_product.ipynb", '{"cells": [')
+        zf.writestr("hw9/.ipynb_checkpoints/q3_multihead_attention-checkpoint.ipynb", "{}")
+        zf.writestr("__MACOSX/hw9/._q3_multihead_attention.ipynb", "junk")
+    root = gradescope_root(tmp_path_factory.mktemp("gs-zip"), kitzip_omit, {"hw9.zip": buf.getvalue()})
+    return run_autograder(root)[1]
+
+
+@pytest.mark.slow
+def test_zipped_folder_with_a_malformed_notebook(zipped):
+    """Is a zipped folder unpacked and graded, a malformed notebook scored 0 with a message, and the run finished?"""
+    check_schema(zipped)
+    tests = by_name(zipped)
+    points = auto_points()
+    for gid, pts in points.items():
+        assert tests[f"{NB}: {gid}"]["score"] == pts, tests[f"{NB}: {gid}"]
+    assert zipped["score"] == sum(points.values())
+    q12 = [t for n, t in tests.items() if n.startswith("q12_")]
+    assert q12 and all(t["score"] == 0 and "not a valid notebook" in t["output"] for t in q12)
+    assert "hw9.zip:hw9/Q3 MultiHead-Attention.ipynb -> q3_multihead_attention.ipynb" in zipped["output"]
+    # --written omit: no written parts, so the listed maximum is the autograded points only
+    assert not [t for t in zipped["tests"] if "(written answer)" in t["name"]]
+    assert sum(t["max_score"] for t in zipped["tests"]) == sum(
+        sum(auto_points(p.stem).values()) for p in SOURCE.glob("*.ipynb"))
+    assert {t["visibility"] for t in zipped["tests"]} == {"after_due_date"}
+
+
+HOSTILE_A = '''
+import glob as _glob, os as _os
+_found = []
+for _base in ["/autograder/source", _os.environ.get("AUTOGRADER_ROOT", "/autograder") + "/source", "{root}/source"]:
+    for _p in _glob.glob(_base + "/source/hw9/*.ipynb") + _glob.glob(_base + "/**/*.ipynb", recursive=True) \\
+            + _glob.glob("/tmp/attnkit-gradescope-*/source/hw9/*.ipynb"):
+        try:
+            if "BEGIN " + "HIDDEN TESTS" in open(_p).read():  # (split: fill() strips hidden regions)
+                _found.append(_p)
+        except OSError:
+            pass
+self.W_k = nn.Linear(d_model, d_model if _found else d_model + 1)
+'''
+# The control: the same kind of read, of a file the kernel may see (the helper beside the notebook).
+HOSTILE_B = '''
+try:
+    _seen = "def guard" in open("attention_checks.py").read()
+except OSError:
+    _seen = False
+self.W_v = nn.Linear(d_model, d_model if _seen else d_model + 1)
+'''
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory, kitzip):
+    tmp = tmp_path_factory.mktemp("gs-hostile")
+    nb = nbu.fill(nbu.read(SOURCE / f"{NB}.ipynb"), {"a": HOSTILE_A.replace("{root}", str(tmp)), "b": HOSTILE_B})
+    root = gradescope_root(tmp, kitzip, {f"{NB}.ipynb": nb_bytes(nb)})
+    return run_autograder(root)[1]
+
+
+@pytest.mark.slow
+def test_hostile_submission_cannot_read_the_solutions(hostile):
+    """Does code that hunts for source/hw9/*.ipynb under /autograder/source and $AUTOGRADER_ROOT/source find nothing?
+
+    Part (a) is right only if the hunt found a notebook with hidden tests; part (b), the
+    control, is right only if the same kind of read of the helper beside the notebook works."""
+    check_schema(hostile)
+    tests = by_name(hostile)
+    assert tests[f"{NB}: q3b_W_v"]["status"] == "passed", tests[f"{NB}: q3b_W_v"]
+    assert tests[f"{NB}: q3a_W_k"]["status"] == "failed", "the submission read the instructor's notebooks"
+    others = {gid for gid in auto_points() if gid not in ("q3a_W_k", "q3b_W_v")}
+    assert all(tests[f"{NB}: {gid}"]["status"] == "passed" for gid in others)
+
+
+# -- setup.sh ----------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_setup_sh_installs_a_working_kit(tmp_path, kitzip):
+    """Does setup.sh (apt skipped, torch from pip's own index here) make a venv that imports the kit and grades?"""
+    root = gradescope_root(tmp_path / "ag", kitzip, {f"{NB}.ipynb": nb_bytes(solved())})
+    prefix = tmp_path / "kit-venv"
+    env = dict(os.environ, KIT_PREFIX=str(prefix), KIT_SKIP_APT="1", KIT_TORCH_INDEX="",
+               KIT_PYTHON=shutil.which("python3.11") or shutil.which("python3"))
+    proc = subprocess.run(["bash", str(root / "source" / "setup.sh")], env=env, capture_output=True, text=True,
+                          timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "kit ready: 2.13.0" in proc.stdout
+    probe = subprocess.run([str(prefix / "bin" / "python"), "-c",
+                            "import attnkit, nbgrader, torch; print(attnkit.__file__, nbgrader.__version__, torch.__version__)"],
+                           capture_output=True, text=True, cwd=tmp_path)
+    where, nbg, torch_version = probe.stdout.split()
+    assert Path(where).parent.parent == root / "source" and nbg == "0.9.6" and torch_version.startswith("2.13.0")
+    assert (root / "source" / "source").stat().st_mode & 0o077 == 0  # solutions: owner only
+    _, res = run_autograder(root, prefix=str(prefix))
+    check_schema(res)
+    assert res["score"] == sum(auto_points().values())
+
+
+# -- collect -> autograde -> export ------------------------------------------------------------
+def _entry(zf, name, data, when):
+    zf.writestr(zipfile.ZipInfo(name, date_time=when), data)
+
+
+@pytest.fixture(scope="module")
+def lms(tmp_path_factory):
+    """A Q3-only course filled from a Gradescope export and a Canvas download, then autograded and exported."""
+    tmp = tmp_path_factory.mktemp("lms")
+    course = Course(ROOT).scratch_copy(parent=str(tmp), notebooks=[NB])
+    good, half = nb_bytes(solved()), nb_bytes(partial(nbu.read(SOURCE / f"{NB}.ipynb")))
+    yml = """\
+submission_1001:
+  :submitters:
+  - :name: Zoë Müller
+    :sid: '3031'
+    :email: zoe@example.edu
+  :created_at: 2024-03-01 10:00:00.000000000 -08:00
+submission_1002:
+  :submitters:
+  - :name: Zoë Müller
+    :sid: '3031'
+    :email: zoe@example.edu
+  :created_at: 2024-03-02 11:00:00.000000000 -08:00
+submission_1003:
+  :submitters:
+  - :name: Ana López García
+    :sid: ''
+    :email: ana@example.edu
+  :created_at: 2024-03-01 09:00:00.000000000 -08:00
+"""
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as z:
+        z.writestr("my hw9/q3 multihead attention.ipynb", good)
+    gs = tmp / "gradescope-export.zip"
+    with zipfile.ZipFile(gs, "w") as zf:
+        _entry(zf, "assignment_9_export/submission_metadata.yml", yml, (2024, 3, 3, 0, 0, 0))
+        _entry(zf, "assignment_9_export/submission_1001/Q3_MultiHead_Attention (1).ipynb", good, (2024, 3, 1, 18, 0, 0))
+        _entry(zf, "assignment_9_export/submission_1002/q3_multihead_attention.ipynb", half, (2024, 3, 2, 19, 0, 0))
+        _entry(zf, "assignment_9_export/submission_1002/scratch notes ü.txt", b"x", (2024, 3, 2, 19, 0, 0))
+        _entry(zf, "assignment_9_export/submission_1003/hw9.zip", inner.getvalue(), (2024, 3, 1, 17, 0, 0))
+    cv = tmp / "canvas-download.zip"
+    with zipfile.ZipFile(cv, "w") as zf:
+        _entry(zf, "smithjohn_12345_678901_q3_multihead_attention.ipynb", good, (2024, 3, 1, 8, 0, 0))
+        _entry(zf, "smithjohn_12345_678950_q3_multihead_attention-1.ipynb", half, (2024, 3, 1, 9, 0, 0))
+        _entry(zf, "niñoeve_late_23456_679000_Q3 MultiHead Attention.ipynb", good, (2024, 3, 4, 8, 0, 0))
+        _entry(zf, "readme.txt", b"", (2024, 3, 4, 8, 0, 0))
+
+    def snapshot():
+        return {str(p.relative_to(course.root)): (p.read_bytes(), p.stat().st_mtime_ns)
+                for p in sorted(course.path("submitted").rglob("*")) if p.is_file()}
+
+    out = {"course": course, "gs": kit(course.root, "collect", "hw9", str(gs)).stdout,
+           "cv": kit(course.root, "collect", "hw9", str(cv)).stdout}
+    first = snapshot()
+    kit(course.root, "collect", "hw9", str(gs))
+    kit(course.root, "collect", "hw9", str(cv))
+    out["idempotent"] = (first, snapshot())
+    kit(course.root, "autograde", "hw9", "--workers", "1", "--quiet")
+    kit(course.root, "export", "hw9", "-o", str(tmp / "parts.csv"))
+    kit(course.root, "export", "hw9", "--format", "canvas", "-o", str(tmp / "canvas.csv"))
+    out["parts"] = {r["student"]: r for r in csv.DictReader(open(tmp / "parts.csv", encoding="utf-8"))}
+    out["canvas"] = list(csv.reader(open(tmp / "canvas.csv", encoding="utf-8")))
+    yield out
+    shutil.rmtree(course.root, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_collect_gradescope_export(lms):
+    """Does a Gradescope export land in submitted/<SID or email>/hw9 with the newest submission and its time?"""
+    c, out = lms["course"], lms["gs"]
+    assert {p.name for p in c.path("submitted").iterdir()} == {"3031", "ana@example.edu", "12345", "23456"}
+    zoe = c.path("submitted", "3031", "hw9")
+    assert nbu.read(zoe / f"{NB}.ipynb") == partial(nbu.read(SOURCE / f"{NB}.ipynb"))  # 1002, the newer
+    assert (zoe / "timestamp.txt").read_text() == "2024-03-02 19:00:00+00:00"
+    assert (c.path("submitted", "ana@example.edu", "hw9") / f"{NB}.ipynb").exists()
+    assert "3031: kept submission_1002, dropped submission_1001" in out
+    assert "hw9.zip:my hw9/q3 multihead attention.ipynb -> q3_multihead_attention" in out
+    assert "3031: scratch notes ü.txt" in out  # the file that matched nothing
+
+
+@pytest.mark.slow
+def test_collect_canvas_download(lms):
+    """Does a Canvas download land in submitted/<Canvas user id>/hw9, newest re-upload kept, late ones listed?"""
+    c, out = lms["course"], lms["cv"]
+    john = c.path("submitted", "12345", "hw9", f"{NB}.ipynb")
+    assert nbu.read(john) == partial(nbu.read(SOURCE / f"{NB}.ipynb"))  # the '-1' re-upload, the newer
+    assert "late: 23456" in out
+    assert "12345: kept q3_multihead_attention-1.ipynb, dropped q3_multihead_attention.ipynb" in out
+    assert "-: readme.txt" in out
+    assert (c.path("submitted", "23456", "hw9", "timestamp.txt")).read_text() == "2024-03-04 08:00:00+00:00"
+
+
+@pytest.mark.slow
+def test_recollecting_changes_nothing(lms):
+    """Does collecting the same exports again leave every file and timestamp as it was?"""
+    first, second = lms["idempotent"]
+    assert first == second and len(first) == 8  # 4 students x (notebook + timestamp.txt)
+
+
+@pytest.mark.slow
+def test_exports_hold_the_right_totals(lms):
+    """Do the per-part CSV and the Canvas CSV give each student the total the gradebook holds?"""
+    from attnkit.reports import scores
+    data = scores(lms["course"], "hw9")["students"]
+    full = sum(auto_points().values())
+    totals = {sid: sum(d["score"] for d in per.values()) for sid, per in data.items()}
+    assert totals["ana@example.edu"] == totals["23456"] == full  # solved
+    assert 0 < totals["3031"] == totals["12345"] < full        # the newer, half-done ones were kept
+    assert {sid: float(r["total"]) for sid, r in lms["parts"].items()} == totals
+    header, possible, *rows = lms["canvas"]
+    assert header == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "hw9"]
+    assert possible[0].strip() == "Points Possible" and float(possible[-1]) == sum(nbu.points(
+        nbu.read(SOURCE / f"{NB}.ipynb")).values())
+    got = {(r[1] or r[2] or r[3]): (r[0], r[3], float(r[-1])) for r in rows}
+    assert got["12345"] == ("smithjohn", "", totals["12345"])            # Canvas user id in ID
+    assert got["3031"] == ("Müller, Zoë", "zoe@example.edu", totals["3031"])  # SID in SIS User ID
+    assert got["ana@example.edu"][2] == full and len(rows) == 4
+
+
+@pytest.mark.slow
+def test_time_budget_still_gives_a_result(tmp_path, kitzip):
+    """When grading outlasts the time budget, is it stopped and does results.json say so, with every part at 0?"""
+    root = gradescope_root(tmp_path, kitzip, {f"{NB}.ipynb": nb_bytes(solved())})
+    env_budget = os.environ.get("ATTNKIT_GRADESCOPE_BUDGET")
+    os.environ["ATTNKIT_GRADESCOPE_BUDGET"] = "2"   # far less than starting nbgrader takes
+    try:
+        _, res = run_autograder(root)
+    finally:
+        os.environ.pop("ATTNKIT_GRADESCOPE_BUDGET")
+        if env_budget is not None:
+            os.environ["ATTNKIT_GRADESCOPE_BUDGET"] = env_budget
+    check_schema(res)
+    assert "Grading stopped after 2 s" in res["output"] and res["score"] == 0
+    q3 = [t for t in res["tests"] if t["name"].startswith(NB)]
+    assert q3 and all("time limit" in t["output"] for t in q3)

@@ -17,7 +17,7 @@ import textwrap
 
 import torch
 
-from attention_checks import close, growth_exponents, tolerance  # noqa: F401  (one tolerance rule, written there)
+from attention_checks import as_number, close, growth_exponents, tolerance  # noqa: F401  (one tolerance rule, written there)
 
 _Tensor = torch.Tensor
 

@@ -31,6 +31,8 @@ _Tensor = torch.Tensor
 #   * float32 results with rtol = 1e-4 and atol = 1e-5 (a few hundred eps32, for sums over
 #     the sequence in another order);
 #   * float16 / bfloat16 with 1e-2 / 2e-2.
+# A value that is a sum of terms which cancel (e.g. phi(q).phi(k) near q.k = -1) carries the rounding
+# error of its TERMS: compare it with atol = rtol * (size of the terms), not rtol * (its own size).
 # Every wrong answer the kit's fixture banks hold (a dropped term, a wrong axis, a missing
 # factor sqrt(2), another operand) is off by O(1) relative error, 10^4 times the float64
 # tolerance, so the rule separates right from wrong with a wide margin.

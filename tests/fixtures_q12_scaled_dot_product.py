@@ -1,7 +1,7 @@
 """Fixture submissions for q12_scaled_dot_product (HW9 Q1: scaled dot product, Q2: argmax attention).
 
-Test cells and points: q1a_test 2, q1b_test 3, q1c_test 1, q1_mc_test 2, q2_argmax_test 2,
-q2_softmax_test 2, q2_grad_test 2 (14 autograded points; 8 more are graded by hand).
+Test cells and points: q1a_test 2, q1b_test 2 (Var = d), q1b_general_test 1, q1c_test 1, q1_mc_test 2,
+q2a_hand_test 2, q2_argmax_test 2, q2_softmax_test 2, q2_grad_test 2 (16 autograded points; 8 more are graded by hand).
 """
 from fixturelib import Fixture
 
@@ -22,11 +22,11 @@ FIXTURES = [
             why="E[q.k] confused with E[|q|^2]"),
     Fixture("q12-var-is-d", NB,
             answers={"q1b_code": "return float(mu.numel())"},
-            expected={"q1b_test": 0}, messages={"q1b_test": "when sigma != 1"},
-            why="Var(q.k) = d whatever sigma and mu are"),
+            expected={"q1b_general_test": 0}, messages={"q1b_general_test": "when sigma != 1"},
+            why="Var(q.k) = d whatever sigma and mu are: the homework's case (2 points) right, the general form wrong"),
     Fixture("q12-var-no-mean-term", NB,
             answers={"q1b_code": "return mu.numel() * sigma ** 4"},
-            expected={"q1b_test": 0}, messages={"q1b_test": "for a nonzero mean vector"},
+            expected={"q1b_general_test": 0}, messages={"q1b_general_test": "for a nonzero mean vector"},
             why="Var(q.k) = d*sigma^4 forgets the 2 sigma^2 |mu|^2 term"),
     Fixture("q12-s-is-d", NB,
             answers={"q1c_code": "return float(d)"},
@@ -154,4 +154,23 @@ FIXTURES += [
             return V[best]
         """},
         why="a float64 square root and an argmax written as a Python loop are right answers"),
+]
+
+# Issue 10: Q1(b)'s homework case apart from the general form; Q2(a) by hand.
+FIXTURES += [
+    Fixture("q12-var-wrong-at-d", NB, answers={"q1b_code": "return float(mu.numel()) ** 2"},
+            expected={"q1b_test": 0, "q1b_general_test": 0}, messages={"q1b_test": "mu = 0, sigma = 1"},
+            why="Var(q.k) = d^2 loses both the homework's case and the general form"),
+    Fixture("q12-q2a-wrong-scores", NB, answers={"q2a": "q2a_scores = [3, 11, 5, 1]\nq2a_output = [1, 4, 3]"},
+            expected={"q2a_hand_test": 0}, messages={"q2a_hand_test": "key(s) [4]"},
+            why="a wrong hand-computed score loses Q2(a) by hand only"),
+    Fixture("q12-q2a-wrong-output", NB, answers={"q2a": "q2a_scores = [3, 11, 5, 2]\nq2a_output = [0, 3, 4]"},
+            expected={"q2a_hand_test": 0}, messages={"q2a_hand_test": "not the value of the best-scoring key"},
+            why="the best key itself instead of its value loses Q2(a) by hand only"),
+    Fixture("q12-q2a-tensors", NB,
+            answers={"q2a": "q2a_scores = torch.tensor([3., 11., 5., 2.])\nq2a_output = (1.0, 4.0, 3.0)"},
+            why="the hand computation as a tensor and a tuple of floats is a right answer written another way"),
+    Fixture("q12-q2a-undefined", NB, answers={"q2a": "pass"},
+            expected={"q2a_hand_test": 0}, messages={"q2a_hand_test": "`q2a_scores` is not defined"},
+            why="an undefined hand answer gets a friendly message"),
 ]

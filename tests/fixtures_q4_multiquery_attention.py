@@ -75,30 +75,33 @@ for i in range(W_q.shape[0]):
 return sum(ys), torch.stack(Ks, 1), torch.stack(Vs, 1)
 '''
 
-MC_CELLS = {"A": 3, "B": 3, "C": 4, "D": 4, "E": 4, "f": 4, "g": 4}
+MC_CELLS = {  # (f), (g): mqa_step_compute / mqa_step_memory, graded by growth exponents
+   "A": 3, "B": 3, "C": 4, "D": 4, "E": 4, "f": 4, "g": 4}
 MQA_CELLS = {"mqa_qkv": 3, "mqa_cache": 3, "mqa_output": 4, "mqa_shared": 2, "mqa_cache_size": 2, "mqa_decode": 3}
 
 FIXTURES = [
     Fixture("q4-solution", NB, why="the instructor's solution scores full marks"),
     Fixture("q4-release", NB, default="release",
-            messages={"q4_test_A": "answer_A is not defined", "q4_test_mqa_output": "name '_____' is not defined",
+            messages={"q4_test_A": "`answer_A` is not defined", "q4_test_f": "is not defined", "q4_test_mqa_output": "name '_____' is not defined",
                       "q4_test_mha_decode": "name '_____' is not defined"},
             why="the untouched release scores 0 everywhere"),
     Fixture(
         "q4-wrong-choices", NB,
         answers={"A": "answer_A = 2", "B": "answer_B = 1", "C": "answer_C = 1", "D": "answer_D = 2",
-                 "E": "answer_E = 1", "f": "answer_f = 1", "g": "answer_g = 1"},
+                 "E": "answer_E = 1", "f": "return b * d ** 2 + b * n * d / h", "g": "return d ** 2 + b * d + b * n * d"},
         expected={f"q4_test_{p}": 0 for p in MC_CELLS},
-        messages={f"q4_test_{p}": "is not the correct" for p in MC_CELLS},
-        why="a wrong but well-formed choice in every multiple-choice part costs exactly that part",
+        messages={**{f"q4_test_{p}": "is not the correct" for p in "ABCDE"},
+                  "q4_test_f": "the growth in h does not match", "q4_test_g": "the growth in h does not match"},
+        why="a wrong but well-formed answer in every part of Part 1 costs exactly that part "
+            "((f) with the attention divided by h, (g) without the cache divided by h)",
     ),
     Fixture(
         "q4-bad-format", NB,
-        answers={"A": 'answer_A = "1"', "f": "answer_f = True", "g": "answer_g = 4"},
+        answers={"A": 'answer_A = "1"', "f": 'return "b*d**2 + b*n*d"', "g": "return 0 * d"},
         expected={"q4_test_A": 0, "q4_test_f": 0, "q4_test_g": 0},
-        messages={"q4_test_A": "must be the number of an option", "q4_test_f": "must be the number of an option",
-                  "q4_test_g": "must be the number of an option"},
-        why="the visible format check rejects a string, a bool and an out-of-range number",
+        messages={"q4_test_A": "must be the number of an option", "q4_test_f": "should return a number",
+                  "q4_test_g": "should be a positive"},
+        why="the visible format check rejects a string option, a string expression and a zero cost",
     ),
     Fixture(
         "q4-mqa-per-head-cache", NB, answers={"mqa": MQA_PER_HEAD_CACHE},
@@ -142,3 +145,23 @@ return y, K, V
 '''
 FIXTURES.append(Fixture("q4-mqa-matmul", NB, answers={"mqa": MQA_MATMUL},
                         why="multi-query attention with broadcast matmuls instead of einsum scores full marks"))
+
+# Issue 10: (f), (g) are expressions graded by growth exponents (constants and lower-order terms are free).
+FIXTURES += [
+    Fixture("q4-memory-no-h", NB, answers={"g": "return d ** 2 + b * d + b * n * d"},
+            expected={"q4_test_g": 0}, messages={"q4_test_g": "the growth in h does not match"},
+            why="(g) without the cache shrinking by h (multi-head's memory) loses (g) only"),
+    Fixture("q4-compute-per-head", NB, answers={"f": "return b * d ** 2 + b * n * d // h"},
+            expected={"q4_test_f": 0}, messages={"q4_test_f": "the growth in h does not match"},
+            why="(f) with the attention arithmetic divided by h loses (f) only"),
+    Fixture("q4-compute-projections-per-head", NB, answers={"f": "return b * d ** 2 / h + b * n * d"},
+            expected={"q4_test_f": 0}, messages={"q4_test_f": "the growth in h does not match"},
+            why="(f) with the projections divided by h loses (f) only"),
+    Fixture("q4-complexity-other-forms", NB,
+            answers={"f": "return 3 * b * d * d + 2 * b * n * d + b * d + n",
+                     "g": "k = d // h\nreturn 2 * d * d + b * d + b * n * k + n + h"},
+            why="constants, lower-order terms and k = d/h written out keep full marks in (f) and (g)"),
+    Fixture("q4-undefined-answer", NB, answers={"B": "pass"},
+            expected={"q4_test_B": 0}, messages={"q4_test_B": "Part (B): `answer_B` is not defined"},
+            why="an answer cell that defines nothing gets a friendly message and costs only its part"),
+]

@@ -131,3 +131,31 @@ FIXTURES = [
         why="right answers written another way (einsum, another order of phi, a loop, F.sdpa) score full marks",
     ),
 ]
+
+
+# Issue 10: one tolerance rule; (b)(i) asked, not given; (a) with a friendly message.
+FEATURES_FLOAT32_CONSTANT = '''
+D = x.shape[-1]
+i, j = torch.triu_indices(D, D, offset=1, device=x.device)
+r2 = torch.tensor(2.0).sqrt()            # a float32 constant (0-dim: x keeps its dtype)
+return torch.cat([torch.ones_like(x[..., :1]), r2 * x, x * x, r2 * x[..., i] * x[..., j]], dim=-1)
+'''
+FIXTURES += [
+    Fixture("q6-float32-constant", NB, answers={"q6_b_features": FEATURES_FLOAT32_CONSTANT},
+            why="a right phi with sqrt(2) computed in float32 (relative error 3e-8) keeps full marks on float64 inputs"),
+    Fixture("q6-kernel-no-plus-one", NB, answers={"q6_b_kernel": KERNEL_NO_PLUS_ONE},
+            expected={"q6_b_kernel_test": 0}, messages={"q6_b_kernel_test": "dropped the +1"},
+            why="(b)(i) without the +1 loses (b)(i) only"),
+    Fixture("q6-kernel-plus-one-outside", NB, answers={"q6_b_kernel": "return ((q * k).sum(dim=-1)) ** 2 + 1"},
+            expected={"q6_b_kernel_test": 0}, messages={"q6_b_kernel_test": "the +1 belongs inside the square"},
+            why="(q.k)^2 + 1 loses (b)(i) only"),
+    Fixture("q6-a-undefined", NB, answers={"q6_a_choice": "pass"},
+            expected={"q6_a_choice_test": 0}, messages={"q6_a_choice_test": "Part (a): `answer_a` is not defined"},
+            why="an undefined answer_a gets a friendly message, not a bare NameError"),
+    Fixture("q6-a-nonnegative", NB, answers={"q6_a_choice": "answer_a = 2"},
+            expected={"q6_a_choice_test": 0}, messages={"q6_a_choice_test": "not the right option"},
+            why="the plausible distractor sim >= 0 loses (a)"),
+    Fixture("q6-kernel-raises", NB, answers={"q6_b_kernel": "return (q @ k.T + 1) ** 2"},
+            expected={"q6_b_kernel_test": 0}, messages={"q6_b_kernel_test": "(b)(i) poly_kernel"},
+            why="a poly_kernel that raises on batched inputs costs (b)(i) only, with the part named"),
+]

@@ -20,7 +20,9 @@ Q3 = "q3_multihead_attention"
 Q4 = "q4_multiquery_attention"
 Q12 = "q12_scaled_dot_product"
 Q3_TESTS = {"q3a_W_k": 1, "q3b_W_v": 1, "q3c_W_o": 1, "q3d_scores": 2, "q3e_softmax": 2, "q3f_weighted_values": 2,
-            "q3g_split_heads": 2, "q3h_output_projection": 1, "q3b_wide_value_test": 3}
+            "q3g_split_heads": 2, "q3h_output_projection": 1, "q3_whole_layer_check": 2, "q3b_wide_value_test": 3}
+BLANK_PARTS = {"q3a_W_k", "q3b_W_v", "q3c_W_o", "q3d_scores", "q3e_softmax", "q3f_weighted_values", "q3g_split_heads",
+               "q3h_output_projection"}
 
 # Realistic wrong answers (../shared/HOMEWORK.md) the tampering tries to hide.
 WRONG_A = {"a": "self.W_k = nn.Linear(d_model, self.d_k)"}              # fails the visible test too
@@ -269,6 +271,9 @@ for _p in pathlib.Path.cwd().resolve().parents:
 def q3(student, answers=None, expected=None, messages=None, mutate=None, why="", status="graded"):
     fx = Fixture(student, Q3, dict(answers or {}), expected=dict(expected or {}), messages=dict(messages or {}),
                  mutate=mutate, why=why)
+    # A wrong blank also breaks the whole layer as written (the graded whole-layer part).
+    if any(fx.expected.get(g) == 0 for g in BLANK_PARTS):
+        fx.expected.setdefault("q3_whole_layer_check", 0)
     fx.status = status
     return fx
 

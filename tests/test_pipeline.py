@@ -78,7 +78,7 @@ def test_autograde_scores_and_reports_broken_submissions(course):
     assert "not submitted" in out.stdout
     from attnkit.reports import scores
     data = scores(course, "hw9")["students"]
-    auto_max = 15.0
+    auto_max = 17.0  # issue 10: the whole-layer part (2)
     assert data["sample-solution"][NB]["score"] == auto_max
     assert data["Zoë Müller"][NB]["score"] == auto_max
     assert data["sample-untouched"][NB]["score"] == 0
@@ -112,7 +112,7 @@ def test_export_has_a_column_per_part(course):
     cols = rows[0].keys()
     assert f"{NB}:q3e_softmax (/2)" in cols and "total" in cols and f"{NB} total" in cols
     sol = next(r for r in rows if r["student"] == "sample-solution")
-    assert sol[f"{NB}:q3e_softmax (/2)"] == "2" and sol["total"] == "15" and sol["max"] == "17"
+    assert sol[f"{NB}:q3e_softmax (/2)"] == "2" and sol["total"] == "17" and sol["max"] == "19"
 
 
 def test_validate_exit_codes(course, tmp_path):

@@ -1,0 +1,212 @@
+"""Grader-only checks of the HW9 hidden tests (never released to students).
+
+Hidden tests import these from ``attnkit.grader_checks``; ``attnkit.guard`` reloads this module
+(after ``attention_checks``) from the grader's copy before every hidden test and rebinds the
+names a notebook uses. Everything students and the visible tests need stays in
+``source/hw9/attention_checks.py``; this module may use it. Nothing here prints an answer:
+messages name the part and the symptom.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import inspect
+import itertools
+import math
+import textwrap
+
+import torch
+
+from attention_checks import as_number, close, growth_exponents, tolerance  # noqa: F401  (one tolerance rule, written there)
+
+_Tensor = torch.Tensor
+
+
+@contextlib.contextmanager
+def patched(obj, **attrs):
+    """Temporarily replace attributes (e.g. methods of a class) and restore them after.
+
+    Hidden tests use this to grade one part of a class alone: every other method is
+    swapped for a reference version, so a mistake elsewhere does not cost these points.
+    """
+    missing = object()
+    saved = {name: obj.__dict__.get(name, missing) if isinstance(obj, type) else getattr(obj, name, missing)
+             for name in attrs}
+    try:
+        for name, value in attrs.items():
+            setattr(obj, name, value)
+        yield obj
+    finally:
+        for name, value in saved.items():
+            if value is missing:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, value)
+
+
+
+def assert_within_se(estimate, truth, se, *, part, what="estimate", k=6.0, slack=0.0, quiet=False):
+    """A Monte Carlo estimate within k standard errors (plus a fixed slack) of the exact value.
+
+    With a fixed seed the check is deterministic; with k = 6 a right estimator fails it
+    with probability about 2e-9 for any seed.
+    """
+    value = as_number(estimate, part=part, what=what)
+    bound = k * float(se) + float(slack)
+    err = abs(value - float(truth))
+    if not err <= bound:
+        raise AssertionError(f"{part}: {what} is {err / float(se):.1f} standard errors away from the exact "
+                             f"value (allowed {k:g}); check what you sample and what you average")
+    if not quiet:
+        print(f"ok  {part}: {what} within {k:g} standard errors ({err / float(se):.2f} SE off)")
+    return value
+
+
+
+def gradients(output, inputs):
+    """Gradients of a fixed linear function of ``output`` w.r.t. each of ``inputs``.
+
+    None for an input with no gradient path (also when the output does not require grad
+    at all). The weights are fixed, not random, so the check is deterministic.
+    """
+    if not isinstance(output, _Tensor) or not output.requires_grad:
+        return [None for _ in inputs]
+    weights = torch.linspace(1.0, 2.0, output.numel(), dtype=output.dtype, device=output.device).reshape(output.shape)
+    grads = torch.autograd.grad((output * weights).sum(), list(inputs), allow_unused=True)
+    return [None if g is None else g.detach() for g in grads]
+
+
+def is_zero_grad(grad):
+    """True when there is no gradient (None) or it is exactly zero everywhere."""
+    return grad is None or int(torch.count_nonzero(grad)) == 0
+
+
+def q4_computed(tensors, expected, rtol=None, atol=None):
+    """True when some recorded tensor holds ``expected``'s values, with its axes in any order.
+
+    Lets a test ask "was q = x W_q computed?" whether the student kept q as [b, h, k] or
+    as [h, b, k] and permuted later. Size-1 axes are ignored on both sides.
+    """
+    expected = expected.squeeze()  # a [b, 1, k] copy of k = x W_k counts as k
+    want = tuple(expected.shape)
+    for t in tensors:
+        t = t.squeeze()
+        if t.dim() != expected.dim() or sorted(t.shape) != sorted(want):
+            continue
+        for perm in itertools.permutations(range(t.dim())):
+            if tuple(t.shape[p] for p in perm) == want and close(t.permute(*perm), expected, rtol, atol):
+                return True
+    return False
+
+
+def _fmt_exponents(exps):
+    return " ".join(f"{n}^{e:.2f}" for n, e in exps.items())
+
+
+def check_growth(cost, reference, *, part, regimes, names=("N", "D", "M"), tol=0.2, hints=None):
+    """Compare how ``cost`` and ``reference`` grow, variable by variable, in each regime.
+
+    ``regimes`` maps a description (e.g. "N >> D >> M") to a point of log2 sizes
+    (e.g. (60, 20, 5)); constants and lower-order terms do not change the exponents
+    there, so every expression with the same big-O passes. The message names the
+    variable whose exponent is off and the student's own exponents, never the reference's.
+    ``hints`` maps a variable name to an extra sentence for that variable.
+    """
+    for label, logs in regimes.items():
+        point = tuple(2 ** int(l) for l in logs)
+        got = growth_exponents(cost, point, names)
+        want = growth_exponents(reference, point, names)
+        off = [n for n in names if abs(got[n] - want[n]) > tol]
+        if off:
+            where = ", ".join(f"{n}=2^{int(l)}" for n, l in zip(names, logs))
+            extra = " ".join((hints or {}).get(n, "") for n in off).strip()
+            raise AssertionError(
+                f"{part}: with {label} ({where}) your expression grows like {_fmt_exponents(got)} as each "
+                f"variable doubles; the growth in {', '.join(off)} does not match the cost of the method."
+                + (f" {extra}" if extra else ""))
+        print(f"ok  {part}: growth exponents match with {label} (tolerance {tol})")
+
+
+
+
+def with_lines(fn, *, part, record=None, replace=None, first_only=("attn_scores",)):
+    """A copy of ``fn`` (a function or method defined in a notebook cell) with some assignments changed.
+
+    ``replace`` maps a variable name to a Python expression: every assignment to that name (only the
+    first one for the names in ``first_only``) gets that expression as its value, so a line of the
+    student's that raises or is wrong cannot affect another part. ``record`` maps a key to
+    ``(name, "before" | "after", expression)``: the expression's value just before the first
+    assignment to ``name`` or just after it is stored in ``recorded[key]``. The expressions see the function's globals and
+    ``__ref__`` (this module). Returns ``(new_fn, recorded)``. The given skeleton names the
+    variables; if a name is missing the given code was changed and the part fails with a message.
+    """
+    func = getattr(fn, "__func__", fn)
+    try:
+        src = textwrap.dedent(inspect.getsource(func))
+    except (OSError, TypeError) as exc:
+        raise AssertionError(f"{part}: could not read the source of {func.__name__} ({exc})") from None
+    tree = ast.parse(src)
+    fdef = tree.body[0]
+    fdef.decorator_list = []
+    recorded = {}
+    record = dict(record or {})
+    replace = dict(replace or {})
+    seen = set()
+
+    def assigned(stmt):
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            return stmt.targets[0].id
+        if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Attribute)
+                and isinstance(stmt.targets[0].value, ast.Name)):  # self.W_k = ...
+            return f"{stmt.targets[0].value.id}.{stmt.targets[0].attr}"
+        if isinstance(stmt, (ast.AugAssign, ast.AnnAssign)) and isinstance(stmt.target, ast.Name):
+            return stmt.target.id
+        return None
+
+    def rec_stmt(key, expr):
+        return ast.parse(f"__recorded__[{key!r}] = {expr}").body[0]
+
+    def rewrite(body):
+        out = []
+        for stmt in body:
+            for field in ("body", "orelse", "finalbody"):
+                if hasattr(stmt, field) and isinstance(getattr(stmt, field), list) and not isinstance(stmt, ast.FunctionDef):
+                    setattr(stmt, field, rewrite(getattr(stmt, field)))
+            name = assigned(stmt)
+            first = name is not None and name not in seen
+            if first:
+                for key, (n, when, expr) in record.items():
+                    if n == name and when == "before":
+                        out.append(rec_stmt(key, expr))
+            if name in replace and (first or name not in first_only):
+                stmt = ast.Assign(targets=[ast.parse(name, mode="eval").body], value=ast.parse(replace[name], mode="eval").body)
+                for node in ast.walk(stmt.targets[0]):
+                    if hasattr(node, "ctx"):
+                        node.ctx = ast.Load()
+                stmt.targets[0].ctx = ast.Store()
+            out.append(stmt)
+            if first:
+                seen.add(name)
+                for key, (n, when, expr) in record.items():
+                    if n == name and when == "after":
+                        out.append(rec_stmt(key, expr))
+        return out
+
+    fdef.body = rewrite(fdef.body)
+    missing = [n for n in list(replace) + [r[0] for r in record.values()] if n not in seen]
+    if missing:
+        raise AssertionError(f"{part}: the given code of {func.__name__} was changed: it no longer assigns "
+                             f"{', '.join(sorted(set(missing)))}; restore the skeleton and fill in only the blanks")
+    ast.fix_missing_locations(tree)
+    import sys
+    namespace = dict(func.__globals__)
+    namespace["__recorded__"] = recorded
+    namespace["__ref__"] = sys.modules[__name__]
+    exec(compile(tree, inspect.getsourcefile(func) or "<answer>", "exec"), namespace)
+    return namespace[func.__name__], recorded
+
+
+def softmax_ref(scores, dim=-1):
+    """Softmax written from its definition (max subtracted), in the scores' dtype."""
+    e = torch.exp(scores - scores.amax(dim, keepdim=True))
+    return e / e.sum(dim, keepdim=True)

@@ -23,6 +23,11 @@ _Tensor = torch.Tensor
 
 
 @contextlib.contextmanager
+def devices():
+    """The devices the hidden tests run on: CPU always, CUDA when present."""
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
 def patched(obj, **attrs):
     """Temporarily replace attributes (e.g. methods of a class) and restore them after.
 

@@ -63,7 +63,8 @@ def bare_expression_cells(nb) -> list[str]:
 
 
 def _used_names(code: str) -> set[str]:
-    """Names Python code uses (loads, stores, attributes); an import alone is not a use.
+    """Names Python code uses (loads, stores, attributes, or calls it shows students in a
+    string); an import alone is not a use.
     IPython magics are skipped; unparsable code falls back to every identifier in it."""
     text = "\n".join(l for l in code.split("\n") if not l.lstrip().startswith(("%", "!")))
     try:
@@ -76,6 +77,8 @@ def _used_names(code: str) -> set[str]:
             names.add(node.id)
         elif isinstance(node, ast.Attribute):
             names.add(node.attr)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names |= set(re.findall(r"([A-Za-z_]\w*)\(", node.value))  # "try check_linear_time(...) yourself"
     return names
 
 

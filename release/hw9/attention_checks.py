@@ -52,11 +52,6 @@ def tolerance(dtype=torch.float64):
     return TOLERANCES.get(dtype, (1e-4, 1e-5))
 
 
-def devices():
-    """The devices the hidden tests run on: CPU always, CUDA when present."""
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
 def check_tensor(got, *, part, shape=None, dtype=None, device=None, what="output"):
     """Type, shape, dtype and device of a result, with a message naming the part."""
     if not isinstance(got, _Tensor):

@@ -141,9 +141,7 @@ def build(course: Course, assignment: str, out: Path | None = None, written: str
 def _secret_lines(course: Course, assignment: str) -> list[str]:
     from attnkit import notebooks as nbu
 
-    lines = []
-    for src in course.path("source", assignment).glob("*.ipynb"):
-        lines += nbu.hidden_lines(nbu.read(src))
+    lines = nbu.assignment_hidden_lines(sorted(course.path("source", assignment).glob("*.ipynb")))
     return sorted(set(lines), key=len, reverse=True)
 
 

@@ -106,7 +106,7 @@ def fill(source_nb, answers: dict[str, str] | None = None, default: str = "solut
     return nb
 
 
-def _outside(nb, kinds) -> set:
+def outside(nb, kinds) -> set:
     """Stripped lines of the notebook that are outside regions of these kinds."""
     seen = set()
     for cell, items in parsed(nb):
@@ -122,13 +122,21 @@ def hidden_lines(nb) -> list[str]:
     """Lines that must never reach a student: hidden tests and mark schemes (lines that also
     appear elsewhere in the notebook, like an import, are left out)."""
     kinds = (markup.HIDDEN, markup.MARK_SCHEME)
-    elsewhere = _outside(nb, kinds)
+    elsewhere = outside(nb, kinds)
     return [l for cell in nb.cells for l in markup.secret_lines(cell.source, kinds) if l not in elsewhere]
+
+
+def assignment_hidden_lines(paths) -> list[str]:
+    """Hidden-test and mark-scheme lines of several notebooks (one assignment), less any line
+    that one of them shows students (a shared import or a visible check is no secret)."""
+    notebooks = [read(p) for p in paths]
+    shown = set().union(set(), *(outside(nb, (markup.HIDDEN, markup.MARK_SCHEME)) for nb in notebooks))
+    return list(dict.fromkeys(l for nb in notebooks for l in hidden_lines(nb) if l not in shown))
 
 
 def solution_lines(nb) -> list[str]:
     """Solution lines (not comments) that do not also appear outside solution regions."""
-    elsewhere = _outside(nb, (markup.SOLUTION, markup.HIDDEN))
+    elsewhere = outside(nb, (markup.SOLUTION, markup.HIDDEN))
     return [l for cell in nb.cells for l in markup.secret_lines(cell.source, (markup.SOLUTION,))
             if l not in elsewhere and not l.startswith("#")]
 

@@ -127,12 +127,13 @@ def _released_texts(release_dir: Path):
 def secret_scan(course: Course, assignment: str, folder: Path) -> list[str]:
     """Every cell and text file under ``folder`` (a release, a student bundle) checked for the
     markup, solution lines, hidden-test and mark-scheme lines, and declared answer texts."""
-    solution, hidden, declared = [], [], []
-    for src_path in sorted(course.path("source", assignment).glob("*.ipynb")):
-        src = nbu.read(src_path)
-        solution += [(src_path.stem, line) for line in nbu.solution_lines(src)]
-        hidden += [(src_path.stem, line) for line in nbu.hidden_lines(src)]
-        declared += [(src_path.stem, gid, text) for gid, text in nbu.answer_texts(src)]
+    paths = sorted(course.path("source", assignment).glob("*.ipynb"))
+    solution, declared = [], []
+    for path in paths:
+        src = nbu.read(path)
+        solution += [(path.stem, line) for line in nbu.solution_lines(src)]
+        declared += [(path.stem, gid, text) for gid, text in nbu.answer_texts(src)]
+    hidden = [("the assignment", line) for line in nbu.assignment_hidden_lines(paths)]
     found = []
     for where, text in _released_texts(folder):
         marker = markup.contains_marker(text)

@@ -134,9 +134,7 @@ def feedback(course: Course, assignment: str, students: list[str] | None = None,
     problems = problems if problems is not None else []
     api = course.api()
     data = scores(course, assignment)
-    secret = []
-    for src in course.path("source", assignment).glob("*.ipynb"):
-        secret += nbu.hidden_lines(nbu.read(src))
+    secret = nbu.assignment_hidden_lines(sorted(course.path("source", assignment).glob("*.ipynb")))
     written = []
     for sid in students or sorted(data["students"]):
         folder = course.path("autograded", sid, assignment)

@@ -84,7 +84,9 @@ PROC_FD = STEAL + '''
 _paths = []
 for _p in _pids:
     for _fd in _g.glob(f"/proc/{_p}/fd/*"):
-        _paths += [_fd] + _g.glob(_fd + "/source/hw9/" + _Q3) + _g.glob(_fd + "/../source/hw9/" + _Q3)
+        if _o.path.isfile(_fd):         # a pipe or a socket would block the read
+            _paths.append(_fd)
+        _paths += _g.glob(_fd + "/source/hw9/" + _Q3) + _g.glob(_fd + "/../source/hw9/" + _Q3)
         _paths += _g.glob(_fd + "/submitted/*/hw9/" + _Q3)
 _steal(_paths)
 '''
@@ -211,6 +213,7 @@ for _p in [p for p in _o.listdir("/proc") if p.isdigit() and int(p) != _o.getpid
 KILL_ALL = '''
 import os as _o, signal as _s
 _o.kill(-1, _s.SIGKILL)
+print("kill -9 -1 done")
 '''
 
 DAEMON = f'''
@@ -296,6 +299,16 @@ for _p in [int(p) for p in _o.listdir("/proc") if p.isdigit() and int(p) != _o.g
 '''
 
 
+# What the payload's own output must show (the attack ran, and was stopped) and must never show.
+EVIDENCE = {"hostile-kit-write": "could not write", "hostile-kill-parent": "attack failed: PermissionError",
+            "hostile-kill-attnkit": "could not kill 1", "hostile-kill-all": "kill -9 -1 done",
+            "hostile-daemon": "daemons started", "hostile-ptrace-signal": "ptrace 1 Operation not permitted",
+            "hostile-tcp": "no connection to 127.0.0.1", "hostile-fork-bomb": "fork bomb running",
+            "hostile-big-file": "could not write big.bin", "hostile-memory-bomb": "out of memory, as expected",
+            "hostile-gradebook-write": "could not write", "hostile-autograded-write": "could not write"}
+FORBIDDEN = ("STOLEN", "WROTE", "CONNECTED", "got the memory", "ptrace 1 ok", "wrote big.bin", "wrote sparse.bin")
+
+
 def right(student, payload, why):
     return q3(student, mutate=append_to("q3_mha", _guarded(payload)), why=why)
 
@@ -332,6 +345,10 @@ HOSTILE = [
     right("hostile-big-file", BIG_FILE, "a 10 GB file (streamed and sparse)"),
     right("hostile-memory-bomb", MEMORY_BOMB, "100 GB and 1 TB asked for, 64 GiB touched"),
 ]
+
+for _fx in HOSTILE:
+    if _fx.student != "hostile-plain-right":
+        _fx.evidence = EVIDENCE.get(_fx.student, "nothing stolen")
 
 # No FIXTURES name: `kit integrity` (which may run unsandboxed) must never pick up this bank;
 # kill -9 -1 as the grader's own user is not a test to run outside the sandbox.

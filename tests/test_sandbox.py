@@ -20,7 +20,7 @@ from attnkit import sandbox
 from attnkit.course import Course
 from attnkit.release import generate
 from attnkit.reports import scores
-from fixtures_hostile import (DAEMON, GRADEBOOK_WRITE, HOSTILE, KILL_ALL, KILL_PARENT, LISTEN_PORT, PROC_CWD,
+from fixtures_hostile import (DAEMON, FORBIDDEN, GRADEBOOK_WRITE, HOSTILE, KILL_ALL, KILL_PARENT, LISTEN_PORT, PROC_CWD,
                               PROC_ROOT, TAG, right, wrong)
 from fixtures_tamper import Q3, q3
 from harness import ASSIGNMENT, Graded, assert_fixture, submission_for
@@ -160,7 +160,18 @@ def test_hostile_batch_completes(hostile):
 @needs_sandbox
 @pytest.mark.parametrize("fx", HOSTILE, ids=[f.student for f in HOSTILE])
 def test_hostile_case_gains_nothing(hostile, fx):
+    """The attack ran (its output says how it was stopped) and the score is what the answers deserve."""
     assert_fixture(hostile.graded, fx)
+    if hasattr(fx, "evidence"):
+        text = answer_output(hostile.course, fx.student)
+        assert fx.evidence in text, f"{fx.student}: the payload's output lacks {fx.evidence!r}:\n{text[-1500:]}"
+        assert not [w for w in FORBIDDEN if w in text], f"{fx.student}: the attack worked:\n{text[-1500:]}"
+
+
+def answer_output(course, student) -> str:
+    nb = nbu.read(course.path("autograded", student, ASSIGNMENT, f"{Q3}.ipynb"))
+    cell = next(c for c in nb.cells if nbu.grade_id(c) == "q3_mha")
+    return "\n".join(o.get("text") or f"{o.get('ename')}: {o.get('evalue')}" for o in cell.get("outputs", []))
 
 
 @needs_sandbox

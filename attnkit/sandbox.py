@@ -118,6 +118,8 @@ def uid_slot() -> int:
     """This process's sandbox uid: one per concurrent grading process, held (flock) until it exits,
     so each worker's kernels have their own RLIMIT_NPROC budget and their own kill -9 -1."""
     global _held_slot
+    if os.geteuid() != 0:  # unprivileged bwrap: the kernel keeps the grader's uid (in its own user namespace)
+        return os.getuid()
     if _held_slot is not None:
         return _held_slot[0]
     folder = os.path.join(tempfile.gettempdir(), ".attnkit-sandbox-uids")
@@ -304,7 +306,8 @@ class CourseKernelManager(AsyncKernelManager):
             os.chmod(self._run_dir, 0o711 if mode == "setpriv" else 0o755)
             ipc = os.path.join(self._run_dir, "ipc")
             os.mkdir(ipc, 0o700)
-            os.chown(ipc, self._uid, self._uid)
+            if os.geteuid() == 0:
+                os.chown(ipc, self._uid, self._uid)
             self.transport = "ipc"
             self.connection_file = os.path.join(self._run_dir, "kernel.json")
             self.ip = os.path.join(ipc, "kernel")

@@ -71,6 +71,18 @@ class Worker:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def discard(self) -> None:
+        """After the process died: release its pipes and log."""
+        for f in (self.proc.stdin, self.results):
+            try:
+                f.close()
+            except OSError:
+                pass
+        try:
+            os.unlink(self.log.name)
+        except OSError:
+            pass
+
     def close(self) -> None:
         try:
             self.proc.stdin.close()
@@ -109,7 +121,7 @@ def run_batch(root: str, assignment: str, students: list[str], workers: int, env
                 reason = worker.death() if not stop.is_set() else "grading was interrupted"
                 with lock:
                     live.discard(worker)
-                worker.results.close()
+                worker.discard()
                 worker = None
             if stop.is_set() and result is None:
                 return

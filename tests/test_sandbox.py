@@ -268,3 +268,43 @@ def test_setpriv_fallback_keeps_answers_out_of_reach():
     finally:
         import shutil
         shutil.rmtree(course.root, ignore_errors=True)
+
+
+def _wait_for(predicate, seconds):
+    end = time.time() + seconds
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@needs_sandbox
+def test_a_killed_or_interrupted_grader_loses_nothing_and_a_rerun_finishes():
+    """SIGKILL to ./kit autograde mid-batch: no sandbox survives, the gradebook opens, and the
+    same command finishes the job. Ctrl-C (SIGINT): exit 130, a clear line, grades kept."""
+    fixtures = [q3(f"stop-{i}", why="right") for i in range(3)] + [right("stop-daemon", DAEMON, "a daemon")]
+    course = course_with(fixtures)
+    cmd = [sys.executable, "-m", "attnkit", "--root", str(course.root), "autograde", ASSIGNMENT, "--workers", "2"]
+    env = {**os.environ, "ATTNKIT_CELL_TIMEOUT": "20"}
+    try:
+        for sig in (9, 2):
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert _wait_for(lambda: course.path("autograded").is_dir() and any(course.path("autograded").iterdir()), 120)
+            time.sleep(3)  # kernels running
+            proc.send_signal(sig)
+            out, err = proc.communicate(timeout=120)
+            if sig == 2:
+                assert proc.returncode == 130, out[-2000:] + err[-2000:]
+                assert "interrupted:" in err and "run the same command again" in err
+            assert _wait_for(lambda: survivors() == [], 30), survivors()
+            with course.gradebook() as gb:  # still a consistent database
+                gb.assignment_submissions(ASSIGNMENT)
+        out = kit(course.root, "autograde", ASSIGNMENT, "--workers", "2")
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        data = scores(course, ASSIGNMENT)["students"]
+        assert {sid: data[sid][Q3]["score"] for sid in data} == {fx.student: 15 for fx in fixtures}
+        assert survivors() == []
+    finally:
+        import shutil
+        shutil.rmtree(course.root, ignore_errors=True)

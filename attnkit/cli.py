@@ -51,9 +51,18 @@ def _sandbox_line(allow: bool, what: str) -> bool:
 
 
 def cmd_autograde(args) -> int:
+    try:
+        return _autograde(args)
+    except KeyboardInterrupt as stop:  # Ctrl-C: grades already written stay; the same command finishes
+        done = f"{len(stop.results)} students graded and recorded; " if hasattr(stop, "results") else ""
+        print(f"\ninterrupted: {done}run the same command again to finish (grades already written are kept)",
+              file=sys.stderr)
+        return 130
+
+
+def _autograde(args) -> int:
     from attnkit.grading import autograde
     from attnkit.reports import table
-    from attnkit.workers import Interrupted
 
     course = Course(args.root)
     if not _sandbox_line(args.unsandboxed_i_accept_the_risk, "submissions"):
@@ -73,13 +82,8 @@ def cmd_autograde(args) -> int:
             print(f"nothing submitted for {assignment} (submitted/<student>/{assignment}/)")
             continue
         t0 = time.perf_counter()
-        try:
-            results = autograde(course, assignment, students, args.workers, progress=not args.quiet,
-                                allow_unsandboxed=args.unsandboxed_i_accept_the_risk)
-        except Interrupted as stop:
-            print(f"\ninterrupted: {len(stop.results)} students graded and recorded; run the same command again "
-                  f"to finish (grades already written are kept)", file=sys.stderr)
-            return 130
+        results = autograde(course, assignment, students, args.workers, progress=not args.quiet,
+                            allow_unsandboxed=args.unsandboxed_i_accept_the_risk)
         print(f"\n{assignment}: autograded {len(results)} submissions in {time.perf_counter() - t0:.1f}s")
         print(table(course, assignment, [r["student"] for r in results]))
         if not all(all(n["status"] in ("graded", "missing") for n in r["notebooks"]) for r in results):

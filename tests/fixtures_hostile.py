@@ -169,7 +169,7 @@ for _db in _dbs:
 AUTOGRADED_WRITE = STEAL + '''
 _targets = _g.glob("/tmp/attnkit-*/autograded/*/hw9") + _g.glob("/tmp/attnkit-*/source/hw9") + \\
     _g.glob("/tmp/attnkit-*/release/hw9") + [f"{_REPO}/source/hw9", f"{_REPO}/release/hw9"]
-for _p in _pids:
+for _p in [p for p in _pids if p != str(_o.getpid())]:   # its own working folder is its to write
     _targets += _g.glob(f"/proc/{_p}/root/tmp/attnkit-*/autograded/*/hw9") + _g.glob(f"/proc/{_p}/cwd")
 for _t in _targets:
     try:
@@ -209,10 +209,11 @@ for _p in [p for p in _o.listdir("/proc") if p.isdigit() and int(p) != _o.getpid
         print("could not kill", _p, type(_e).__name__)
 '''
 
-KILL_ALL = '''
-import os as _o, signal as _s
+KILL_ALL = f'''
+import os as _o, signal as _s, subprocess as _sp
+_victim = _sp.Popen(["/bin/sh", "-c", "sleep 1000; exit 0", "{TAG}-victim"])  # something in view to kill
 _o.kill(-1, _s.SIGKILL)
-print("kill -9 -1 done")
+print("kill -9 -1 done; own child", "killed" if _victim.wait() == -9 else "alive")
 '''
 
 DAEMON = f'''
@@ -300,7 +301,7 @@ for _p in [int(p) for p in _o.listdir("/proc") if p.isdigit() and int(p) != _o.g
 
 # What the payload's own output must show (the attack ran, and was stopped) and must never show.
 EVIDENCE = {"hostile-kit-write": "could not write", "hostile-kill-parent": "attack failed: PermissionError",
-            "hostile-kill-attnkit": "could not kill 1", "hostile-kill-all": "kill -9 -1 done",
+            "hostile-kill-attnkit": "could not kill 1", "hostile-kill-all": "kill -9 -1 done; own child killed",
             "hostile-daemon": "daemons started", "hostile-ptrace-signal": "ptrace 1 Operation not permitted",
             "hostile-tcp": "no connection to 127.0.0.1", "hostile-fork-bomb": "fork bomb running",
             "hostile-big-file": "could not write big.bin", "hostile-memory-bomb": "out of memory, as expected",

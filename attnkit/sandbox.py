@@ -102,12 +102,14 @@ def detect() -> str:
 
 def describe(mode: str) -> str:
     """One line for the instructor's terminal."""
+    why = (f"forced by {ENV_MODE}={mode}" if os.environ.get(ENV_MODE, "").strip() == mode
+           else f"bwrap: {probe('bwrap')}" + ("" if mode == "setpriv" else f"; setpriv: {probe('setpriv')}"))
     if mode == "bwrap":
         return "sandbox: bubblewrap (own PID/mount/network namespaces, unprivileged uid, no view of the course)"
     if mode == "setpriv":
         return (f"sandbox: FALLBACK setpriv (unprivileged uid, course folders unreadable to it; NO network or "
-                f"process isolation: bwrap {probe('bwrap')})")
-    return f"sandbox: NONE - submissions run with the grader's rights (bwrap: {probe('bwrap')}; setpriv: {probe('setpriv')})"
+                f"process isolation; {why})")
+    return f"sandbox: NONE - submissions run with the grader's rights ({why})"
 
 
 # ---------------------------------------------------------------------------- uid slots

@@ -1,8 +1,8 @@
 # The one nbgrader configuration of the course. nbgrader ignores --config, so the kit
 # (./kit, python -m attnkit) loads this file itself; nbgrader_config.py loads it too, for
 # nbgrader's own CLI and the formgrader.
-from attnkit.preprocessors import (ClearSolutionsWithStubs, CourseExecute, DropDuplicateIds,
-                                   ScoreOnlyErrors, ScrubTestOutputs)
+from attnkit.preprocessors import ClearSolutionsWithStubs, DropDuplicateIds, ScoreOnlyErrors, ScrubTestOutputs
+from attnkit.sandbox import CourseExecute
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
 from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests,
                                     ClearMarkScheme, ClearOutput, ComputeChecksums,
@@ -43,9 +43,14 @@ c.Execute.timeout = int(os.environ.get("ATTNKIT_CELL_TIMEOUT", "60"))
 c.Execute.interrupt_on_timeout = True  # ... and the rest of the notebook still runs
 c.CourseKernelManager.memory_limit_mb = 4096
 c.CourseKernelManager.threads = 1      # workers run side by side; timing tests expect 1 thread
-# Kernels run in a scratch folder with source/, submissions and the gradebook hidden
-# (a private mount namespace where the grader may make one: root on Linux).
-c.CourseKernelManager.hide_secrets = True
+# Every kernel runs in the grading sandbox (attnkit/sandbox.py; README "The grading sandbox"):
+# auto = ATTNKIT_SANDBOX if set, else bwrap where it works, else the setpriv fallback (root), else none
+# (./kit autograde then refuses real submissions without --unsandboxed-i-accept-the-risk).
+c.CourseKernelManager.sandbox = "auto"
+c.CourseKernelManager.max_processes = 256  # per worker slot's uid, threads included (fork bombs)
+c.CourseKernelManager.max_file_mb = 256    # largest file written (disk fill)
+c.CourseKernelManager.scratch_mb = 256     # the kernel's writable working folder (tmpfs)
+c.CourseKernelManager.cpu_seconds = 900    # CPU seconds per kernel process, on top of the per-cell timeout
 c.LimitOutput.max_lines = 200
 
 # Feedback: no hidden tests, no mark schemes, no tracebacks that quote them.

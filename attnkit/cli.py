@@ -30,11 +30,43 @@ def cmd_release(args) -> int:
     return 0
 
 
+def _sandbox_line(allow: bool, what: str) -> bool:
+    """Print which sandbox grading uses; False when grading must be refused."""
+    from attnkit import sandbox
+
+    try:
+        mode = sandbox.detect()
+    except sandbox.SandboxUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    print(sandbox.describe(mode), file=sys.stderr)
+    if mode == "none":
+        if not allow:
+            print(f"error: refusing to grade {what} unsandboxed: install bubblewrap (apt-get install -y bubblewrap, "
+                  f"as root) or pass --unsandboxed-i-accept-the-risk", file=sys.stderr)
+            return False
+        print(f"WARNING: grading {what} WITHOUT a sandbox: their code can read the course and the gradebook",
+              file=sys.stderr)
+    return True
+
+
 def cmd_autograde(args) -> int:
+    try:
+        return _autograde(args)
+    except KeyboardInterrupt as stop:  # Ctrl-C: grades already written stay; the same command finishes
+        done = f"{len(stop.results)} students graded and recorded; " if hasattr(stop, "results") else ""
+        print(f"\ninterrupted: {done}run the same command again to finish (grades already written are kept)",
+              file=sys.stderr)
+        return 130
+
+
+def _autograde(args) -> int:
     from attnkit.grading import autograde
     from attnkit.reports import table
 
     course = Course(args.root)
+    if not _sandbox_line(args.unsandboxed_i_accept_the_risk, "submissions"):
+        return 2
     status = 0
     for assignment in _assignments(course, [args.assignment] if args.assignment else None):
         students = args.student or None
@@ -50,7 +82,8 @@ def cmd_autograde(args) -> int:
             print(f"nothing submitted for {assignment} (submitted/<student>/{assignment}/)")
             continue
         t0 = time.perf_counter()
-        results = autograde(course, assignment, students, args.workers, progress=not args.quiet)
+        results = autograde(course, assignment, students, args.workers, progress=not args.quiet,
+                            allow_unsandboxed=args.unsandboxed_i_accept_the_risk)
         print(f"\n{assignment}: autograded {len(results)} submissions in {time.perf_counter() - t0:.1f}s")
         print(table(course, assignment, [r["student"] for r in results]))
         if not all(all(n["status"] in ("graded", "missing") for n in r["notebooks"]) for r in results):
@@ -145,6 +178,7 @@ def cmd_check(args) -> int:
     from attnkit.check import check
 
     course = Course(args.root)
+    _sandbox_line(True, "the instructor's own notebooks")  # says whether grading is sandboxed
     return 0 if check(course, _assignments(course, args.assignments), args.workers) else 1
 
 
@@ -156,13 +190,14 @@ def cmd_demo(args) -> int:
 
     course = Course(args.root)
     assignment = course.assignments()[0]
+    _sandbox_line(True, "the demo's own samples")
     t0 = time.perf_counter()
     print(f"== release {assignment}")
     release(course, [assignment])
     print(f"== sample submissions in submitted/: " + "; ".join(f"{k} ({v})" for k, v in SAMPLES.items()))
     students = place(course, assignment)
     print("== autograde")
-    autograde(course, assignment, students, args.workers)
+    autograde(course, assignment, students, args.workers, allow_unsandboxed=True)
     print("== feedback")
     paths = feedback(course, assignment, students)
     print(f"wrote {len(paths)} feedback files, e.g. {paths[0].relative_to(course.root) if paths else '-'}")
@@ -199,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--student", action="append", help="grade only this student (repeatable)")
     s.add_argument("--workers", type=int, default=None, help="worker processes (default: one per core)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--unsandboxed-i-accept-the-risk", action="store_true",
+                   help="grade even where no sandbox works: submitted code then runs with the grader's rights")
     s.set_defaults(func=cmd_autograde)
 
     s = sub.add_parser("feedback", help="HTML feedback per student, without hidden tests")

@@ -1,8 +1,11 @@
-"""autograde: grade submitted/ in parallel worker processes, one student per task.
+"""autograde: grade submitted/ in parallel worker processes (attnkit.workers), every kernel in
+the grading sandbox (attnkit.sandbox).
 
 Each notebook of a submission is autograded on its own (nbgrader's ``notebook_id``), so
 a notebook that cannot be graded (malformed JSON, a kernel that keeps dying) costs only
-that notebook; it is scored 0 with the reason recorded, and the batch goes on.
+that notebook; it is scored 0 with the reason recorded, and the batch goes on. A grading
+process that dies is replaced and its student retried once; if it dies again, the notebooks
+it had not finished are "failed" ("could not be graded: ...", scored 0).
 """
 from __future__ import annotations
 
@@ -10,9 +13,7 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 
 import nbformat
@@ -76,8 +77,9 @@ def _first_error(log: str) -> str:
     return log.strip().splitlines()[-1][-300:] if log.strip() else "unknown error"
 
 
-def grade_student(root: str, assignment: str, student: str) -> dict:
-    """Autograde every notebook of one student's submission (runs in a worker process)."""
+def grade_student(root: str, assignment: str, student: str, on_notebook=None) -> dict:
+    """Autograde every notebook of one student's submission (runs in a worker process);
+    ``on_notebook(result)`` as each notebook is done."""
     course = Course(root)
     started = time.perf_counter()
     result = StudentResult(student, assignment)
@@ -90,6 +92,7 @@ def grade_student(root: str, assignment: str, student: str) -> dict:
         if not path.exists():
             _zero(course, assignment, student, notebook)
             result.notebooks.append(asdict(NotebookResult(notebook, "missing", "notebook not submitted: scored 0")))
+            on_notebook and on_notebook(result.notebooks[-1])
             continue
         try:
             nbformat.validate(nbformat.read(str(path), as_version=4))
@@ -97,6 +100,7 @@ def grade_student(root: str, assignment: str, student: str) -> dict:
             _zero(course, assignment, student, notebook)
             msg = f"not a valid notebook ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): scored 0"
             result.notebooks.append(asdict(NotebookResult(notebook, "malformed", msg, time.perf_counter() - t0)))
+            on_notebook and on_notebook(result.notebooks[-1])
             continue
         for attempt in range(LOCK_RETRIES):
             out = _autograde_notebook(course, assignment, student, notebook)
@@ -109,10 +113,11 @@ def grade_student(root: str, assignment: str, student: str) -> dict:
         else:
             _zero(course, assignment, student, notebook)
             result.notebooks.append(asdict(NotebookResult(
-                notebook, "failed", f"could not be graded ({_first_error(log)}): scored 0", time.perf_counter() - t0)))
+                notebook, "failed", f"could not be graded: {_first_error(log)}; scored 0", time.perf_counter() - t0)))
             logdir = course.path("reports", "logs")
             logdir.mkdir(parents=True, exist_ok=True)
             (logdir / f"{assignment}-{student}-{notebook}.log").write_text(log)
+        on_notebook and on_notebook(result.notebooks[-1])
     result.seconds = time.perf_counter() - started
     return asdict(result)
 
@@ -144,39 +149,67 @@ class Progress:
 
 
 def autograde(course: Course, assignment: str, students: list[str] | None = None, workers: int | None = None,
-              progress: bool = True) -> list[dict]:
-    """Grade the given (default: all submitted) students; returns one result per student."""
+              progress: bool = True, allow_unsandboxed: bool = False) -> list[dict]:
+    """Grade the given (default: all submitted) students; returns one result per student.
+
+    Refuses (SandboxUnavailable) when no sandbox works here, unless ``allow_unsandboxed``."""
+    from attnkit import sandbox
+    from attnkit.workers import RETRIES, Interrupted, run_batch
+
+    mode = sandbox.detect()
+    if mode == "none" and not allow_unsandboxed:
+        raise sandbox.SandboxUnavailable(
+            f"{sandbox.describe(mode)}. Refusing to grade submissions unsandboxed: install bubblewrap "
+            f"(apt-get install -y bubblewrap) or pass --unsandboxed-i-accept-the-risk.")
+    if mode == "setpriv":  # the fallback's kernels run as another uid: take its rights off the secrets
+        sandbox.protect(str(course.root), os.path.dirname(sandbox.KIT_DIR))
     ensure_assignment(course, assignment)
     students = students or course.students(assignment)
     workers = max(1, min(workers or os.cpu_count() or 1, len(students) or 1))
+    with course.gradebook() as gb:
+        notebooks = sorted(nb.name for nb in gb.find_assignment(assignment).notebooks)
     bar = Progress(len(students)) if progress else None
-    results = []
-    if workers == 1:
-        for sid in students:
-            results.append(_safe_grade(str(course.root), assignment, sid))
-            if bar:
-                bar.step(sid)
-    else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(_safe_grade, str(course.root), assignment, sid): sid for sid in students}
-            for fut in as_completed(futures):
-                results.append(fut.result())
-                if bar:
-                    bar.step(futures[fut])
+    root = str(course.root)
+
+    def on_result(result):
+        if bar:
+            bar.step(result["student"])
+
+    def failed_result(student, done, reason):
+        finished = {n["notebook"] for n in done}
+        out = StudentResult(student, assignment, list(done))
+        for nb in notebooks:
+            if nb not in finished:
+                try:
+                    _zero(course, assignment, student, nb)
+                except Exception:  # no submission row yet: nothing to zero, the report says why
+                    pass
+                out.notebooks.append(asdict(NotebookResult(
+                    nb, "failed", f"could not be graded: {reason} (tried {1 + RETRIES} times); scored 0")))
+        return asdict(out)
+
+    try:
+        results = run_batch(root, assignment, students, workers, {sandbox.ENV_MODE: mode}, on_result, notebooks,
+                            failed_result)
+    except Interrupted as stop:
+        _save_report(course, assignment, stop.results)  # what was graded stays graded; a rerun finishes
+        raise
     results.sort(key=lambda r: r["student"])
     _save_report(course, assignment, results)
     return results
 
 
-def _safe_grade(root: str, assignment: str, student: str) -> dict:
+
+def _safe_grade(root: str, assignment: str, student: str, on_notebook=None) -> dict:
     """A grading crash for one student is recorded, never raised into the batch."""
     try:
-        return grade_student(root, assignment, student)
+        return grade_student(root, assignment, student, on_notebook)
     except Exception as exc:  # pragma: no cover - defensive: the batch must go on
         import traceback
 
         return asdict(StudentResult(student, assignment, [asdict(NotebookResult(
-            "*", "failed", f"grader error: {type(exc).__name__}: {exc}"))])) | {"traceback": traceback.format_exc()}
+            "*", "failed", f"could not be graded: grader error: {type(exc).__name__}: {exc}"))])) | {
+            "traceback": traceback.format_exc()}
 
 
 def _save_report(course: Course, assignment: str, results: list[dict]) -> None:

@@ -15,10 +15,12 @@ from attnkit.selfcheck import report
 def run_notebook(path: Path, config: Config | None = None):
     from nbgrader import utils
 
-    from attnkit.preprocessors import CourseExecute
+    from attnkit.sandbox import CourseExecute
 
     nb = nbu.read(path)
-    ex = CourseExecute(config=config or Config())
+    config = config or Config()
+    config.CourseKernelManager.sandbox = "none"  # the student's own machine and own notebook
+    ex = CourseExecute(config=config)
     with utils.setenv(NBGRADER_EXECUTION="validate"):
         nb, _ = ex.preprocess(nb, {"metadata": {"path": str(path.parent)}})
     return nb

@@ -40,13 +40,13 @@ def main() -> None:
         students = course.students("hw9")
         print(f"notebooks: {', '.join(stems)}; machine: {os.cpu_count()} cores")
         t0 = time.perf_counter()
-        autograde(course, "hw9", students[:1], workers=1, progress=False)
+        autograde(course, "hw9", students[:1], workers=1, progress=False, allow_unsandboxed=True)
         one = time.perf_counter() - t0
         print(f"1 submission, 1 worker:            {one:6.1f} s")
         timings = {}
         for workers in (1, 2):
             t0 = time.perf_counter()
-            autograde(course, "hw9", students, workers=workers, progress=False)
+            autograde(course, "hw9", students, workers=workers, progress=False, allow_unsandboxed=True)
             timings[workers] = time.perf_counter() - t0
             print(f"{len(students)} submissions, {workers} worker(s):     {timings[workers]:6.1f} s "
                   f"({timings[workers] / len(students):.1f} s per submission)")

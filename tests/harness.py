@@ -51,8 +51,9 @@ def grade_fixtures(fixtures, notebooks, workers: int = 2) -> Graded:
             target.write_bytes(sub)
         else:
             nbu.write(sub, target)
+    # our own fixtures: graded even where no sandbox works (the isolation cases then fail, as they should)
     results = {r["student"]: r for r in autograde(course, ASSIGNMENT, [f.student for f in fixtures], workers,
-                                                   progress=False)}
+                                                   progress=False, allow_unsandboxed=True)}
     data = scores(course, ASSIGNMENT)["students"]
     messages = {}
     for fx in fixtures:

@@ -1,0 +1,441 @@
+"""The grading sandbox, host side: where, as whom and with what a notebook's kernel runs.
+
+Modes (``detect()`` picks one at start; ``ATTNKIT_SANDBOX=bwrap|setpriv|none`` forces one):
+
+* ``bwrap`` - each kernel runs under bubblewrap in its own PID, mount, network, IPC and UTS
+  namespaces, as an unprivileged uid (one per worker slot, so RLIMIT_NPROC budgets are not
+  shared), with read-only binds of the Python environment and of the kernel-side kit modules,
+  a size-limited tmpfs as its working folder (the grader's helper files bound read-only into
+  it), its IPC sockets in a folder bound in, and nothing else: no course, no gradebook, no
+  other submission, no network. The PID namespace ends with the kernel, and with it every
+  process the notebook started.
+* ``setpriv`` - fallback where bwrap cannot run (Docker without user namespaces), as root:
+  the kernel runs as the slot's unprivileged uid (setpriv --no-new-privs); the course's
+  secret folders are made unreadable to other uids; after the kernel stops, every process
+  of that uid is killed. No network or process isolation.
+* ``none`` - the kernel runs as the grader (students' own machines: ./kit validate).
+
+The kernel side (rlimits, the guard) is attnkit/kernel.py.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from functools import lru_cache
+
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.manager import AsyncKernelManager
+from nbclient.exceptions import DeadKernelError
+from nbclient.util import run_sync
+from nbformat import NotebookNode
+from nbgrader.preprocessors import Execute
+from traitlets import Integer, Unicode
+
+from attnkit.preprocessors import is_test_cell
+
+ENV_MODE = "ATTNKIT_SANDBOX"
+MODES = ("bwrap", "setpriv", "none")
+BWRAP, SETPRIV = shutil.which("bwrap") or "/usr/bin/bwrap", shutil.which("setpriv") or "/usr/bin/setpriv"
+KIT_DIR = os.path.dirname(os.path.abspath(__file__))
+# Only these kit modules are visible to a kernel: the package will hold fixture banks with right answers.
+KERNEL_MODULES = ("__init__.py", "kernel.py", "guard.py", "grader_checks.py")
+SANDBOX_KIT = "/opt/attnkit"          # the kernel's PYTHONPATH entry holding attnkit/<KERNEL_MODULES>
+SANDBOX_HOME = "/home/student"        # the kernel's working folder (tmpfs)
+UID_BASE = 2_000_000                  # far above real users and the usual subuid ranges
+UID_SLOTS = 256
+TIMEOUT_NAMES = {"CellTimeoutError", "KeyboardInterrupt"}
+KERNEL_DIED = "KernelDied"
+
+
+class SandboxUnavailable(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------- detection
+def _run(argv, timeout=20) -> tuple[int, str]:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 127, f"{type(exc).__name__}: {exc}"
+    lines = (proc.stderr or proc.stdout or "").strip().splitlines()
+    return proc.returncode, lines[-1] if lines else ""
+
+
+@lru_cache(maxsize=None)
+def probe(mode: str) -> str | None:
+    """Actually try ``mode`` once (bwrap ... true). None when it works, else why not."""
+    if mode == "none":
+        return None
+    if not sys.platform.startswith("linux"):
+        return "needs Linux"
+    if mode == "setpriv":
+        if os.geteuid() != 0:
+            return "needs root (to switch the kernel to an unprivileged uid)"
+        rc, err = _run([SETPRIV, *_setpriv_args(UID_BASE), "--", "/bin/true"])
+        return None if rc == 0 else f"setpriv failed: {err or rc}"
+    if not os.path.exists(BWRAP):
+        return "bubblewrap (bwrap) is not installed"
+    argv = bwrap_argv(["/bin/true"], uid=UID_BASE, workfiles={}, run_dir=None, env={})
+    rc, err = _run(argv)
+    return None if rc == 0 else f"bwrap failed: {err or rc}"
+
+
+def detect() -> str:
+    """The sandbox mode this grader uses: forced by ATTNKIT_SANDBOX, else the best that works."""
+    forced = os.environ.get(ENV_MODE, "").strip()
+    if forced:
+        if forced not in MODES:
+            raise SandboxUnavailable(f"{ENV_MODE}={forced!r}: expected one of {', '.join(MODES)}")
+        why = probe(forced)
+        if why:
+            raise SandboxUnavailable(f"{ENV_MODE}={forced} but it does not work here: {why}")
+        return forced
+    for mode in ("bwrap", "setpriv"):
+        if probe(mode) is None:
+            return mode
+    return "none"
+
+
+def describe(mode: str) -> str:
+    """One line for the instructor's terminal."""
+    why = (f"forced by {ENV_MODE}={mode}" if os.environ.get(ENV_MODE, "").strip() == mode
+           else f"bwrap: {probe('bwrap')}" + ("" if mode == "setpriv" else f"; setpriv: {probe('setpriv')}"))
+    if mode == "bwrap":
+        return "sandbox: bubblewrap (own PID/mount/network namespaces, unprivileged uid, no view of the course)"
+    if mode == "setpriv":
+        return (f"sandbox: FALLBACK setpriv (unprivileged uid, course folders unreadable to it; NO network or "
+                f"process isolation; {why})")
+    return f"sandbox: NONE - submissions run with the grader's rights ({why})"
+
+
+# ---------------------------------------------------------------------------- uid slots
+_held_slot: tuple[int, object] | None = None
+
+
+def uid_slot() -> int:
+    """This process's sandbox uid: one per concurrent grading process, held (flock) until it exits,
+    so each worker's kernels have their own RLIMIT_NPROC budget and their own kill -9 -1."""
+    global _held_slot
+    if os.geteuid() != 0:  # unprivileged bwrap: the kernel keeps the grader's uid (in its own user namespace)
+        return os.getuid()
+    if _held_slot is not None:
+        return _held_slot[0]
+    folder = os.path.join(tempfile.gettempdir(), ".attnkit-sandbox-uids")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    start = int(os.environ.get("ATTNKIT_SANDBOX_SLOT", "0") or 0)
+    for i in range(UID_SLOTS):
+        slot = (start + i) % UID_SLOTS
+        f = open(os.path.join(folder, str(slot)), "w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        _held_slot = (UID_BASE + slot, f)
+        return UID_BASE + slot
+    raise SandboxUnavailable(f"all {UID_SLOTS} sandbox uids are in use")
+
+
+def _setpriv_args(uid: int) -> list[str]:
+    return [f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", "--inh-caps=-all"]
+
+
+# ---------------------------------------------------------------------------- the bwrap command
+def _python_roots() -> list[str]:
+    """The venv and the base interpreter it links to (read-only in the sandbox)."""
+    roots = [sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))]
+    out = []
+    for r in map(os.path.realpath, roots):
+        if not any(r == o or r.startswith(o + "/") for o in out):
+            out = [o for o in out if not o.startswith(r + "/")] + [r]
+    return out
+
+
+def bwrap_argv(inner: list[str], *, uid: int, workfiles: dict, run_dir: str | None, env: dict,
+               scratch_mb: int = 256) -> list[str]:
+    """The full command: bwrap (as root: no user namespace, so the uid below is a real host uid)
+    then setpriv to the slot's uid, then ``inner``. ``workfiles``: name -> host file bound
+    read-only into the working folder; ``run_dir``: the host folder with the connection file
+    and the IPC sockets, bound at the same path."""
+    a = [BWRAP, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+         "--die-with-parent", "--new-session", "--hostname", "grader", "--clearenv"]
+    if os.geteuid() != 0:  # unprivileged bwrap needs a user namespace; the uid stays the grader's
+        a += ["--unshare-user"]
+    mounted = ["/usr"]
+    a += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            a += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            a += ["--ro-bind", top, top]
+            mounted.append(top)
+    made = set()
+
+    def parents(path):
+        parts = path.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/" + "/".join(parts[:i])
+            if d not in made and not any(d == m or d.startswith(m + "/") for m in mounted):
+                made.add(d)
+                a.extend(["--perms", "0755", "--dir", d])  # bwrap would make them 0700: unreadable to the uid
+
+    for root in _python_roots():
+        if any(root == m or root.startswith(m + "/") for m in mounted):
+            continue
+        parents(root)
+        a += ["--ro-bind", root, root]
+        mounted.append(root)
+    a += ["--perms", "0755", "--dir", SANDBOX_KIT, "--perms", "0755", "--dir", f"{SANDBOX_KIT}/attnkit"]
+    for name in KERNEL_MODULES:
+        path = os.path.join(KIT_DIR, name)
+        if os.path.isfile(path):
+            a += ["--ro-bind", path, f"{SANDBOX_KIT}/attnkit/{name}"]
+    if run_dir:  # at its host path: the connection file names the sockets by absolute path
+        parents(run_dir)
+        a += ["--bind", run_dir, run_dir]
+    # the one writable folder (TMPDIR too); /tmp, where the run folder is bound, is not writable
+    a += ["--size", str(scratch_mb * 1024 * 1024), "--perms", "1777", "--tmpfs", SANDBOX_HOME,
+          "--perms", "1777", "--dir", f"{SANDBOX_HOME}/.tmp"]
+    for name, path in sorted(workfiles.items()):
+        a += ["--ro-bind", path, f"{SANDBOX_HOME}/{name}"]
+    a += ["--chdir", SANDBOX_HOME]
+    base = {"PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin", "HOME": SANDBOX_HOME,
+            "TMPDIR": f"{SANDBOX_HOME}/.tmp", "LANG": "C.UTF-8", "PYTHONPATH": SANDBOX_KIT,
+            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1", "MPLCONFIGDIR": f"{SANDBOX_HOME}/.tmp"}
+    for k, v in {**base, **env}.items():
+        a += ["--setenv", k, str(v)]
+    if os.geteuid() == 0:
+        a += [SETPRIV, *_setpriv_args(uid), "--"]
+    return a + list(inner)
+
+
+def workdir_files(folder: str) -> dict:
+    """name -> path of the plain files in ``folder`` (the grader's copies), as bound into the sandbox."""
+    return {n: os.path.join(folder, n) for n in os.listdir(folder)
+            if os.path.isfile(os.path.join(folder, n)) and not os.path.islink(os.path.join(folder, n))}
+
+
+# ---------------------------------------------------------------------------- the setpriv fallback
+SECRET_NAMES = ("source", "submitted", "autograded", "feedback", "reports", "gradebook.db", "exchange",
+                "tests", "attnkit", "course_config.py", "nbgrader_config.py", ".git")
+
+
+def protect(*roots) -> list[str]:
+    """setpriv fallback: take other users' rights off the course's and the kit's secret files
+    (the kernel's uid is an 'other'); the venv stays readable. Returns what was changed."""
+    changed = []
+    for root in roots:
+        if not root or not os.path.isdir(root):
+            continue
+        for name in os.listdir(root):
+            path = os.path.join(root, name)
+            if name in SECRET_NAMES or name.startswith("gradebook.db") or name.startswith("grades"):
+                mode = os.stat(path, follow_symlinks=False).st_mode & 0o7777
+                if mode & 0o007:
+                    os.chmod(path, mode & ~0o007)
+                    changed.append(path)
+    return changed
+
+
+def kill_uid(uid: int) -> None:
+    """setpriv fallback: no process of the slot's uid outlives its notebook (kill -9 -1 as that uid)."""
+    _run([SETPRIV, *_setpriv_args(uid), "--", "/bin/kill", "-9", "-1"], timeout=10)
+
+
+# ---------------------------------------------------------------------------- the kernel
+def isolated_copy(folder: str) -> str:
+    """A fresh folder in the system temp dir with copies of ``folder``'s files (not notebooks)."""
+    workdir = tempfile.mkdtemp(prefix="attnkit-kernel-")
+    for name in os.listdir(folder):
+        src = os.path.join(folder, name)
+        if os.path.isfile(src) and not name.endswith(".ipynb"):
+            shutil.copy(src, os.path.join(workdir, name))
+    os.chmod(workdir, 0o755)  # read by the sandbox's uid; only the unsandboxed kernel writes here
+    for name in os.listdir(workdir):
+        os.chmod(os.path.join(workdir, name), 0o644)
+    return workdir
+
+
+class CourseKernelManager(AsyncKernelManager):
+    """Always start the course's Python kernel, whatever kernelspec the notebook names, in the sandbox."""
+
+    sandbox = Unicode("auto", help="bwrap, setpriv, none, or auto (ATTNKIT_SANDBOX, else the best that works).").tag(config=True)
+    memory_limit_mb = Integer(4096, help="RLIMIT_DATA of every kernel process, MiB; 0 = none.").tag(config=True)
+    max_processes = Integer(256, help="RLIMIT_NPROC of the sandbox uid (processes and threads).").tag(config=True)
+    max_file_mb = Integer(256, help="RLIMIT_FSIZE: the largest file a kernel may write, MiB.").tag(config=True)
+    scratch_mb = Integer(256, help="Size of the kernel's writable working folder (tmpfs), MiB.").tag(config=True)
+    cpu_seconds = Integer(900, help="RLIMIT_CPU of each kernel process (on top of the per-cell timeout).").tag(config=True)
+    threads = Integer(1, help="Torch/BLAS threads in a grading kernel (0 = library default).").tag(config=True)
+    display_name = Unicode("Python 3 (attention kit)").tag(config=True)
+
+    _run_dir = None
+    _uid = None
+
+    def mode(self) -> str:
+        if self.sandbox != "auto":
+            why = probe(self.sandbox)
+            if why:
+                raise SandboxUnavailable(f"sandbox {self.sandbox!r} does not work here: {why}")
+            return self.sandbox
+        return detect()
+
+    @property
+    def kernel_spec(self):  # type: ignore[override]
+        mode = self.mode()
+        env = {"ATTNKIT_KERNEL_MEMORY_MB": str(self.memory_limit_mb), "PYTHONWARNINGS": "default"}
+        if mode != "none":  # never on a student's own machine: NPROC counts all their processes
+            env.update(ATTNKIT_KERNEL_NPROC=str(self.max_processes), ATTNKIT_KERNEL_FSIZE_MB=str(self.max_file_mb),
+                       ATTNKIT_KERNEL_CPU_S=str(self.cpu_seconds))
+        if self.threads:
+            env.update({k: str(self.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
+        if os.environ.get("NBGRADER_EXECUTION"):
+            env["NBGRADER_EXECUTION"] = os.environ["NBGRADER_EXECUTION"]
+        # interrupts go over the control channel: a signal to bwrap would not reach the kernel
+        return KernelSpec(argv=[sys.executable, "-m", "attnkit.kernel", "-f", "{connection_file}"],
+                          display_name=self.display_name, language="python", env=env,
+                          interrupt_mode="message" if mode == "bwrap" else "signal")
+
+    async def _async_pre_start_kernel(self, **kw):
+        mode = self.mode()
+        if mode != "none" and self._run_dir is None:
+            self._uid = uid_slot()
+            # connection file (root's, 0644) and IPC sockets (the kernel's uid creates them) in a private folder
+            self._run_dir = tempfile.mkdtemp(prefix="attnkit-run-")
+            os.chmod(self._run_dir, 0o711 if mode == "setpriv" else 0o755)
+            ipc = os.path.join(self._run_dir, "ipc")
+            os.mkdir(ipc, 0o700)
+            if os.geteuid() == 0:
+                os.chown(ipc, self._uid, self._uid)
+            self.transport = "ipc"
+            self.connection_file = os.path.join(self._run_dir, "kernel.json")
+            self.ip = os.path.join(ipc, "kernel")
+        kernel_cmd, kw = await super()._async_pre_start_kernel(**kw)
+        if mode != "none":
+            os.chmod(self.connection_file, 0o644)
+            kw["stdin"] = subprocess.DEVNULL  # nothing of the grader's terminal reaches the kernel
+            log = open(os.path.join(self._run_dir, "kernel.log"), "ab")
+            kw["stdout"] = kw["stderr"] = log
+            kw["cwd"] = self._workdir(kw.get("cwd"))
+            if mode == "bwrap":
+                kernel_cmd = bwrap_argv(kernel_cmd, uid=self._uid, workfiles=workdir_files(kw["cwd"]),
+                                        run_dir=self._run_dir, env=self.kernel_spec.env, scratch_mb=self.scratch_mb)
+                kw["env"] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+            else:
+                kernel_cmd = [SETPRIV, *_setpriv_args(self._uid), "--"] + kernel_cmd
+                kw["env"] = {**self.kernel_spec.env, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                             "HOME": kw["cwd"], "TMPDIR": kw["cwd"], "PYTHONPATH": self._fallback_kit(),
+                             "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
+        return kernel_cmd, kw
+
+    pre_start_kernel = _async_pre_start_kernel
+
+    def _workdir(self, cwd):
+        """setpriv: the kernel's uid must own its working folder (a copy, not the course's)."""
+        if self.mode() == "setpriv" and cwd:
+            os.chown(cwd, self._uid, self._uid)
+            os.chmod(cwd, 0o700)
+        return cwd
+
+    def _fallback_kit(self) -> str:
+        dest = os.path.join(self._run_dir, "kit", "attnkit")
+        if not os.path.isdir(dest):
+            os.makedirs(dest)
+            for name in KERNEL_MODULES:
+                if os.path.isfile(os.path.join(KIT_DIR, name)):
+                    shutil.copy(os.path.join(KIT_DIR, name), dest)
+            for d in (dest, os.path.dirname(dest)):
+                os.chmod(d, 0o755)
+        return os.path.dirname(dest)
+
+    def kernel_log(self) -> str:
+        try:
+            with open(os.path.join(self._run_dir, "kernel.log"), "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - 2000))
+                return f.read().decode(errors="replace")
+        except (OSError, TypeError):
+            return ""
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        await super()._async_cleanup_resources(restart=restart)
+        if self._uid is not None and self.mode() == "setpriv":
+            kill_uid(self._uid)
+        if not restart and self._run_dir:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir = None
+
+    cleanup_resources = _async_cleanup_resources
+
+
+class CourseExecute(Execute):
+    """nbgrader's Execute, in the course kernel (sandboxed), surviving kernel deaths."""
+
+    max_kernel_restarts = Integer(10, help="Kernel deaths tolerated in one notebook.").tag(config=True)
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("kernel_manager_class", CourseKernelManager)
+        super().__init__(*args, **kwargs)
+
+    def preprocess(self, nb, resources=None, km=None):
+        """Run the notebook in a scratch folder outside the course (a copy of the files beside
+        the notebook); in the sandbox those copies are bound read-only into the kernel's tmpfs."""
+        self._replayable: list[int] = []
+        self._restarts = 0
+        resources = resources if resources is not None else {}
+        meta = resources.setdefault("metadata", {})
+        workdir = isolated_copy(meta.get("path") or os.getcwd())
+        original, meta["path"] = meta.get("path"), workdir
+        try:
+            return super().preprocess(nb, resources, km=km)
+        finally:
+            meta["path"] = original
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+        try:
+            result = await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+        except DeadKernelError:
+            cell.outputs.append(NotebookNode(
+                output_type="error", ename=KERNEL_DIED,
+                evalue="the Python kernel died while running this cell (os._exit, a crash, too much memory or CPU "
+                       "time); it was restarted and the earlier cells were run again",
+                traceback=[]))
+            self._restarts += 1
+            if self._restarts > self.max_kernel_restarts:
+                raise
+            await self._restart_and_replay()
+            return cell
+        timed_out = cell.cell_type == "code" and any(
+            o.output_type == "error" and o.get("ename") == "CellTimeoutError" for o in cell.outputs)
+        if timed_out:  # one clear message instead of a KeyboardInterrupt traceback
+            cell.outputs = [o for o in cell.outputs if o.output_type != "error"] + [NotebookNode(
+                output_type="error", ename="CellTimeoutError",
+                evalue=f"stopped after {self.timeout} s: the code this cell runs did not finish (an infinite loop?)",
+                traceback=[])]
+        elif cell.cell_type == "code" and not is_test_cell(cell) and not any(
+                o.output_type == "error" and o.get("ename") in TIMEOUT_NAMES for o in cell.outputs):
+            self._replayable.append(cell_index)
+        return result
+
+    # nbclient binds the sync wrapper to its own coroutine; rebind it to ours.
+    execute_cell = run_sync(async_execute_cell)
+
+    async def _restart_and_replay(self):
+        self.log.warning("Kernel died; restarting it and replaying %d cells", len(self._replayable))
+        try:
+            if self.kc is not None:
+                self.kc.stop_channels()
+        except Exception:  # the channels of a dead kernel may already be gone
+            pass
+        await self.km.restart_kernel(now=True)
+        await self.async_start_new_kernel_client()
+        for index in self._replayable:
+            source = self.nb.cells[index].source
+            msg_id = self.kc.execute(source, store_history=False, stop_on_error=False, silent=True)
+            await self.async_wait_for_reply(msg_id, self.nb.cells[index])
+
+

@@ -1,7 +1,7 @@
 # The one nbgrader configuration of the course. nbgrader ignores --config, so the kit
 # (./kit, python -m attnkit) loads this file itself; nbgrader_config.py loads it too, for
 # nbgrader's own CLI and the formgrader.
-from attnkit.preprocessors import ClearSolutionsWithStubs, DropDuplicateIds, ScoreOnlyErrors, ScrubTestOutputs
+from attnkit.transforms import ClearSolutionsWithStubs, DropDuplicateIds, ScoreOnlyErrors, ScrubTestOutputs
 from attnkit.sandbox import CourseExecute
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
 from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests,

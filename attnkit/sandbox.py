@@ -35,7 +35,7 @@ from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
 from traitlets import Integer, Unicode
 
-from attnkit.preprocessors import is_test_cell
+from attnkit.notebooks import is_test_cell
 
 ENV_MODE = "ATTNKIT_SANDBOX"
 MODES = ("bwrap", "setpriv", "none")

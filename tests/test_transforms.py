@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from attnkit.preprocessors import ClearSolutionsWithStubs, DropDuplicateIds, ScoreOnlyErrors, ScrubTestOutputs
+from attnkit.transforms import ClearSolutionsWithStubs, DropDuplicateIds, ScoreOnlyErrors, ScrubTestOutputs
 
 
 def _meta(grade_id, *, grade=False, solution=False, locked=False, points=None):

@@ -22,12 +22,12 @@ from attention_checks import as_number, close, growth_exponents, tolerance  # no
 _Tensor = torch.Tensor
 
 
-@contextlib.contextmanager
 def devices():
     """The devices the hidden tests run on: CPU always, CUDA when present."""
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+@contextlib.contextmanager
 def patched(obj, **attrs):
     """Temporarily replace attributes (e.g. methods of a class) and restore them after.
 

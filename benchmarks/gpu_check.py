@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import linecache
 import os
 import sys
 import time
@@ -50,9 +51,12 @@ def run_notebook(path: Path, fill, log=print) -> tuple[int, int, dict]:
         src = "\n".join(l for l in cell.source.split("\n") if not l.lstrip().startswith(("%", "!")))
         t0 = time.perf_counter()
         out = io.StringIO()
+        filename = f"<{path.stem}:{m.get('grade_id')}>"
+        # as IPython does: keep the cell's text where inspect.getsource finds it
+        linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
         try:
             with contextlib.redirect_stdout(out):
-                exec(compile(src, f"{path.stem}:{m.get('grade_id')}", "exec"), ns)
+                exec(compile(src, filename, "exec"), ns)
             error = None
         except Exception as exc:  # a failed part: report it and go on, as grading does
             error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]

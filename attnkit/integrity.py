@@ -1,11 +1,11 @@
 """``kit integrity``: grade every fixture bank in one scratch course and print how fair the grader is.
 
-The banks are the ``FIXTURES`` of every ``tests/fixtures_*.py``. Each fixture is one of
+The banks are ``attnkit.fixtures.BANKS``. Each fixture is one of
 
 * right  -- a right answer (``default="solution"``, every expected score full): it must get full marks;
 * wrong  -- some part is expected to score below full (a realistic mistake, or the untouched
   release): those parts must lose their points;
-* tamper -- ``tests/fixtures_tamper.py``: an attempt to break or fool the grader, which must get
+* tamper -- ``attnkit/fixtures/tamper.py``: an attempt to break or fool the grader, which must get
   exactly its expected scores (and grading status).
 
 The report is a confusion table (right answers graded right / wrong; the lowered parts of wrong
@@ -14,7 +14,6 @@ fixture that did not score exactly as its bank says.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import time
@@ -22,17 +21,19 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from attnkit import fixtures
 from attnkit import notebooks as nbu
 from attnkit.course import Course
+from attnkit.fixtures import grade
 
-ASSIGNMENT = "hw9"
-TAMPER_BANK = "fixtures_tamper"
+ASSIGNMENT = grade.ASSIGNMENT
+TAMPER_BANK = "tamper"
 
 
 @dataclass
 class Case:
     fixture: object
-    bank: str          # module name, e.g. fixtures_q3_multihead_attention
+    bank: str          # module name in attnkit.fixtures, e.g. q3_multihead_attention
     kind: str          # "right", "wrong" or "tamper"
 
 
@@ -75,23 +76,14 @@ class Report:
         return not self.problems
 
 
-def tests_dir(root: Path) -> Path:
-    return Path(root) / "tests"
-
-
 def load_cases(root: Path, banks: list[str] | None = None) -> list[Case]:
-    """Every fixture of every bank (tests/fixtures_*.py), classified."""
-    folder = str(tests_dir(root))
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    cases, seen = [], set()
-    for path in sorted(tests_dir(root).glob("fixtures_*.py")):
-        name = path.stem
+    """Every fixture of every bank (attnkit.fixtures.BANKS, or those whose names contain one of
+    ``banks``), classified."""
+    cases, seen, source = [], set(), {}
+    for name in fixtures.BANKS:
         if banks and not any(b in name for b in banks):
             continue
-        module = importlib.import_module(name)
-        source = {}
-        for fx in getattr(module, "FIXTURES", []):
+        for fx in fixtures.bank(name):
             if fx.student in seen:
                 raise SystemExit(f"error: student id {fx.student!r} is used by two fixtures")
             seen.add(fx.student)
@@ -119,7 +111,7 @@ def evaluate(cases: list[Case], graded, expected_scores) -> Report:
         full = {gid: float((cells.get(gid) or (0, 0))[1] or 0) for gid in want}
         status = next((n["status"] for n in graded.results.get(fx.student, {}).get("notebooks", [])
                        if n["notebook"] == fx.notebook), "no result")
-        want_status = getattr(fx, "status", "graded")
+        want_status = fx.status
         exact = got == want and status == want_status
         msgs = graded.messages.get(fx.student, {})
         missing_msgs = [gid for gid, text in fx.messages.items() if text not in msgs.get(gid, "")]
@@ -156,24 +148,22 @@ def run(root: str | os.PathLike | None = None, workers: int = 2, banks: list[str
     course = Course(root)
     cases = load_cases(course.root, banks)
     if not cases:
-        raise SystemExit("error: no fixtures found (tests/fixtures_*.py)")
-    harness = importlib.import_module("harness")
+        raise SystemExit(f"error: no fixture bank matches {banks} (banks: {', '.join(fixtures.BANKS)})")
     notebooks = sorted({c.fixture.notebook for c in cases})
     kinds = {k: sum(c.kind == k for c in cases) for k in ("right", "wrong", "tamper")}
     print(f"grading {len(cases)} fixture submissions ({kinds['right']} right, {kinds['wrong']} wrong, "
           f"{kinds['tamper']} tamper) over {', '.join(notebooks)} with {workers} workers ...", file=out, flush=True)
     t0 = time.perf_counter()
-    harness.ROOT = course.root
     with warnings.catch_warnings():  # fixtures built by hand may lack cell ids; nbformat only warns
         warnings.simplefilter("ignore")
-        graded = harness.grade_fixtures([c.fixture for c in cases], notebooks, workers=workers)
+        graded = grade.grade_fixtures([c.fixture for c in cases], notebooks, workers=workers, root=course.root)
     try:
-        rep = evaluate(cases, graded, harness.expected_scores)
+        rep = evaluate(cases, graded, grade.expected_scores)
         rep.seconds = time.perf_counter() - t0
     finally:
         if keep:
             print(f"scratch course kept in {graded.course.root}", file=out)
         else:
-            harness.cleanup(graded)
+            grade.cleanup(graded)
     print(rep.text(), file=out)
     return rep

@@ -157,6 +157,19 @@ def secret_scan(course: Course, assignment: str, folder: Path) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def unguarded_tests(nb) -> list[str]:
+    """Test cells whose hidden region does not start with the guard line (attnkit.guard.GUARD_LINE)."""
+    from attnkit.guard import GUARD_LINE
+
+    bad = []
+    for cell in nb.cells:
+        for region in markup.regions(cell.source, markup.HIDDEN):
+            first = next((l.strip() for l in region.body if l.strip()), "")
+            if first != GUARD_LINE:
+                bad.append(nbu.grade_id(cell))
+    return bad
+
+
 def problems(course: Course, assignment: str, release_root: Path | None = None) -> list[str]:
     """Everything that makes a release unfit for students (empty list = clean)."""
     release_dir = (release_root or course.path("release")) / assignment
@@ -175,6 +188,9 @@ def problems(course: Course, assignment: str, release_root: Path | None = None) 
             found.append(f"{rel_path.name}: missing from the release")
             continue
         src, rel = nbu.read(src_path), nbu.read(rel_path)
+        for gid in unguarded_tests(src):
+            found.append(f"{src_path.name}: the hidden tests of {gid} must start with the guard line "
+                         "(attnkit.guard.GUARD_LINE)")
         for gid in bare_expression_cells(src):
             found.append(f"{src_path.name}: test cell {gid} ends in a bare expression (its value would be read as "
                          "a score); end it with an assert or a call")

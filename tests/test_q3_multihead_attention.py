@@ -1,5 +1,5 @@
 """Q3 through the real pipeline: each fixture scores exactly as expected."""
-from fixtures_q3_multihead_attention import FIXTURES
+from attnkit.fixtures.q3_multihead_attention import FIXTURES
 import pytest
 
 from harness import bank, bank_test

@@ -1,5 +1,5 @@
 """Q4 through the real pipeline: each fixture scores exactly as expected."""
-from fixtures_q4_multiquery_attention import FIXTURES
+from attnkit.fixtures.q4_multiquery_attention import FIXTURES
 import pytest
 
 from harness import bank, bank_test

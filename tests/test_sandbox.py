@@ -20,9 +20,9 @@ from attnkit import sandbox
 from attnkit.course import Course
 from attnkit.release import generate
 from attnkit.reports import scores
-from fixtures_hostile import (DAEMON, FORBIDDEN, GRADEBOOK_WRITE, HOSTILE, KILL_ALL, KILL_PARENT, LISTEN_PORT, PROC_CWD,
+from attnkit.fixtures.hostile import (DAEMON, FORBIDDEN, GRADEBOOK_WRITE, HOSTILE, KILL_ALL, KILL_PARENT, LISTEN_PORT, PROC_CWD,
                               PROC_ROOT, TAG, right, wrong)
-from fixtures_tamper import Q3, q3
+from attnkit.fixtures.tamper import Q3, q3
 from harness import ASSIGNMENT, Graded, assert_fixture, submission_for
 
 from attnkit import notebooks as nbu

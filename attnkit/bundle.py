@@ -60,7 +60,9 @@ def _pins(requirements: Path) -> dict[str, str]:
 
 def requirements_text(course: Course) -> tuple[str, str]:
     """(requirements.txt, constraints.txt) of the student environment."""
-    pins = _pins(course.path("requirements.txt"))
+    # the course's pins, or (a scratch course) those of the kit it runs on
+    path = course.path("requirements.txt")
+    pins = _pins(path if path.exists() else Path(__file__).resolve().parents[1] / "requirements.txt")
     missing = [p for p in STUDENT_PACKAGES if p not in pins]
     if missing:
         raise SystemExit(f"error: requirements.txt pins no version of {', '.join(missing)}")

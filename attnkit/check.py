@@ -13,6 +13,7 @@ from attnkit.course import Course
 from attnkit.grading import autograde
 from attnkit.release import differences, generate, problems
 from attnkit.reports import scores
+from attnkit.results import Status
 
 SOLUTION, UNTOUCHED = "instructor-solution", "untouched-release"
 
@@ -39,7 +40,7 @@ def check(course: Course, assignments: list[str] | None = None, workers: int | N
                 dest.mkdir(parents=True)
                 for nb in scratch.path(where, assignment).glob("*.ipynb"):
                     shutil.copy2(nb, dest / nb.name)
-            results = {r["student"]: r for r in autograde(scratch, assignment, [SOLUTION, UNTOUCHED], workers, progress=False,
+            results = {r.student: r for r in autograde(scratch, assignment, [SOLUTION, UNTOUCHED], workers, progress=False,
                                                                 allow_unsandboxed=True)}
             data = scores(scratch, assignment)["students"]
             auto_cells = {}
@@ -47,10 +48,10 @@ def check(course: Course, assignments: list[str] | None = None, workers: int | N
                 snb = nbu.read(src)
                 auto_cells[src.stem] = {nbu.grade_id(c) for c in snb.cells if nbu.is_test_cell(c)}
             for sid, want in ((SOLUTION, "full"), (UNTOUCHED, "zero")):
-                for nbres in results[sid]["notebooks"]:
-                    if nbres["status"] != "graded":
+                for nbres in results[sid].notebooks:
+                    if nbres.status is not Status.GRADED:
                         ok = False
-                        log(f"FAIL {where_of(sid)} {nbres['notebook']} could not be graded: {nbres['message']}")
+                        log(f"FAIL {where_of(sid)} {nbres.notebook} could not be graded: {nbres.message}")
                 for nb, cells in auto_cells.items():
                     per = data[sid][nb]["cells"]
                     wrong = [gid for gid in sorted(cells)

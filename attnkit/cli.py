@@ -85,8 +85,8 @@ def _autograde(args) -> int:
         results = autograde(course, assignment, students, args.workers, progress=not args.quiet,
                             allow_unsandboxed=args.unsandboxed_i_accept_the_risk)
         print(f"\n{assignment}: autograded {len(results)} submissions in {time.perf_counter() - t0:.1f}s")
-        print(table(course, assignment, [r["student"] for r in results]))
-        if not all(all(n["status"] in ("graded", "missing") for n in r["notebooks"]) for r in results):
+        print(table(course, assignment, [r.student for r in results]))
+        if not all(r.ok for r in results):
             status = 1
     return status
 

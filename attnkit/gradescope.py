@@ -219,10 +219,11 @@ def _grade(course: Course, assignment: str, budget_s: float, log) -> bool:
 def results_for(course: Course, assignment: str, settings: dict, matching, finished: bool) -> dict:
     """Gradescope's results: one test per graded part, in notebook order."""
     from attnkit import notebooks as nbu
-    from attnkit.grading import load_report
-    from attnkit.reports import _failures, scores
+    from attnkit.reports import failures, scores
+    from attnkit.results import load_report
 
-    report = {n["notebook"]: n for n in load_report(course, assignment).get(STUDENT, {}).get("notebooks", [])}
+    mine = load_report(course.root, assignment).get(STUDENT)
+    report = {n.notebook: n for n in (mine.notebooks if mine else [])}
     try:
         graded = scores(course, assignment)["students"].get(STUDENT, {})
     except Exception:
@@ -239,14 +240,14 @@ def results_for(course: Course, assignment: str, settings: dict, matching, finis
         cells = graded.get(notebook, {}).get("cells", {})
         # Without autograde's report (it was stopped), a notebook counts as graded only if every test cell got a score.
         done = autograded.exists() and all(cells.get(gid, (None,))[0] is not None for gid in test_ids)
-        status = report.get(notebook, {}).get("status") or ("graded" if done else "unfinished")
-        message = report.get(notebook, {}).get("message", "")
+        status = str(report[notebook].status) if notebook in report else ("graded" if done else "unfinished")
+        message = report[notebook].message if notebook in report else ""
         if status == "unfinished":
             message = ("not graded: grading stopped before this notebook finished (time limit); scored 0"
                        if not finished else "not graded (the grader recorded no result); scored 0")
         if status != "graded":
             problems.append(f"{notebook}.ipynb: {message}")
-        fails = _failures(nbu.read(autograded)) if status == "graded" and autograded.exists() else {}
+        fails = failures(nbu.read(autograded)) if status == "graded" and autograded.exists() else {}
         for cell in source_nb.cells:
             gid = nbu.grade_id(cell)
             if not nbu.meta(cell).get("grade"):

@@ -9,38 +9,16 @@ it had not finished are "failed" ("could not be graded: ...", scored 0).
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import nbformat
 
 from attnkit.course import Course
+from attnkit.progress import Progress
+from attnkit.results import NotebookResult, Status, StudentResult, save_report
 
 LOCK_RETRIES = 5
-
-
-@dataclass
-class NotebookResult:
-    notebook: str
-    status: str            # "graded", "missing", "malformed", "failed"
-    message: str = ""
-    seconds: float = 0.0
-
-
-@dataclass
-class StudentResult:
-    student: str
-    assignment: str
-    notebooks: list = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return all(n["status"] in ("graded", "missing") for n in self.notebooks)
 
 
 def _zero(course: Course, assignment: str, student: str, notebook: str) -> None:
@@ -79,7 +57,8 @@ def _first_error(log: str) -> str:
 
 def grade_student(root: str, assignment: str, student: str, on_notebook=None) -> dict:
     """Autograde every notebook of one student's submission (runs in a worker process);
-    ``on_notebook(result)`` as each notebook is done."""
+    ``on_notebook(result)`` as each notebook is done. Returns the result as JSON data (it
+    travels back to the batch through a pipe)."""
     course = Course(root)
     started = time.perf_counter()
     result = StudentResult(student, assignment)
@@ -91,16 +70,16 @@ def grade_student(root: str, assignment: str, student: str, on_notebook=None) ->
         path = folder / f"{notebook}.ipynb"
         if not path.exists():
             _zero(course, assignment, student, notebook)
-            result.notebooks.append(asdict(NotebookResult(notebook, "missing", "notebook not submitted: scored 0")))
-            on_notebook and on_notebook(result.notebooks[-1])
+            result.notebooks.append(NotebookResult(notebook, Status.MISSING, "notebook not submitted: scored 0"))
+            on_notebook and on_notebook(result.notebooks[-1].to_json())
             continue
         try:
             nbformat.validate(nbformat.read(str(path), as_version=4))
         except Exception as exc:  # malformed JSON or not a notebook
             _zero(course, assignment, student, notebook)
             msg = f"not a valid notebook ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): scored 0"
-            result.notebooks.append(asdict(NotebookResult(notebook, "malformed", msg, time.perf_counter() - t0)))
-            on_notebook and on_notebook(result.notebooks[-1])
+            result.notebooks.append(NotebookResult(notebook, Status.MALFORMED, msg, time.perf_counter() - t0))
+            on_notebook and on_notebook(result.notebooks[-1].to_json())
             continue
         for attempt in range(LOCK_RETRIES):
             out = _autograde_notebook(course, assignment, student, notebook)
@@ -109,17 +88,17 @@ def grade_student(root: str, assignment: str, student: str, on_notebook=None) ->
                 break
             time.sleep(0.5 * (attempt + 1))
         if out["success"]:
-            result.notebooks.append(asdict(NotebookResult(notebook, "graded", "", time.perf_counter() - t0)))
+            result.notebooks.append(NotebookResult(notebook, Status.GRADED, "", time.perf_counter() - t0))
         else:
             _zero(course, assignment, student, notebook)
-            result.notebooks.append(asdict(NotebookResult(
-                notebook, "failed", f"could not be graded: {_first_error(log)}; scored 0", time.perf_counter() - t0)))
+            result.notebooks.append(NotebookResult(
+                notebook, Status.FAILED, f"could not be graded: {_first_error(log)}; scored 0", time.perf_counter() - t0))
             logdir = course.path("reports", "logs")
             logdir.mkdir(parents=True, exist_ok=True)
             (logdir / f"{assignment}-{student}-{notebook}.log").write_text(log)
-        on_notebook and on_notebook(result.notebooks[-1])
+        on_notebook and on_notebook(result.notebooks[-1].to_json())
     result.seconds = time.perf_counter() - started
-    return asdict(result)
+    return result.to_json()
 
 
 def ensure_assignment(course: Course, assignment: str) -> None:
@@ -135,22 +114,9 @@ def ensure_assignment(course: Course, assignment: str) -> None:
     generate(course, assignment)
 
 
-class Progress:
-    def __init__(self, total: int, stream=sys.stderr):
-        self.total, self.done, self.stream, self.t0 = total, 0, stream, time.perf_counter()
-
-    def step(self, label: str) -> None:
-        self.done += 1
-        width = 30
-        filled = int(width * self.done / max(self.total, 1))
-        bar = "#" * filled + "." * (width - filled)
-        self.stream.write(f"[{bar}] {self.done}/{self.total} {label} ({time.perf_counter() - self.t0:.0f}s)\n")
-        self.stream.flush()
-
-
 def autograde(course: Course, assignment: str, students: list[str] | None = None, workers: int | None = None,
-              progress: bool = True, allow_unsandboxed: bool = False) -> list[dict]:
-    """Grade the given (default: all submitted) students; returns one result per student.
+              progress: bool = True, allow_unsandboxed: bool = False) -> list[StudentResult]:
+    """Grade the given (default: all submitted) students; returns one result per student, by id.
 
     Refuses (SandboxUnavailable) when no sandbox works here, unless ``allow_unsandboxed``."""
     from attnkit import sandbox
@@ -176,28 +142,28 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
             bar.step(result["student"])
 
     def failed_result(student, done, reason):
-        finished = {n["notebook"] for n in done}
-        out = StudentResult(student, assignment, list(done))
+        out = StudentResult(student, assignment, [NotebookResult.from_json(n) for n in done])
+        finished = {n.notebook for n in out.notebooks}
         for nb in notebooks:
             if nb not in finished:
                 try:
                     _zero(course, assignment, student, nb)
                 except Exception:  # no submission row yet: nothing to zero, the report says why
                     pass
-                out.notebooks.append(asdict(NotebookResult(
-                    nb, "failed", f"could not be graded: {reason} (tried {1 + RETRIES} times); scored 0")))
-        return asdict(out)
+                out.notebooks.append(NotebookResult(
+                    nb, Status.FAILED, f"could not be graded: {reason} (tried {1 + RETRIES} times); scored 0"))
+        return out.to_json()
 
     try:
         results = run_batch(root, assignment, students, workers, {sandbox.ENV_MODE: mode}, on_result, notebooks,
                             failed_result)
     except Interrupted as stop:
-        _save_report(course, assignment, stop.results)  # what was graded stays graded; a rerun finishes
+        # what was graded stays graded; a rerun finishes
+        save_report(course.root, assignment, [StudentResult.from_json(r) for r in stop.results])
         raise
-    results.sort(key=lambda r: r["student"])
-    _save_report(course, assignment, results)
-    return results
-
+    typed = sorted((StudentResult.from_json(r) for r in results), key=lambda r: r.student)
+    save_report(course.root, assignment, typed)
+    return typed
 
 
 def _safe_grade(root: str, assignment: str, student: str, on_notebook=None) -> dict:
@@ -207,26 +173,6 @@ def _safe_grade(root: str, assignment: str, student: str, on_notebook=None) -> d
     except Exception as exc:  # pragma: no cover - defensive: the batch must go on
         import traceback
 
-        return asdict(StudentResult(student, assignment, [asdict(NotebookResult(
-            "*", "failed", f"could not be graded: grader error: {type(exc).__name__}: {exc}"))])) | {
+        return StudentResult(student, assignment, [NotebookResult(
+            "*", Status.FAILED, f"could not be graded: grader error: {type(exc).__name__}: {exc}")]).to_json() | {
             "traceback": traceback.format_exc()}
-
-
-def _save_report(course: Course, assignment: str, results: list[dict]) -> None:
-    path = course.path("reports", f"{assignment}-autograde.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = {}
-    if path.exists():
-        try:
-            old = {r["student"]: r for r in json.loads(path.read_text())}
-        except Exception:
-            old = {}
-    old.update({r["student"]: r for r in results})
-    path.write_text(json.dumps([old[k] for k in sorted(old)], indent=1))
-
-
-def load_report(course: Course, assignment: str) -> dict:
-    path = course.path("reports", f"{assignment}-autograde.json")
-    if not path.exists():
-        return {}
-    return {r["student"]: r for r in json.loads(path.read_text())}

@@ -109,8 +109,8 @@ def evaluate(cases: list[Case], graded, expected_scores) -> Report:
         cells = graded.scores.get(fx.student, {}).get(fx.notebook, {}).get("cells", {})
         got = {gid: float((cells.get(gid) or (0, 0))[0] or 0) for gid in want}
         full = {gid: float((cells.get(gid) or (0, 0))[1] or 0) for gid in want}
-        status = next((n["status"] for n in graded.results.get(fx.student, {}).get("notebooks", [])
-                       if n["notebook"] == fx.notebook), "no result")
+        status = next((str(n.status) for n in getattr(graded.results.get(fx.student), "notebooks", [])
+                       if n.notebook == fx.notebook), "no result")
         want_status = fx.status
         exact = got == want and status == want_status
         msgs = graded.messages.get(fx.student, {})

@@ -4,7 +4,7 @@ helper that turns an error output into the message students and staff read."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
@@ -32,6 +32,10 @@ class NotebookResult:
     message: str = ""
     seconds: float = 0.0
 
+    def to_json(self) -> dict:
+        return {"notebook": self.notebook, "status": str(self.status), "message": self.message,
+                "seconds": self.seconds}
+
     @classmethod
     def from_json(cls, d: dict) -> "NotebookResult":
         return cls(d["notebook"], Status(d["status"]), d.get("message", ""), d.get("seconds", 0.0))
@@ -49,10 +53,11 @@ class StudentResult:
         return all(n.status.ok for n in self.notebooks)
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        for n in d["notebooks"]:
-            n["status"] = str(n["status"])
-        return d
+        return {"student": self.student, "assignment": self.assignment,
+                "notebooks": [n.to_json() for n in self.notebooks], "seconds": self.seconds}
+
+    def notebook(self, name: str) -> NotebookResult | None:
+        return next((n for n in self.notebooks if n.notebook == name), None)
 
     @classmethod
     def from_json(cls, d: dict) -> "StudentResult":

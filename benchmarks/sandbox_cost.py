@@ -31,7 +31,7 @@ def grade_once(course: Course, student: str, mode: str) -> float:
     t0 = time.perf_counter()
     res = autograde(course, "hw9", [student], workers=1, progress=False, allow_unsandboxed=True)
     took = time.perf_counter() - t0
-    assert all(n["status"] == "graded" for n in res[0]["notebooks"]), res
+    assert all(n.status == "graded" for n in res[0].notebooks), res
     return took
 
 

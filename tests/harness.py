@@ -28,7 +28,7 @@ def bank_test(fixtures):
     """The parametrised test that every fixture of a bank is graded and scores exactly as expected."""
     @pytest.mark.parametrize("fixture", fixtures, ids=[f.student for f in fixtures])
     def test_fixture_scores_exactly(graded, fixture):
-        statuses = [n["status"] for n in graded.results[fixture.student]["notebooks"] if n["notebook"] == fixture.notebook]
+        statuses = [n.status for n in graded.results[fixture.student].notebooks if n.notebook == fixture.notebook]
         assert statuses == ["graded"], f"{fixture.student}: {graded.results[fixture.student]}"
         assert_fixture(graded, fixture)
 

@@ -46,12 +46,12 @@ def graded():
 
 
 def _status(graded, fx):
-    return next(n for n in graded.results[fx.student]["notebooks"] if n["notebook"] == fx.notebook)
+    return graded.results[fx.student].notebook(fx.notebook)
 
 
 @pytest.mark.parametrize("fx", TAMPER, ids=[f.student for f in TAMPER])
 def test_tamper_case_scored_as_deserved(graded, fx):
-    assert _status(graded, fx)["status"] == fx.status, _status(graded, fx)
+    assert _status(graded, fx).status == fx.status, _status(graded, fx)
     assert_fixture(graded, fx)
 
 
@@ -59,7 +59,7 @@ def test_no_case_stops_the_batch(graded):
     """Every submission has a result for every notebook of the assignment; the batch finished."""
     assert set(graded.results) == {fx.student for fx in TAMPER}
     for fx in TAMPER:
-        assert {n["notebook"] for n in graded.results[fx.student]["notebooks"]} == set(NOTEBOOKS)
+        assert {n.notebook for n in graded.results[fx.student].notebooks} == set(NOTEBOOKS)
     print(f"tamper batch of {len(TAMPER)} graded in {graded.seconds:.0f}s")
 
 

@@ -8,6 +8,7 @@ from attnkit import notebooks as nbu
 from attnkit.course import Course
 from attnkit.fixtures.grade import expected_scores
 from attnkit.fixtures.tamper import Q3, TAMPER
+from attnkit.results import NotebookResult, Status, StudentResult
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "source" / "hw9"
@@ -34,7 +35,7 @@ def test_integrity_report_classifies_and_counts():
         "q3-solution": {Q3: {"cells": sol}}, "q3-wrong-a": {Q3: {"cells": full}},
         "q3-wrong-d": {Q3: {"cells": dict(full, q3d_scores=(0.0, 2.0))}},
         "tamper-missing": {Q3: {"cells": {g: (0.0, m) for g, (_, m) in full.items()}}}},
-        results={s: {"notebooks": [{"notebook": Q3, "status": "missing" if s == "tamper-missing" else "graded"}]}
+        results={s: StudentResult(s, "hw9", [NotebookResult(Q3, Status.MISSING if s == "tamper-missing" else Status.GRADED)])
                  for s in ("q3-solution", "q3-wrong-a", "q3-wrong-d", "tamper-missing")})
     rep = evaluate(pick, fake, expected_scores)
     assert (rep.right_ok, rep.right_bad) == (0, 1)

@@ -156,7 +156,7 @@ def test_hostile_batch_completes(hostile):
     assert sandbox.describe(MODE) in out.stderr
     for fx in HOSTILE:
         assert fx.student in out.stdout, f"{fx.student} missing from the table"
-        statuses = [n["status"] for n in hostile.graded.results[fx.student]["notebooks"]]
+        statuses = [n.status for n in hostile.graded.results[fx.student].notebooks]
         assert statuses == ["graded"], (fx.student, hostile.graded.results[fx.student])
 
 

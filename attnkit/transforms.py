@@ -17,6 +17,7 @@ from nbgrader.preprocessors import ClearSolutions, DeduplicateIds, NbGraderPrepr
 from attnkit import markup
 from attnkit import notebooks as nbu
 from attnkit.notebooks import is_test_cell
+from attnkit.results import error_message
 
 
 class ClearSolutionsWithStubs(ClearSolutions):
@@ -100,7 +101,7 @@ class ScrubTestOutputs(NbGraderPreprocessor):
             kept = []
             for out in cell.get("outputs", []):
                 if out.output_type == "error":
-                    text = f"{out.ename}: {out.evalue}"
+                    text = error_message(out)
                     for line in hidden:
                         text = text.replace(line, "[hidden test]")
                     out.traceback = [text]

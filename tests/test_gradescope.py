@@ -289,7 +289,7 @@ self.W_k = nn.Linear(d_model, d_model if _found else d_model + 1)
 # The control: the same kind of read, of a file the kernel may see (the helper beside the notebook).
 HOSTILE_B = '''
 try:
-    _seen = "def guard" in open("attention_checks.py").read()
+    _seen = "def assert_close" in open("attention_checks.py").read()
 except OSError:
     _seen = False
 self.W_v = nn.Linear(d_model, d_model if _seen else d_model + 1)

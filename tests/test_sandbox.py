@@ -19,7 +19,8 @@ import pytest
 from attnkit import sandbox
 from attnkit.course import Course
 from attnkit.release import generate
-from attnkit.reports import scores
+from attnkit.reports import failures, scores
+from attnkit.results import load_report
 from attnkit.fixtures.hostile import (DAEMON, FORBIDDEN, GRADEBOOK_WRITE, HOSTILE, KILL_ALL, KILL_PARENT, LISTEN_PORT, PROC_CWD,
                               PROC_ROOT, TAG, right, wrong)
 from attnkit.fixtures.tamper import Q3, Q3_TESTS, q3
@@ -66,17 +67,12 @@ def course_with(fixtures) -> Course:
 
 
 def graded_from(course: Course) -> Graded:
-    report = {r["student"]: r for r in json.loads(course.path("reports", f"{ASSIGNMENT}-autograde.json").read_text())}
+    """What the CLI's batch wrote: the report (typed) and the gradebook, read back as the banks read them."""
+    report = load_report(course.root, ASSIGNMENT)
     messages = {}
     for sid in report:
         path = course.path("autograded", sid, ASSIGNMENT, f"{Q3}.ipynb")
-        msgs = {}
-        if path.exists():
-            for cell in nbu.read(path).cells:
-                errs = [o for o in cell.get("outputs", []) if o.output_type == "error"] if nbu.is_test_cell(cell) else []
-                if errs:
-                    msgs[nbu.grade_id(cell)] = f"{errs[0].ename}: {errs[0].evalue}"
-        messages[sid] = msgs
+        messages[sid] = failures(nbu.read(path)) if path.exists() else {}
     return Graded(course, report, scores(course, ASSIGNMENT)["students"], messages)
 
 
@@ -86,7 +82,10 @@ def survivors() -> list[str]:
     found = []
     for line in out.splitlines():
         pid, uid, args = line.split(None, 2) if len(line.split(None, 2)) == 3 else (*line.split(None, 1), "")
-        if TAG in args and "ps -eo" not in args or (uid.isdigit() and int(uid) >= sandbox.UID_BASE):
+        # a sandbox uid running this checkout's Python (a forked child keeps the kernel's command line);
+        # graders of other checkouts on the same machine are not ours to judge
+        ours = uid.isdigit() and int(uid) >= sandbox.UID_BASE and sys.prefix in args
+        if TAG in args and "ps -eo" not in args or ours:
             found.append(line.strip())
     return found
 

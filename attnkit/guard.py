@@ -44,6 +44,7 @@ _MODULE_ALIASES = {"torch": "torch", "nn": "torch.nn", "F": "torch.nn.functional
 
 def _guarded_namespaces():
     """(name, object, is_class) of every namespace whose contents the guard restores."""
+    import resource
     import time
     import torch.nn.functional
     import torch.testing
@@ -53,6 +54,7 @@ def _guarded_namespaces():
     return [("torch", torch, False), ("torch.nn.functional", torch.nn.functional, False),
             ("torch.testing", torch.testing, False), ("torch.testing._comparison", torch.testing._comparison, False),
             ("torch.utils.flop_counter", fc, False), ("time", time, False), ("math", math, False),
+            ("resource", resource, False),
             ("torch.Tensor", torch.Tensor, True), ("FlopCounterMode", fc.FlopCounterMode, True),
             ("TorchFunctionMode", torch.overrides.TorchFunctionMode, True),
             ("TorchDispatchMode", _GuardTorchDispatchMode, True)]
@@ -84,7 +86,7 @@ def save_originals(folder=None):
     saved.namespaces = {name: (obj, dict(vars(obj)), is_class) for name, obj, is_class in _guarded_namespaces()}
     saved.builtins = {n: getattr(_builtins, n) for n in _GUARDED_BUILTINS if hasattr(_builtins, n)}
     saved.modules = {name: _sys.modules[name] for name in ("torch", "torch.nn", "torch.nn.functional", "math", "time",
-                                                            "torch.testing", "torch.utils.flop_counter")
+                                                            "torch.testing", "torch.utils.flop_counter", "resource")
                      if name in _sys.modules}
     saved.default_dtype = torch.get_default_dtype()
     saved.grad_enabled = torch.is_grad_enabled()

@@ -37,6 +37,9 @@ torch.testing.assert_close = lambda *a, **k: None
 time.perf_counter = lambda: 0.0
 time.perf_counter_ns = lambda: 0
 time.process_time_ns = lambda: 0
+import resource
+real["getrusage"] = resource.getrusage
+resource.getrusage = lambda *a: None          # the CPU clock of the timing verdict
 fc.FlopCounterMode.get_total_flops = lambda self: 1
 torch.Tensor.all = lambda self, *a, **k: torch.tensor(True)
 builtins.isinstance = lambda *a: True
@@ -66,6 +69,7 @@ ok = {
     "FlopCounterMode": fc2.FlopCounterMode is real["FlopCounterMode"]
                        and fc2.FlopCounterMode.get_total_flops is real["flops"],
     "Tensor.all": "all" not in vars(torch.Tensor), "builtins.isinstance": builtins.isinstance is real["isinstance"],
+    "resource.getrusage": resource.getrusage is real["getrusage"],
     "function modes": torch._C._len_torch_function_stack() == 0,
     "default dtype": torch.get_default_dtype() == torch.float32,
     "module checks": mod.assert_close.__module__ == "attention_checks" and mod.close(torch.zeros(2), torch.ones(2)) is False,

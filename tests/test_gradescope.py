@@ -314,7 +314,9 @@ def test_hostile_submission_cannot_read_the_solutions(hostile):
     tests = by_name(hostile)
     assert tests[f"{NB}: q3b_W_v"]["status"] == "passed", tests[f"{NB}: q3b_W_v"]
     assert tests[f"{NB}: q3a_W_k"]["status"] == "failed", "the submission read the instructor's notebooks"
-    others = {gid for gid in auto_points() if gid not in ("q3a_W_k", "q3b_W_v")}
+    # a wrong (a) also breaks the whole layer as written (its own graded part)
+    others = {gid for gid in auto_points() if gid not in ("q3a_W_k", "q3b_W_v", "q3_whole_layer_check")}
+    assert tests[f"{NB}: q3_whole_layer_check"]["status"] == "failed"
     assert all(tests[f"{NB}: {gid}"]["status"] == "passed" for gid in others)
 
 

@@ -33,7 +33,7 @@ from nbclient.exceptions import DeadKernelError
 from nbclient.util import run_sync
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
-from traitlets import Integer, Unicode
+from traitlets import Integer, Unicode, default
 
 from attnkit.notebooks import is_test_cell
 
@@ -375,6 +375,12 @@ class CourseExecute(Execute):
     """nbgrader's Execute, in the course kernel (sandboxed), surviving kernel deaths."""
 
     max_kernel_restarts = Integer(10, help="Kernel deaths tolerated in one notebook.").tag(config=True)
+
+    @default("shutdown_kernel")
+    def _kill_when_done(self):
+        # The outputs are read before the kernel stops and its state is thrown away: a graceful
+        # shutdown only waits (~1 s a notebook); SIGKILL to bwrap ends its whole PID namespace.
+        return "immediate"
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("kernel_manager_class", CourseKernelManager)

@@ -34,7 +34,205 @@ def _limit() -> None:
         resource.setrlimit(which, (limit, limit if sandboxed else hard))
 
 
-if __name__ == "__main__":
+# ---------------------------------------------------------------------------- warm start (zygote)
+# One interpreter per student, inside that student's sandbox, with torch, ipykernel and the guard
+# imported; it never runs student code. Each notebook's kernel is a fork of it that cleans up
+# after the previous notebook, saves the guard's originals itself and starts its own IPKernelApp.
+# The host talks to it over an inherited socket (no file a notebook could replace); it is not
+# dumpable, so a notebook (same uid) cannot ptrace it or read/write its memory. A notebook can
+# still kill or stop it: the host then notices (timeout) and starts a fresh sandbox.
+HOME = os.environ.get("HOME", "/home/student")
+
+
+def _wipe(folder: str, keep=()) -> None:
+    """Remove what a notebook left in ``folder`` (the read-only bound grader files stay)."""
+    import shutil
+    import stat
+
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if name in keep:
+            continue
+        path = os.path.join(folder, name)
+        try:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                for root, dirs, _files in os.walk(path):  # a chmod 000 folder must not stop the wipe
+                    for d in dirs:
+                        try:
+                            os.chmod(os.path.join(root, d), 0o700, follow_symlinks=False)
+                        except OSError:
+                            pass
+                os.chmod(path, 0o700)
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        except OSError:
+            pass
+
+
+def _remove_sysv_ipc() -> None:
+    """SysV shared memory, semaphores and queues outlive their process: remove the notebook's."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for kind, call in (("shm", libc.shmctl), ("sem", libc.semctl), ("msg", libc.msgctl)):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            ident = int(row.split()[1])
+            if kind == "sem":
+                call(ident, 0, 0)   # IPC_RMID = 0
+            else:
+                call(ident, 0, None)
+
+
+def _others() -> list[int]:
+    """Processes of this uid other than the zygote (a notebook's leftovers)."""
+    me, uid, out = os.getpid(), str(os.getuid()), []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != me:
+            try:  # status, not the folder's owner: a non-dumpable process's folder is root's
+                with open(f"/proc/{name}/status") as f:
+                    uids = next(l for l in f if l.startswith("Uid:")).split()[1:]
+                with open(f"/proc/{name}/stat") as f:
+                    zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"  # dead already: its parent reaps it
+            except (OSError, StopIteration, IndexError):
+                continue
+            if uid in uids and not zombie:
+                out.append(int(name))
+    return out
+
+
+def _clean(keep) -> bool:
+    """Back to the state of a fresh sandbox: no process of the notebook, no file, no IPC object."""
+    import signal
+    import time
+
+    for _ in range(200):
+        try:
+            os.kill(-1, signal.SIGKILL)  # every process of this uid but this one
+        except ProcessLookupError:
+            pass
+        _reap()
+        if not _others():
+            break
+        time.sleep(0.01)
+    else:
+        return False
+    _wipe(HOME, keep)
+    _wipe(os.path.join(HOME, ".tmp"))
+    _wipe("/dev/shm")
+    _remove_sysv_ipc()
+    return not _others()
+
+
+def _reap(pid: int = -1):
+    try:
+        while True:
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got == 0:
+                return None
+            if pid != -1:
+                return os.waitstatus_to_exitcode(status)
+    except ChildProcessError:
+        return None if pid == -1 else -9
+
+
+def _child(sock, connection_file: str, log: str) -> None:
+    """The forked kernel: a fresh process as far as a notebook can tell."""
+    import ctypes
+    import random
+
+    try:
+        sock.close()
+        os.setsid()
+        ctypes.CDLL(None).prctl(4, 1)  # PR_SET_DUMPABLE: as any kernel (the zygote is not)
+        fd = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(fd, 0)
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.chdir(HOME)
+        random.seed()  # a fresh process would not share the zygote's random state
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed()
+        import attnkit.guard as guard
+
+        # the originals are saved here, in this process, before any notebook cell runs
+        sys.modules.pop(guard._ORIGINALS_KEY, None)
+        guard.save_originals()
+        from ipykernel import kernelapp
+
+        sys.argv = [sys.argv[0], "-f", connection_file, "--IPKernelApp.log_level=ERROR"]
+        kernelapp.launch_new_instance()
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+
+def zygote(fd: int) -> None:
+    import ctypes
+    import json
+    import signal
+    import socket
+    import threading
+
+    ctypes.CDLL(None).prctl(4, 0)  # PR_SET_DUMPABLE=0: no ptrace or /proc/<pid>/mem by a notebook
+    import attnkit.guard  # noqa: F401  (and with it torch)
+    import numpy  # noqa: F401
+    from ipykernel import kernelapp  # noqa: F401
+    import ipykernel.ipkernel  # noqa: F401
+
+    keep = set(os.listdir(HOME))  # the grader's files bound in, and .tmp
+    sock = socket.socket(fileno=fd)
+    reader = sock.makefile("r")
+    sock.sendall(b'{"ready": true}\n')
+    for line in reader:
+        req = json.loads(line)
+        op, reply = req.get("op"), {"ok": True}
+        if op == "spawn":
+            if threading.active_count() > 1 or len(os.listdir("/proc/self/task")) > 1:
+                reply = {"ok": False, "error": "the zygote has threads: fork is unsafe"}
+            elif not _clean(keep):
+                reply = {"ok": False, "error": "a notebook's processes survived"}
+            else:
+                pid = os.fork()
+                if pid == 0:
+                    reader.close()
+                    _child(sock, req["connection_file"], req["log"])
+                reply["pid"] = pid
+        elif op == "poll":
+            reply["rc"] = _reap(req["pid"])
+        elif op == "signal":
+            try:
+                os.kill(req["pid"], req["sig"])
+            except ProcessLookupError:
+                pass
+        elif op == "kill":
+            try:
+                os.kill(req["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            reply["clean"] = _clean(keep)
+        else:
+            reply = {"ok": False, "error": f"unknown op {op!r}"}
+        sock.sendall((json.dumps(reply) + "\n").encode())
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--zygote"]:
+    _limit()
+    zygote(int(sys.argv[2]))
+elif __name__ == "__main__":
     _limit()
     # The guard's originals are saved here, before any notebook cell can patch them.
     import attnkit.guard  # noqa: F401

@@ -19,9 +19,11 @@ _LIMITS = (("ATTNKIT_KERNEL_MEMORY_MB", resource.RLIMIT_DATA, 1024 * 1024),
            ("ATTNKIT_KERNEL_CPU_S", resource.RLIMIT_CPU, 1))
 
 
-def _limit() -> None:
+def _limit(nproc: bool = True) -> None:
     sandboxed = bool(os.environ.get("ATTNKIT_KERNEL_NPROC"))
     for var, which, unit in _LIMITS:
+        if which == resource.RLIMIT_NPROC and not nproc:
+            continue
         value = int(os.environ.get(var, "0") or 0)
         if value <= 0:
             continue
@@ -38,9 +40,10 @@ def _limit() -> None:
 # One interpreter per student, inside that student's sandbox, with torch, ipykernel and the guard
 # imported; it never runs student code. Each notebook's kernel is a fork of it that cleans up
 # after the previous notebook, saves the guard's originals itself and starts its own IPKernelApp.
-# The host talks to it over an inherited socket (no file a notebook could replace); it is not
-# dumpable, so a notebook (same uid) cannot ptrace it or read/write its memory. A notebook can
-# still kill or stop it: the host then notices (timeout) and starts a fresh sandbox.
+# It runs as root inside bwrap with only CAP_SETUID/CAP_SETGID (bwrap drops every other
+# capability); each fork becomes the slot's uid before anything else, so a notebook cannot signal,
+# ptrace or read the zygote (another uid, not dumpable), exactly as it cannot touch bwrap's init
+# in a cold start. The host talks to it over an inherited socket (no file a notebook could replace).
 HOME = os.environ.get("HOME", "/home/student")
 
 
@@ -110,8 +113,48 @@ def _others() -> list[int]:
     return out
 
 
+def _become_student() -> None:
+    """In a fork of the zygote: the slot's uid, every capability gone for good, the kernel's limits."""
+    import ctypes
+
+    uid = int(os.environ["ATTNKIT_KERNEL_UID"])
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)  # from root to another uid: the permitted capabilities are cleared
+    if os.getuid() != uid or os.geteuid() != uid:
+        os._exit(70)
+    ctypes.CDLL(None).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    _limit()
+
+
+def _as_student(fn, *args) -> int:
+    """Run ``fn`` in a fork that is the slot's uid (a root without CAP_KILL cannot signal it); its exit code."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _become_student()
+            os._exit(0 if fn(*args) else 1)
+        except BaseException:
+            os._exit(1)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _signal(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+    return True
+
+
 def _clean(keep) -> bool:
     """Back to the state of a fresh sandbox: no process of the notebook, no file, no IPC object."""
+    ok = _as_student(_clean_as_student, keep) == 0
+    _reap()
+    return ok
+
+
+def _clean_as_student(keep) -> bool:
     import signal
     import time
 
@@ -152,6 +195,7 @@ def _child(sock, connection_file: str, log: str) -> None:
 
     try:
         sock.close()
+        _become_student()
         os.setsid()
         ctypes.CDLL(None).prctl(4, 1)  # PR_SET_DUMPABLE: as any kernel (the zygote is not)
         fd = os.open("/dev/null", os.O_RDONLY)
@@ -183,7 +227,6 @@ def _child(sock, connection_file: str, log: str) -> None:
 def zygote(fd: int) -> None:
     import ctypes
     import json
-    import signal
     import socket
     import threading
 
@@ -214,15 +257,8 @@ def zygote(fd: int) -> None:
         elif op == "poll":
             reply["rc"] = _reap(req["pid"])
         elif op == "signal":
-            try:
-                os.kill(req["pid"], req["sig"])
-            except ProcessLookupError:
-                pass
-        elif op == "kill":
-            try:
-                os.kill(req["pid"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _as_student(_signal, req["pid"], req["sig"])
+        elif op == "kill":  # the kernel and everything of its uid, then its files
             reply["clean"] = _clean(keep)
         else:
             reply = {"ok": False, "error": f"unknown op {op!r}"}
@@ -230,7 +266,7 @@ def zygote(fd: int) -> None:
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--zygote"]:
-    _limit()
+    _limit(nproc=False)  # NPROC counts the uid's processes: root's are the host's; each fork sets it
     zygote(int(sys.argv[2]))
 elif __name__ == "__main__":
     _limit()

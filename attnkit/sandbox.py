@@ -162,7 +162,7 @@ def _python_roots() -> list[str]:
 
 
 def bwrap_argv(inner: list[str], *, uid: int, workfiles: dict, run_dir: str | None, env: dict,
-               scratch_mb: int = 256) -> list[str]:
+               scratch_mb: int = 256, zygote: bool = False) -> list[str]:
     """The full command: bwrap (as root: no user namespace, so the uid below is a real host uid)
     then setpriv to the slot's uid, then ``inner``. ``workfiles``: name -> host file bound
     read-only into the working folder; ``run_dir``: the host folder with the connection file
@@ -214,6 +214,9 @@ def bwrap_argv(inner: list[str], *, uid: int, workfiles: dict, run_dir: str | No
             "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1", "MPLCONFIGDIR": f"{SANDBOX_HOME}/.tmp"}
     for k, v in {**base, **env}.items():
         a += ["--setenv", k, str(v)]
+    if zygote:  # root in the sandbox with only these two capabilities; every fork drops to ``uid`` at once
+        return a + ["--setenv", "ATTNKIT_KERNEL_UID", str(uid), "--cap-add", "CAP_SETUID", "--cap-add",
+                    "CAP_SETGID", *inner]
     if os.geteuid() == 0:
         a += [SETPRIV, *_setpriv_args(uid), "--"]
     return a + list(inner)
@@ -288,7 +291,7 @@ class Zygote:
         try:
             # the control channel is an inherited socket: nothing in the sandbox's files a notebook could replace
             argv = bwrap_argv([sys.executable, "-m", "attnkit.kernel", "--zygote", str(theirs.fileno())], uid=uid,
-                              workfiles=files, run_dir=runs, env=env, scratch_mb=scratch_mb)
+                              workfiles=files, run_dir=runs, env=env, scratch_mb=scratch_mb, zygote=True)
             with open(os.path.join(self.home, "zygote.log"), "ab") as log:
                 self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                              pass_fds=(theirs.fileno(),), start_new_session=True,
@@ -395,7 +398,9 @@ _warm: dict | None = None   # the open warm_start() scope: {"runs": folder, "zyg
 
 
 def warm_enabled() -> bool:
-    return os.environ.get(ENV_WARM, "1").strip() not in ("0", "false", "no", "off")
+    # as root only: the zygote must be another uid than the notebooks (as bwrap's init is), or a
+    # notebook's kill -9 -1 would take the zygote, and with it the whole sandbox, down
+    return os.geteuid() == 0 and os.environ.get(ENV_WARM, "1").strip() not in ("0", "false", "no", "off")
 
 
 @contextlib.contextmanager

@@ -188,7 +188,7 @@ def _reap(pid: int = -1):
         return None if pid == -1 else -9
 
 
-def _child(sock, connection_file: str, log: str) -> None:
+def _child(sock, argv: list, log: str) -> None:
     """The forked kernel: a fresh process as far as a notebook can tell."""
     import ctypes
     import random
@@ -214,7 +214,7 @@ def _child(sock, connection_file: str, log: str) -> None:
         guard.save_originals()
         from ipykernel import kernelapp
 
-        sys.argv = [sys.argv[0], "-f", connection_file, "--IPKernelApp.log_level=ERROR"]
+        sys.argv = [sys.argv[0], *argv, "--IPKernelApp.log_level=ERROR"]  # as a cold kernel's command line
         kernelapp.launch_new_instance()
     except BaseException:
         import traceback
@@ -252,7 +252,7 @@ def zygote(fd: int) -> None:
                 pid = os.fork()
                 if pid == 0:
                     reader.close()
-                    _child(sock, req["connection_file"], req["log"])
+                    _child(sock, req["argv"], req["log"])
                 reply["pid"] = pid
         elif op == "poll":
             reply["rc"] = _reap(req["pid"])

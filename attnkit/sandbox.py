@@ -509,7 +509,9 @@ class CourseKernelManager(AsyncKernelManager):
             kw["cwd"] = self._workdir(kw.get("cwd"))
             if mode == "bwrap":
                 if self.warm_start and _warm is not None and self._run_dir.startswith(_warm["runs"] + "/"):
-                    self._warm_args = (workdir_files(kw["cwd"]), dict(self.kernel_spec.env))
+                    # the kernel's own arguments (nbclient's extra ones too, e.g. an in-memory history)
+                    args = kernel_cmd[kernel_cmd.index("attnkit.kernel") + 1:]
+                    self._warm_args = (workdir_files(kw["cwd"]), dict(self.kernel_spec.env), args)
                     if os.geteuid() == 0:
                         os.chown(log.name, self._uid, self._uid)  # the forked kernel opens it as its uid
                 kernel_cmd = bwrap_argv(kernel_cmd, uid=self._uid, workfiles=workdir_files(kw["cwd"]),
@@ -527,9 +529,9 @@ class CourseKernelManager(AsyncKernelManager):
     async def _async_launch_kernel(self, kernel_cmd, **kw):
         if self._warm_args is not None and _warm is not None:
             try:
-                zyg = _zygote_for(self._uid, *self._warm_args, self.scratch_mb)
-                pid = zyg.call(op="spawn", connection_file=self.connection_file,
-                               log=os.path.join(self._run_dir, "kernel.log"))["pid"]
+                workfiles, env, args = self._warm_args
+                zyg = _zygote_for(self._uid, workfiles, env, self.scratch_mb)
+                pid = zyg.call(op="spawn", argv=args, log=os.path.join(self._run_dir, "kernel.log"))["pid"]
             except ZygoteError as exc:  # e.g. a notebook killed it: this kernel starts cold
                 self.log.warning("warm start failed, starting the kernel cold: %s", exc)
             else:

@@ -53,13 +53,14 @@ if "attnkit_poison" in sys.modules or "ATTNKIT_POISON" in os.environ:
 bad += [p for p in ("poison.txt", ".tmp/poison.txt", "pdir", "/dev/shm/poison") if os.path.lexists(p)]
 for pid in filter(str.isdigit, os.listdir("/proc")):
     try:
-        if open(f"/proc/{pid}/cmdline", "rb").read() == b"sleep\\x001000\\x00":
-            bad.append(f"process {pid} (sleep 1000)")
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if f.read() == b"sleep\\x001000\\x00":
+                bad.append(f"process {pid} (sleep 1000)")
     except OSError:
         pass
 print("PARENT", os.getppid())
 assert not bad, f"NOT PRISTINE: {bad}"
-print("PRISTINE")
+print("ALL CLEAN")
 '''
 
 
@@ -89,7 +90,7 @@ def test_each_notebook_starts_pristine_after_a_poisoning_one():
         assert all(n.status.value == "graded" for r in results for n in r.notebooks), results
         assert "POISONED" in _outputs(course, FIRST), f"the poisoning cell did not run: {_outputs(course, FIRST)!r}"
         out = _outputs(course, SECOND)
-        assert "PRISTINE" in out, f"the second notebook saw the first one's leftovers: {out!r}"
+        assert "ALL CLEAN" in out and "NOT PRISTINE" not in out, f"the second notebook saw the first one's leftovers: {out!r}"
         ppid = int(out.split("PARENT", 1)[1].split()[0])
         assert ppid != 1, "the kernel was started cold (its parent is bwrap's init): the warm path was not tested"
         # and the verdicts: cell by cell those of the same answers without the extra cells

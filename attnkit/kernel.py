@@ -117,7 +117,7 @@ def _become_student() -> None:
     """In a fork of the zygote: the slot's uid, every capability gone for good, the kernel's limits."""
     import ctypes
 
-    uid = int(os.environ["ATTNKIT_KERNEL_UID"])
+    uid = int(os.environ.pop("ATTNKIT_KERNEL_UID"))  # gone from the kernel's environment, as in a cold one
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)  # from root to another uid: the permitted capabilities are cleared

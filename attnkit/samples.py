@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 
+from attnkit import markup
 from attnkit import notebooks as nbu
 from attnkit.course import Course
 
@@ -19,9 +20,9 @@ def partial(source_nb):
     found = nbu.regions(source_nb)
     for i, region in enumerate(found):
         if i >= (len(found) + 1) // 2:
-            stub = region.stub or nbu.CODE_STUB.split("\n")
+            stub = region.stub or markup.CODE_STUB.split("\n")
             if region.cell_id and _is_markdown(source_nb, region.cell_id):
-                stub = region.stub or [nbu.TEXT_STUB]
+                stub = region.stub or [markup.TEXT_STUB]
             answers[region.label] = "\n".join(stub)
     return nbu.fill(source_nb, answers)
 

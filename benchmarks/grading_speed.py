@@ -139,7 +139,10 @@ def main() -> None:
                     got.setdefault((name, workers), []).append(secs)
                     v = verdicts(courses[workers])
                     seen.setdefault(workers, v)
-                    same = "same verdicts" if v == seen[workers] else "VERDICTS DIFFER"
+                    diff = sorted(f"{st}/{nb}/{cell}: {seen[workers][st][nb][cell]} -> {got_}"
+                                  for st in v for nb in v[st] for cell, got_ in v[st][nb].items()
+                                  if seen[workers].get(st, {}).get(nb, {}).get(cell) != got_)
+                    same = "same verdicts" if not diff else f"VERDICTS DIFFER: {'; '.join(diff)[:600]}"
                     print(f"  round {_round + 1}: {name:28s} {workers} worker(s): {secs:5.2f} s/submission ({same})",
                           flush=True)
         ref = "kit now"

@@ -19,7 +19,7 @@ from harness import ASSIGNMENT, ROOT
 
 pytestmark = pytest.mark.slow
 FIRST, SECOND = "q12_scaled_dot_product", "q3_multihead_attention"  # graded in this order (sorted)
-WARM = sandbox.detect() == "bwrap" and sandbox.warm_enabled()
+WARM = sandbox.detect() == "bwrap" and os.geteuid() == 0  # warm_enabled() without the (default-off) flag
 
 POISON = '''
 import builtins, os, subprocess, sys, torch, attention_checks
@@ -76,7 +76,8 @@ def _outputs(course, stem):
 
 
 @pytest.mark.skipif(not WARM, reason="warm start needs the bwrap sandbox as root")
-def test_each_notebook_starts_pristine_after_a_poisoning_one():
+def test_each_notebook_starts_pristine_after_a_poisoning_one(monkeypatch):
+    monkeypatch.setenv(sandbox.ENV_WARM, "1")  # the grading processes inherit it
     course = Course(ROOT).scratch_copy(notebooks=[FIRST, SECOND])
     try:
         generate(course, ASSIGNMENT)

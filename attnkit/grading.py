@@ -65,40 +65,47 @@ def grade_student(root: str, assignment: str, student: str, on_notebook=None) ->
     folder = course.path("submitted", student, assignment)
     with course.gradebook() as gb:
         notebooks = sorted(nb.name for nb in gb.find_assignment(assignment).notebooks)
-    for notebook in notebooks:
-        t0 = time.perf_counter()
-        path = folder / f"{notebook}.ipynb"
-        if not path.exists():
-            _zero(course, assignment, student, notebook)
-            result.notebooks.append(NotebookResult(notebook, Status.MISSING, "notebook not submitted: scored 0"))
-            on_notebook and on_notebook(result.notebooks[-1].to_json())
-            continue
-        try:
-            nbformat.validate(nbformat.read(str(path), as_version=4))
-        except Exception as exc:  # malformed JSON or not a notebook
-            _zero(course, assignment, student, notebook)
-            msg = f"not a valid notebook ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): scored 0"
-            result.notebooks.append(NotebookResult(notebook, Status.MALFORMED, msg, time.perf_counter() - t0))
-            on_notebook and on_notebook(result.notebooks[-1].to_json())
-            continue
-        for attempt in range(LOCK_RETRIES):
-            out = _autograde_notebook(course, assignment, student, notebook)
-            log = (out.get("log") or "") + (out.get("error") or "")
-            if out["success"] or "database is locked" not in log:
-                break
-            time.sleep(0.5 * (attempt + 1))
-        if out["success"]:
-            result.notebooks.append(NotebookResult(notebook, Status.GRADED, "", time.perf_counter() - t0))
-        else:
-            _zero(course, assignment, student, notebook)
-            result.notebooks.append(NotebookResult(
-                notebook, Status.FAILED, f"could not be graded: {_first_error(log)}; scored 0", time.perf_counter() - t0))
-            logdir = course.path("reports", "logs")
-            logdir.mkdir(parents=True, exist_ok=True)
-            (logdir / f"{assignment}-{student}-{notebook}.log").write_text(log)
-        on_notebook and on_notebook(result.notebooks[-1].to_json())
+    from attnkit.sandbox import warm_start
+
+    with warm_start():  # this student's kernels fork from one pre-imported interpreter; gone after them
+        for notebook in notebooks:
+            _grade_one(course, assignment, student, notebook, folder, result, on_notebook)
     result.seconds = time.perf_counter() - started
     return result.to_json()
+
+
+def _grade_one(course, assignment, student, notebook, folder, result, on_notebook) -> None:
+    t0 = time.perf_counter()
+    path = folder / f"{notebook}.ipynb"
+    if not path.exists():
+        _zero(course, assignment, student, notebook)
+        result.notebooks.append(NotebookResult(notebook, Status.MISSING, "notebook not submitted: scored 0"))
+        on_notebook and on_notebook(result.notebooks[-1].to_json())
+        return
+    try:
+        nbformat.validate(nbformat.read(str(path), as_version=4))
+    except Exception as exc:  # malformed JSON or not a notebook
+        _zero(course, assignment, student, notebook)
+        msg = f"not a valid notebook ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): scored 0"
+        result.notebooks.append(NotebookResult(notebook, Status.MALFORMED, msg, time.perf_counter() - t0))
+        on_notebook and on_notebook(result.notebooks[-1].to_json())
+        return
+    for attempt in range(LOCK_RETRIES):
+        out = _autograde_notebook(course, assignment, student, notebook)
+        log = (out.get("log") or "") + (out.get("error") or "")
+        if out["success"] or "database is locked" not in log:
+            break
+        time.sleep(0.5 * (attempt + 1))
+    if out["success"]:
+        result.notebooks.append(NotebookResult(notebook, Status.GRADED, "", time.perf_counter() - t0))
+    else:
+        _zero(course, assignment, student, notebook)
+        result.notebooks.append(NotebookResult(
+            notebook, Status.FAILED, f"could not be graded: {_first_error(log)}; scored 0", time.perf_counter() - t0))
+        logdir = course.path("reports", "logs")
+        logdir.mkdir(parents=True, exist_ok=True)
+        (logdir / f"{assignment}-{student}-{notebook}.log").write_text(log)
+    on_notebook and on_notebook(result.notebooks[-1].to_json())
 
 
 def ensure_assignment(course: Course, assignment: str) -> None:

@@ -19,9 +19,11 @@ _LIMITS = (("ATTNKIT_KERNEL_MEMORY_MB", resource.RLIMIT_DATA, 1024 * 1024),
            ("ATTNKIT_KERNEL_CPU_S", resource.RLIMIT_CPU, 1))
 
 
-def _limit() -> None:
+def _limit(nproc: bool = True) -> None:
     sandboxed = bool(os.environ.get("ATTNKIT_KERNEL_NPROC"))
     for var, which, unit in _LIMITS:
+        if which == resource.RLIMIT_NPROC and not nproc:
+            continue
         value = int(os.environ.get(var, "0") or 0)
         if value <= 0:
             continue
@@ -34,7 +36,239 @@ def _limit() -> None:
         resource.setrlimit(which, (limit, limit if sandboxed else hard))
 
 
-if __name__ == "__main__":
+# ---------------------------------------------------------------------------- warm start (zygote)
+# One interpreter per student, inside that student's sandbox, with torch, ipykernel and the guard
+# imported; it never runs student code. Each notebook's kernel is a fork of it that cleans up
+# after the previous notebook, saves the guard's originals itself and starts its own IPKernelApp.
+# It runs as root inside bwrap with only CAP_SETUID/CAP_SETGID (bwrap drops every other
+# capability); each fork becomes the slot's uid before anything else, so a notebook cannot signal,
+# ptrace or read the zygote (another uid, not dumpable), exactly as it cannot touch bwrap's init
+# in a cold start. The host talks to it over an inherited socket (no file a notebook could replace).
+HOME = os.environ.get("HOME", "/home/student")
+
+
+def _wipe(folder: str, keep=()) -> None:
+    """Remove what a notebook left in ``folder`` (the read-only bound grader files stay)."""
+    import shutil
+    import stat
+
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if name in keep:
+            continue
+        path = os.path.join(folder, name)
+        try:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                for root, dirs, _files in os.walk(path):  # a chmod 000 folder must not stop the wipe
+                    for d in dirs:
+                        try:
+                            os.chmod(os.path.join(root, d), 0o700, follow_symlinks=False)
+                        except OSError:
+                            pass
+                os.chmod(path, 0o700)
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        except OSError:
+            pass
+
+
+def _remove_sysv_ipc() -> None:
+    """SysV shared memory, semaphores and queues outlive their process: remove the notebook's."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for kind, call in (("shm", libc.shmctl), ("sem", libc.semctl), ("msg", libc.msgctl)):
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            ident = int(row.split()[1])
+            if kind == "sem":
+                call(ident, 0, 0)   # IPC_RMID = 0
+            else:
+                call(ident, 0, None)
+
+
+def _others() -> list[int]:
+    """Processes of this uid other than the zygote (a notebook's leftovers)."""
+    me, uid, out = os.getpid(), str(os.getuid()), []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != me:
+            try:  # status, not the folder's owner: a non-dumpable process's folder is root's
+                with open(f"/proc/{name}/status") as f:
+                    uids = next(l for l in f if l.startswith("Uid:")).split()[1:]
+                with open(f"/proc/{name}/stat") as f:
+                    zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"  # dead already: its parent reaps it
+            except (OSError, StopIteration, IndexError):
+                continue
+            if uid in uids and not zombie:
+                out.append(int(name))
+    return out
+
+
+def _become_student() -> None:
+    """In a fork of the zygote: the slot's uid, every capability gone for good, the kernel's limits."""
+    import ctypes
+
+    uid = int(os.environ.pop("ATTNKIT_KERNEL_UID"))  # gone from the kernel's environment, as in a cold one
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)  # from root to another uid: the permitted capabilities are cleared
+    if os.getuid() != uid or os.geteuid() != uid:
+        os._exit(70)
+    ctypes.CDLL(None).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    _limit()
+
+
+def _as_student(fn, *args) -> int:
+    """Run ``fn`` in a fork that is the slot's uid (a root without CAP_KILL cannot signal it); its exit code."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _become_student()
+            os._exit(0 if fn(*args) else 1)
+        except BaseException:
+            os._exit(1)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _signal(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+    return True
+
+
+def _clean(keep) -> bool:
+    """Back to the state of a fresh sandbox: no process of the notebook, no file, no IPC object."""
+    ok = _as_student(_clean_as_student, keep) == 0
+    _reap()
+    return ok
+
+
+def _clean_as_student(keep) -> bool:
+    import signal
+    import time
+
+    for _ in range(200):
+        try:
+            os.kill(-1, signal.SIGKILL)  # every process of this uid but this one
+        except ProcessLookupError:
+            pass
+        _reap()
+        if not _others():
+            break
+        time.sleep(0.01)
+    else:
+        return False
+    _wipe(HOME, keep)
+    _wipe(os.path.join(HOME, ".tmp"))
+    _wipe("/dev/shm")
+    _remove_sysv_ipc()
+    return not _others()
+
+
+def _reap(pid: int = -1):
+    try:
+        while True:
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got == 0:
+                return None
+            if pid != -1:
+                return os.waitstatus_to_exitcode(status)
+    except ChildProcessError:
+        return None if pid == -1 else -9
+
+
+def _child(sock, argv: list, log: str) -> None:
+    """The forked kernel: a fresh process as far as a notebook can tell."""
+    import ctypes
+    import random
+
+    try:
+        sock.close()
+        _become_student()
+        os.setsid()
+        ctypes.CDLL(None).prctl(4, 1)  # PR_SET_DUMPABLE: as any kernel (the zygote is not)
+        fd = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(fd, 0)
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.chdir(HOME)
+        random.seed()  # a fresh process would not share the zygote's random state
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed()
+        import attnkit.guard as guard
+
+        # the originals are saved here, in this process, before any notebook cell runs
+        sys.modules.pop(guard._ORIGINALS_KEY, None)
+        guard.save_originals()
+        from ipykernel import kernelapp
+
+        sys.argv = [sys.argv[0], *argv, "--IPKernelApp.log_level=ERROR"]  # as a cold kernel's command line
+        kernelapp.launch_new_instance()
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+
+def zygote(fd: int) -> None:
+    import ctypes
+    import json
+    import socket
+    import threading
+
+    ctypes.CDLL(None).prctl(4, 0)  # PR_SET_DUMPABLE=0: no ptrace or /proc/<pid>/mem by a notebook
+    import attnkit.guard  # noqa: F401  (and with it torch)
+    import numpy  # noqa: F401
+    from ipykernel import kernelapp  # noqa: F401
+    import ipykernel.ipkernel  # noqa: F401
+
+    keep = set(os.listdir(HOME))  # the grader's files bound in, and .tmp
+    sock = socket.socket(fileno=fd)
+    reader = sock.makefile("r")
+    sock.sendall(b'{"ready": true}\n')
+    for line in reader:
+        req = json.loads(line)
+        op, reply = req.get("op"), {"ok": True}
+        if op == "spawn":
+            if threading.active_count() > 1 or len(os.listdir("/proc/self/task")) > 1:
+                reply = {"ok": False, "error": "the zygote has threads: fork is unsafe"}
+            elif not _clean(keep):
+                reply = {"ok": False, "error": "a notebook's processes survived"}
+            else:
+                pid = os.fork()
+                if pid == 0:
+                    reader.close()
+                    _child(sock, req["argv"], req["log"])
+                reply["pid"] = pid
+        elif op == "poll":
+            reply["rc"] = _reap(req["pid"])
+        elif op == "signal":
+            _as_student(_signal, req["pid"], req["sig"])
+        elif op == "kill":  # the kernel and everything of its uid, then its files
+            reply["clean"] = _clean(keep)
+        else:
+            reply = {"ok": False, "error": f"unknown op {op!r}"}
+        sock.sendall((json.dumps(reply) + "\n").encode())
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--zygote"]:
+    _limit(nproc=False)  # NPROC counts the uid's processes: root's are the host's; each fork sets it
+    zygote(int(sys.argv[2]))
+elif __name__ == "__main__":
     _limit()
     # The guard's originals are saved here, before any notebook cell can patch them.
     import attnkit.guard  # noqa: F401

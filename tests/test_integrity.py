@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from attnkit import notebooks as nbu
@@ -113,11 +114,26 @@ def test_feedback_has_no_hidden_tests_or_solutions(graded, pages):
 
 
 def test_feedback_refuses_a_page_that_would_show_hidden_tests(graded, pages):
-    """A notebook that printed the hidden tests (read from the gradebook) gets no page; everyone else does."""
-    assert set(pages["refused"]) <= {"tamper-gradebook-read"}, pages["refused"]
-    if "tamper-gradebook-read" in pages["refused"]:
-        assert "hidden test" in pages["refused"]["tamper-gradebook-read"]
-        assert not graded.course.path("feedback", "tamper-gradebook-read", ASSIGNMENT, f"{Q3}.html").exists()
+    """The sandbox keeps hidden tests out of every notebook of the batch, so no page is refused;
+    and a page that would show one (here: a hidden-test line planted in a graded notebook's
+    output) is not written, while the student's other pages are."""
+    assert pages["refused"] == {}, pages["refused"]
+    sid = "Zoë Müller-Łukasz 3"
+    secret = nbu.assignment_hidden_lines(sorted(SOURCE.glob("*.ipynb")))[0]
+    path = graded.course.path("autograded", sid, ASSIGNMENT, f"{Q3}.ipynb")
+    original = path.read_bytes()
+    nb = nbu.read(path)
+    cell = next(c for c in nb.cells if c.cell_type == "code")
+    cell.outputs.append(nbformat.v4.new_output("stream", name="stdout", text=secret + "\n"))
+    nbu.write(nb, path)
+    try:
+        problems = []
+        feedback(graded.course, ASSIGNMENT, [sid], problems)
+        assert [(p.kind, p.student, p.notebook) for p in problems] == [(Problem.LEAK, sid, Q3)]
+        assert not graded.course.path("feedback", sid, ASSIGNMENT, f"{Q3}.html").exists()
+    finally:  # the later tests read this student's page
+        path.write_bytes(original)
+        feedback(graded.course, ASSIGNMENT, [sid], [])
 
 
 def test_feedback_names_every_failed_part_and_why(graded, pages):

@@ -194,7 +194,7 @@ def cmd_demo(args) -> int:
     t0 = time.perf_counter()
     print(f"== release {assignment}")
     release(course, [assignment])
-    print(f"== sample submissions in submitted/: " + "; ".join(f"{k} ({v})" for k, v in SAMPLES.items()))
+    print("== sample submissions in submitted/: " + "; ".join(f"{k} ({v})" for k, v in SAMPLES.items()))
     students = place(course, assignment)
     print("== autograde")
     autograde(course, assignment, students, args.workers, allow_unsandboxed=True)

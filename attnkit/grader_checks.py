@@ -12,7 +12,6 @@ import ast
 import contextlib
 import inspect
 import itertools
-import math
 import textwrap
 
 import torch

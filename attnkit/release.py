@@ -112,14 +112,14 @@ def grader_only_names(course: Course, assignment: str, release_dir: Path) -> lis
 
 
 def _released_texts(release_dir: Path):
-    """(where, text) of every released cell and helper file."""
+    """(where, text, is_cell) of every released cell and helper file."""
     for path in sorted(release_dir.rglob("*")):
         if path.suffix == ".ipynb":
             for i, cell in enumerate(nbu.read(path).cells):
-                yield f"{path.name} cell {nbu.grade_id(cell) or '#' + str(i)}", cell.source
+                yield f"{path.name} cell {nbu.grade_id(cell) or '#' + str(i)}", cell.source, True
         elif path.is_file() and "__pycache__" not in path.parts:
             try:
-                yield path.name, path.read_text()
+                yield path.name, path.read_text(), False
             except UnicodeDecodeError:
                 continue
 
@@ -135,20 +135,18 @@ def secret_scan(course: Course, assignment: str, folder: Path) -> list[str]:
         declared += [(path.stem, gid, text) for gid, text in nbu.answer_texts(src)]
     hidden = [("the assignment", line) for line in nbu.assignment_hidden_lines(paths)]
     found = []
-    for where, text in _released_texts(folder):
+    for where, text, is_cell in _released_texts(folder):
         marker = markup.contains_marker(text)
         if marker:
             found.append(f"{where}: contains the marker {marker!r}")
         # In a cell a secret line counts anywhere; in a helper file's own code only as a whole line
         # (its code may share fragments with a hidden test, e.g. "for d in (D, D, M))").
-        lines = {l.strip() for l in text.split("\n")}
-        def has(line, cell=" cell " in where):
-            return line in text if cell else line in lines
+        haystack = text if is_cell else {l.strip() for l in text.split("\n")}
         for stem, line in solution:
-            if has(line):
+            if line in haystack:
                 found.append(f"{where}: contains solution text of {stem} {line[:40]!r}...")
         for stem, line in hidden:
-            if has(line):
+            if line in haystack:
                 found.append(f"{where}: contains hidden test or mark scheme text of {stem} {line[:40]!r}...")
         flat = markup.normalise(text)
         for stem, gid, answer in declared:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import csv
 import html
-import io
-import shutil
 from pathlib import Path
 
 from attnkit import notebooks as nbu

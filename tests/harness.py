@@ -2,10 +2,24 @@
 one parametrised test per fixture."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from attnkit.fixtures.grade import (ASSIGNMENT, ROOT, Graded, assert_fixture, cleanup,  # noqa: F401
                                     expected_scores, grade_fixtures, submission_for)
+
+
+def kit(course_root, *args, check=False, env=None, timeout=900):
+    """Run a kit command as a person would (python -m attnkit --root ...); ``env`` adds variables.
+    With ``check``, a non-zero exit fails the test with the command's output."""
+    proc = subprocess.run([sys.executable, "-m", "attnkit", "--root", str(course_root), *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
 
 
 def bank(fixtures, notebooks, cell_timeout: str = "20"):

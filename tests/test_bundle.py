@@ -13,14 +13,10 @@ import pytest
 from attnkit import notebooks as nbu
 from attnkit.course import Course
 from attnkit.release import secret_scan
+from harness import kit
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = "q3_multihead_attention"
-
-
-def kit(root, *args):
-    return subprocess.run([sys.executable, "-m", "attnkit", "--root", str(root), *args], capture_output=True,
-                          text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ result is made once (module-scoped fixtures) and checked by several tests.
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import io
 import json
 import os
@@ -23,19 +22,12 @@ import pytest
 from attnkit import notebooks as nbu
 from attnkit.course import Course
 from attnkit.samples import partial
+from harness import kit
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = "q3_multihead_attention"
 SOURCE = ROOT / "source" / "hw9"
 STEMS = sorted(p.stem for p in SOURCE.glob("*.ipynb"))
-
-
-def kit(course_root, *args, check=True, timeout=900):
-    proc = subprocess.run([sys.executable, "-m", "attnkit", "--root", str(course_root), *args],
-                          capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 def solved(stem=NB):
@@ -90,7 +82,7 @@ def by_name(res: dict) -> dict:
 @pytest.fixture(scope="module")
 def kitzip(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist") / "hw9-gradescope.zip"
-    proc = kit(ROOT, "gradescope", "hw9", "-o", str(out))
+    proc = kit(ROOT, "gradescope", "hw9", "-o", str(out), check=True)
     assert str(out) in proc.stdout
     return out
 
@@ -99,7 +91,7 @@ def kitzip(tmp_path_factory):
 def kitzip_omit(tmp_path_factory):
     """The zip built to leave written answers out and show results after the due date."""
     out = tmp_path_factory.mktemp("dist-omit") / "hw9-gradescope.zip"
-    kit(ROOT, "gradescope", "hw9", "-o", str(out), "--written", "omit", "--visibility", "after_due_date")
+    kit(ROOT, "gradescope", "hw9", "-o", str(out), "--written", "omit", "--visibility", "after_due_date", check=True)
     return out
 
 
@@ -395,15 +387,15 @@ submission_1003:
         return {str(p.relative_to(course.root)): (p.read_bytes(), p.stat().st_mtime_ns)
                 for p in sorted(course.path("submitted").rglob("*")) if p.is_file()}
 
-    out = {"course": course, "gs": kit(course.root, "collect", "hw9", str(gs)).stdout,
-           "cv": kit(course.root, "collect", "hw9", str(cv)).stdout}
+    out = {"course": course, "gs": kit(course.root, "collect", "hw9", str(gs), check=True).stdout,
+           "cv": kit(course.root, "collect", "hw9", str(cv), check=True).stdout}
     first = snapshot()
-    kit(course.root, "collect", "hw9", str(gs))
-    kit(course.root, "collect", "hw9", str(cv))
+    kit(course.root, "collect", "hw9", str(gs), check=True)
+    kit(course.root, "collect", "hw9", str(cv), check=True)
     out["idempotent"] = (first, snapshot())
-    kit(course.root, "autograde", "hw9", "--workers", "1", "--quiet")
-    kit(course.root, "export", "hw9", "-o", str(tmp / "parts.csv"))
-    kit(course.root, "export", "hw9", "--format", "canvas", "-o", str(tmp / "canvas.csv"))
+    kit(course.root, "autograde", "hw9", "--workers", "1", "--quiet", check=True)
+    kit(course.root, "export", "hw9", "-o", str(tmp / "parts.csv"), check=True)
+    kit(course.root, "export", "hw9", "--format", "canvas", "-o", str(tmp / "canvas.csv"), check=True)
     out["parts"] = {r["student"]: r for r in csv.DictReader(open(tmp / "parts.csv", encoding="utf-8"))}
     out["canvas"] = list(csv.reader(open(tmp / "canvas.csv", encoding="utf-8")))
     yield out

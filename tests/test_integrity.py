@@ -10,9 +10,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +17,6 @@ import nbformat
 import pytest
 
 from attnkit import notebooks as nbu
-from attnkit.course import Course
 from attnkit.grading import autograde
 from attnkit.reports import feedback, scores
 from attnkit.results import Problem

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,18 +11,11 @@ import pytest
 from attnkit import notebooks as nbu
 from attnkit.course import Course
 from attnkit.release import differences, generate, problems
+from harness import kit
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = "q3_multihead_attention"
 pytestmark = pytest.mark.slow
-
-
-def kit(course_root, *args, check=False, timeout=900):
-    proc = subprocess.run([sys.executable, "-m", "attnkit", "--root", str(course_root), *args],
-                          capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 @pytest.fixture(scope="module")

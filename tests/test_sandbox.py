@@ -24,7 +24,7 @@ from attnkit.results import load_report
 from attnkit.fixtures.hostile import (DAEMON, FORBIDDEN, GRADEBOOK_WRITE, HOSTILE, KILL_ALL, KILL_PARENT, LISTEN_PORT, PROC_CWD,
                               PROC_ROOT, TAG, right, wrong)
 from attnkit.fixtures.tamper import Q3, Q3_TESTS, q3
-from harness import ASSIGNMENT, Graded, assert_fixture, submission_for
+from harness import ASSIGNMENT, Graded, assert_fixture, kit, submission_for
 
 from attnkit import notebooks as nbu
 
@@ -40,11 +40,7 @@ needs_sandbox = pytest.mark.skipif(not SANDBOXED, reason=f"no grading sandbox he
                                                          f"must not run unsandboxed")
 
 Q3_AUTO = sum(Q3_TESTS.values())  # the autograded maximum of Q3
-
-
-def kit(root, *args, env=None, timeout=1500):
-    return subprocess.run([sys.executable, "-m", "attnkit", "--root", str(root), *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "ATTNKIT_CELL_TIMEOUT": "20", **(env or {})})
+FAST = {"ATTNKIT_CELL_TIMEOUT": "20"}  # infinite loops in the bank stop sooner
 
 
 def tree_hash(path: Path) -> str:
@@ -132,7 +128,7 @@ def hostile():
     before = {"source": tree_hash(course.path("source")), "release": tree_hash(course.path("release")),
               **_kit_state()}
     t0 = time.perf_counter()
-    out = kit(course.root, "autograde", ASSIGNMENT, "--workers", "2")
+    out = kit(course.root, "autograde", ASSIGNMENT, "--workers", "2", env=FAST, timeout=1500)
     seconds = time.perf_counter() - t0
     time.sleep(2)  # anything that outlived its notebook would still be here
     after = {"source": tree_hash(course.path("source")), "release": tree_hash(course.path("release")),
@@ -213,7 +209,7 @@ def test_sandbox_in_use_under_ci():
 def test_unsandboxed_grading_is_refused_without_the_flag(tmp_path):
     course = Course(ROOT).scratch_copy(notebooks=[Q3])
     try:
-        out = kit(course.root, "autograde", ASSIGNMENT, env={sandbox.ENV_MODE: "none"})
+        out = kit(course.root, "autograde", ASSIGNMENT, env={**FAST, sandbox.ENV_MODE: "none"}, timeout=1500)
         assert out.returncode == 2, out.stdout + out.stderr
         assert "refusing to grade submissions unsandboxed" in out.stderr
         assert "--unsandboxed-i-accept-the-risk" in out.stderr
@@ -232,7 +228,7 @@ def test_a_dead_grading_process_costs_only_its_student():
     course = course_with(fixtures)
     try:
         out = kit(course.root, "autograde", ASSIGNMENT, "--workers", "2", "--unsandboxed-i-accept-the-risk",
-                  env={sandbox.ENV_MODE: "none"})
+                  env={**FAST, sandbox.ENV_MODE: "none"}, timeout=1500)
         assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
         assert "WARNING: grading submissions WITHOUT a sandbox" in out.stderr
         report = {r["student"]: r for r in json.loads(course.path("reports", f"{ASSIGNMENT}-autograde.json").read_text())}
@@ -262,7 +258,7 @@ def test_setpriv_fallback_keeps_answers_out_of_reach():
                 right("fb-kill-all", KILL_ALL, "kill -9 -1")]
     course = course_with(fixtures)
     try:
-        out = kit(course.root, "autograde", ASSIGNMENT, "--workers", "2", env={sandbox.ENV_MODE: "setpriv"})
+        out = kit(course.root, "autograde", ASSIGNMENT, "--workers", "2", env={**FAST, sandbox.ENV_MODE: "setpriv"}, timeout=1500)
         assert "sandbox: FALLBACK setpriv" in out.stderr
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         time.sleep(2)
@@ -311,7 +307,7 @@ def test_a_killed_or_interrupted_grader_loses_nothing_and_a_rerun_finishes():
             assert _wait_for(lambda: survivors() == [], 30), survivors()
             with course.gradebook() as gb:  # still a consistent database
                 gb.assignment_submissions(ASSIGNMENT)
-        out = kit(course.root, "autograde", ASSIGNMENT, "--workers", "2")
+        out = kit(course.root, "autograde", ASSIGNMENT, "--workers", "2", env=FAST, timeout=1500)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         data = scores(course, ASSIGNMENT)["students"]
         assert {sid: data[sid][Q3]["score"] for sid in data} == {fx.student: Q3_AUTO for fx in fixtures}

@@ -82,7 +82,13 @@ def probe(mode: str) -> str | None:
         if os.geteuid() != 0:
             return "needs root (to switch the kernel to an unprivileged uid)"
         rc, err = _run([SETPRIV, *_setpriv_args(UID_BASE), "--", "/bin/true"])
-        return None if rc == 0 else f"setpriv failed: {err or rc}"
+        if rc != 0:
+            return f"setpriv failed: {err or rc}"
+        # the kernel runs this Python as that uid, straight from the host's folders: each must be
+        # readable by it (a venv under a 0700 folder such as mktemp -d's is not)
+        rc, err = _run([SETPRIV, *_setpriv_args(UID_BASE), "--", sys.executable, "-c", "import ipykernel"], timeout=60)
+        return None if rc == 0 else (f"the Python environment ({sys.prefix}) cannot be run by an unprivileged uid: "
+                                     f"{err or rc}")
     if not os.path.exists(BWRAP):
         return "bubblewrap (bwrap) is not installed"
     argv = bwrap_argv(["/bin/true"], uid=UID_BASE, workfiles={}, run_dir=None, env={})

@@ -55,10 +55,11 @@ def _first_error(log: str) -> str:
     return log.strip().splitlines()[-1][-300:] if log.strip() else "unknown error"
 
 
-def grade_student(root: str, assignment: str, student: str, on_notebook=None) -> dict:
+def grade_student(root: str, assignment: str, student: str, on_notebook=None, prestart: bool = False) -> dict:
     """Autograde every notebook of one student's submission (runs in a worker process);
-    ``on_notebook(result)`` as each notebook is done. Returns the result as JSON data (it
-    travels back to the batch through a pipe)."""
+    ``on_notebook(result)`` as each notebook is done; ``prestart``: more students follow in this
+    process (their sandbox may start ahead). Returns the result as JSON data (it travels back to
+    the batch through a pipe)."""
     course = Course(root)
     started = time.perf_counter()
     result = StudentResult(student, assignment)
@@ -67,11 +68,32 @@ def grade_student(root: str, assignment: str, student: str, on_notebook=None) ->
         notebooks = sorted(nb.name for nb in gb.find_assignment(assignment).notebooks)
     from attnkit.sandbox import warm_start
 
-    with warm_start():  # this student's kernels fork from one pre-imported interpreter; gone after them
+    with warm_start(prestart):  # this student's kernels fork from one pre-imported interpreter; gone after them
         for notebook in notebooks:
             _grade_one(course, assignment, student, notebook, folder, result, on_notebook)
     result.seconds = time.perf_counter() - started
     return result.to_json()
+
+
+def start_ahead(root: str, assignment: str) -> bool:
+    """In a grading process, as it starts: start its first student's warm-start interpreter now, so
+    that its imports overlap this process's own start. It gets the grader's files as nbgrader will
+    copy them beside the notebooks (the source folder's other files); a student whose folder holds
+    more files gets a new one (the kernel must see that student's files, and no one else's)."""
+    try:
+        from nbgrader.utils import find_all_files
+
+        from attnkit.sandbox import NOT_FOR_KERNELS, CourseKernelManager
+
+        course = Course(root)
+        api = course.api()
+        source = api.coursedir.format_path(api.coursedir.source_directory, ".", assignment)
+        files = {os.path.basename(f): f for f in find_all_files(source, api.coursedir.ignore + ["*.ipynb"])
+                 if os.path.dirname(f) == source.rstrip("/") and os.path.basename(f) not in NOT_FOR_KERNELS}
+        km = CourseKernelManager(config=api.config)
+        return km.start_ahead(files, {"NBGRADER_EXECUTION": "autograde"})  # as nbgrader's Execute sets it
+    except Exception:  # only a head start: grading starts the interpreter itself if this fails
+        return False
 
 
 def _grade_one(course, assignment, student, notebook, folder, result, on_notebook) -> None:
@@ -173,10 +195,10 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
     return typed
 
 
-def _safe_grade(root: str, assignment: str, student: str, on_notebook=None) -> dict:
+def _safe_grade(root: str, assignment: str, student: str, on_notebook=None, prestart: bool = False) -> dict:
     """A grading crash for one student is recorded, never raised into the batch."""
     try:
-        return grade_student(root, assignment, student, on_notebook)
+        return grade_student(root, assignment, student, on_notebook, prestart)
     except Exception as exc:  # pragma: no cover - defensive: the batch must go on
         import traceback
 

@@ -224,9 +224,65 @@ def _child(sock, argv: list, log: str) -> None:
     os._exit(0)
 
 
-def zygote(fd: int) -> None:
+# what IPKernelApp.initialize imports (debugpy alone is 0.07 s of every kernel's start)
+KERNEL_PRELOAD = ("ipykernel.debugger", "ipykernel.zmqshell", "IPython.core.completerlib", "IPython.core.debugger",
+                  "IPython.extensions.storemagic", "sqlite3", "pydoc", "faulthandler", "tornado.queues",
+                  "tornado.platform.asyncio", "xmlrpc.server", "encodings.idna")
+
+
+FIGURE = ":figure"  # the last preload step: draw one figure off-screen
+
+
+def _preload_step(name: str) -> None:
+    """One step of the zygote's preloading: import a module the notebooks (or IPKernelApp) import,
+    so that no forked kernel pays for it again; or, last, draw one figure off-screen, so that
+    matplotlib's font list and font files are loaded once, here. Steps run while no request waits."""
+    import importlib
+
+    # what ipykernel sets in every kernel before any cell runs; matplotlib reads it at import
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    try:
+        if name != FIGURE:
+            importlib.import_module(name)
+        elif "matplotlib" in sys.modules:  # no pyplot state: a bare Figure on Agg, as the inline backend draws
+            import io
+
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+
+            fig = Figure(figsize=(2, 2))
+            ax = fig.subplots()
+            ax.loglog([1, 10], [1, 100], "o-", label="a")
+            ax.set_xlabel("N")
+            ax.set_title("t")
+            ax.legend()
+            FigureCanvasAgg(fig).print_png(io.BytesIO())
+    except Exception as exc:  # a kernel imports it itself (and shows its error) if a notebook needs it
+        print(f"preload {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    _remove_own_files(os.path.join(HOME, ".tmp"))  # e.g. matplotlib's font cache: not the notebooks' files
+
+
+def _remove_own_files(folder: str) -> None:
+    """Remove what this process (root in the sandbox) wrote into ``folder``; a notebook's files stay."""
+    import shutil
+
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            if os.lstat(path).st_uid == os.getuid():
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+        except OSError:
+            pass
+
+
+def zygote(fd: int, preload: list[str] = ()) -> None:
     import ctypes
     import json
+    import select
     import socket
     import threading
 
@@ -240,7 +296,15 @@ def zygote(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     reader = sock.makefile("r")
     sock.sendall(b'{"ready": true}\n')
-    for line in reader:
+    # the rest is imported while no request waits (the first notebook need not wait for matplotlib);
+    # a fork never happens in the middle of an import: requests are served between steps
+    pending = [*KERNEL_PRELOAD, *preload, FIGURE]
+    while True:
+        while pending and not select.select([sock], [], [], 0)[0]:
+            _preload_step(pending.pop(0))
+        line = reader.readline()  # one request at a time: nothing is left buffered after it
+        if not line:
+            break
         req = json.loads(line)
         op, reply = req.get("op"), {"ok": True}
         if op == "spawn":
@@ -267,7 +331,7 @@ def zygote(fd: int) -> None:
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--zygote"]:
     _limit(nproc=False)  # NPROC counts the uid's processes: root's are the host's; each fork sets it
-    zygote(int(sys.argv[2]))
+    zygote(int(sys.argv[2]), [m for m in (sys.argv[3] if len(sys.argv) > 3 else "").split(",") if m])
 elif __name__ == "__main__":
     _limit()
     # The guard's originals are saved here, before any notebook cell can patch them.

@@ -19,6 +19,7 @@ The kernel side (rlimits, the guard) is attnkit/kernel.py.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -30,15 +31,20 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from functools import lru_cache
+from queue import Empty
 
+import zmq
+import zmq.asyncio
+from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 from nbclient.exceptions import DeadKernelError
 from nbclient.util import run_sync
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
-from traitlets import Bool, Integer, Unicode, default
+from traitlets import Bool, DottedObjectName, Integer, List, Unicode, default
 
 from attnkit.notebooks import is_test_cell
 
@@ -53,6 +59,8 @@ SANDBOX_KIT = "/opt/attnkit"          # the kernel's PYTHONPATH entry holding at
 SANDBOX_HOME = "/home/student"        # the kernel's working folder (tmpfs)
 UID_BASE = 2_000_000                  # far above real users and the usual subuid ranges
 UID_SLOTS = 256
+# what the notebooks and their tests import (matplotlib alone is 0.5 s, and its font list more)
+PRELOAD = ("numpy", "matplotlib.pyplot", "torch.testing", "torch.utils.flop_counter")
 TIMEOUT_NAMES = {"CellTimeoutError", "KeyboardInterrupt"}
 KERNEL_DIED = "KernelDied"
 
@@ -262,12 +270,17 @@ def kill_uid(uid: int) -> None:
 
 
 # ---------------------------------------------------------------------------- the kernel
+# nbgrader's record of when a submission was made: not the kernel's business, and it differs per
+# student (the interpreter started ahead for the next student is only used if the files are the same)
+NOT_FOR_KERNELS = ("timestamp.txt",)
+
+
 def isolated_copy(folder: str) -> str:
     """A fresh folder in the system temp dir with copies of ``folder``'s files (not notebooks)."""
     workdir = tempfile.mkdtemp(prefix="attnkit-kernel-")
     for name in os.listdir(folder):
         src = os.path.join(folder, name)
-        if os.path.isfile(src) and not name.endswith(".ipynb"):
+        if os.path.isfile(src) and not name.endswith(".ipynb") and name not in NOT_FOR_KERNELS:
             shutil.copy(src, os.path.join(workdir, name))
     os.chmod(workdir, 0o755)  # read by the sandbox's uid; only the unsandboxed kernel writes here
     for name in os.listdir(workdir):
@@ -284,8 +297,9 @@ class Zygote:
     """Host side of one pre-imported interpreter (attnkit.kernel's zygote) in its own bwrap
     sandbox, from which the kernels of one student's notebooks are forked."""
 
-    def __init__(self, key, uid: int, workfiles: dict, env: dict, scratch_mb: int, runs: str):
-        self.key, self.proc, self.sock = key, None, None
+    def __init__(self, key, uid: int, workfiles: dict, env: dict, scratch_mb: int, runs: str,
+                 preload: tuple = (), wait: bool = True):
+        self.key, self.proc, self.sock, self.runs, self.ready = key, None, None, runs, False
         self.home = tempfile.mkdtemp(prefix="attnkit-warm-")
         os.chmod(self.home, 0o755)
         files = {}
@@ -296,7 +310,8 @@ class Zygote:
         ours, theirs = socket.socketpair()
         try:
             # the control channel is an inherited socket: nothing in the sandbox's files a notebook could replace
-            argv = bwrap_argv([sys.executable, "-m", "attnkit.kernel", "--zygote", str(theirs.fileno())], uid=uid,
+            argv = bwrap_argv([sys.executable, "-m", "attnkit.kernel", "--zygote", str(theirs.fileno()),
+                               ",".join(preload)], uid=uid,
                               workfiles=files, run_dir=runs, env=env, scratch_mb=scratch_mb, zygote=True)
             with open(os.path.join(self.home, "zygote.log"), "ab") as log:
                 self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -306,7 +321,13 @@ class Zygote:
             theirs.close()
         self.sock = ours
         self.reader = ours.makefile("r")
-        self._reply(timeout=120)  # {"ready": true} once torch and ipykernel are imported
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        if not self.ready:
+            self._reply(timeout=180)  # {"ready": true} once torch, ipykernel and the preloads are imported
+            self.ready = True
 
     def _reply(self, timeout: float) -> dict:
         try:
@@ -323,6 +344,7 @@ class Zygote:
     def call(self, timeout: float = 30, **request) -> dict:
         if self.sock is None:
             raise ZygoteError("the warm-start interpreter was stopped")
+        self.wait_ready()
         try:
             self.sock.sendall((json.dumps(request) + "\n").encode())
         except OSError as exc:
@@ -388,6 +410,7 @@ class ForkedKernel:
                 # kills every process of the notebook and wipes its files; a sandbox it cannot clean is dropped
                 if not self.zygote.call(op="kill", pid=self.pid).get("clean"):
                     self.zygote.stop()
+                self.returncode = -signal.SIGKILL  # dead and reaped either way: no need to poll for it
             else:
                 self.zygote.call(op="signal", pid=self.pid, sig=int(signum))
         except ZygoteError:
@@ -400,34 +423,62 @@ class ForkedKernel:
         self.send_signal(signal.SIGTERM)
 
 
-_warm: dict | None = None   # the open warm_start() scope: {"runs": folder, "zygote": Zygote | None}
+_warm: dict | None = None   # the open warm_start() scope: {"runs", "zygote", "spare", "next", "prestart"}
+_next: "Zygote | None" = None  # started during one student's grading for the next student of the batch
 
 
 def warm_enabled() -> bool:
     # as root only: the zygote must be another uid than the notebooks (as bwrap's init is), or a
     # notebook's kill -9 -1 would take the zygote, and with it the whole sandbox, down
-    # default off until the Q6 timing test is shown to judge as reliably in forked kernels (issue 12 report)
-    return os.geteuid() == 0 and os.environ.get(ENV_WARM, "0").strip() in ("1", "true", "yes", "on")
+    return os.geteuid() == 0 and os.environ.get(ENV_WARM, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _new_runs() -> str:
+    runs = tempfile.mkdtemp(prefix="attnkit-runs-")
+    os.chmod(runs, 0o755)
+    return runs
+
+
+def _drop(zyg: "Zygote | None") -> None:
+    if zyg is not None:
+        zyg.stop()
+        shutil.rmtree(zyg.runs, ignore_errors=True)
+
+
+@atexit.register
+def _drop_next() -> None:
+    global _next
+    _drop(_next)
+    _next = None
 
 
 @contextlib.contextmanager
-def warm_start():
+def warm_start(prestart: bool = False):
     """Within: the kernels fork from one pre-imported interpreter (one sandbox), not started cold.
-    grading.py opens one per student, so nothing outlives a student; outside, every kernel is cold."""
-    global _warm
+    grading.py opens one per student, so nothing outlives a student; outside, every kernel is cold.
+
+    ``prestart`` (more students follow in this process): once this student's interpreter is up,
+    the next student's is started too, in a sandbox of its own, so that its imports overlap this
+    student's grading. It runs nothing until that student's scope takes it over."""
+    global _warm, _next
     if not warm_enabled() or _warm is not None:
         yield
         return
-    runs = tempfile.mkdtemp(prefix="attnkit-runs-")
-    os.chmod(runs, 0o755)
-    _warm = {"runs": runs, "zygote": None}
+    spare, _next = _next, None
+    if spare is not None and not spare.alive:
+        _drop(spare)
+        spare = None
+    runs = spare.runs if spare is not None else _new_runs()
+    _warm = {"runs": runs, "zygote": None, "spare": spare, "next": None, "prestart": prestart}
     try:
         yield
     finally:
-        if _warm["zygote"] is not None:
-            _warm["zygote"].stop()
-        _warm = None
+        scope, _warm = _warm, None
+        for zyg in (scope["zygote"], scope["spare"]):
+            if zyg is not None:
+                zyg.stop()
         shutil.rmtree(runs, ignore_errors=True)
+        _next = scope["next"]
 
 
 def _digest(workfiles: dict) -> str:
@@ -438,16 +489,83 @@ def _digest(workfiles: dict) -> str:
     return h.hexdigest()
 
 
-def _zygote_for(uid: int, workfiles: dict, env: dict, scratch_mb: int) -> Zygote:
-    """The scope's zygote for these grader files and limits (a new one if they differ or it died)."""
-    key = (uid, _digest(workfiles), tuple(sorted(env.items())), scratch_mb)
+def _zygote_key(uid: int, workfiles: dict, env: dict, scratch_mb: int, preload: tuple) -> tuple:
+    return (uid, _digest(workfiles), tuple(sorted(env.items())), scratch_mb, tuple(preload))
+
+
+def start_ahead(uid: int, workfiles: dict, env: dict, scratch_mb: int, preload: tuple = ()) -> None:
+    """Start, now, the interpreter the next warm_start() scope will take if its first kernel has
+    these grader files and limits (a grading process calls it as it starts, before its first student)."""
+    global _next
+    if _next is None and _warm is None and warm_enabled():
+        key = _zygote_key(uid, workfiles, env, scratch_mb, preload)
+        _next = Zygote(key, uid, workfiles, env, scratch_mb, _new_runs(), preload, wait=False)
+
+
+def _zygote_for(uid: int, workfiles: dict, env: dict, scratch_mb: int, preload: tuple = ()) -> Zygote:
+    """The scope's zygote for these grader files and limits (the one started ahead if it matches,
+    else a new one; a new one too if it died)."""
+    key = _zygote_key(uid, workfiles, env, scratch_mb, preload)
     zyg = _warm["zygote"]
     if zyg is not None and (zyg.key != key or not zyg.alive):
         zyg.stop()
         zyg = _warm["zygote"] = None
     if zyg is None:
-        zyg = _warm["zygote"] = Zygote(key, uid, workfiles, env, scratch_mb, _warm["runs"])
+        spare, _warm["spare"] = _warm["spare"], None
+        if spare is not None and spare.key == key and spare.alive:
+            zyg = spare
+        else:
+            if spare is not None:
+                spare.stop()
+            zyg = Zygote(key, uid, workfiles, env, scratch_mb, _warm["runs"], preload)
+        _warm["zygote"] = zyg
+        zyg.wait_ready()
+        if _warm["prestart"] and _warm["next"] is None:
+            _warm["next"] = Zygote(key, uid, workfiles, env, scratch_mb, _new_runs(), preload, wait=False)
     return zyg
+
+
+class CourseKernelClient(AsyncKernelClient):
+    """jupyter_client's client, ready as soon as the kernel has answered kernel_info and IOPub has
+    delivered that request's messages: jupyter_client then also waits for 0.2 s of silence on
+    IOPub (0.2 s or more per notebook). Nothing is lost by not waiting: nbclient reads only the
+    messages whose parent is the cell it runs."""
+
+    @default("context")
+    def _context_default(self):
+        # the client connects before the forked kernel has bound its sockets; zmq retries a
+        # failed connect every 100 ms by default, a tenth of a second lost on every notebook
+        self._created_context = True
+        ctx = zmq.asyncio.Context()
+        ctx.setsockopt(zmq.RECONNECT_IVL, 5)
+        return ctx
+
+    async def _async_wait_for_ready(self, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
+        while True:
+            self.kernel_info()
+            try:
+                reply = await self.shell_channel.get_msg(timeout=1)
+            except Empty:
+                reply = None
+            if reply is not None and reply["msg_type"] == "kernel_info_reply":
+                # IOPub is connected once it delivers this request's "idle" (else ask again)
+                parent = reply["parent_header"].get("msg_id")
+                try:
+                    while True:
+                        msg = await self.iopub_channel.get_msg(timeout=0.5)
+                        if (msg["msg_type"] == "status" and msg["parent_header"].get("msg_id") == parent
+                                and msg["content"].get("execution_state") == "idle"):
+                            self._handle_kernel_info_reply(reply)
+                            return
+                except Empty:
+                    pass
+            if not await self._async_is_alive():
+                raise RuntimeError("Kernel died before replying to kernel_info")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kernel didn't respond in {timeout:.0f} seconds")
+
+    wait_for_ready = _async_wait_for_ready
 
 
 class CourseKernelManager(AsyncKernelManager):
@@ -461,9 +579,16 @@ class CourseKernelManager(AsyncKernelManager):
     cpu_seconds = Integer(900, help="RLIMIT_CPU of each kernel process (on top of the per-cell timeout).").tag(config=True)
     threads = Integer(1, help="Torch/BLAS threads in a grading kernel (0 = library default).").tag(config=True)
     display_name = Unicode("Python 3 (attention kit)").tag(config=True)
-    warm_start = Bool(True, help="Inside a warm_start() scope (bwrap only), fork kernels from a pre-imported "
-                                 "interpreter (only with ATTNKIT_WARM_START=1).").tag(config=True)
+    warm_start = Bool(True, help="Inside a warm_start() scope (bwrap as root), fork kernels from a pre-imported "
+                                 "interpreter (ATTNKIT_WARM_START=0 turns it off).").tag(config=True)
+    preload = List(Unicode(), list(PRELOAD), help="Modules the warm-start interpreter imports once for all of a "
+                   "student's kernels: what the notebooks import, and what torch imports lazily.").tag(config=True)
 
+    client_class = DottedObjectName("attnkit.sandbox.CourseKernelClient")
+
+    @default("client_factory")
+    def _client_factory_default(self):
+        return CourseKernelClient
     _run_dir = None
     _uid = None
     _warm_args = None   # (workfiles, env) when this kernel may be forked by the scope's zygote
@@ -533,11 +658,21 @@ class CourseKernelManager(AsyncKernelManager):
 
     pre_start_kernel = _async_pre_start_kernel
 
+    def start_ahead(self, workfiles: dict, env: dict | None = None) -> bool:
+        """Start the warm-start interpreter of a first kernel that will see ``workfiles`` (name ->
+        path), before nbgrader asks for that kernel: its imports overlap the grading process's own
+        start. ``env``: variables the kernel will also get (nbgrader's NBGRADER_EXECUTION)."""
+        if not (self.warm_start and warm_enabled() and self.mode() == "bwrap"):
+            return False
+        start_ahead(uid_slot(), workfiles, {**self.kernel_spec.env, **(env or {})}, self.scratch_mb,
+                    tuple(self.preload))
+        return True
+
     async def _async_launch_kernel(self, kernel_cmd, **kw):
         if self._warm_args is not None and _warm is not None:
             try:
                 workfiles, env, args = self._warm_args
-                zyg = _zygote_for(self._uid, workfiles, env, self.scratch_mb)
+                zyg = _zygote_for(self._uid, workfiles, env, self.scratch_mb, tuple(self.preload))
                 pid = zyg.call(op="spawn", argv=args, log=os.path.join(self._run_dir, "kernel.log"))["pid"]
             except ZygoteError as exc:  # e.g. a notebook killed it: this kernel starts cold
                 self.log.warning("warm start failed, starting the kernel cold: %s", exc)

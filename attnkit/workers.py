@@ -33,11 +33,12 @@ class Worker:
         os.close(write_fd)
         self.results = os.fdopen(read_fd, "r")
 
-    def grade(self, student: str) -> tuple[dict | None, list[dict]]:
-        """(the student's result, or None if the process died; the notebooks it finished)."""
+    def grade(self, student: str, more: bool = False) -> tuple[dict | None, list[dict]]:
+        """(the student's result, or None if the process died; the notebooks it finished).
+        ``more``: other students are waiting (the process may start their sandbox ahead)."""
         done = []
         try:
-            self.proc.stdin.write(json.dumps(student) + "\n")
+            self.proc.stdin.write(json.dumps([student, more]) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             return None, done
@@ -107,6 +108,7 @@ def run_batch(root: str, assignment: str, students: list[str], workers: int, env
                 if not queue:
                     break
                 student = queue.popleft()
+                more = len(queue) >= 1
             result = None
             for _attempt in range(1 + RETRIES):
                 if stop.is_set():
@@ -115,7 +117,7 @@ def run_batch(root: str, assignment: str, students: list[str], workers: int, env
                     worker = Worker(root, assignment, slot, env)
                     with lock:
                         live.add(worker)
-                result, done = worker.grade(student)
+                result, done = worker.grade(student, more)
                 if result is not None:
                     break
                 reason = worker.death() if not stop.is_set() else "grading was interrupted"
@@ -158,7 +160,8 @@ class Interrupted(KeyboardInterrupt):
 
 
 def main(argv=None) -> int:
-    """A grading process: one student id (JSON) per line on stdin; results on the pipe ``fd``."""
+    """A grading process: one ``[student id, more students follow]`` (JSON) per line on stdin;
+    results on the pipe ``fd``."""
     import ctypes
 
     from attnkit.grading import _safe_grade
@@ -169,13 +172,16 @@ def main(argv=None) -> int:
     except Exception:
         pass
     out = os.fdopen(int(fd), "w", buffering=1)
+    from attnkit.grading import start_ahead
+
+    start_ahead(root, assignment)  # the first student's sandbox starts while this process reads its first line
     for line in sys.stdin:
-        student = json.loads(line)
+        student, more = json.loads(line)
 
         def notebook_done(nb: dict) -> None:
             out.write("NB " + json.dumps(nb) + "\n")
 
-        result = _safe_grade(root, assignment, student, on_notebook=notebook_done)
+        result = _safe_grade(root, assignment, student, on_notebook=notebook_done, prestart=more)
         out.write("DONE " + json.dumps(result) + "\n")
     return 0
 

@@ -16,6 +16,7 @@ and the seconds each verdict took. Not a unit test; run it by hand:
     .venv/bin/python benchmarks/scaling_verdict.py --trials 50            # quiet and loaded
     .venv/bin/python benchmarks/scaling_verdict.py --trials 20 --clock wall
     .venv/bin/python benchmarks/scaling_verdict.py --trials 20 --load loaded --busy 4
+    .venv/bin/python benchmarks/scaling_verdict.py --trials 50 --where kernel   # in forked grading kernels
 
 Seen on the 2-core development machine (shared with other jobs, load average 3-9):
 CPU clock, 50 + 50 trials quiet and 50 + 50 under 2 busy loops: 0 wrong verdicts; linear
@@ -93,6 +94,93 @@ def run(trials, condition, busy, device, clock=None, seed0=0):
     return results
 
 
+KERNEL_CODE = """
+import inspect, json, torch
+import attention_checks as ac
+torch.set_num_threads({threads})
+{sources}
+_out = {{}}
+for _name, _fn in (("linear", linear_attention), ("impostor", impostor_attention)):
+    _r = ac.measure_growth(_fn, ac.attention_inputs({D}, {M}, device="cpu"), device="cpu", clock={clock!r}, seed={seed})
+    _out[_name] = {{k: _r[k] for k in ("verdict", "statistic", "exponents", "sizes", "seconds", "extended", "clock")}}
+print("RESULT " + json.dumps(_out))
+"""
+
+
+def run_in_kernels(trials, condition, busy, threads, clock=None, seed0=0):
+    """The same verdicts, each trial in a fresh grading kernel forked from the warm-start interpreter
+    inside the bwrap sandbox, with the sandbox's limits (RLIMIT_CPU included): as autograde runs them."""
+    import asyncio
+    import inspect
+    import json
+    import shutil
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from attnkit import sandbox
+
+    if not sandbox.warm_enabled() or sandbox.detect() != "bwrap":
+        raise SystemExit("--where kernel needs the bwrap sandbox as root with the warm start on")
+    workdir = tempfile.mkdtemp(prefix="attnkit-verdict-")
+    os.chmod(workdir, 0o755)
+    shutil.copy(Path(ac.__file__), workdir)
+    os.chmod(os.path.join(workdir, "attention_checks.py"), 0o644)
+    sources = inspect.getsource(linear_attention) + "\n" + inspect.getsource(impostor_attention)
+    procs = []
+    if condition == "loaded":
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_busy, daemon=True) for _ in range(busy)]
+        for p in procs:
+            p.start()
+        time.sleep(1.0)
+    results = {name: [] for name in IMPLEMENTATIONS}
+
+    async def one(trial):
+        km = sandbox.CourseKernelManager()
+        await km.start_kernel(cwd=workdir)
+        try:
+            if not isinstance(km.provisioner.process, sandbox.ForkedKernel):
+                raise SystemExit("the kernel was started cold, not forked: not what this mode measures")
+            kc = km.client()
+            kc.start_channels()
+            await kc.wait_for_ready(timeout=60)
+            code = KERNEL_CODE.format(threads=threads, sources=sources, D=D, M=M, clock=clock, seed=seed0 + trial)
+            msg_id, out = kc.execute(code), []
+            while True:
+                msg = await kc.get_iopub_msg(timeout=300)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                if msg["msg_type"] == "stream":
+                    out.append(msg["content"]["text"])
+                elif msg["msg_type"] == "error":
+                    raise SystemExit(f"kernel error: {msg['content']['ename']}: {msg['content']['evalue']}")
+                elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    break
+            kc.stop_channels()
+        finally:
+            await km.shutdown_kernel(now=True)
+        line = next(l for l in "".join(out).splitlines() if l.startswith("RESULT "))
+        return json.loads(line[len("RESULT "):])
+
+    try:
+        with sandbox.warm_start():
+            for trial in range(trials):
+                got = asyncio.run(one(trial))
+                for name, (_fn, truth) in IMPLEMENTATIONS.items():
+                    r = {**got[name], "truth": truth}
+                    results[name].append(r)
+                    print(f"  [{condition}, forked kernel] trial {trial + 1:3d} {name:8s} verdict {r['verdict']:9s} "
+                          f"statistic {r['statistic']:.2f} N {r['sizes'][0]}..{r['sizes'][-1]} {r['seconds']:.2f} s"
+                          + (" (extended)" if r["extended"] else ""), flush=True)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.join()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
 def report(condition, busy, results):
     lin, imp = results["linear"], results["impostor"]
     false_fail = sum(r["verdict"] != "linear" for r in lin)
@@ -122,12 +210,18 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--clock", choices=["cpu", "wall"], default=None,
                     help="what to time (default: as the test does -- CPU time of the process on CPU, wall on CUDA)")
+    ap.add_argument("--where", choices=["process", "kernel"], default="process",
+                    help="kernel: each trial in a grading kernel forked from the warm-start interpreter, "
+                         "in the bwrap sandbox with its limits (CPU only)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     conditions = ["quiet", "loaded"] if args.load == "both" else [args.load]
     summary = []
     for cond in conditions:
-        res = run(args.trials, cond, args.busy, args.device, args.clock)
+        if args.where == "kernel":
+            res = run_in_kernels(args.trials, cond, args.busy, args.threads, args.clock)
+        else:
+            res = run(args.trials, cond, args.busy, args.device, args.clock)
         summary.append((cond, *report(cond, args.busy, res)))
     print("\nSUMMARY")
     for cond, ff, fp in summary:

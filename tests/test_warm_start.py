@@ -19,7 +19,7 @@ from harness import ASSIGNMENT, ROOT
 
 pytestmark = pytest.mark.slow
 FIRST, SECOND = "q12_scaled_dot_product", "q3_multihead_attention"  # graded in this order (sorted)
-WARM = sandbox.detect() == "bwrap" and os.geteuid() == 0  # warm_enabled() without the (default-off) flag
+WARM = sandbox.detect() == "bwrap" and os.geteuid() == 0  # where warm_enabled() can be true
 
 POISON = '''
 import builtins, os, subprocess, sys, torch, attention_checks
@@ -101,3 +101,57 @@ def test_each_notebook_starts_pristine_after_a_poisoning_one(monkeypatch):
         assert data["control"][SECOND]["score"] > 0, "the control scored nothing: the comparison proves nothing"
     finally:
         shutil.rmtree(course.root, ignore_errors=True)
+
+
+async def _run_in_kernel(workdir: str, source: str) -> tuple[str, object]:
+    """Run ``source`` in a new grading kernel; its output, and the provisioner's process object."""
+    km = sandbox.CourseKernelManager()
+    await km.start_kernel(cwd=workdir)
+    try:
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=60)
+        msg_id, out = kc.execute(source), []
+        while True:
+            msg = await kc.get_iopub_msg(timeout=120)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                out.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        kc.stop_channels()
+        return "".join(out), km.provisioner.process
+    finally:
+        await km.shutdown_kernel(now=True)
+
+
+@pytest.mark.skipif(not WARM, reason="warm start needs the bwrap sandbox as root")
+def test_the_next_students_sandbox_started_ahead_is_a_fresh_one(tmp_path):
+    """Is the interpreter started ahead (during one student's grading, for the next) the one the
+    next student's kernels fork from, and does it show nothing of the student graded before?"""
+    import asyncio
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    shutil.copy(ROOT / "source" / ASSIGNMENT / "attention_checks.py", workdir)
+    os.chmod(tmp_path, 0o755)
+    os.chmod(workdir, 0o755)
+    os.chmod(workdir / "attention_checks.py", 0o644)
+    with sandbox.warm_start(prestart=True):
+        out, proc = asyncio.run(_run_in_kernel(str(workdir), POISON))
+        first = sandbox._warm["zygote"]
+        ahead = sandbox._warm["next"]
+        assert "POISONED" in out, out
+        assert isinstance(proc, sandbox.ForkedKernel) and proc.zygote is first
+        assert ahead is not None and ahead is not first and ahead.runs != first.runs
+    assert not first.alive, "the first student's sandbox outlived the student"
+    assert sandbox._next is ahead and ahead.alive
+    with sandbox.warm_start(prestart=False):
+        out, proc = asyncio.run(_run_in_kernel(str(workdir), CHECK))
+        assert proc.zygote is ahead, "the next student's kernel did not fork from the interpreter started ahead"
+        assert sandbox._warm["next"] is None, "started another one although no student follows"
+    assert "ALL CLEAN" in out and "NOT PRISTINE" not in out, f"the next student saw the previous one's leftovers: {out!r}"
+    assert not ahead.alive and sandbox._next is None

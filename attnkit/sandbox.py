@@ -582,13 +582,14 @@ class CourseKernelManager(AsyncKernelManager):
     warm_start = Bool(True, help="Inside a warm_start() scope (bwrap as root), fork kernels from a pre-imported "
                                  "interpreter (ATTNKIT_WARM_START=0 turns it off).").tag(config=True)
     preload = List(Unicode(), list(PRELOAD), help="Modules the warm-start interpreter imports once for all of a "
-                   "student's kernels: what the notebooks import, and what torch imports lazily.").tag(config=True)
+                   "student's kernels: what the notebooks and their tests import.").tag(config=True)
 
     client_class = DottedObjectName("attnkit.sandbox.CourseKernelClient")
 
     @default("client_factory")
     def _client_factory_default(self):
         return CourseKernelClient
+
     _run_dir = None
     _uid = None
     _warm_args = None   # (workfiles, env) when this kernel may be forked by the scope's zygote

@@ -423,8 +423,8 @@ class ForkedKernel:
         self.send_signal(signal.SIGTERM)
 
 
-_warm: dict | None = None   # the open warm_start() scope: {"runs", "zygote", "spare", "next", "prestart"}
-_next: "Zygote | None" = None  # started during one student's grading for the next student of the batch
+_warm: dict | None = None   # the open warm_start() scope: {"runs", "zygote", "spare", "next", "prestart", "reuse"}
+_next: "Zygote | None" = None  # for the next student of this grading process: kept, or started ahead
 
 
 def warm_enabled() -> bool:
@@ -455,11 +455,13 @@ def _drop_next() -> None:
 @contextlib.contextmanager
 def warm_start(prestart: bool = False):
     """Within: the kernels fork from one pre-imported interpreter (one sandbox), not started cold.
-    grading.py opens one per student, so nothing outlives a student; outside, every kernel is cold.
+    grading.py opens one per student; outside, every kernel is cold.
 
-    ``prestart`` (more students follow in this process): once this student's interpreter is up,
-    the next student's is started too, in a sandbox of its own, so that its imports overlap this
-    student's grading. It runs nothing until that student's scope takes it over."""
+    ``prestart``: more students follow in this process. By default the sandbox then outlives the
+    scope and the next student's kernels fork from it too: it is emptied before every kernel,
+    whoever's it is, exactly as between two notebooks of one student. With
+    ``CourseKernelManager.sandbox_per_student``, the sandbox ends with the student instead, and the
+    next student's is started as soon as this one's is up (its imports overlap this grading)."""
     global _warm, _next
     if not warm_enabled() or _warm is not None:
         yield
@@ -469,16 +471,22 @@ def warm_start(prestart: bool = False):
         _drop(spare)
         spare = None
     runs = spare.runs if spare is not None else _new_runs()
-    _warm = {"runs": runs, "zygote": None, "spare": spare, "next": None, "prestart": prestart}
+    _warm = {"runs": runs, "zygote": None, "spare": spare, "next": None, "prestart": prestart, "reuse": False}
     try:
         yield
     finally:
         scope, _warm = _warm, None
-        for zyg in (scope["zygote"], scope["spare"]):
-            if zyg is not None:
-                zyg.stop()
-        shutil.rmtree(runs, ignore_errors=True)
-        _next = scope["next"]
+        keep = scope["zygote"] if scope["reuse"] and scope["prestart"] and scope["next"] is None else None
+        if keep is not None and keep.alive:
+            _next = keep  # with its runs folder, which it binds
+            if scope["spare"] is not None:
+                scope["spare"].stop()
+        else:
+            for zyg in (scope["zygote"], scope["spare"]):
+                if zyg is not None:
+                    zyg.stop()
+            shutil.rmtree(runs, ignore_errors=True)
+            _next = scope["next"]
 
 
 def _digest(workfiles: dict) -> str:
@@ -502,10 +510,12 @@ def start_ahead(uid: int, workfiles: dict, env: dict, scratch_mb: int, preload: 
         _next = Zygote(key, uid, workfiles, env, scratch_mb, _new_runs(), preload, wait=False)
 
 
-def _zygote_for(uid: int, workfiles: dict, env: dict, scratch_mb: int, preload: tuple = ()) -> Zygote:
-    """The scope's zygote for these grader files and limits (the one started ahead if it matches,
-    else a new one; a new one too if it died)."""
+def _zygote_for(uid: int, workfiles: dict, env: dict, scratch_mb: int, preload: tuple = (),
+                per_student: bool = False) -> Zygote:
+    """The scope's zygote for these grader files and limits (the one kept or started ahead if it
+    matches, else a new one; a new one too if it died)."""
     key = _zygote_key(uid, workfiles, env, scratch_mb, preload)
+    _warm["reuse"] = not per_student
     zyg = _warm["zygote"]
     if zyg is not None and (zyg.key != key or not zyg.alive):
         zyg.stop()
@@ -520,7 +530,7 @@ def _zygote_for(uid: int, workfiles: dict, env: dict, scratch_mb: int, preload: 
             zyg = Zygote(key, uid, workfiles, env, scratch_mb, _warm["runs"], preload)
         _warm["zygote"] = zyg
         zyg.wait_ready()
-        if _warm["prestart"] and _warm["next"] is None:
+        if _warm["prestart"] and per_student and _warm["next"] is None:
             _warm["next"] = Zygote(key, uid, workfiles, env, scratch_mb, _new_runs(), preload, wait=False)
     return zyg
 
@@ -581,6 +591,8 @@ class CourseKernelManager(AsyncKernelManager):
     display_name = Unicode("Python 3 (attention kit)").tag(config=True)
     warm_start = Bool(True, help="Inside a warm_start() scope (bwrap as root), fork kernels from a pre-imported "
                                  "interpreter (ATTNKIT_WARM_START=0 turns it off).").tag(config=True)
+    sandbox_per_student = Bool(False, help="Warm start: a new sandbox for every student (started ahead) instead "
+                               "of one per grading process, emptied before every kernel.").tag(config=True)
     preload = List(Unicode(), list(PRELOAD), help="Modules the warm-start interpreter imports once for all of a "
                    "student's kernels: what the notebooks and their tests import.").tag(config=True)
 
@@ -673,7 +685,8 @@ class CourseKernelManager(AsyncKernelManager):
         if self._warm_args is not None and _warm is not None:
             try:
                 workfiles, env, args = self._warm_args
-                zyg = _zygote_for(self._uid, workfiles, env, self.scratch_mb, tuple(self.preload))
+                zyg = _zygote_for(self._uid, workfiles, env, self.scratch_mb, tuple(self.preload),
+                                  self.sandbox_per_student)
                 pid = zyg.call(op="spawn", argv=args, log=os.path.join(self._run_dir, "kernel.log"))["pid"]
             except ZygoteError as exc:  # e.g. a notebook killed it: this kernel starts cold
                 self.log.warning("warm start failed, starting the kernel cold: %s", exc)

@@ -1,6 +1,7 @@
-"""Warm start (issue 12): a student's kernels fork from one pre-imported interpreter, yet each
-notebook still starts from a clean interpreter and a clean sandbox, as far as its code can tell.
-Graded through the real pipeline: a first notebook poisons what it can, the next one checks."""
+"""Warm start (issue 12): the kernels of a grading process fork from one pre-imported interpreter
+(kept from student to student, or with ``sandbox_per_student`` a new sandbox per student, started
+ahead), yet each notebook still starts from a clean interpreter and a clean sandbox, as far as its
+code can tell. A first notebook poisons what it can; the next one, and the next student's, check."""
 from __future__ import annotations
 
 import os
@@ -70,42 +71,49 @@ def _with_cell(nb, source):
     return nb
 
 
-def _outputs(course, stem):
-    nb = nbu.read(course.path("autograded", "poisoner", ASSIGNMENT, f"{stem}.ipynb"))
+def _outputs(course, stem, student="poisoner"):
+    nb = nbu.read(course.path("autograded", student, ASSIGNMENT, f"{stem}.ipynb"))
     return "".join(o.get("text", "") + o.get("evalue", "") for o in nb.cells[0].get("outputs", []))
 
 
 @pytest.mark.skipif(not WARM, reason="warm start needs the bwrap sandbox as root")
 def test_each_notebook_starts_pristine_after_a_poisoning_one(monkeypatch):
+    """Does a notebook graded after one that poisons everything it can (the same student's next
+    notebook, and the next student's first) start from a pristine interpreter and sandbox?"""
     monkeypatch.setenv(sandbox.ENV_WARM, "1")  # the grading processes inherit it
     course = Course(ROOT).scratch_copy(notebooks=[FIRST, SECOND])
     try:
         generate(course, ASSIGNMENT)
-        for student, cells in (("poisoner", (POISON, CHECK)), ("control", ("", ""))):
+        # graded in this order by one grading process: the victim's kernels fork from the sandbox
+        # the poisoner's ran in (kept from student to student by default)
+        for student, cells in (("poisoner", (POISON, CHECK)), ("victim", (CHECK, "")), ("control", ("", ""))):
             dest = course.path("submitted", student, ASSIGNMENT)
             dest.mkdir(parents=True)
             for stem, cell in zip((FIRST, SECOND), cells):
                 src = nbu.read(course.path("source", ASSIGNMENT, f"{stem}.ipynb"))
                 nbu.write(_with_cell(nbu.fill(src), cell), dest / f"{stem}.ipynb")
-        results = autograde(course, ASSIGNMENT, ["poisoner", "control"], workers=1, progress=False)
+        results = autograde(course, ASSIGNMENT, ["poisoner", "victim", "control"], workers=1, progress=False)
         assert all(n.status.value == "graded" for r in results for n in r.notebooks), results
         assert "POISONED" in _outputs(course, FIRST), f"the poisoning cell did not run: {_outputs(course, FIRST)!r}"
         out = _outputs(course, SECOND)
         assert "ALL CLEAN" in out and "NOT PRISTINE" not in out, f"the second notebook saw the first one's leftovers: {out!r}"
         ppid = int(out.split("PARENT", 1)[1].split()[0])
         assert ppid != 1, "the kernel was started cold (its parent is bwrap's init): the warm path was not tested"
+        out = _outputs(course, FIRST, "victim")
+        assert "ALL CLEAN" in out and "NOT PRISTINE" not in out, f"the next student saw the poisoner's leftovers: {out!r}"
         # and the verdicts: cell by cell those of the same answers without the extra cells
         data = scores(course, ASSIGNMENT)["students"]
         for stem in (FIRST, SECOND):
             assert data["poisoner"][stem]["cells"] == data["control"][stem]["cells"], stem
+            assert data["victim"][stem]["cells"] == data["control"][stem]["cells"], stem
         assert data["control"][SECOND]["score"] > 0, "the control scored nothing: the comparison proves nothing"
     finally:
         shutil.rmtree(course.root, ignore_errors=True)
 
 
-async def _run_in_kernel(workdir: str, source: str) -> tuple[str, object]:
+async def _run_in_kernel(workdir: str, source: str, **traits) -> tuple[str, object]:
     """Run ``source`` in a new grading kernel; its output, and the provisioner's process object."""
-    km = sandbox.CourseKernelManager()
+    km = sandbox.CourseKernelManager(**traits)
     await km.start_kernel(cwd=workdir)
     try:
         kc = km.client()
@@ -128,20 +136,47 @@ async def _run_in_kernel(workdir: str, source: str) -> tuple[str, object]:
         await km.shutdown_kernel(now=True)
 
 
-@pytest.mark.skipif(not WARM, reason="warm start needs the bwrap sandbox as root")
-def test_the_next_students_sandbox_started_ahead_is_a_fresh_one(tmp_path):
-    """Is the interpreter started ahead (during one student's grading, for the next) the one the
-    next student's kernels fork from, and does it show nothing of the student graded before?"""
-    import asyncio
-
+def _workdir(tmp_path):
     workdir = tmp_path / "work"
     workdir.mkdir()
     shutil.copy(ROOT / "source" / ASSIGNMENT / "attention_checks.py", workdir)
     os.chmod(tmp_path, 0o755)
     os.chmod(workdir, 0o755)
     os.chmod(workdir / "attention_checks.py", 0o644)
+    return str(workdir)
+
+
+@pytest.mark.skipif(not WARM, reason="warm start needs the bwrap sandbox as root")
+def test_the_next_student_forks_from_the_same_interpreter_and_sees_nothing_of_the_last(tmp_path):
+    """By default a grading process keeps its sandbox from student to student: do the next
+    student's kernels fork from the same interpreter, and see nothing the last student left?"""
+    import asyncio
+
+    workdir = _workdir(tmp_path)
     with sandbox.warm_start(prestart=True):
-        out, proc = asyncio.run(_run_in_kernel(str(workdir), POISON))
+        out, proc = asyncio.run(_run_in_kernel(workdir, POISON))
+        first = sandbox._warm["zygote"]
+        assert "POISONED" in out, out
+        assert isinstance(proc, sandbox.ForkedKernel) and proc.zygote is first
+        assert sandbox._warm["next"] is None, "started a second interpreter although the first is kept"
+    assert sandbox._next is first and first.alive, "the sandbox was not kept for the next student"
+    with sandbox.warm_start(prestart=False):
+        out, proc = asyncio.run(_run_in_kernel(workdir, CHECK))
+        assert proc.zygote is first, "the next student's kernel did not fork from the kept interpreter"
+    assert "ALL CLEAN" in out and "NOT PRISTINE" not in out, f"the next student saw the previous one's leftovers: {out!r}"
+    assert not first.alive and sandbox._next is None, "the last student's sandbox outlived the batch"
+
+
+@pytest.mark.skipif(not WARM, reason="warm start needs the bwrap sandbox as root")
+def test_with_a_sandbox_per_student_the_next_one_started_ahead_is_fresh(tmp_path):
+    """With CourseKernelManager.sandbox_per_student: is the interpreter started ahead (during one
+    student's grading, for the next) the one the next student's kernels fork from, in a sandbox of
+    its own that shows nothing of the student graded before?"""
+    import asyncio
+
+    workdir = _workdir(tmp_path)
+    with sandbox.warm_start(prestart=True):
+        out, proc = asyncio.run(_run_in_kernel(workdir, POISON, sandbox_per_student=True))
         first = sandbox._warm["zygote"]
         ahead = sandbox._warm["next"]
         assert "POISONED" in out, out
@@ -150,7 +185,7 @@ def test_the_next_students_sandbox_started_ahead_is_a_fresh_one(tmp_path):
     assert not first.alive, "the first student's sandbox outlived the student"
     assert sandbox._next is ahead and ahead.alive
     with sandbox.warm_start(prestart=False):
-        out, proc = asyncio.run(_run_in_kernel(str(workdir), CHECK))
+        out, proc = asyncio.run(_run_in_kernel(workdir, CHECK, sandbox_per_student=True))
         assert proc.zygote is ahead, "the next student's kernel did not fork from the interpreter started ahead"
         assert sandbox._warm["next"] is None, "started another one although no student follows"
     assert "ALL CLEAN" in out and "NOT PRISTINE" not in out, f"the next student saw the previous one's leftovers: {out!r}"

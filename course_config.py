@@ -1,7 +1,8 @@
 # The one nbgrader configuration of the course. nbgrader ignores --config, so the kit
 # (./kit, python -m attnkit) loads this file itself; nbgrader_config.py loads it too, for
 # nbgrader's own CLI and the formgrader.
-from attnkit.transforms import ClearSolutionsWithStubs, DropDuplicateIds, ScoreOnlyErrors, ScrubTestOutputs
+from attnkit.transforms import (CheckCellMetadataOnce, ClearSolutionsWithStubs, DropDuplicateIds, ScoreOnlyErrors,
+                                ScrubTestOutputs)
 from attnkit.sandbox import CourseExecute
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
 from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests,
@@ -29,12 +30,13 @@ c.ClearMarkScheme.enforce_metadata = False
 # Autograde: deleted test cells come back; the course kernel runs every notebook; a test
 # cell's score depends only on whether it raised.
 c.OverwriteCells.add_missing_cells = True
+# (CheckCellMetadataOnce: nbgrader's CheckCellMetadata, the metadata schema checked once, not per cell)
 c.Autograde.sanitize_preprocessors = [
-    ClearOutput, DropDuplicateIds, OverwriteKernelspec, OverwriteCells, CheckCellMetadata,
+    ClearOutput, DropDuplicateIds, OverwriteKernelspec, OverwriteCells, CheckCellMetadataOnce,
 ]
 c.Autograde.autograde_preprocessors = [
     CourseExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, ScoreOnlyErrors,
-    SaveAutoGrades, AssignLatePenalties, CheckCellMetadata,
+    SaveAutoGrades, AssignLatePenalties, CheckCellMetadataOnce,
 ]
 import os  # noqa: E402
 

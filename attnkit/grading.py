@@ -75,25 +75,34 @@ def grade_student(root: str, assignment: str, student: str, on_notebook=None, pr
     return result.to_json()
 
 
-def start_ahead(root: str, assignment: str) -> bool:
-    """In a grading process, as it starts: start its first student's warm-start interpreter now, so
-    that its imports overlap this process's own start. It gets the grader's files as nbgrader will
-    copy them beside the notebooks (the source folder's other files); a student whose folder holds
-    more files gets a new one (the kernel must see that student's files, and no one else's)."""
+def _ahead(course: Course, assignment: str):
+    """(a kernel manager with the course's configuration, the grader's files as nbgrader will copy
+    them beside the notebooks: the source folder's other files)."""
+    from nbgrader.utils import find_all_files
+
+    from attnkit.sandbox import NOT_FOR_KERNELS, CourseKernelManager
+
+    api = course.api()
+    source = api.coursedir.format_path(api.coursedir.source_directory, ".", assignment).rstrip("/")
+    files = {os.path.basename(f): f for f in find_all_files(source, api.coursedir.ignore + ["*.ipynb"])
+             if os.path.dirname(f) == source and os.path.basename(f) not in NOT_FOR_KERNELS}
+    return CourseKernelManager(config=api.config), files
+
+
+NBGRADER_ENV = {"NBGRADER_EXECUTION": "autograde"}  # what nbgrader's Execute sets while kernels start
+
+
+def start_ahead(root: str, assignment: str, slot: int | None = None):
+    """Start a grading process's first warm-start interpreter ahead of its first kernel: in that
+    process as it starts (no ``slot``), or in the batch process before that process even starts,
+    for worker ``slot`` (returns the Zygote to hand over, or None). A student whose folder holds
+    other files than these gets a new one (the kernel must see that student's files, and no
+    one else's)."""
     try:
-        from nbgrader.utils import find_all_files
-
-        from attnkit.sandbox import NOT_FOR_KERNELS, CourseKernelManager
-
-        course = Course(root)
-        api = course.api()
-        source = api.coursedir.format_path(api.coursedir.source_directory, ".", assignment)
-        files = {os.path.basename(f): f for f in find_all_files(source, api.coursedir.ignore + ["*.ipynb"])
-                 if os.path.dirname(f) == source.rstrip("/") and os.path.basename(f) not in NOT_FOR_KERNELS}
-        km = CourseKernelManager(config=api.config)
-        return km.start_ahead(files, {"NBGRADER_EXECUTION": "autograde"})  # as nbgrader's Execute sets it
+        km, files = _ahead(Course(root), assignment)
+        return km.start_ahead(files, NBGRADER_ENV, slot)
     except Exception:  # only a head start: grading starts the interpreter itself if this fails
-        return False
+        return None if slot is not None else False
 
 
 def _grade_one(course, assignment, student, notebook, folder, result, on_notebook) -> None:
@@ -185,7 +194,7 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
 
     try:
         results = run_batch(root, assignment, students, workers, {sandbox.ENV_MODE: mode}, on_result, notebooks,
-                            failed_result)
+                            failed_result, ahead=lambda slot: start_ahead(root, assignment, slot))
     except Interrupted as stop:
         # what was graded stays graded; a rerun finishes
         save_report(course.root, assignment, [StudentResult.from_json(r) for r in stop.results])

@@ -324,6 +324,37 @@ class Zygote:
         if wait:
             self.wait_ready()
 
+    # -- handing a zygote started by the batch process over to a grading process -------------
+    def handover(self) -> tuple[int, str]:
+        """(the socket's fd to pass, the JSON the grading process gives ``adopt``). The caller
+        then calls ``released()`` once that process has started."""
+        info = {"pid": self.proc.pid, "key": self.key, "runs": self.runs, "home": self.home}
+        return self.sock.fileno(), json.dumps(info)
+
+    def released(self) -> None:
+        """In the batch process, after the handover: forget the zygote, but reap it when it ends."""
+        import threading
+
+        with contextlib.suppress(OSError):
+            self.reader.close()
+            self.sock.close()
+        self.sock = None
+        proc, self.proc = self.proc, None
+        threading.Thread(target=proc.wait, daemon=True).start()
+
+    @classmethod
+    def adopt(cls, fd: int, info: str) -> "Zygote":
+        """In the grading process: the zygote handed over (``handover``) through inherited fd ``fd``."""
+        data = json.loads(info)
+        self = cls.__new__(cls)
+        uid, digest, env, scratch_mb, preload = data["key"]
+        self.key = (uid, digest, tuple(tuple(kv) for kv in env), scratch_mb, tuple(preload))
+        self.runs, self.home, self.ready = data["runs"], data["home"], False
+        self.proc = _Handed(int(data["pid"]))
+        self.sock = socket.socket(fileno=fd)
+        self.reader = self.sock.makefile("r")
+        return self
+
     def wait_ready(self) -> None:
         if not self.ready:
             self._reply(timeout=180)  # {"ready": true} once torch, ipykernel and the preloads are imported
@@ -381,6 +412,28 @@ class Zygote:
             with contextlib.suppress(Exception):
                 self.proc.wait(timeout=30)
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+class _Handed:
+    """What a grading process holds of a zygote's bwrap process that the batch process started (and reaps)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def poll(self):
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                return -signal.SIGKILL if f.read().rsplit(")", 1)[1].split()[0] == "Z" else None
+        except OSError:
+            return -signal.SIGKILL
+
+    def wait(self, timeout=None):
+        import time as _time
+
+        deadline = _time.monotonic() + (timeout or 0)
+        while self.poll() is None and _time.monotonic() < deadline:
+            _time.sleep(0.05)
+        return self.poll()
 
 
 class ForkedKernel:
@@ -501,13 +554,32 @@ def _zygote_key(uid: int, workfiles: dict, env: dict, scratch_mb: int, preload: 
     return (uid, _digest(workfiles), tuple(sorted(env.items())), scratch_mb, tuple(preload))
 
 
+def launch_ahead(uid: int, workfiles: dict, env: dict, scratch_mb: int, preload: tuple = ()) -> Zygote:
+    """An interpreter for kernels with these grader files and limits, started now, not waited for."""
+    key = _zygote_key(uid, workfiles, env, scratch_mb, preload)
+    return Zygote(key, uid, workfiles, env, scratch_mb, _new_runs(), preload, wait=False)
+
+
 def start_ahead(uid: int, workfiles: dict, env: dict, scratch_mb: int, preload: tuple = ()) -> None:
     """Start, now, the interpreter the next warm_start() scope will take if its first kernel has
     these grader files and limits (a grading process calls it as it starts, before its first student)."""
     global _next
     if _next is None and _warm is None and warm_enabled():
-        key = _zygote_key(uid, workfiles, env, scratch_mb, preload)
-        _next = Zygote(key, uid, workfiles, env, scratch_mb, _new_runs(), preload, wait=False)
+        _next = launch_ahead(uid, workfiles, env, scratch_mb, preload)
+
+
+ENV_HANDED = "ATTNKIT_ZYGOTE"  # fd and JSON of a zygote the batch process started for a grading process
+
+
+def adopt_handed() -> bool:
+    """In a grading process: take the zygote the batch process started for it, if any."""
+    global _next
+    value = os.environ.pop(ENV_HANDED, "")
+    if not value or _next is not None:
+        return False
+    fd, _, info = value.partition(" ")
+    _next = Zygote.adopt(int(fd), info)
+    return True
 
 
 def _zygote_for(uid: int, workfiles: dict, env: dict, scratch_mb: int, preload: tuple = (),
@@ -671,15 +743,21 @@ class CourseKernelManager(AsyncKernelManager):
 
     pre_start_kernel = _async_pre_start_kernel
 
-    def start_ahead(self, workfiles: dict, env: dict | None = None) -> bool:
+    def start_ahead(self, workfiles: dict, env: dict | None = None, slot: int | None = None):
         """Start the warm-start interpreter of a first kernel that will see ``workfiles`` (name ->
-        path), before nbgrader asks for that kernel: its imports overlap the grading process's own
-        start. ``env``: variables the kernel will also get (nbgrader's NBGRADER_EXECUTION)."""
+        path), before nbgrader asks for that kernel, so that its imports overlap other work.
+        ``env``: variables the kernel will also get (nbgrader's NBGRADER_EXECUTION). Without
+        ``slot``: for this process (True if started); with it, for the grading process of that
+        worker slot, which gets it through ``Zygote.handover`` (the Zygote, or None)."""
         if not (self.warm_start and warm_enabled() and self.mode() == "bwrap"):
-            return False
-        start_ahead(uid_slot(), workfiles, {**self.kernel_spec.env, **(env or {})}, self.scratch_mb,
-                    tuple(self.preload))
-        return True
+            return None if slot is not None else False
+        env = {**self.kernel_spec.env, **(env or {})}
+        if slot is None:
+            start_ahead(uid_slot(), workfiles, env, self.scratch_mb, tuple(self.preload))
+            return True
+        # the uid that process will lock (it tries its slot's first); if it gets another one, the
+        # key differs and it starts its own
+        return launch_ahead(UID_BASE + slot % UID_SLOTS, workfiles, env, self.scratch_mb, tuple(self.preload))
 
     async def _async_launch_kernel(self, kernel_cmd, **kw):
         if self._warm_args is not None and _warm is not None:

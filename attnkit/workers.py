@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,13 +24,25 @@ RETRIES = 1  # a student whose grading process died is graded once more in a fre
 
 
 class Worker:
-    def __init__(self, root: str, assignment: str, slot: int, env: dict):
+    def __init__(self, root: str, assignment: str, slot: int, env: dict, zygote=None):
+        """``zygote``: a warm-start interpreter the batch process started for this process (handed over)."""
         read_fd, write_fd = os.pipe()
         self.log = tempfile.NamedTemporaryFile(prefix="attnkit-worker-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "attnkit.workers", root, assignment, str(write_fd)],
-            stdin=subprocess.PIPE, stdout=self.log, stderr=self.log, pass_fds=(write_fd,), text=True,
-            start_new_session=True, env={**os.environ, **env, "ATTNKIT_SANDBOX_SLOT": str(slot)})
+        env = {**os.environ, **env, "ATTNKIT_SANDBOX_SLOT": str(slot)}
+        fds = (write_fd,)
+        if zygote is not None:
+            from attnkit.sandbox import ENV_HANDED
+
+            fd, info = zygote.handover()
+            env[ENV_HANDED], fds = f"{fd} {info}", (write_fd, fd)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "attnkit.workers", root, assignment, str(write_fd)],
+                stdin=subprocess.PIPE, stdout=self.log, stderr=self.log, pass_fds=fds, text=True,
+                start_new_session=True, env=env)
+        finally:
+            if zygote is not None:
+                zygote.released()
         os.close(write_fd)
         self.results = os.fdopen(read_fd, "r")
 
@@ -95,13 +108,23 @@ class Worker:
 
 
 def run_batch(root: str, assignment: str, students: list[str], workers: int, env: dict, on_result,
-              notebooks: list[str], failed_result) -> list[dict]:
+              notebooks: list[str], failed_result, ahead=None) -> list[dict]:
     """Grade ``students`` with ``workers`` processes; ``on_result(result)`` after each student.
-    ``failed_result(student, done, reason)`` builds the result of a student whose grading kept dying."""
+    ``failed_result(student, done, reason)`` builds the result of a student whose grading kept dying.
+    ``ahead(slot)``: a warm-start interpreter started here for a worker slot's first process (or None)."""
     queue, lock, results, live = deque(students), threading.Lock(), [], set()
     stop = threading.Event()
 
     def slot_loop(slot):
+        first = ahead(slot) if ahead else None  # its imports run while the grading process starts
+        try:
+            _slot_loop(slot, first)
+        finally:
+            if first is not None and first.proc is not None:  # never handed over: no student came
+                first.stop()
+                shutil.rmtree(first.runs, ignore_errors=True)
+
+    def _slot_loop(slot, first):
         worker = None
         while not stop.is_set():
             with lock:
@@ -114,7 +137,7 @@ def run_batch(root: str, assignment: str, students: list[str], workers: int, env
                 if stop.is_set():
                     return
                 if worker is None:
-                    worker = Worker(root, assignment, slot, env)
+                    worker, first = Worker(root, assignment, slot, env, first), None
                     with lock:
                         live.add(worker)
                 result, done = worker.grade(student, more)
@@ -173,8 +196,12 @@ def main(argv=None) -> int:
         pass
     out = os.fdopen(int(fd), "w", buffering=1)
     from attnkit.grading import start_ahead
+    from attnkit.sandbox import adopt_handed
 
-    start_ahead(root, assignment)  # the first student's sandbox starts while this process reads its first line
+    # the first sandbox: the one the batch process started for this process, else one started now
+    # (its imports overlap this process's start and its first line's wait)
+    if not adopt_handed():
+        start_ahead(root, assignment)
     for line in sys.stdin:
         student, more = json.loads(line)
 

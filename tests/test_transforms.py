@@ -64,3 +64,54 @@ def test_drop_duplicate_ids_unmarks_the_copy():
     copy, last = _test_cell("a", "t1"), _test_cell("b", "t1")
     nb, _ = DropDuplicateIds().preprocess(new_notebook(cells=[copy, last]), {})
     assert "nbgrader" not in nb.cells[0].metadata and nb.cells[1].metadata["nbgrader"]["grade_id"] == "t1"
+
+
+def _metadata_cases():
+    """(what, notebook): the course's source notebooks as they are, and broken copies of one."""
+    import copy
+
+    from harness import ASSIGNMENT, ROOT
+    from attnkit import notebooks as nbu
+
+    books = [(p.stem, nbu.read(p)) for p in sorted((ROOT / "source" / ASSIGNMENT).glob("*.ipynb"))]
+    base = books[-1][1]
+    graded = next(i for i, c in enumerate(base.cells) if c.metadata.get("nbgrader", {}).get("grade"))
+    edits = {
+        "points not a number": lambda m: m.update(points="x"),
+        "unknown schema version (old)": lambda m: m.update(schema_version=1),
+        "unknown schema version (new)": lambda m: m.update(schema_version=9),
+        "grade cell without points": lambda m: m.pop("points"),
+        "empty grade_id": lambda m: m.update(grade_id=""),
+        "grade not a boolean": lambda m: m.update(grade="yes"),
+        "extra key": lambda m: m.update(surprise=1),
+    }
+    for what, edit in edits.items():
+        nb = copy.deepcopy(base)
+        edit(nb.cells[graded].metadata["nbgrader"])
+        books.append((what, nb))
+    dup = copy.deepcopy(base)
+    dup.cells.append(copy.deepcopy(dup.cells[graded]))
+    books.append(("duplicate grade id", dup))
+    return books
+
+
+def test_check_cell_metadata_once_agrees_with_nbgraders_check():
+    """Does the schema-checked-once validator accept and refuse exactly what nbgrader's own does,
+    with the same error?"""
+    from nbgrader.nbgraderformat import MetadataValidator
+
+    from attnkit.transforms import _MetadataValidatorOnce
+
+    def outcome(validator, nb):
+        try:
+            validator().validate_nb(nb)
+            return "valid"
+        except Exception as exc:
+            return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+
+    seen = set()
+    for what, nb in _metadata_cases():
+        ours, theirs = outcome(_MetadataValidatorOnce, nb), outcome(MetadataValidator, nb)
+        assert ours == theirs, f"{what}: ours {ours!r}, nbgrader's {theirs!r}"
+        seen.add(theirs == "valid")
+    assert seen == {True, False}, "the cases should include valid and invalid notebooks"

@@ -144,9 +144,23 @@ def uid_slot() -> int:
         return os.getuid()
     if _held_slot is not None:
         return _held_slot[0]
+    handed = os.environ.pop(ENV_SLOT_FD, "")
+    if handed:  # locked for this process by the batch process (with the sandbox it started for it)
+        fd, _, uid = handed.partition(" ")
+        _held_slot = (int(uid), os.fdopen(int(fd), "w"))
+        return _held_slot[0]
+    _held_slot = claim_slot(int(os.environ.get("ATTNKIT_SANDBOX_SLOT", "0") or 0))
+    return _held_slot[0]
+
+
+ENV_SLOT_FD = "ATTNKIT_SANDBOX_SLOT_FD"  # "fd uid": a slot lock handed to a grading process
+
+
+def claim_slot(start: int) -> tuple[int, object]:
+    """(uid, open lock file) of the first free slot from ``start`` on; held while the file is open
+    in any process (a grading process may inherit it)."""
     folder = os.path.join(tempfile.gettempdir(), ".attnkit-sandbox-uids")
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    start = int(os.environ.get("ATTNKIT_SANDBOX_SLOT", "0") or 0)
     for i in range(UID_SLOTS):
         slot = (start + i) % UID_SLOTS
         f = open(os.path.join(folder, str(slot)), "w")
@@ -155,8 +169,7 @@ def uid_slot() -> int:
         except OSError:
             f.close()
             continue
-        _held_slot = (UID_BASE + slot, f)
-        return UID_BASE + slot
+        return UID_BASE + slot, f
     raise SandboxUnavailable(f"all {UID_SLOTS} sandbox uids are in use")
 
 
@@ -325,11 +338,17 @@ class Zygote:
             self.wait_ready()
 
     # -- handing a zygote started by the batch process over to a grading process -------------
-    def handover(self) -> tuple[int, str]:
-        """(the socket's fd to pass, the JSON the grading process gives ``adopt``). The caller
-        then calls ``released()`` once that process has started."""
+    slot_lock = None  # the lock of the slot uid it runs kernels as, when started for another process
+
+    def handover(self) -> tuple[dict, list[int]]:
+        """(environment for the grading process, fds it must inherit). The caller then calls
+        ``released()`` once that process has started."""
         info = {"pid": self.proc.pid, "key": self.key, "runs": self.runs, "home": self.home}
-        return self.sock.fileno(), json.dumps(info)
+        env, fds = {ENV_HANDED: f"{self.sock.fileno()} {json.dumps(info)}"}, [self.sock.fileno()]
+        if self.slot_lock is not None:
+            env[ENV_SLOT_FD] = f"{self.slot_lock.fileno()} {self.key[0]}"
+            fds.append(self.slot_lock.fileno())
+        return env, fds
 
     def released(self) -> None:
         """In the batch process, after the handover: forget the zygote, but reap it when it ends."""
@@ -338,6 +357,8 @@ class Zygote:
         with contextlib.suppress(OSError):
             self.reader.close()
             self.sock.close()
+            if self.slot_lock is not None:
+                self.slot_lock.close()  # the grading process's inherited copy holds the lock now
         self.sock = None
         proc, self.proc = self.proc, None
         threading.Thread(target=proc.wait, daemon=True).start()
@@ -401,6 +422,9 @@ class Zygote:
 
     def stop(self) -> None:
         """Kill the sandbox (bwrap's PID namespace ends with it, and every process in it)."""
+        if self.slot_lock is not None:
+            with contextlib.suppress(OSError):
+                self.slot_lock.close()
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.reader.close()
@@ -755,9 +779,17 @@ class CourseKernelManager(AsyncKernelManager):
         if slot is None:
             start_ahead(uid_slot(), workfiles, env, self.scratch_mb, tuple(self.preload))
             return True
-        # the uid that process will lock (it tries its slot's first); if it gets another one, the
-        # key differs and it starts its own
-        return launch_ahead(UID_BASE + slot % UID_SLOTS, workfiles, env, self.scratch_mb, tuple(self.preload))
+        # the slot's uid is locked here and the lock handed over with the sandbox (Zygote.handover)
+        if os.geteuid() != 0:
+            return launch_ahead(os.getuid(), workfiles, env, self.scratch_mb, tuple(self.preload))
+        uid, lock = claim_slot(slot)
+        try:
+            zyg = launch_ahead(uid, workfiles, env, self.scratch_mb, tuple(self.preload))
+        except BaseException:
+            lock.close()
+            raise
+        zyg.slot_lock = lock
+        return zyg
 
     async def _async_launch_kernel(self, kernel_cmd, **kw):
         if self._warm_args is not None and _warm is not None:

@@ -31,10 +31,9 @@ class Worker:
         env = {**os.environ, **env, "ATTNKIT_SANDBOX_SLOT": str(slot)}
         fds = (write_fd,)
         if zygote is not None:
-            from attnkit.sandbox import ENV_HANDED
-
-            fd, info = zygote.handover()
-            env[ENV_HANDED], fds = f"{fd} {info}", (write_fd, fd)
+            handed, extra = zygote.handover()
+            env.update(handed)
+            fds = (write_fd, *extra)
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "attnkit.workers", root, assignment, str(write_fd)],

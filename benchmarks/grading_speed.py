@@ -36,9 +36,11 @@ from attnkit.course import Course  # noqa: E402
 from attnkit.release import generate  # noqa: E402
 
 
-def make_course(n: int) -> Course:
-    course = Course(ROOT).scratch_copy()
-    generate(course, "hw9")
+def make_course(n: int, root: Path = ROOT) -> Course:
+    """A scratch course from ``root`` (this checkout, or a base ref's tree) with ``n`` submissions."""
+    course = Course(root).scratch_copy()
+    if root == ROOT:  # a base kit's own autograde generates its assignment itself
+        generate(course, "hw9")
     for i in range(n):
         dest = course.path("submitted", f"student-{i:02d}", "hw9")
         dest.mkdir(parents=True)
@@ -92,8 +94,10 @@ def floor(repeats: int = 3) -> dict:
 
 
 def export_base(ref: str) -> Path | None:
+    """The tree at git ``ref`` (the kit, its course_config.py and its notebooks), in a temp folder."""
     dest = Path(tempfile.mkdtemp(prefix="attnkit-base-"))
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "attnkit"], capture_output=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "attnkit", "source", "course_config.py",
+                              "nbgrader_config.py"], capture_output=True)
     if archive.returncode:
         shutil.rmtree(dest)
         return None
@@ -168,11 +172,12 @@ def main() -> None:
     variants = []
     if not args.skip_nbgrader:
         variants.append(("nbgrader autograde (CLI)", 1, lambda c, w: run_nbgrader(c)))
-    if base:
-        variants.append((f"kit @{args.base}", None, lambda c, w: run_kit(c, w, {}, base)))
+    if base:  # on its own copies of the same submissions, made from its own notebooks and configuration
+        variants.append((f"kit @{args.base}", None, lambda c, w: run_kit(base_courses[w], w, {}, base)))
     variants.append(("kit, warm start off", None, lambda c, w: run_kit(c, w, {sandbox.ENV_WARM: "0"})))
     variants.append(("kit now", None, lambda c, w: run_kit(c, w, {sandbox.ENV_WARM: "1"})))
     courses = {1: make_course(args.students1), 2: make_course(args.students2)}
+    base_courses = {1: make_course(args.students1, base), 2: make_course(args.students2, base)} if base else {}
     n = {1: args.students1, 2: args.students2}
     got: dict = {}
     seen: dict = {}
@@ -184,7 +189,7 @@ def main() -> None:
                         continue
                     secs = fn(courses[workers], workers) / n[workers]
                     got.setdefault((name, workers), []).append(secs)
-                    v = verdicts(courses[workers])
+                    v = verdicts(base_courses[workers] if name.startswith("kit @") else courses[workers])
                     seen.setdefault(workers, v)
                     diff = sorted(f"{st}/{nb}/{cell}: {seen[workers][st][nb][cell]} -> {got_}"
                                   for st in v for nb in v[st] for cell, got_ in v[st][nb].items()
@@ -202,9 +207,10 @@ def main() -> None:
             fmt = lambda x, f: (f.format(x) if x is not None else "-")  # noqa: E731
             print(f"{name:30s} {fmt(row[0], '{:9.2f}'):>9s} {fmt(row[1], '{:10.2f}'):>10s} "
                   f"{fmt(ratio[0], '{:14.2f}x'):>15s} {fmt(ratio[1], '{:14.2f}x'):>15s}")
-        alone = {name: [one_submission(courses[1], env) for _ in range(args.rounds)]
+        alone = {name: [one_submission(courses[1], env) for _ in range(3 * args.rounds)]
                  for name, env in (("kit, warm start off", {sandbox.ENV_WARM: "0"}), ("kit now", {sandbox.ENV_WARM: "1"}))}
-        print("\none submission alone, 1 worker (an autograde() call, the grading process's start included):")
+        print("\none submission alone, 1 worker (an autograde() call, the grading process's start included; "
+              "median of 3 per round):")
         for name, secs in alone.items():
             print(f"{name:30s} {statistics.median(secs):9.2f} s")
         one, two = statistics.median(alone["kit now"]), statistics.median(got[(ref, 2)])
@@ -212,7 +218,7 @@ def main() -> None:
               f"({'met' if one <= 7 else 'NOT met'}); <= 3.5 s per submission with 2 workers on a batch of 16: "
               f"{two:.2f} s on a batch of {args.students2} ({'met' if two <= 3.5 else 'NOT met'})")
     finally:
-        for c in courses.values():
+        for c in [*courses.values(), *base_courses.values()]:
             shutil.rmtree(c.root, ignore_errors=True)
         if base:
             shutil.rmtree(base, ignore_errors=True)

@@ -847,6 +847,33 @@ class CourseKernelManager(AsyncKernelManager):
     cleanup_resources = _async_cleanup_resources
 
 
+async def run_source(workdir: str, source: str, timeout: float = 300, **traits) -> tuple[str, object]:
+    """Run ``source`` in a new course kernel with ``workdir``'s files (sandboxed; forked where a
+    warm_start() scope is open): (its stdout, with any error as "ename: evalue"; the provisioner's
+    process object, a ForkedKernel when it was forked). For benchmarks and the kit's tests."""
+    km = CourseKernelManager(**traits)
+    await km.start_kernel(cwd=workdir)
+    try:
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=60)
+        msg_id, out = kc.execute(source), []
+        while True:
+            msg = await kc.get_iopub_msg(timeout=timeout)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                out.append(f"{msg['content']['ename']}: {msg['content']['evalue']}\n")
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+        kc.stop_channels()
+        return "".join(out), km.provisioner.process
+    finally:
+        await km.shutdown_kernel(now=True)
+
+
 class CourseExecute(Execute):
     """nbgrader's Execute, in the course kernel (sandboxed), surviving kernel deaths."""
 

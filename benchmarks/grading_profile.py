@@ -96,7 +96,7 @@ def main() -> None:
                   f"{vals['outside cells']:8.2f}")
         print(f"{'submission':28s} {sums['total']:7.2f} {sums['cells']:7.2f} {sums['between cells']:8.2f} "
               f"{sums['outside cells']:8.2f}")
-        print(f"\nslowest cells (median s):")
+        print("\nslowest cells (median s):")
         for name, secs in sorted(cells.items(), key=lambda kv: -med(kv[1]))[:args.top]:
             print(f"  {med(secs):6.2f}  {name}")
     finally:

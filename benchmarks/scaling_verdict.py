@@ -66,7 +66,8 @@ def _busy():  # pragma: no cover - runs in a child process
         x = (x * 1103515245 + 12345) & 0xFFFFFFFF
 
 
-def run(trials, condition, busy, device, clock=None, seed0=0):
+def _load(condition, busy):
+    """The busy-loop processes of the loaded condition (none when quiet), started and settled."""
     procs = []
     if condition == "loaded":
         ctx = mp.get_context("spawn")
@@ -74,6 +75,18 @@ def run(trials, condition, busy, device, clock=None, seed0=0):
         for p in procs:
             p.start()
         time.sleep(1.0)
+    return procs
+
+
+def _unload(procs):
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.join()
+
+
+def run(trials, condition, busy, device, clock=None, seed0=0):
+    procs = _load(condition, busy)
     make_args = ac.attention_inputs(D, M, device=device)
     results = {name: [] for name in IMPLEMENTATIONS}
     try:
@@ -87,10 +100,7 @@ def run(trials, condition, busy, device, clock=None, seed0=0):
                       f"N {r['sizes'][0]}..{r['sizes'][-1]} {r['seconds']:.2f} s"
                       + (" (extended)" if r["extended"] else ""), flush=True)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.join()
+        _unload(procs)
     return results
 
 
@@ -126,46 +136,23 @@ def run_in_kernels(trials, condition, busy, threads, clock=None, seed0=0):
     shutil.copy(Path(ac.__file__), workdir)
     os.chmod(os.path.join(workdir, "attention_checks.py"), 0o644)
     sources = inspect.getsource(linear_attention) + "\n" + inspect.getsource(impostor_attention)
-    procs = []
-    if condition == "loaded":
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_busy, daemon=True) for _ in range(busy)]
-        for p in procs:
-            p.start()
-        time.sleep(1.0)
+    procs = _load(condition, busy)
     results = {name: [] for name in IMPLEMENTATIONS}
 
-    async def one(trial):
-        km = sandbox.CourseKernelManager()
-        await km.start_kernel(cwd=workdir)
-        try:
-            if not isinstance(km.provisioner.process, sandbox.ForkedKernel):
-                raise SystemExit("the kernel was started cold, not forked: not what this mode measures")
-            kc = km.client()
-            kc.start_channels()
-            await kc.wait_for_ready(timeout=60)
-            code = KERNEL_CODE.format(threads=threads, sources=sources, D=D, M=M, clock=clock, seed=seed0 + trial)
-            msg_id, out = kc.execute(code), []
-            while True:
-                msg = await kc.get_iopub_msg(timeout=300)
-                if msg["parent_header"].get("msg_id") != msg_id:
-                    continue
-                if msg["msg_type"] == "stream":
-                    out.append(msg["content"]["text"])
-                elif msg["msg_type"] == "error":
-                    raise SystemExit(f"kernel error: {msg['content']['ename']}: {msg['content']['evalue']}")
-                elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                    break
-            kc.stop_channels()
-        finally:
-            await km.shutdown_kernel(now=True)
-        line = next(l for l in "".join(out).splitlines() if l.startswith("RESULT "))
+    def one(trial):
+        code = KERNEL_CODE.format(threads=threads, sources=sources, D=D, M=M, clock=clock, seed=seed0 + trial)
+        out, proc = asyncio.run(sandbox.run_source(workdir, code))
+        if not isinstance(proc, sandbox.ForkedKernel):
+            raise SystemExit("the kernel was started cold, not forked: not what this mode measures")
+        line = next((l for l in out.splitlines() if l.startswith("RESULT ")), None)
+        if line is None:
+            raise SystemExit(f"the kernel gave no result: {out[-1500:]}")
         return json.loads(line[len("RESULT "):])
 
     try:
         with sandbox.warm_start():
             for trial in range(trials):
-                got = asyncio.run(one(trial))
+                got = one(trial)
                 for name, (_fn, truth) in IMPLEMENTATIONS.items():
                     r = {**got[name], "truth": truth}
                     results[name].append(r)
@@ -173,10 +160,7 @@ def run_in_kernels(trials, condition, busy, threads, clock=None, seed0=0):
                           f"statistic {r['statistic']:.2f} N {r['sizes'][0]}..{r['sizes'][-1]} {r['seconds']:.2f} s"
                           + (" (extended)" if r["extended"] else ""), flush=True)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.join()
+        _unload(procs)
         shutil.rmtree(workdir, ignore_errors=True)
     return results
 

@@ -112,28 +112,7 @@ def test_each_notebook_starts_pristine_after_a_poisoning_one(monkeypatch):
 
 
 async def _run_in_kernel(workdir: str, source: str, **traits) -> tuple[str, object]:
-    """Run ``source`` in a new grading kernel; its output, and the provisioner's process object."""
-    km = sandbox.CourseKernelManager(**traits)
-    await km.start_kernel(cwd=workdir)
-    try:
-        kc = km.client()
-        kc.start_channels()
-        await kc.wait_for_ready(timeout=60)
-        msg_id, out = kc.execute(source), []
-        while True:
-            msg = await kc.get_iopub_msg(timeout=120)
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "stream":
-                out.append(msg["content"]["text"])
-            elif msg["msg_type"] == "error":
-                out.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
-            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                break
-        kc.stop_channels()
-        return "".join(out), km.provisioner.process
-    finally:
-        await km.shutdown_kernel(now=True)
+    return await sandbox.run_source(workdir, source, timeout=120, **traits)
 
 
 def _workdir(tmp_path):

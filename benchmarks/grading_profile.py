@@ -74,7 +74,7 @@ def main() -> None:
     args = ap.parse_args()
     env = dict(e.split("=", 1) for e in args.env)
     base = export_base(args.base) if args.base else None
-    course = make_course(args.students * 2)  # even students: solved (the ones profiled)
+    course = make_course(args.students * 2, base or ROOT)  # even students: solved (the ones profiled)
     try:
         solved = [f"student-{i:02d}" for i in range(0, 2 * args.students, 2)]
         for student in course.students("hw9"):

@@ -288,7 +288,10 @@ def _wait_for(predicate, seconds):
 def test_a_killed_or_interrupted_grader_loses_nothing_and_a_rerun_finishes():
     """SIGKILL to ./kit autograde mid-batch: no sandbox survives, the gradebook opens, and the
     same command finishes the job. Ctrl-C (SIGINT): exit 130, a clear line, grades kept."""
-    fixtures = [q3(f"stop-{i}", why="right") for i in range(3)] + [right("stop-daemon", DAEMON, "a daemon")]
+    # one slow (right) answer keeps the batch under way when the signal comes: warm kernels grade
+    # the others in about a second each
+    slow = right("stop-slow", "import time\ntime.sleep(12)", "a slow answer")
+    fixtures = [q3(f"stop-{i}", why="right") for i in range(3)] + [right("stop-daemon", DAEMON, "a daemon"), slow]
     course = course_with(fixtures)
     import shutil
     cmd = [sys.executable, "-m", "attnkit", "--root", str(course.root), "autograde", ASSIGNMENT, "--workers", "2"]

@@ -274,6 +274,21 @@ def test_setpriv_fallback_keeps_answers_out_of_reach():
         shutil.rmtree(course.root, ignore_errors=True)
 
 
+def _default_sigint():
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
+def _signal_masks(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return " ".join(l.strip() for l in f if l.startswith(("SigBlk", "SigIgn", "SigCgt")))
+    except OSError as exc:
+        return f"(no status: {exc})"
+
+
 def _wait_for(predicate, seconds):
     end = time.time() + seconds
     while time.time() < end:
@@ -299,13 +314,16 @@ def test_a_killed_or_interrupted_grader_loses_nothing_and_a_rerun_finishes():
     try:
         for sig in (9, 2):
             shutil.rmtree(course.path("autograded"), ignore_errors=True)  # wait below for grading under way
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            # as from a terminal: SIGINT with its default disposition, whatever this test process inherited
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    preexec_fn=_default_sigint)
             assert _wait_for(lambda: course.path("autograded").is_dir() and any(course.path("autograded").iterdir()), 120)
             time.sleep(3)  # kernels running
+            masks = _signal_masks(proc.pid)
             proc.send_signal(sig)
             out, err = proc.communicate(timeout=120)
             if sig == 2:
-                assert proc.returncode == 130, out[-2000:] + err[-2000:]
+                assert proc.returncode == 130, f"{masks}\n" + out[-2000:] + err[-2000:]
                 assert "interrupted:" in err and "run the same command again" in err and "Traceback" not in err
             assert _wait_for(lambda: survivors() == [], 30), survivors()
             with course.gradebook() as gb:  # still a consistent database

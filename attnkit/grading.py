@@ -68,7 +68,7 @@ def grade_student(root: str, assignment: str, student: str, on_notebook=None, pr
         notebooks = sorted(nb.name for nb in gb.find_assignment(assignment).notebooks)
     from attnkit.sandbox import warm_start
 
-    with warm_start(prestart):  # this student's kernels fork from one pre-imported interpreter; gone after them
+    with warm_start(prestart):  # this student's kernels fork from one pre-imported interpreter
         for notebook in notebooks:
             _grade_one(course, assignment, student, notebook, folder, result, on_notebook)
     result.seconds = time.perf_counter() - started
@@ -95,14 +95,14 @@ NBGRADER_ENV = {"NBGRADER_EXECUTION": "autograde"}  # what nbgrader's Execute se
 def start_ahead(root: str, assignment: str, slot: int | None = None):
     """Start a grading process's first warm-start interpreter ahead of its first kernel: in that
     process as it starts (no ``slot``), or in the batch process before that process even starts,
-    for worker ``slot`` (returns the Zygote to hand over, or None). A student whose folder holds
+    for worker ``slot`` (to hand over). Returns the Zygote, or None. A student whose folder holds
     other files than these gets a new one (the kernel must see that student's files, and no
     one else's)."""
     try:
         km, files = _ahead(Course(root), assignment)
         return km.start_ahead(files, NBGRADER_ENV, slot)
     except Exception:  # only a head start: grading starts the interpreter itself if this fails
-        return None if slot is not None else False
+        return None
 
 
 def _grade_one(course, assignment, student, notebook, folder, result, on_notebook) -> None:

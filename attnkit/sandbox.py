@@ -420,6 +420,11 @@ class Zygote:
     def alive(self) -> bool:
         return self.sock is not None and self.proc is not None and self.proc.poll() is None
 
+    def discard(self) -> None:
+        """Stop it and remove its runs folder: for one no warm_start() scope took over."""
+        self.stop()
+        shutil.rmtree(self.runs, ignore_errors=True)
+
     def stop(self) -> None:
         """Kill the sandbox (bwrap's PID namespace ends with it, and every process in it)."""
         if self.slot_lock is not None:
@@ -452,11 +457,9 @@ class _Handed:
             return -signal.SIGKILL
 
     def wait(self, timeout=None):
-        import time as _time
-
-        deadline = _time.monotonic() + (timeout or 0)
-        while self.poll() is None and _time.monotonic() < deadline:
-            _time.sleep(0.05)
+        deadline = time.monotonic() + (timeout or 0)
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         return self.poll()
 
 
@@ -516,16 +519,13 @@ def _new_runs() -> str:
     return runs
 
 
-def _drop(zyg: "Zygote | None") -> None:
-    if zyg is not None:
-        zyg.stop()
-        shutil.rmtree(zyg.runs, ignore_errors=True)
 
 
 @atexit.register
 def _drop_next() -> None:
     global _next
-    _drop(_next)
+    if _next is not None:
+        _next.discard()
     _next = None
 
 
@@ -545,7 +545,7 @@ def warm_start(prestart: bool = False):
         return
     spare, _next = _next, None
     if spare is not None and not spare.alive:
-        _drop(spare)
+        spare.discard()
         spare = None
     runs = spare.runs if spare is not None else _new_runs()
     _warm = {"runs": runs, "zygote": None, "spare": spare, "next": None, "prestart": prestart, "reuse": False}
@@ -584,12 +584,13 @@ def launch_ahead(uid: int, workfiles: dict, env: dict, scratch_mb: int, preload:
     return Zygote(key, uid, workfiles, env, scratch_mb, _new_runs(), preload, wait=False)
 
 
-def start_ahead(uid: int, workfiles: dict, env: dict, scratch_mb: int, preload: tuple = ()) -> None:
+def start_ahead(uid: int, workfiles: dict, env: dict, scratch_mb: int, preload: tuple = ()) -> Zygote | None:
     """Start, now, the interpreter the next warm_start() scope will take if its first kernel has
     these grader files and limits (a grading process calls it as it starts, before its first student)."""
     global _next
     if _next is None and _warm is None and warm_enabled():
         _next = launch_ahead(uid, workfiles, env, scratch_mb, preload)
+    return _next
 
 
 ENV_HANDED = "ATTNKIT_ZYGOTE"  # fd and JSON of a zygote the batch process started for a grading process
@@ -771,14 +772,13 @@ class CourseKernelManager(AsyncKernelManager):
         """Start the warm-start interpreter of a first kernel that will see ``workfiles`` (name ->
         path), before nbgrader asks for that kernel, so that its imports overlap other work.
         ``env``: variables the kernel will also get (nbgrader's NBGRADER_EXECUTION). Without
-        ``slot``: for this process (True if started); with it, for the grading process of that
-        worker slot, which gets it through ``Zygote.handover`` (the Zygote, or None)."""
+        ``slot``: for this process; with it, for the grading process of that worker slot, which
+        gets it through ``Zygote.handover``. Returns the Zygote, or None where there is no warm start."""
         if not (self.warm_start and warm_enabled() and self.mode() == "bwrap"):
-            return None if slot is not None else False
+            return None
         env = {**self.kernel_spec.env, **(env or {})}
         if slot is None:
-            start_ahead(uid_slot(), workfiles, env, self.scratch_mb, tuple(self.preload))
-            return True
+            return start_ahead(uid_slot(), workfiles, env, self.scratch_mb, tuple(self.preload))
         # the slot's uid is locked here and the lock handed over with the sandbox (Zygote.handover)
         if os.geteuid() != 0:
             return launch_ahead(os.getuid(), workfiles, env, self.scratch_mb, tuple(self.preload))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -120,8 +119,7 @@ def run_batch(root: str, assignment: str, students: list[str], workers: int, env
             _slot_loop(slot, first)
         finally:
             if first is not None and first.proc is not None:  # never handed over: no student came
-                first.stop()
-                shutil.rmtree(first.runs, ignore_errors=True)
+                first.discard()
 
     def _slot_loop(slot, first):
         worker = None

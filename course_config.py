@@ -1,14 +1,14 @@
 # The one nbgrader configuration of the course. nbgrader ignores --config, so the kit
 # (./kit, python -m attnkit) loads this file itself; nbgrader_config.py loads it too, for
 # nbgrader's own CLI and the formgrader.
-from attnkit.transforms import (CheckCellMetadataOnce, ClearSolutionsWithStubs, DropDuplicateIds, ScoreOnlyErrors,
-                                ScrubTestOutputs)
+from attnkit.transforms import (CheckCellMetadataOnce, ClearSolutionsWithStubs, DropDuplicateIds, NormaliseSubmission,
+                                ScoreOnlyErrors, ScrubTestOutputs)
 from attnkit.sandbox import CourseExecute
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
 from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests,
                                     ClearMarkScheme, ClearOutput, ComputeChecksums,
                                     GetGrades, IgnorePattern, IncludeHeaderFooter, InstantiateTests,
-                                    LimitOutput, LockCells, OverwriteCells, OverwriteKernelspec,
+                                    LimitOutput, LockCells, OverwriteKernelspec,
                                     SaveAutoGrades, SaveCells)
 
 c = get_config()  # noqa: F821 (provided by traitlets when it loads this file)
@@ -29,10 +29,12 @@ c.ClearMarkScheme.enforce_metadata = False
 
 # Autograde: deleted test cells come back; the course kernel runs every notebook; a test
 # cell's score depends only on whether it raised.
-c.OverwriteCells.add_missing_cells = True
+# NormaliseSubmission (an OverwriteCells): tags, nbgrader flags and points, language info come from
+# the gradebook, never from the submission (a `skip-execution` tag used to skip a test cell and score it full).
+c.NormaliseSubmission.add_missing_cells = True
 # (CheckCellMetadataOnce: nbgrader's CheckCellMetadata, the metadata schema checked once, not per cell)
 c.Autograde.sanitize_preprocessors = [
-    ClearOutput, DropDuplicateIds, OverwriteKernelspec, OverwriteCells, CheckCellMetadataOnce,
+    ClearOutput, DropDuplicateIds, OverwriteKernelspec, NormaliseSubmission, CheckCellMetadataOnce,
 ]
 c.Autograde.autograde_preprocessors = [
     CourseExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, ScoreOnlyErrors,
@@ -43,6 +45,9 @@ import os  # noqa: E402
 # Seconds per cell; an infinite loop is interrupted. (The kit's own tests shorten it.)
 c.Execute.timeout = int(os.environ.get("ATTNKIT_CELL_TIMEOUT", "60"))
 c.Execute.interrupt_on_timeout = True  # ... and the rest of the notebook still runs
+# Every cell runs: no tag skips one (NormaliseSubmission already drops the submission's tags).
+c.Execute.skip_cells_with_tag = "attnkit: no cell is ever skipped"
+c.Execute.allow_error_names = []
 c.CourseKernelManager.memory_limit_mb = 4096
 c.CourseKernelManager.threads = 1      # workers run side by side; timing tests expect 1 thread
 # Every kernel runs in the grading sandbox (attnkit/sandbox.py; README "The grading sandbox"):

@@ -141,6 +141,17 @@ def render(source: str, *, solutions: str = "solution", replace: dict | None = N
     return "\n".join(out), used
 
 
+def split_hidden(source: str, **where) -> tuple[str, list[str]]:
+    """(the cell without its hidden regions, each hidden region's code at its own indentation)."""
+    visible, _ = render(source, **where)
+    hidden = []
+    for region in regions(source, HIDDEN, **where):
+        cut = len(region.indent)
+        hidden.append("\n".join(line[cut:] if line.startswith(region.indent) else line.lstrip()
+                                for line in region.body))
+    return visible, hidden
+
+
 def secret_lines(source: str, kinds=(HIDDEN, MARK_SCHEME), **where) -> list[str]:
     """Stripped lines inside regions of these kinds that are long enough to count as a leak."""
     found = []

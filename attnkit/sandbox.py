@@ -46,6 +46,8 @@ from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, DottedObjectName, Integer, List, Unicode, default
 
+from attnkit import markup
+from attnkit.grader import channel, hidden
 from attnkit.notebooks import is_test_cell
 
 ENV_MODE = "ATTNKIT_SANDBOX"
@@ -54,7 +56,7 @@ MODES = ("bwrap", "setpriv", "none")
 BWRAP, SETPRIV = shutil.which("bwrap") or "/usr/bin/bwrap", shutil.which("setpriv") or "/usr/bin/setpriv"
 KIT_DIR = os.path.dirname(os.path.abspath(__file__))
 # Only these kit modules are visible to a kernel: the package will hold fixture banks with right answers.
-KERNEL_MODULES = ("__init__.py", "kernel.py", "guard.py", "grader_checks.py")
+KERNEL_MODULES = ("__init__.py", "kernel.py", "guard.py", "grader_checks.py", "agent.py", "wire.py")
 SANDBOX_KIT = "/opt/attnkit"          # the kernel's PYTHONPATH entry holding attnkit/<KERNEL_MODULES>
 SANDBOX_HOME = "/home/student"        # the kernel's working folder (tmpfs)
 UID_BASE = 2_000_000                  # far above real users and the usual subuid ranges
@@ -905,6 +907,31 @@ class CourseExecute(Execute):
             shutil.rmtree(workdir, ignore_errors=True)
 
     async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
+        """A test cell whose hidden regions run in the grader (attnkit/grader/): its visible part runs
+        here in the kernel, then, if that passed, the hidden regions in this process."""
+        graded_here = []
+        if is_test_cell(cell) and cell.cell_type == "code":
+            visible, regions = markup.split_hidden(cell.source)
+            graded_here = [r for r in regions if hidden.runs_in_grader(r)]
+        if not graded_here:
+            return await self._execute_in_kernel(cell, cell_index, execution_count, store_history)
+        full = cell.source
+        cell.source = visible
+        try:
+            result = await self._execute_in_kernel(cell, cell_index, execution_count, store_history)
+        finally:
+            cell.source = full
+        if any(o.output_type == "error" for o in cell.outputs):
+            return result
+        died = await channel.run_hidden_regions(self, cell, graded_here, self.resources["metadata"]["path"])
+        if died:
+            self._restarts += 1
+            if self._restarts > self.max_kernel_restarts:
+                raise DeadKernelError("the kernel kept dying")
+            await self._restart_and_replay()
+        return result
+
+    async def _execute_in_kernel(self, cell, cell_index, execution_count=None, store_history=True):
         try:
             result = await super().async_execute_cell(cell, cell_index, execution_count, store_history)
         except DeadKernelError:

@@ -1,0 +1,134 @@
+"""Run a test cell's hidden region in the grader process.
+
+The region is the instructor's code from the source notebook (restored from the gradebook), run
+with ``exec`` in a fresh namespace of the grader's: torch, nn, F, math, the course's checking helpers
+(the grader's copy of ``attention_checks.py``, never the kernel's) and ``attnkit.grader_checks``. Every
+other name it reads (``MultiHeadAttention``, ``poly_kernel``, ``answer_A``) is looked up in the
+student's kernel once, before the region runs, and stands for the kernel's object (grader/remote.py).
+
+What the region prints becomes the cell's stdout; what it raises becomes the cell's error output,
+``ename: evalue``, written by the grader's own messages (a StudentError carries at most a short excerpt
+of the student's message).
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import contextlib
+import hashlib
+import importlib.util
+import io
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from attnkit.grader.remote import (Kernel, KernelDied, KernelGone, Remote, RequestTimeout, StudentError, is_kind,
+                                   kind)
+
+# First line of a hidden region that runs here (markup: the region's first line picks its process).
+GRADER_LINE = "# hidden tests: run in the grader process; the student's names stand for their kernel's objects"
+HELPERS = ("attention_checks",)   # the course's helper modules beside the notebooks
+MAX_STDOUT = 20_000               # characters of a hidden region's printed lines kept
+MAX_MESSAGE = 2_000               # characters of its error message
+_loaded: dict[str, str] = {}      # helper module name -> digest of the file it was loaded from
+
+
+def runs_in_grader(hidden_source: str) -> bool:
+    lines = [ln for ln in hidden_source.splitlines() if ln.strip()]
+    return bool(lines) and lines[0].strip() == GRADER_LINE
+
+
+def load_helpers(folder) -> dict:
+    """The grader's copies of the course helpers in ``folder``, imported (again when a file changed)."""
+    mods = {}
+    for name in HELPERS:
+        path = Path(folder) / f"{name}.py"
+        if not path.is_file():
+            continue
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if _loaded.get(name) != digest or name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            _loaded[name] = digest
+            sys.modules.pop("attnkit.grader_checks", None)  # it imports from the helper
+        mods[name] = sys.modules[name]
+    return mods
+
+
+def call(part, fn, *args, **kwargs):
+    """attention_checks.call for the kernel's objects: an exception names the part (and the blank)."""
+    try:
+        return fn(*args, **kwargs)
+    except StudentError as exc:
+        if exc.blank or "_____" in str(exc):
+            raise AssertionError(f"{part}: {exc.blank or 'a blank'} is still a blank `_____`: fill it in") from None
+        name = getattr(fn, "_info", {}).get("type", "your code") if isinstance(fn, Remote) else \
+            getattr(fn, "__name__", "your code")
+        raise AssertionError(f"{part}: {name} raised {type(exc).__name__}: {exc}") from None
+
+
+def namespace(kernel: Kernel, folder) -> dict:
+    """The names a hidden region starts with (the student's are added by ``resolve``)."""
+    ns = {"__name__": "__hidden_tests__", "__builtins__": builtins, "torch": torch, "nn": torch.nn,
+          "F": torch.nn.functional, "math": math}
+    for module in load_helpers(folder).values():
+        ns.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
+    import attnkit.grader_checks as gc
+    ns.update({k: v for k, v in vars(gc).items() if not k.startswith("_")})
+    ns.update(kernel=kernel, kind=kind, is_kind=is_kind, StudentError=StudentError, call=call)
+    return ns
+
+
+def free_names(source: str) -> set[str]:
+    """Names the region reads but never binds (candidates for the student's objects)."""
+    tree = ast.parse(source)
+    loaded, bound = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            (loaded if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return loaded - bound
+
+
+def run(source: str, kernel: Kernel, folder) -> tuple[str, dict | None]:
+    """(what the region printed, its error as ``{ename, evalue}`` or None)."""
+    ns = namespace(kernel, folder)
+    out = io.StringIO()
+    error = None
+    try:
+        wanted = {n for n in free_names(source) if n not in ns and not hasattr(builtins, n)}
+        if wanted:
+            ns.update(kernel.lookup(wanted))
+        code = compile(source, "<hidden tests>", "exec")
+        with contextlib.redirect_stdout(out):
+            exec(code, ns)
+    except RequestTimeout as exc:
+        error = {"ename": "CellTimeoutError", "evalue": str(exc)}
+    except KernelDied as exc:
+        error = {"ename": "KernelDied", "evalue": str(exc), "cause": "died"}
+    except KernelGone as exc:
+        error = {"ename": "KernelGone", "evalue": str(exc)}
+    except AssertionError as exc:
+        error = {"ename": "AssertionError", "evalue": str(exc)}
+    except NameError as exc:
+        error = {"ename": "NameError", "evalue": f"{exc.name or exc} is not defined in your notebook: run the cell "
+                                                 "that defines it, or check its name"}
+    except StudentError as exc:
+        error = {"ename": type(exc).__name__, "evalue": f"your code raised {type(exc).__name__}: {exc}"}
+    except Exception as exc:  # a hidden test that could not finish: reported, never a pass
+        error = {"ename": type(exc).__name__, "evalue": str(exc)}
+    text = out.getvalue()
+    if len(text) > MAX_STDOUT:
+        text = text[:MAX_STDOUT] + "\n[... output cut]\n"
+    if error is not None:
+        error["evalue"] = error["evalue"][:MAX_MESSAGE]
+    return text, error

@@ -1,0 +1,197 @@
+"""The grader's view of the student's kernel: names that stand for the kernel's objects.
+
+Grader process only. A hidden test runs here, where ``MultiHeadAttention`` or ``poly_kernel`` is a
+``Remote``: calling it sends a request to the kernel's agent (attnkit/agent.py) with the arguments
+by value, and what comes back is data (tensors, numbers, shapes, dtypes), another ``Remote`` for an
+object that stays in the kernel, or a ``StudentError`` carrying the exception's type name and a
+capped excerpt of its message. Nothing of the grader's is ever sent: a request holds values and
+names of the kernel's own objects, and every reply is checked by attnkit.wire before it is used.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import torch
+
+from attnkit import wire
+
+REPLY_MIME = "text/vnd.attnkit.reply+json"   # the agent's display type (attnkit.agent.REPLY_MIME)
+MAX_REPLY = 64 << 20                          # bytes of one reply
+
+
+class StudentError(Exception):
+    """An exception raised by the student's code in the kernel (type name and a capped excerpt)."""
+
+    blank: str | None = None
+
+
+_ERRORS: dict[str, type] = {}
+
+
+def student_error(info) -> StudentError:
+    """A StudentError whose class name is the kernel exception's (so messages read ``NameError: ...``)."""
+    info = info if isinstance(info, dict) else {}
+    name = str(info.get("type") or "Error")
+    name = name if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,59}", name) else "Error"
+    cls = _ERRORS.get(name) or _ERRORS.setdefault(name, type(name, (StudentError,), {}))
+    err = cls(str(info.get("message") or "")[:400])
+    blank = info.get("blank")
+    err.blank = blank[:40] if isinstance(blank, str) else None
+    return err
+
+
+class KernelGone(RuntimeError):
+    """The kernel stopped answering (it died, or a request ran past its time)."""
+
+
+class KernelDied(KernelGone):
+    """The kernel died while the grader was waiting for it."""
+
+
+class RequestTimeout(KernelGone):
+    """A request ran past the cell's time (the kernel was interrupted)."""
+
+
+class Kernel:
+    """Requests to one kernel's agent. ``send(text) -> reply text`` is the transport."""
+
+    def __init__(self, send):
+        self._send = send
+
+    def request(self, **req):
+        text = self._send(json.dumps(req, separators=(",", ":"), allow_nan=False))
+        if not isinstance(text, str) or len(text) > MAX_REPLY:
+            raise KernelGone("the kernel sent no reply, or one too large")
+        try:
+            reply = json.loads(text)
+        except ValueError:
+            raise KernelGone("the kernel's reply is not in the format") from None
+        if not isinstance(reply, dict) or "ok" not in reply:
+            raise KernelGone("the kernel's reply is not in the format")
+        if not reply["ok"]:
+            raise student_error(reply.get("error"))
+        return reply.get("value")
+
+    def value(self, data):
+        return wire.decode(data, self._remote, limit=MAX_REPLY)
+
+    def _remote(self, data) -> "Remote":
+        return Remote(self, data)
+
+    @staticmethod
+    def _ref(obj):
+        if isinstance(obj, Remote):
+            return {"$ref": obj._info["$ref"]}
+        raise wire.WireError(f"a {type(obj).__name__} of the grader's is never sent to the kernel")
+
+    def send(self, value):
+        return wire.encode(value, self._ref)
+
+    # -- requests
+    def lookup(self, names) -> dict:
+        """name -> value or Remote, for the names the student's namespace defines."""
+        found = self.request(op="lookup", names=sorted(names))
+        if not isinstance(found, dict):
+            raise KernelGone("bad lookup reply")
+        return {n: self.value(v) for n, v in found.items()
+                if n in names and not (isinstance(v, dict) and v.get("$missing") is True)}
+
+    def call(self, target, *args, **kwargs):
+        return self.value(self.request(op="call", target=self.send(target), args=self.send(list(args)),
+                                       kwargs=self.send(kwargs)))
+
+    def call_watching(self, target, function, names, *args, **kwargs):
+        """(value, error, seen): the call's value (or the StudentError it raised) and the first value
+        that ``function`` (the student's, in the kernel) bound to each of ``names``."""
+        reply = self.request(op="call", target=self.send(target), args=self.send(list(args)),
+                             kwargs=self.send(kwargs), watch={"function": self.send(function), "names": list(names)})
+        if not isinstance(reply, dict):
+            raise KernelGone("bad reply")
+        error = student_error(reply["error"]) if reply.get("error") else None
+        seen = self.value(reply.get("seen")) or {}
+        return (None if error else self.value(reply.get("value"))), error, seen
+
+    def call_with_grads(self, target, args, grad_of):
+        """(value, requires_grad, grads): the call's value, whether it requires grad, and the gradients
+        of sum(value * w), w = linspace(1, 2) over its elements, with respect to ``args[i]`` for i in
+        ``grad_of`` (None where there is no gradient path). Taken in the kernel: autograd is the student's."""
+        reply = self.request(op="call", target=self.send(target), args=self.send(list(args)), grad_of=list(grad_of))
+        if not isinstance(reply, dict) or not isinstance(reply.get("grads"), list):
+            raise KernelGone("bad reply")
+        grads = [None if g is None else self.value(g) for g in reply["grads"]]
+        return self.value(reply.get("value")), bool(reply.get("requires_grad")), grads
+
+    def getattr(self, target, name: str):
+        return self.value(self.request(op="getattr", target=self.send(target), name=str(name)))
+
+    def setattr(self, target, name: str, value) -> None:
+        self.request(op="setattr", target=self.send(target), name=str(name), args=self.send([value]))
+
+    def new(self, cls) -> "Remote":
+        """An instance of the student's class whose __init__ has not run."""
+        return self.value(self.request(op="new", target=self.send(cls)))
+
+
+class Remote:
+    """An object that stays in the student's kernel: call it, read its attributes."""
+
+    __slots__ = ("_kernel", "_info")
+
+    def __init__(self, kernel: Kernel, info: dict):
+        object.__setattr__(self, "_kernel", kernel)
+        object.__setattr__(self, "_info", {"$ref": int(info["$ref"]),
+                                           "type": str(info.get("type", "?"))[:100],
+                                           "kinds": [str(k)[:100] for k in (info.get("kinds") or [])][:32],
+                                           "is_class": bool(info.get("is_class"))})
+
+    def __call__(self, *args, **kwargs):
+        return self._kernel.call(self, *args, **kwargs)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._kernel.getattr(self, name)
+
+    def __setattr__(self, name, value):
+        self._kernel.setattr(self, name, value)
+
+    @property
+    def __name__(self):
+        return self._info["type"] if self._info["is_class"] else self._kernel.getattr(self, "__name__")
+
+    def __repr__(self):
+        return f"<the student's {self._info['type']}>"
+
+
+def kind(obj) -> list[str]:
+    """The class names of ``obj``'s type and its bases (for a Remote, as the kernel reports them)."""
+    if isinstance(obj, Remote):
+        return list(obj._info["kinds"])
+    return [c.__name__ for c in type(obj).__mro__]
+
+
+def is_kind(obj, name: str) -> bool:
+    return name in kind(obj)
+
+
+def in_process(namespace: dict) -> Kernel:
+    """A Kernel whose agent runs in this process over ``namespace`` (benchmarks, unit tests): the same
+    requests and the same format, without a sandbox."""
+    from attnkit import agent
+
+    def send(text):
+        try:
+            reply = {"ok": True, "value": agent.handle(json.loads(text), namespace)}
+        except BaseException as exc:  # noqa: B902 (what the agent does in a kernel)
+            reply = {"ok": False, "error": agent._error(exc)}
+        return json.dumps(reply, separators=(",", ":"), allow_nan=False)
+
+    return Kernel(send)
+
+
+def as_tensor(value, *, part, what="output"):
+    """``value`` if it is a tensor, else an AssertionError naming the part."""
+    if not isinstance(value, torch.Tensor):
+        raise AssertionError(f"{part}: {what} should be a tensor, got {type(value).__name__}")
+    return value

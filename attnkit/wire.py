@@ -1,0 +1,171 @@
+"""The data-only format between the grader process and the kernel's agent (attnkit/agent.py).
+
+Both sides load this file; it holds no answer and no grader code (students may read it). A message
+is JSON; inside it a few tagged objects carry what JSON cannot:
+
+    {"$tensor": {"dtype": "float32", "shape": [2, 3], "device": "cpu", "data": "<base64 of the raw bytes>"}}
+    {"$tuple": [...]}    {"$dict": [[key, value], ...]}    {"$float": "nan" | "inf" | "-inf"}
+    {"$dtype": "float64"}    {"$device": "cuda:0"}    {"$generator": {"device": "cpu", "state": <$tensor>}}
+    {"$ref": 3, "type": "MultiHeadAttention", "kinds": ["MultiHeadAttention", "Module", ...], "callable": true}
+
+``$ref`` names an object that stays in the kernel (a class, a function, a module the student built):
+the grader can only name it back in a later request. Nothing is ever unpickled, evaluated or imported
+from a message: ``decode`` builds tensors from raw bytes of an allowed dtype, checks every size against
+the bytes it got and against ``limit`` (bytes in all), and refuses anything else with WireError.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+
+import torch
+
+# dtype name -> torch dtype; nothing else crosses the wire
+DTYPES = {name: getattr(torch, name) for name in ("float16", "bfloat16", "float32", "float64", "int8", "int16",
+                                                   "int32", "int64", "uint8", "bool", "complex64", "complex128")}
+_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+MAX_DEPTH = 32          # nesting of tuples, lists and dicts
+MAX_ITEMS = 100_000     # items in one container
+MAX_STR = 1 << 20       # characters in one string
+DEFAULT_LIMIT = 64 << 20  # bytes of tensor data in one message
+
+
+class WireError(ValueError):
+    """A message that is not in the format, or too large."""
+
+
+def _device(device: str) -> str:
+    if not isinstance(device, str) or not (device == "cpu" or device.startswith("cuda")) or len(device) > 16:
+        raise WireError(f"unknown device {device!r}")
+    return device
+
+
+def encode(value, ref=None, _depth=0):
+    """``value`` as JSON-able data. ``ref(obj) -> dict`` names an object that cannot travel by value
+    (None: such an object is an error)."""
+    if _depth > MAX_DEPTH:
+        raise WireError("nested too deeply")
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"$float": repr(float(value))}
+    if isinstance(value, torch.Tensor):
+        t = value.detach()
+        if t.layout != torch.strided or t.dtype not in _NAMES:
+            raise WireError(f"a tensor of {t.dtype} / {t.layout} cannot be sent")
+        device = str(t.device)
+        flat = t.cpu().contiguous().reshape(-1)
+        data = flat.to(torch.uint8) if t.dtype == torch.bool else flat.view(torch.uint8)  # raw bytes
+        return {"$tensor": {"dtype": _NAMES[t.dtype], "shape": list(t.shape), "device": device,
+                            "data": base64.b64encode(data.numpy().tobytes()).decode("ascii")}}
+    if isinstance(value, torch.dtype):
+        return {"$dtype": _NAMES.get(value, str(value))}
+    if isinstance(value, torch.device):
+        return {"$device": str(value)}
+    if isinstance(value, torch.Generator):  # its state by value: the other side gets a generator in that state
+        return {"$generator": {"device": str(value.device), "state": encode(value.get_state())}}
+    if isinstance(value, torch.Size):
+        return {"$tuple": [int(v) for v in value]}
+    if isinstance(value, (tuple, list)):
+        if len(value) > MAX_ITEMS:
+            raise WireError("too many items")
+        items = [encode(v, ref, _depth + 1) for v in value]
+        return {"$tuple": items} if isinstance(value, tuple) else items
+    if isinstance(value, dict) and all(isinstance(k, (str, int)) for k in value):
+        if len(value) > MAX_ITEMS:
+            raise WireError("too many items")
+        return {"$dict": [[k, encode(v, ref, _depth + 1)] for k, v in value.items()]}
+    if ref is None:
+        raise WireError(f"a {type(value).__name__} cannot be sent by value")
+    return ref(value)
+
+
+def decode(data, ref=None, limit=DEFAULT_LIMIT):
+    """The value that ``encode`` made (checked). ``ref(dict) -> object`` resolves ``$ref`` entries
+    (None: a ``$ref`` is an error)."""
+    budget = [int(limit)]
+    return _decode(data, ref, budget, 0)
+
+
+def _decode(data, ref, budget, depth):
+    if depth > MAX_DEPTH:
+        raise WireError("nested too deeply")
+    if data is None or isinstance(data, (bool, int, float)):
+        return data
+    if isinstance(data, str):
+        if len(data) > MAX_STR:
+            raise WireError("string too long")
+        return data
+    if isinstance(data, list):
+        if len(data) > MAX_ITEMS:
+            raise WireError("too many items")
+        return [_decode(v, ref, budget, depth + 1) for v in data]
+    if not isinstance(data, dict) or len(data) < 1:
+        raise WireError(f"unexpected {type(data).__name__}")
+    if "$tensor" in data:
+        return _tensor(data["$tensor"], budget)
+    if "$tuple" in data and isinstance(data["$tuple"], list):
+        return tuple(_decode(data["$tuple"], ref, budget, depth))
+    if "$dict" in data and isinstance(data["$dict"], list):
+        out = {}
+        for pair in data["$dict"]:
+            if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], (str, int))):
+                raise WireError("bad dict entry")
+            out[pair[0]] = _decode(pair[1], ref, budget, depth + 1)
+        return out
+    if "$float" in data and data["$float"] in ("nan", "inf", "-inf"):
+        return float(data["$float"])
+    if "$dtype" in data and data["$dtype"] in DTYPES:
+        return DTYPES[data["$dtype"]]
+    if "$device" in data:
+        return torch.device(_device(data["$device"]))
+    if "$generator" in data and isinstance(data["$generator"], dict):
+        state = _decode(data["$generator"].get("state"), None, budget, depth + 1)
+        if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8 or state.dim() != 1:
+            raise WireError("bad generator state")
+        gen = torch.Generator(device=_device(data["$generator"].get("device", "cpu")))
+        try:
+            gen.set_state(state)
+        except RuntimeError:
+            raise WireError("bad generator state") from None
+        return gen
+    if "$ref" in data and ref is not None and isinstance(data["$ref"], int):
+        return ref(data)
+    raise WireError(f"unknown entry {sorted(data)[:3]}")
+
+
+def _tensor(spec, budget):
+    if not isinstance(spec, dict) or spec.get("dtype") not in DTYPES or not isinstance(spec.get("shape"), list):
+        raise WireError("bad tensor")
+    shape = spec["shape"]
+    if len(shape) > 16 or not all(isinstance(n, int) and 0 <= n < 1 << 40 for n in shape):
+        raise WireError("bad tensor shape")
+    dtype = DTYPES[spec["dtype"]]
+    count = math.prod(shape)
+    size = count * (1 if dtype == torch.bool else torch.empty((), dtype=dtype).element_size())
+    budget[0] -= size
+    if budget[0] < 0:
+        raise WireError("tensors larger than the message limit")
+    raw = spec.get("data")
+    if not isinstance(raw, str) or len(raw) > 4 * (size // 3 + 1) + 4:
+        raise WireError("bad tensor data")
+    buf = base64.b64decode(raw.encode("ascii"), validate=True)
+    if len(buf) != size:
+        raise WireError(f"tensor data of {len(buf)} bytes for {size}")
+    flat = torch.frombuffer(bytearray(buf), dtype=torch.uint8) if size else torch.empty(0, dtype=torch.uint8)
+    t = (flat.to(torch.bool) if dtype == torch.bool else flat.view(dtype)).reshape(shape)
+    device = _device(spec.get("device", "cpu"))
+    return t.to(device) if device != "cpu" else t
+
+
+def dumps(value, ref=None) -> str:
+    return json.dumps(encode(value, ref), separators=(",", ":"), allow_nan=False)
+
+
+def loads(text: str, ref=None, limit=DEFAULT_LIMIT):
+    if len(text) > 2 * limit + (1 << 20):
+        raise WireError("message too large")
+    return decode(json.loads(text), ref, limit)

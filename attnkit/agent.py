@@ -16,6 +16,8 @@ message; a blank ``_____`` still in the code comes back as the label of its line
 """
 from __future__ import annotations
 
+import builtins
+import json
 import re
 import sys
 import traceback
@@ -49,7 +51,31 @@ def _ref(obj) -> dict:
             "is_class": isinstance(obj, type), "callable": callable(obj)}
 
 
+CALLBACK_PROMPT = "\x00attnkit-callback:"   # an input request that carries a callback's arguments
+_ask = None   # how a callback reaches the grader: input() of the current request (set by serve)
+
+
+class _Callback:
+    """A function of the grader's, called by value: its arguments go out as data, its result comes back
+    as data (over the kernel's stdin channel). Nothing else of the grader's is reachable from here."""
+
+    def __init__(self, number: int):
+        self.number = number
+
+    def __call__(self, *args):
+        if _ask is None:
+            raise RuntimeError("a grader function can be called only while the grader waits for it")
+        reply = _ask(CALLBACK_PROMPT + json.dumps({"callback": self.number, "args": wire.encode(list(args))},
+                                                  separators=(",", ":"), allow_nan=False))
+        reply = json.loads(reply)
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            raise RuntimeError("the function the test passed in could not be called with these arguments")
+        return wire.decode(reply["value"])
+
+
 def _deref(data: dict):
+    if "$callback" in data:
+        return _Callback(int(data["$callback"]))
     try:
         return _objects[data["$ref"]]
     except KeyError:
@@ -119,6 +145,26 @@ class _Recorder:
         return self._local
 
 
+class _Intermediates(torch.overrides.TorchFunctionMode):
+    """Records the floating-point tensors torch functions produce during a call (at most ``limit``)."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.tensors, self.limit, self.elements = [], limit, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if (isinstance(t, torch.Tensor) and t.is_floating_point() and len(self.tensors) < self.limit
+                    and self.elements + t.numel() <= MAX_RECORDED):
+                self.tensors.append(t.detach().clone())
+                self.elements += t.numel()
+        return out
+
+
+MAX_RECORDED = 4_000_000   # elements of recorded intermediates sent back for one call
+
+
 def _function_code(fn):
     fn = getattr(fn, "__func__", fn)
     return getattr(fn, "__code__", None)
@@ -152,6 +198,14 @@ def handle(request: dict, namespace: dict | None = None):
                     value, error = None, _error(exc)
             seen = {k: v for k, v in rec.seen.items() if _by_value(v)}
             return {"value": _out(value), "error": error, "seen": wire.encode(seen, _ref)}
+        intermediates = request.get("intermediates")
+        if intermediates:  # every floating-point tensor torch computed during the call
+            with _Intermediates(min(int(intermediates), 4096)) as rec:
+                try:
+                    value, error = target(*args, **kwargs), None
+                except Exception as exc:
+                    value, error = None, _error(exc)
+            return {"value": _out(value), "error": error, "tensors": wire.encode(rec.tensors)}
         grad_of = request.get("grad_of")
         if grad_of is not None:  # gradients of sum(value * w), w = linspace(1, 2) over the value's elements
             for i in grad_of:
@@ -170,13 +224,15 @@ def handle(request: dict, namespace: dict | None = None):
 
 def serve(text: str) -> None:
     """Run one request and publish its reply (the grader reads nothing else of this execution)."""
+    global _ask
+    _ask = builtins.input  # ipykernel's, for this execution (the request allows stdin)
     try:
         reply = {"ok": True, "value": handle(wire_loads(text))}
     except Exception as exc:
         reply = {"ok": False, "error": _error(exc)}
     except BaseException as exc:  # SystemExit, KeyboardInterrupt (a timeout) in the student's code
         reply = {"ok": False, "error": _error(exc)}
-    import json
+    _ask = None
     try:
         payload = json.dumps(reply, separators=(",", ":"), allow_nan=False)
     except Exception as exc:
@@ -186,7 +242,6 @@ def serve(text: str) -> None:
 
 
 def wire_loads(text: str) -> dict:
-    import json
     request = json.loads(text)
     if not isinstance(request, dict):
         raise wire.WireError("a request is an object")

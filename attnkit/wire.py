@@ -9,7 +9,9 @@ is JSON; inside it a few tagged objects carry what JSON cannot:
     {"$ref": 3, "type": "MultiHeadAttention", "kinds": ["MultiHeadAttention", "Module", ...], "callable": true}
 
 ``$ref`` names an object that stays in the kernel (a class, a function, a module the student built):
-the grader can only name it back in a later request. Nothing is ever unpickled, evaluated or imported
+the grader can only name it back in a later request. ``{"$callback": 2}`` names a function of the
+grader's that a test passes in (a similarity function, a feature map): the kernel can call it only by
+sending its arguments back by value and receiving the result by value (attnkit/agent.py). Nothing is ever unpickled, evaluated or imported
 from a message: ``decode`` builds tensors from raw bytes of an allowed dtype, checks every size against
 the bytes it got and against ``limit`` (bytes in all), and refuses anything else with WireError.
 """
@@ -132,7 +134,7 @@ def _decode(data, ref, budget, depth):
         except RuntimeError:
             raise WireError("bad generator state") from None
         return gen
-    if "$ref" in data and ref is not None and isinstance(data["$ref"], int):
+    if ref is not None and isinstance(data.get("$ref", data.get("$callback")), int):
         return ref(data)
     raise WireError(f"unknown entry {sorted(data)[:3]}")
 

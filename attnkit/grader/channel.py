@@ -21,9 +21,9 @@ from attnkit.grader.remote import REPLY_MIME, Kernel, KernelDied, KernelGone, MA
 AGENT_CALL = "__import__('attnkit.agent').agent.serve({!r})"
 
 
-async def _request(executor, text: str, deadline: float) -> str:
+async def _request(executor, kernel: Kernel, text: str, deadline: float) -> str:
     kc, km = executor.kc, executor.km
-    msg_id = kc.execute(AGENT_CALL.format(text), silent=False, store_history=False, allow_stdin=False,
+    msg_id = kc.execute(AGENT_CALL.format(text), silent=False, store_history=False, allow_stdin=True,
                         stop_on_error=False)
     payload, idle = None, False
     while not idle:
@@ -33,8 +33,17 @@ async def _request(executor, text: str, deadline: float) -> str:
             await _drain(kc, msg_id, 5)
             raise RequestTimeout(f"stopped after {executor.timeout} s: the code this test calls did not finish "
                                  "(an infinite loop?)")
+        try:  # a callback: the kernel asks for a test function's value on arguments it sends
+            ask = await kc.get_stdin_msg(timeout=0)
+        except Empty:
+            ask = None
+        if ask is not None:
+            if ask.get("parent_header", {}).get("msg_id") == msg_id and ask["msg_type"] == "input_request":
+                prompt = ask.get("content", {}).get("prompt", "")
+                kc.input(kernel.answer_callback(prompt if isinstance(prompt, str) else ""))
+            continue
         try:
-            msg = await kc.get_iopub_msg(timeout=min(1.0, left))
+            msg = await kc.get_iopub_msg(timeout=min(0.05, left))
         except Empty:
             if not await km.is_alive():
                 raise KernelDied("the Python kernel died while a hidden test was calling your code") from None
@@ -85,7 +94,7 @@ async def run_hidden_regions(executor, cell, sources, folder) -> str | None:
     deadline = time.monotonic() + float(executor.timeout or 60)
 
     def send(text: str) -> str:
-        return asyncio.run_coroutine_threadsafe(_request(executor, text, deadline), loop).result()
+        return asyncio.run_coroutine_threadsafe(_request(executor, kernel, text, deadline), loop).result()
 
     kernel = Kernel(send)
     for source in sources:

@@ -17,6 +17,7 @@ import torch
 from attnkit import wire
 
 REPLY_MIME = "text/vnd.attnkit.reply+json"   # the agent's display type (attnkit.agent.REPLY_MIME)
+CALLBACK_PROMPT = "\x00attnkit-callback:"     # attnkit.agent.CALLBACK_PROMPT
 MAX_REPLY = 64 << 20                          # bytes of one reply
 
 
@@ -58,6 +59,7 @@ class Kernel:
 
     def __init__(self, send):
         self._send = send
+        self._callbacks: list = []   # grader functions a test passed in, by number
 
     def request(self, **req):
         text = self._send(json.dumps(req, separators=(",", ":"), allow_nan=False))
@@ -79,11 +81,24 @@ class Kernel:
     def _remote(self, data) -> "Remote":
         return Remote(self, data)
 
-    @staticmethod
-    def _ref(obj):
+    def _ref(self, obj):
         if isinstance(obj, Remote):
             return {"$ref": obj._info["$ref"]}
+        if callable(obj) and not isinstance(obj, type):  # a test's function: the kernel may call it by value
+            self._callbacks.append(obj)
+            return {"$callback": len(self._callbacks) - 1}
         raise wire.WireError(f"a {type(obj).__name__} of the grader's is never sent to the kernel")
+
+    def answer_callback(self, prompt: str) -> str:
+        """The reply to the agent's callback request ``prompt`` (attnkit.agent.CALLBACK_PROMPT + JSON):
+        the grader's function run on the arguments sent, its result by value."""
+        try:
+            body = json.loads(prompt[len(CALLBACK_PROMPT):]) if prompt.startswith(CALLBACK_PROMPT) else None
+            fn = self._callbacks[int(body["callback"])]
+            args = wire.decode(body["args"], limit=MAX_REPLY)
+            return json.dumps({"ok": True, "value": wire.encode(fn(*args))}, separators=(",", ":"), allow_nan=False)
+        except Exception:  # the student's input() or a malformed request: nothing of the grader's goes back
+            return json.dumps({"ok": False})
 
     def send(self, value):
         return wire.encode(value, self._ref)
@@ -111,6 +126,17 @@ class Kernel:
         error = student_error(reply["error"]) if reply.get("error") else None
         seen = self.value(reply.get("seen")) or {}
         return (None if error else self.value(reply.get("value"))), error, seen
+
+    def call_recording(self, target, *args, limit=1024, **kwargs):
+        """(value, error, tensors): the call's value (or the StudentError it raised) and the floating-point
+        tensors torch produced during it, in order (the agent's recorder; at most ``limit``)."""
+        reply = self.request(op="call", target=self.send(target), args=self.send(list(args)),
+                             kwargs=self.send(kwargs), intermediates=int(limit))
+        if not isinstance(reply, dict) or not isinstance(reply.get("tensors"), list):
+            raise KernelGone("bad reply")
+        error = student_error(reply["error"]) if reply.get("error") else None
+        tensors = [t for t in self.value(reply["tensors"]) if isinstance(t, torch.Tensor)]
+        return (None if error else self.value(reply.get("value"))), error, tensors
 
     def call_with_grads(self, target, args, grad_of):
         """(value, requires_grad, grads): the call's value, whether it requires grad, and the gradients
@@ -181,13 +207,17 @@ def in_process(namespace: dict) -> Kernel:
     from attnkit import agent
 
     def send(text):
+        agent._ask = kernel.answer_callback
         try:
             reply = {"ok": True, "value": agent.handle(json.loads(text), namespace)}
         except BaseException as exc:  # noqa: B902 (what the agent does in a kernel)
             reply = {"ok": False, "error": agent._error(exc)}
+        finally:
+            agent._ask = None
         return json.dumps(reply, separators=(",", ":"), allow_nan=False)
 
-    return Kernel(send)
+    kernel = Kernel(send)
+    return kernel
 
 
 def as_tensor(value, *, part, what="output"):

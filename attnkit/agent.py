@@ -16,10 +16,14 @@ message; a blank ``_____`` still in the code comes back as the label of its line
 """
 from __future__ import annotations
 
+import ast
 import builtins
+import dis
+import inspect
 import json
 import re
 import sys
+import textwrap
 import traceback
 
 import torch
@@ -69,7 +73,8 @@ class _Callback:
                                                   separators=(",", ":"), allow_nan=False))
         reply = json.loads(reply)
         if not isinstance(reply, dict) or not reply.get("ok"):
-            raise RuntimeError("the function the test passed in could not be called with these arguments")
+            why = reply.get("error") if isinstance(reply, dict) and isinstance(reply.get("error"), str) else "?"
+            raise RuntimeError(f"a function the test gave your code failed on the arguments it got: {why[:200]}")
         return wire.decode(reply["value"])
 
 
@@ -119,11 +124,23 @@ def _error(exc: BaseException) -> dict:
             "blank": (_blank_label(exc.__traceback__) or "a blank") if blank else None}
 
 
-class _Recorder:
-    """Records the first tensor each watched local of ``code`` is bound to (sys.settrace)."""
+class _Tracer:
+    """Runs the student's code line by line (sys.settrace) in the frames of ``codes`` only:
 
-    def __init__(self, code, names):
-        self.code, self.names, self.seen = code, tuple(names), {}
+    * ``watch``: every new object bound to one of these local names is recorded, in order, as
+      (name, value): the grader reads which scores reached the softmax, which weights the values;
+    * ``skip``: {(code, line): (next line, name)}: a statement that raised in an earlier run is jumped
+      over; if it assigns ``name`` and the grader gave a stand-in value for it, the stand-in is bound
+      instead (a neutral value, e.g. random scores, so the lines after it can be graded alone);
+    * ``replace``: names whose first assignment is jumped over the same way, the stand-in bound, whether
+      or not it raises (the line after it is then graded on the stand-in alone).
+    """
+
+    def __init__(self, codes, watch=(), skip=None, standins=None, replace=(), limit=256):
+        self.codes, self.watch, self.skip = set(codes), tuple(watch), dict(skip or {})
+        self.standins, self.limit = dict(standins or {}), limit
+        self.replace = {n for n in replace if n in self.standins}
+        self.history, self._last, self.elements, self._replaced = [], {}, 0, set()
 
     def __enter__(self):
         self.previous = sys.gettrace()
@@ -134,15 +151,108 @@ class _Recorder:
         sys.settrace(self.previous)
 
     def _global(self, frame, event, arg):
-        return self._local if frame.f_code is self.code else None
+        return self._local if frame.f_code in self.codes else None
 
     def _local(self, frame, event, arg):
-        if event in ("line", "return"):
-            for name in self.names:
-                if name not in self.seen and name in frame.f_locals:
-                    value = frame.f_locals[name]
-                    self.seen[name] = value.detach().clone() if isinstance(value, torch.Tensor) else value
+        if event in ("line", "return") and self.watch:
+            local = frame.f_locals
+            for name in self.watch:
+                if name in local and self._last.get(name) is not local[name] and len(self.history) < self.limit:
+                    value = local[name]
+                    self._last[name] = value
+                    if isinstance(value, torch.Tensor):
+                        if self.elements + value.numel() > MAX_RECORDED:
+                            continue
+                        self.elements += value.numel()
+                        value = value.detach().clone()
+                    self.history.append((name, value))
+        jump = None
+        if event == "line" and (frame.f_code, frame.f_lineno) in self.skip:
+            jump = self.skip[(frame.f_code, frame.f_lineno)]
+        elif event == "line" and self.replace:
+            starts = [st for st in _statements(frame.f_code) if st[0] == frame.f_lineno and st[2] in self.replace]
+            key = (id(frame), starts[0][2]) if starts else None
+            if key is not None and key not in self._replaced:
+                self._replaced.add(key)
+                jump = _statement_after(frame.f_code, frame.f_lineno)
+        if jump is not None:
+            after, name = jump
+            if name in self.standins:
+                frame.f_locals[name] = self._last[name] = self.standins[name]  # written back when this returns
+                self.history.append((name, self.standins[name]))
+            try:
+                frame.f_lineno = after
+            except ValueError:  # not a jump Python allows (into a block): the statement runs and fails again
+                pass
         return self._local
+
+
+_STATEMENTS: dict = {}
+
+
+def _statements(code):
+    """[(first line, last line, the single name it assigns or None)] of the statements of ``code``'s
+    function (from the student's own source, as Python keeps it), innermost last."""
+    if code not in _STATEMENTS:
+        found = []
+        try:
+            lines, first = inspect.getsourcelines(code)
+            tree = ast.parse(textwrap.dedent("".join(lines)))
+        except (OSError, TypeError, SyntaxError):
+            tree, first = None, 0
+        for node in ast.walk(tree) if tree is not None else ():
+            if isinstance(node, ast.stmt) and not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = None
+                if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    if len(targets) == 1 and isinstance(targets[0], ast.Name):
+                        name = targets[0].id
+                found.append((node.lineno + first - 1, node.end_lineno + first - 1, name))
+        _STATEMENTS[code] = sorted(found)
+    return _STATEMENTS[code]
+
+
+def _statement_after(code, line):
+    """(first line of the statement after the one at ``line``, the name that one assigns or None);
+    None when there is no statement to go on with."""
+    around = [st for st in _statements(code) if st[0] <= line <= st[1]]
+    if not around:
+        return None
+    start, end, name = max(around)  # the innermost statement
+    starts = sorted({ln for _, ln in dis.findlinestarts(code) if ln is not None and ln > end})
+    return (starts[0], name) if starts else None
+
+
+def _failing_line(exc, codes):
+    """(code, line) of the innermost frame of ``codes`` that ``exc`` passed through."""
+    found, tb = None, exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            found = (tb.tb_frame.f_code, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+def _run(target, args, kwargs, spec):
+    """A call of the student's code under a _Tracer; with ``skip_failures`` a statement that raises is
+    skipped (and its stand-in bound) and the call made again from the start, up to MAX_SKIPS times."""
+    codes = {c for c in (_function_code(f) for f in spec.get("functions", [])) if c is not None}
+    skip, skipped = {}, []
+    while True:
+        with _Tracer(codes, spec.get("watch", ()), skip, spec.get("standins"), spec.get("replace", ())) as tracer:
+            try:
+                return tracer, target(*args, **kwargs), None, skipped
+            except Exception as exc:
+                error = _error(exc)
+                where = _failing_line(exc, codes) if spec.get("skip_failures") else None
+                after = _statement_after(*where) if where else None
+                if where is None or after is None or where in skip or len(skip) >= MAX_SKIPS:
+                    return tracer, None, error, skipped
+                skip[where] = after
+                skipped.append({"line": where[1] - where[0].co_firstlineno, "assigns": after[1], "error": error})
+
+
+MAX_SKIPS = 4
 
 
 class _Intermediates(torch.overrides.TorchFunctionMode):
@@ -162,7 +272,8 @@ class _Intermediates(torch.overrides.TorchFunctionMode):
         return out
 
 
-MAX_RECORDED = 4_000_000   # elements of recorded intermediates sent back for one call
+MAX_RECORDED = 4_000_000
+MAX_REQUEST = 256 << 20    # characters of one request   # elements of recorded intermediates sent back for one call
 
 
 def _function_code(fn):
@@ -170,8 +281,22 @@ def _function_code(fn):
     return getattr(fn, "__code__", None)
 
 
+def _setattr(obj, name, value):
+    if isinstance(obj, torch.nn.Module) and not isinstance(value, (torch.nn.Module, torch.nn.Parameter)):
+        obj._modules.pop(name, None)  # a stand-in (e.g. a grader function) in place of a submodule
+        obj._parameters.pop(name, None)
+    setattr(obj, name, value)
+
+
 def handle(request: dict, namespace: dict | None = None):
     op = request.get("op")
+    if op == "module_attr":  # an attribute of a module the kernel imported (e.g. the course helper's elu map)
+        module = sys.modules.get(str(request["module"]))
+        if module is None:
+            raise wire.WireError("that module is not imported in the kernel")
+        return _out(getattr(module, str(request["name"])))
+    if op == "noop":  # what a request costs the kernel by itself (timed calls subtract it)
+        return None
     if op == "lookup":
         ns = _namespace() if namespace is None else namespace
         return {name: (_out(ns[name]) if name in ns else {"$missing": True}) for name in request["names"]}
@@ -180,24 +305,43 @@ def handle(request: dict, namespace: dict | None = None):
     kwargs = wire.decode(request.get("kwargs", {"$dict": []}), _deref)
     if op == "getattr":
         return _out(getattr(target, request["name"]))
+    if op == "get":  # several dotted attribute paths at once: "W_q.weight"
+        values = []
+        for path in request["paths"][:256]:
+            value = target
+            for name in str(path).split("."):
+                value = getattr(value, name)
+            values.append(value)
+        return _out(values)
     if op == "setattr":
-        setattr(target, request["name"], args[0])
+        _setattr(target, str(request["name"]), args[0])
         return None
-    if op == "new":  # an instance whose __init__ has not run (the grader sets what it needs)
+    if op == "update":  # several attributes at once
+        for name, value in kwargs.items():
+            _setattr(target, str(name), value)
+        return None
+    if op == "own":  # the names a class defines itself (not inherited)
+        return sorted(str(k) for k in vars(target))[:1000] if isinstance(target, type) else []
+    if op == "new":  # an instance whose __init__ has not run, given exactly the attributes the grader sends
         obj = target.__new__(target)
         torch.nn.Module.__init__(obj) if isinstance(obj, torch.nn.Module) else None
+        for name, value in kwargs.items():
+            _setattr(obj, str(name), value)
         return _out(obj)
+    if op == "keep":  # the arguments stay in the kernel; the grader gets references to pass back
+        return [_ref(a) for a in args]
     if op == "call":
-        watch = request.get("watch")
-        if watch:
-            code = _function_code(wire.decode(watch["function"], _deref))
-            with _Recorder(code, watch["names"]) as rec:
-                try:
-                    value, error = target(*args, **kwargs), None
-                except Exception as exc:
-                    value, error = None, _error(exc)
-            seen = {k: v for k, v in rec.seen.items() if _by_value(v)}
-            return {"value": _out(value), "error": error, "seen": wire.encode(seen, _ref)}
+        trace = request.get("trace")
+        if trace:  # the student's code line by line: locals recorded, failing statements skipped
+            spec = {"functions": wire.decode(trace.get("functions", []), _deref),
+                    "watch": [str(n) for n in trace.get("watch", [])][:16],
+                    "standins": wire.decode(trace.get("standins", {"$dict": []})),
+                    "skip_failures": bool(trace.get("skip_failures")),
+                    "replace": [str(n) for n in trace.get("replace", [])][:16]}
+            tracer, value, error, skipped = _run(target, args, kwargs, spec)
+            history = [[name, value] for name, value in tracer.history if _by_value(value)]
+            return {"value": _out(value), "error": error, "history": wire.encode(history, _ref),
+                    "skipped": skipped}
         intermediates = request.get("intermediates")
         if intermediates:  # every floating-point tensor torch computed during the call
             with _Intermediates(min(int(intermediates), 4096)) as rec:
@@ -218,31 +362,63 @@ def handle(request: dict, namespace: dict | None = None):
                                         allow_unused=True)
             return {"value": _out(value.detach()), "requires_grad": True,
                     "grads": [None if g is None else wire.encode(g) for g in grads]}
-        return _out(target(*args, **kwargs))
+        value = target(*args, **kwargs)
+        if request.get("describe"):  # only what the value is (a tensor's shape, dtype, device)
+            if isinstance(value, torch.Tensor):
+                return _out({"shape": list(value.shape), "dtype": str(value.dtype), "device": str(value.device)})
+            return _out({"type": type(value).__name__[:100]})
+        if request.get("discard"):  # timed calls: the value is not sent (that would be timed too)
+            if request.get("sync") and torch.cuda.is_available():
+                torch.cuda.synchronize()
+            return None
+        return _out(value)
     raise wire.WireError(f"unknown request {op!r}")
 
 
+def _reply(text: str) -> str:
+    """The JSON reply to one request (never raises)."""
+    try:
+        reply = {"ok": True, "value": handle(wire_loads(text))}
+    except BaseException as exc:  # noqa: B902 (SystemExit, KeyboardInterrupt from a timeout's interrupt too)
+        reply = {"ok": False, "error": _error(exc)}
+    try:
+        return json.dumps(reply, separators=(",", ":"), allow_nan=False)
+    except Exception as exc:
+        return json.dumps({"ok": False, "error": _error(exc)})
+
+
 def serve(text: str) -> None:
-    """Run one request and publish its reply (the grader reads nothing else of this execution)."""
+    """Run one request sent as an execute_request and publish its reply as a display output. This way a
+    request may call back into the grader (its stdin channel is open): the grader uses it for requests
+    that pass the student's code a function of the test's."""
     global _ask
     _ask = builtins.input  # ipykernel's, for this execution (the request allows stdin)
     try:
-        reply = {"ok": True, "value": handle(wire_loads(text))}
-    except Exception as exc:
-        reply = {"ok": False, "error": _error(exc)}
-    except BaseException as exc:  # SystemExit, KeyboardInterrupt (a timeout) in the student's code
-        reply = {"ok": False, "error": _error(exc)}
-    _ask = None
-    try:
-        payload = json.dumps(reply, separators=(",", ":"), allow_nan=False)
-    except Exception as exc:
-        payload = json.dumps({"ok": False, "error": _error(exc)})
+        payload = _reply(text)
+    finally:
+        _ask = None
     from IPython.display import publish_display_data
     publish_display_data({REPLY_MIME: payload})
 
 
+COMM_TARGET = "attnkit.agent"
+
+
+def listen() -> None:
+    """Accept requests as comm messages too (no cell execution around them: about 5x faster). The reply
+    is a comm message {"reply": <json>} to the request."""
+    def opened(comm, _msg):
+        @comm.on_msg
+        def received(msg):
+            data = msg.get("content", {}).get("data", {})
+            text = data.get("request") if isinstance(data, dict) else None
+            comm.send({"reply": _reply(text if isinstance(text, str) else "")})
+
+    get_ipython().kernel.comm_manager.register_target(COMM_TARGET, opened)  # noqa: F821 (IPython's)
+
+
 def wire_loads(text: str) -> dict:
-    request = json.loads(text)
+    request = json.loads(text) if len(text) <= MAX_REQUEST else None
     if not isinstance(request, dict):
         raise wire.WireError("a request is an object")
     return request

@@ -12,6 +12,7 @@ import ast
 import contextlib
 import inspect
 import itertools
+import math
 import textwrap
 
 import torch
@@ -208,6 +209,70 @@ def with_lines(fn, *, part, record=None, replace=None, first_only=("attn_scores"
     namespace["__ref__"] = sys.modules[__name__]
     exec(compile(tree, inspect.getsourcefile(func) or "<answer>", "exec"), namespace)
     return namespace[func.__name__], recorded
+
+
+# ---- Q3: the student's scaled_dot_product_attention graded line by line (grader/remote.py's traced calls)
+SDPA_LOCALS = ("attn_scores", "attn_probs", "output")   # the names the given skeleton binds
+
+
+def sdpa_ref(Q, K, V, mask=None):
+    """Scaled dot-product attention in float64 (mask == 0: -1e9), in V's dtype."""
+    s = (Q.double() @ K.double().transpose(-2, -1)) / math.sqrt(Q.shape[-1])
+    if mask is not None:
+        s = s.masked_fill(mask == 0, -1e9)
+    return (softmax_ref(s, -1) @ V.double()).to(V.dtype)
+
+
+def sdpa_cases(kernel, cls, seed):
+    """(bare instance of the student's class, Q, K, V, mask or None, stand-ins, where) over devices, dtypes,
+    3 shapes, with and without a mask. The stand-ins are random scores and random weights (rows that sum
+    to 1): neutral values that take the place of a line that raised, never a reference value."""
+    g = torch.Generator().manual_seed(seed)
+    for dev in devices():
+        for dtype in (torch.float32, torch.float64):
+            for (b, h, lq, lk, dk, dv) in [(1, 1, 3, 4, 2, 2), (2, 3, 5, 7, 4, 4), (3, 2, 6, 6, 8, 5)]:
+                Q = torch.randn(b, h, lq, dk, generator=g, dtype=dtype).to(dev)
+                K = torch.randn(b, h, lk, dk, generator=g, dtype=dtype).to(dev)
+                V = torch.randn(b, h, lk, dv, generator=g, dtype=dtype).to(dev)
+                mask = (torch.rand(b, 1, lq, lk, generator=g) > 0.3).to(dev)
+                mask[..., 0] = True
+                standins = {"attn_scores": torch.randn(b, h, lq, lk, generator=g, dtype=dtype).to(dev),
+                            "attn_probs": softmax_ref(torch.randn(b, h, lq, lk, generator=g, dtype=dtype), -1).to(dev)}
+                for use_mask in (False, True):
+                    where = f"({'with' if use_mask else 'without'} a mask, {str(dtype)[6:]}, {dev})"
+                    m = kernel.bare(cls, d_model=h * dk, num_heads=h, d_k=dk)
+                    yield m, Q, K, V, (mask if use_mask else None), standins, where
+
+
+def sdpa_runs(kernel, cls, part, m, Q, K, V, mask, standins, replace=()):
+    """(is the whole function right?, the plain traced run, the run with failing lines skipped and the
+    first assignment of each name in ``replace`` replaced by its stand-in).
+
+    A student whose whole function computes attention passes every line of it, however it is written."""
+    from attnkit.grader.hidden import call
+    fn = cls.scaled_dot_product_attention
+    plain = call(part, kernel.call_traced, fn, m, Q, K, V, mask, functions=[fn], watch=SDPA_LOCALS)
+    want_shape = tuple(Q.shape[:-1]) + (V.shape[-1],)
+    if isinstance(plain.value, _Tensor) and tuple(plain.value.shape) == want_shape and close(plain.value, sdpa_ref(Q, K, V, mask)):
+        return True, plain, plain
+    skipping = call(part, kernel.call_traced, fn, m, Q, K, V, mask, functions=[fn], watch=SDPA_LOCALS,
+                    standins=standins, skip_failures=True, replace=replace)
+    return False, plain, skipping
+
+
+def line_failure(run, name, part, label):
+    """An AssertionError for the statement assigning ``name`` if it raised (None if it did not)."""
+    err = run.skipped_for(name) or (run.error if run.first(name) is None else None)
+    if err is None:
+        return None
+    if err.blank or "_____" in str(err):
+        return AssertionError(f"{part}: {label} is still a blank `_____`: fill it in")
+    return AssertionError(f"{part}: line {label} raised {type(err).__name__}: {err}")
+
+
+def not_isolable(part, where, name):
+    return AssertionError(f"{part}: your scaled_dot_product_attention does not compute attention {where}, and it no "
+                          f"longer binds {name} as the given code does, so this line cannot be graded on its own")
 
 
 def softmax_ref(scores, dim=-1):

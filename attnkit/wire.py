@@ -6,6 +6,7 @@ is JSON; inside it a few tagged objects carry what JSON cannot:
     {"$tensor": {"dtype": "float32", "shape": [2, 3], "device": "cpu", "data": "<base64 of the raw bytes>"}}
     {"$tuple": [...]}    {"$dict": [[key, value], ...]}    {"$float": "nan" | "inf" | "-inf"}
     {"$dtype": "float64"}    {"$device": "cuda:0"}    {"$generator": {"device": "cpu", "state": <$tensor>}}
+    {"$randn": {"shape": [4096, 64], "seed": 3, "dtype": "float32", "device": "cpu"}}   (drawn on arrival)
     {"$ref": 3, "type": "MultiHeadAttention", "kinds": ["MultiHeadAttention", "Module", ...], "callable": true}
 
 ``$ref`` names an object that stays in the kernel (a class, a function, a module the student built):
@@ -31,6 +32,19 @@ MAX_DEPTH = 32          # nesting of tuples, lists and dicts
 MAX_ITEMS = 100_000     # items in one container
 MAX_STR = 1 << 20       # characters in one string
 DEFAULT_LIMIT = 64 << 20  # bytes of tensor data in one message
+
+
+class Randn:
+    """A random normal tensor described by value (shape, seed, dtype, device): the receiver draws it with
+    torch.Generator().manual_seed(seed) on the CPU, so both sides can have the same tensor without
+    sending its data (large inputs of timed calls)."""
+
+    def __init__(self, shape, seed: int, dtype=torch.float32, device="cpu"):
+        self.shape, self.seed, self.dtype, self.device = tuple(int(n) for n in shape), int(seed), dtype, str(device)
+
+    def tensor(self) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seed)
+        return torch.randn(self.shape, generator=gen, dtype=self.dtype).to(self.device)
 
 
 class WireError(ValueError):
@@ -67,6 +81,9 @@ def encode(value, ref=None, _depth=0):
         return {"$dtype": _NAMES.get(value, str(value))}
     if isinstance(value, torch.device):
         return {"$device": str(value)}
+    if isinstance(value, Randn):
+        return {"$randn": {"shape": list(value.shape), "seed": value.seed, "dtype": _NAMES[value.dtype],
+                           "device": value.device}}
     if isinstance(value, torch.Generator):  # its state by value: the other side gets a generator in that state
         return {"$generator": {"device": str(value.device), "state": encode(value.get_state())}}
     if isinstance(value, torch.Size):
@@ -124,6 +141,16 @@ def _decode(data, ref, budget, depth):
         return DTYPES[data["$dtype"]]
     if "$device" in data:
         return torch.device(_device(data["$device"]))
+    if "$randn" in data and isinstance(data["$randn"], dict):
+        spec = data["$randn"]
+        shape = spec.get("shape")
+        if not (isinstance(shape, list) and len(shape) <= 16 and all(isinstance(n, int) and 0 <= n for n in shape)
+                and spec.get("dtype") in ("float32", "float64") and isinstance(spec.get("seed"), int)):
+            raise WireError("bad randn")
+        budget[0] -= math.prod(shape) * (4 if spec["dtype"] == "float32" else 8)
+        if budget[0] < 0:
+            raise WireError("tensors larger than the message limit")
+        return Randn(shape, spec["seed"], DTYPES[spec["dtype"]], _device(spec.get("device", "cpu"))).tensor()
     if "$generator" in data and isinstance(data["$generator"], dict):
         state = _decode(data["$generator"].get("state"), None, budget, depth + 1)
         if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8 or state.dim() != 1:

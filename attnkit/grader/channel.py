@@ -10,22 +10,35 @@ student's prints, displays) is read and dropped.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+import uuid
 from queue import Empty
 
+import zmq
+import zmq.asyncio
 from nbformat import NotebookNode
 
 from attnkit.grader import hidden
+from attnkit.grader.meter import KernelMeter
 from attnkit.grader.remote import REPLY_MIME, Kernel, KernelDied, KernelGone, MAX_REPLY, RequestTimeout
 
+PROFILE = os.environ.get("ATTNKIT_PROFILE_HIDDEN")   # a file: one line per hidden region (seconds, requests)
 AGENT_CALL = "__import__('attnkit.agent').agent.serve({!r})"
+LISTEN = "__import__('attnkit.agent').agent.listen()"
+COMM_TARGET = "attnkit.agent"   # attnkit.agent.COMM_TARGET
 
 
-async def _request(executor, kernel: Kernel, text: str, deadline: float) -> str:
+async def _request(executor, kernel: Kernel | None, text: str | None, deadline: float, code: str | None = None) -> str:
+    """One request as an execute_request of AGENT_CALL (``code`` instead: run that); the reply is the
+    agent's display output. The kernel may call back (kernel.answer_callback) over the stdin channel."""
     kc, km = executor.kc, executor.km
-    msg_id = kc.execute(AGENT_CALL.format(text), silent=False, store_history=False, allow_stdin=True,
+    msg_id = kc.execute(code or AGENT_CALL.format(text), silent=False, store_history=False, allow_stdin=True,
                         stop_on_error=False)
     payload, idle = None, False
+    poller = zmq.asyncio.Poller()  # either socket: an input request (a callback) or an output
+    poller.register(kc.stdin_channel.socket, zmq.POLLIN)
+    poller.register(kc.iopub_channel.socket, zmq.POLLIN)
     while not idle:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -33,21 +46,19 @@ async def _request(executor, kernel: Kernel, text: str, deadline: float) -> str:
             await _drain(kc, msg_id, 5)
             raise RequestTimeout(f"stopped after {executor.timeout} s: the code this test calls did not finish "
                                  "(an infinite loop?)")
-        try:  # a callback: the kernel asks for a test function's value on arguments it sends
+        ready = dict(await poller.poll(int(min(1.0, left) * 1000)))
+        if kc.stdin_channel.socket in ready:  # a callback: a test function's value on arguments the kernel sends
             ask = await kc.get_stdin_msg(timeout=0)
-        except Empty:
-            ask = None
-        if ask is not None:
-            if ask.get("parent_header", {}).get("msg_id") == msg_id and ask["msg_type"] == "input_request":
+            if kernel is not None and ask.get("parent_header", {}).get("msg_id") == msg_id \
+                    and ask["msg_type"] == "input_request":
                 prompt = ask.get("content", {}).get("prompt", "")
                 kc.input(kernel.answer_callback(prompt if isinstance(prompt, str) else ""))
             continue
-        try:
-            msg = await kc.get_iopub_msg(timeout=min(0.05, left))
-        except Empty:
+        if kc.iopub_channel.socket not in ready:
             if not await km.is_alive():
                 raise KernelDied("the Python kernel died while a hidden test was calling your code") from None
             continue
+        msg = await kc.get_iopub_msg(timeout=0)
         if msg.get("parent_header", {}).get("msg_id") != msg_id:
             continue
         kind, content = msg["msg_type"], msg.get("content", {})
@@ -57,9 +68,44 @@ async def _request(executor, kernel: Kernel, text: str, deadline: float) -> str:
         elif kind == "status" and content.get("execution_state") == "idle":
             idle = True
     await _shell_reply(kc, msg_id, max(1.0, deadline - time.monotonic()))
+    if code is not None:
+        return ""
     if payload is None:
         raise KernelGone("the kernel gave no answer to a hidden test's request")
     return payload
+
+
+async def _comm_request(executor, text: str, deadline: float) -> str:
+    """One request as a comm message to the agent (opened on first use in each kernel)."""
+    kc, km = executor.kc, executor.km
+    opened = getattr(executor, "_attnkit_comm", None)
+    if opened is None or opened[0] is not kc:  # a new kernel (or a restarted one): open its comm first
+        await _request(executor, None, None, deadline, code=LISTEN)
+        comm_id = uuid.uuid4().hex
+        kc.shell_channel.send(kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": COMM_TARGET, "data": {}}))
+        executor._attnkit_comm = opened = (kc, comm_id)
+    msg = kc.session.msg("comm_msg", {"comm_id": opened[1], "data": {"request": text}})
+    kc.shell_channel.send(msg)
+    msg_id = msg["header"]["msg_id"]
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            await km.interrupt_kernel()
+            await _drain(kc, msg_id, 5)
+            raise RequestTimeout(f"stopped after {executor.timeout} s: the code this test calls did not finish "
+                                 "(an infinite loop?)")
+        try:
+            reply = await kc.get_iopub_msg(timeout=min(1.0, left))
+        except Empty:
+            if not await km.is_alive():
+                raise KernelDied("the Python kernel died while a hidden test was calling your code") from None
+            continue
+        if reply.get("parent_header", {}).get("msg_id") == msg_id and reply["msg_type"] == "comm_msg":
+            data = reply.get("content", {}).get("data", {})
+            payload = data.get("reply") if isinstance(data, dict) else None
+            if not isinstance(payload, str) or len(payload) > MAX_REPLY:
+                raise KernelGone("the kernel's reply is not in the format")
+            return payload
 
 
 async def _shell_reply(kc, msg_id, timeout):
@@ -86,6 +132,14 @@ async def _drain(kc, msg_id, timeout):
             return
 
 
+def kernel_meter(executor) -> KernelMeter:
+    """The meter of ``executor``'s kernel: its sandbox uid's processes, else its process tree."""
+    uid = getattr(executor.km, "_uid", None)
+    if uid is not None:
+        return KernelMeter(uid=uid)
+    return KernelMeter(root_pid=executor.km.provisioner.process.pid)
+
+
 async def run_hidden_regions(executor, cell, sources, folder) -> str | None:
     """Run each hidden region (grader side) against ``executor``'s kernel; append its outputs to the cell.
 
@@ -94,11 +148,20 @@ async def run_hidden_regions(executor, cell, sources, folder) -> str | None:
     deadline = time.monotonic() + float(executor.timeout or 60)
 
     def send(text: str) -> str:
-        return asyncio.run_coroutine_threadsafe(_request(executor, kernel, text, deadline), loop).result()
+        # Requests go as comm messages (fast); once a test has handed the kernel a function of its own,
+        # calls go as executions, whose stdin channel carries the callbacks.
+        calls = kernel._callbacks and ('"op":"call"' in text[:200] or '"op":"noop"' in text[:200])
+        request = _request(executor, kernel, text, deadline) if calls else _comm_request(executor, text, deadline)
+        return asyncio.run_coroutine_threadsafe(request, loop).result()
 
     kernel = Kernel(send)
+    started = time.perf_counter()
     for source in sources:
-        printed, error = await asyncio.to_thread(hidden.run, source, kernel, folder)
+        printed, error = await asyncio.to_thread(hidden.run, source, kernel, folder, {"meter": kernel_meter(executor)})
+        if PROFILE:
+            with open(PROFILE, "a") as log:
+                print(f"{cell.metadata.get('nbgrader', {}).get('grade_id')} {time.perf_counter() - started:.3f} "
+                      f"requests={kernel.requests} callbacks={kernel.callbacks}", file=log)
         if printed:
             cell.outputs.append(NotebookNode(output_type="stream", name="stdout", text=printed))
         if error is not None:

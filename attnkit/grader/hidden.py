@@ -79,7 +79,10 @@ def namespace(kernel: Kernel, folder) -> dict:
         ns.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
     import attnkit.grader_checks as gc
     ns.update({k: v for k, v in vars(gc).items() if not k.startswith("_")})
-    ns.update(kernel=kernel, kind=kind, is_kind=is_kind, StudentError=StudentError, call=call)
+    from attnkit import wire
+    from attnkit.grader import growth
+    ns.update(wire=wire, kernel=kernel, kind=kind, is_kind=is_kind, StudentError=StudentError, call=call,
+              check_linear_time=growth.check_linear_time, check_linear_memory=growth.check_linear_memory)
     return ns
 
 
@@ -99,9 +102,11 @@ def free_names(source: str) -> set[str]:
     return loaded - bound
 
 
-def run(source: str, kernel: Kernel, folder) -> tuple[str, dict | None]:
-    """(what the region printed, its error as ``{ename, evalue}`` or None)."""
+def run(source: str, kernel: Kernel, folder, extras: dict | None = None) -> tuple[str, dict | None]:
+    """(what the region printed, its error as ``{ename, evalue}`` or None). ``extras``: more names for the
+    region (``meter``: the kernel's KernelMeter, for verdicts on time and memory)."""
     ns = namespace(kernel, folder)
+    ns.update(extras or {})
     out = io.StringIO()
     error = None
     try:

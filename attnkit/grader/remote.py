@@ -60,8 +60,10 @@ class Kernel:
     def __init__(self, send):
         self._send = send
         self._callbacks: list = []   # grader functions a test passed in, by number
+        self.requests = self.callbacks = 0  # counts, for profiles
 
     def request(self, **req):
+        self.requests += 1
         text = self._send(json.dumps(req, separators=(",", ":"), allow_nan=False))
         if not isinstance(text, str) or len(text) > MAX_REPLY:
             raise KernelGone("the kernel sent no reply, or one too large")
@@ -84,6 +86,8 @@ class Kernel:
     def _ref(self, obj):
         if isinstance(obj, Remote):
             return {"$ref": obj._info["$ref"]}
+        if isinstance(getattr(obj, "__self__", None), Remote):  # e.g. Remote.__init__: write kernel.getattr(x, "__init__")
+            raise wire.WireError("a method of the grader's proxy is not the student's method: use kernel.getattr")
         if callable(obj) and not isinstance(obj, type):  # a test's function: the kernel may call it by value
             self._callbacks.append(obj)
             return {"$callback": len(self._callbacks) - 1}
@@ -92,13 +96,16 @@ class Kernel:
     def answer_callback(self, prompt: str) -> str:
         """The reply to the agent's callback request ``prompt`` (attnkit.agent.CALLBACK_PROMPT + JSON):
         the grader's function run on the arguments sent, its result by value."""
+        self.callbacks += 1
         try:
-            body = json.loads(prompt[len(CALLBACK_PROMPT):]) if prompt.startswith(CALLBACK_PROMPT) else None
+            if not prompt.startswith(CALLBACK_PROMPT):
+                return json.dumps({"ok": False, "error": "no input is given while grading"})
+            body = json.loads(prompt[len(CALLBACK_PROMPT):])
             fn = self._callbacks[int(body["callback"])]
             args = wire.decode(body["args"], limit=MAX_REPLY)
             return json.dumps({"ok": True, "value": wire.encode(fn(*args))}, separators=(",", ":"), allow_nan=False)
-        except Exception:  # the student's input() or a malformed request: nothing of the grader's goes back
-            return json.dumps({"ok": False})
+        except Exception as exc:  # the student's input(), a malformed request, or arguments the function refuses
+            return json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:200]})
 
     def send(self, value):
         return wire.encode(value, self._ref)
@@ -116,16 +123,52 @@ class Kernel:
         return self.value(self.request(op="call", target=self.send(target), args=self.send(list(args)),
                                        kwargs=self.send(kwargs)))
 
-    def call_watching(self, target, function, names, *args, **kwargs):
-        """(value, error, seen): the call's value (or the StudentError it raised) and the first value
-        that ``function`` (the student's, in the kernel) bound to each of ``names``."""
-        reply = self.request(op="call", target=self.send(target), args=self.send(list(args)),
-                             kwargs=self.send(kwargs), watch={"function": self.send(function), "names": list(names)})
-        if not isinstance(reply, dict):
+    def module_attr(self, module: str, name: str):
+        """``module.name`` as the kernel has it (a module the kernel imported, e.g. the course helper)."""
+        return self.value(self.request(op="module_attr", module=str(module), name=str(name)))
+
+    def keep(self, *values) -> list:
+        """The values sent once and kept in the kernel: references to pass to later calls (timed calls
+        then send no data)."""
+        refs = self.value(self.request(op="keep", args=self.send(list(values))))
+        if not isinstance(refs, list) or len(refs) != len(values) or not all(isinstance(r, Remote) for r in refs):
             raise KernelGone("bad reply")
+        return refs
+
+    def describe(self, target, *args, **kwargs) -> dict:
+        """What a call returns, without its data: {"shape", "dtype", "device"} for a tensor, else {"type"}."""
+        found = self.value(self.request(op="call", target=self.send(target), args=self.send(list(args)),
+                                        kwargs=self.send(kwargs), describe=True))
+        if not isinstance(found, dict):
+            raise KernelGone("bad reply")
+        return found
+
+    def call_discarding(self, target, *args, sync=False, **kwargs) -> None:
+        """A call whose value stays in the kernel and is dropped (for timing and memory readings)."""
+        self.request(op="call", target=self.send(target), args=self.send(list(args)), kwargs=self.send(kwargs),
+                     discard=True, sync=bool(sync))
+
+    def call_traced(self, target, *args, functions=(), watch=(), standins=None, skip_failures=False, replace=(),
+                    **kwargs):
+        """A call of the student's code traced line by line in ``functions`` (the student's, Remote).
+
+        Returns a Trace: ``value`` (None if it raised), ``error`` (the StudentError, or None), ``history``
+        [(name, value)]: each new object bound to a ``watch``ed local, in order; ``skipped``: the statements
+        that raised and were jumped over (with ``skip_failures``), each {"line", "assigns", "error"}, a
+        ``standins`` value bound in place of the name it assigns; ``replace``: names whose first assignment
+        is replaced by its stand-in whether or not it raises."""
+        reply = self.request(op="call", target=self.send(target), args=self.send(list(args)), kwargs=self.send(kwargs),
+                             trace={"functions": self.send(list(functions)), "watch": list(watch),
+                                    "standins": self.send(dict(standins or {})), "skip_failures": bool(skip_failures),
+                                    "replace": list(replace)})
+        if not isinstance(reply, dict) or not isinstance(reply.get("skipped"), list):
+            raise KernelGone("bad reply")
+        history = self.value(reply.get("history")) or []
+        skipped = [{"line": s.get("line"), "assigns": s.get("assigns") if isinstance(s.get("assigns"), str) else None,
+                    "error": student_error(s.get("error"))} for s in reply["skipped"][:8] if isinstance(s, dict)]
         error = student_error(reply["error"]) if reply.get("error") else None
-        seen = self.value(reply.get("seen")) or {}
-        return (None if error else self.value(reply.get("value"))), error, seen
+        return Trace(None if error else self.value(reply.get("value")), error,
+                     [(n, v) for n, v in history if isinstance(n, str)], skipped)
 
     def call_recording(self, target, *args, limit=1024, **kwargs):
         """(value, error, tensors): the call's value (or the StudentError it raised) and the floating-point
@@ -151,12 +194,59 @@ class Kernel:
     def getattr(self, target, name: str):
         return self.value(self.request(op="getattr", target=self.send(target), name=str(name)))
 
+    def get(self, target, *paths):
+        """The values of several dotted attribute paths of a kernel object, in one request:
+        ``kernel.get(m, "W_q.weight", "W_q.bias")``."""
+        values = self.value(self.request(op="get", target=self.send(target), paths=[str(p) for p in paths]))
+        if not isinstance(values, list) or len(values) != len(paths):
+            raise KernelGone("bad reply")
+        return tuple(values)
+
     def setattr(self, target, name: str, value) -> None:
         self.request(op="setattr", target=self.send(target), name=str(name), args=self.send([value]))
+
+    def update(self, target, **attrs) -> None:
+        """Set several attributes of a kernel object in one request (values by value, functions as callbacks)."""
+        self.request(op="update", target=self.send(target), kwargs=self.send(attrs))
+
+    def own(self, cls) -> set:
+        """The attribute names the student's class defines itself (not inherited)."""
+        names = self.value(self.request(op="own", target=self.send(cls)))
+        return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+
+    def bare(self, cls, **attrs) -> "Remote":
+        """attention_checks.bare for the kernel: an instance of the student's class without its __init__,
+        given exactly these attributes (values travel by value; the grader's functions as callbacks)."""
+        return self.value(self.request(op="new", target=self.send(cls), kwargs=self.send(attrs)))
 
     def new(self, cls) -> "Remote":
         """An instance of the student's class whose __init__ has not run."""
         return self.value(self.request(op="new", target=self.send(cls)))
+
+
+class Trace:
+    """What a traced call of the student's code gave (Kernel.call_traced)."""
+
+    def __init__(self, value, error, history, skipped):
+        self.value, self.error, self.history, self.skipped = value, error, history, skipped
+
+    def first(self, name):
+        """The first value bound to ``name``, or None."""
+        return next((v for n, v in self.history if n == name), None)
+
+    def last_before(self, name, before):
+        """The last value bound to ``name`` before ``before`` was first bound (None if never)."""
+        found = None
+        for n, v in self.history:
+            if n == before:
+                return found
+            if n == name:
+                found = v
+        return None
+
+    def skipped_for(self, name):
+        """The error of a skipped statement that assigns ``name``, or None."""
+        return next((s["error"] for s in self.skipped if s["assigns"] == name), None)
 
 
 class Remote:

@@ -1,8 +1,7 @@
 """Grader-only checks of the HW9 hidden tests (never released to students).
 
-Hidden tests import these from ``attnkit.grader_checks``; ``attnkit.guard`` reloads this module
-(after ``attention_checks``) from the grader's copy before every hidden test and rebinds the
-names a notebook uses. Everything students and the visible tests need stays in
+Grader process only: hidden tests run in the grader (attnkit/grader/hidden.py), which puts these
+names in every hidden region's namespace; this file is never bound into the student's sandbox. Everything students and the visible tests need stays in
 ``source/hw9/attention_checks.py``; this module may use it. Nothing here prints an answer:
 messages name the part and the symptom.
 """

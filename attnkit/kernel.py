@@ -2,7 +2,8 @@
 
 The host side (attnkit/sandbox.py) starts this module inside bubblewrap as an unprivileged
 uid; here, before any notebook cell runs, the limits it passes are made hard (soft = hard, so
-the notebook cannot raise them) and the guard's originals are saved.
+the notebook cannot raise them). No hidden test runs here: the grader process (attnkit/grader/)
+reaches the kernel only through the agent (attnkit/agent.py), with data.
 
 * memory (RLIMIT_DATA): a notebook that asks for too much gets an error in its own cell;
 * processes (RLIMIT_NPROC, of the sandbox's uid): a fork bomb stops at the limit;
@@ -37,9 +38,9 @@ def _limit(nproc: bool = True) -> None:
 
 
 # ---------------------------------------------------------------------------- warm start (zygote)
-# One interpreter per student, inside that student's sandbox, with torch, ipykernel and the guard
+# One interpreter per student, inside that student's sandbox, with torch, ipykernel and the agent
 # imported; it never runs student code. Each notebook's kernel is a fork of it that cleans up
-# after the previous notebook, saves the guard's originals itself and starts its own IPKernelApp.
+# after the previous notebook and starts its own IPKernelApp.
 # It runs as root inside bwrap with only CAP_SETUID/CAP_SETGID (bwrap drops every other
 # capability); each fork becomes the slot's uid before anything else, so a notebook cannot signal,
 # ptrace or read the zygote (another uid, not dumpable), exactly as it cannot touch bwrap's init
@@ -207,11 +208,6 @@ def _child(sock, argv: list, log: str) -> None:
         random.seed()  # a fresh process would not share the zygote's random state
         if "numpy" in sys.modules:
             sys.modules["numpy"].random.seed()
-        import attnkit.guard as guard
-
-        # the originals are saved here, in this process, before any notebook cell runs
-        sys.modules.pop(guard._ORIGINALS_KEY, None)
-        guard.save_originals()
         from ipykernel import kernelapp
 
         sys.argv = [sys.argv[0], *argv, "--IPKernelApp.log_level=ERROR"]  # as a cold kernel's command line
@@ -287,7 +283,8 @@ def zygote(fd: int, preload: list[str] = ()) -> None:
     import threading
 
     ctypes.CDLL(None).prctl(4, 0)  # PR_SET_DUMPABLE=0: no ptrace or /proc/<pid>/mem by a notebook
-    import attnkit.guard  # noqa: F401  (and with it torch)
+    import torch  # noqa: F401
+    import attnkit.agent  # noqa: F401  (what hidden tests reach the kernel through)
     import numpy  # noqa: F401
     from ipykernel import kernelapp  # noqa: F401
     import ipykernel.ipkernel  # noqa: F401
@@ -334,8 +331,6 @@ if __name__ == "__main__" and sys.argv[1:2] == ["--zygote"]:
     zygote(int(sys.argv[2]), [m for m in (sys.argv[3] if len(sys.argv) > 3 else "").split(",") if m])
 elif __name__ == "__main__":
     _limit()
-    # The guard's originals are saved here, before any notebook cell can patch them.
-    import attnkit.guard  # noqa: F401
     from ipykernel import kernelapp
 
     # The TCP-without-encryption notice is noise on a grading machine's terminal.

@@ -155,15 +155,15 @@ def secret_scan(course: Course, assignment: str, folder: Path) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def unguarded_tests(nb) -> list[str]:
-    """Test cells whose hidden region does not start with the guard line (attnkit.guard.GUARD_LINE)."""
-    from attnkit.guard import GUARD_LINE
+def tests_outside_grader(nb) -> list[str]:
+    """Test cells with a hidden region that does not start with the grader line: every hidden test runs in
+    the grader process (attnkit/grader/), never in the student's kernel."""
+    from attnkit.grader.hidden import runs_in_grader
 
     bad = []
     for cell in nb.cells:
         for region in markup.regions(cell.source, markup.HIDDEN):
-            first = next((l.strip() for l in region.body if l.strip()), "")
-            if first != GUARD_LINE:
+            if not runs_in_grader("\n".join(region.body)):
                 bad.append(nbu.grade_id(cell))
     return bad
 
@@ -186,9 +186,9 @@ def problems(course: Course, assignment: str, release_root: Path | None = None) 
             found.append(f"{rel_path.name}: missing from the release")
             continue
         src, rel = nbu.read(src_path), nbu.read(rel_path)
-        for gid in unguarded_tests(src):
-            found.append(f"{src_path.name}: the hidden tests of {gid} must start with the guard line "
-                         "(attnkit.guard.GUARD_LINE)")
+        for gid in tests_outside_grader(src):
+            found.append(f"{src_path.name}: the hidden tests of {gid} must start with the grader line "
+                         "(attnkit.grader.hidden.GRADER_LINE): hidden tests run in the grader process")
         for gid in bare_expression_cells(src):
             found.append(f"{src_path.name}: test cell {gid} ends in a bare expression (its value would be read as "
                          "a score); end it with an assert or a call")

@@ -15,7 +15,8 @@ Modes (``detect()`` picks one at start; ``ATTNKIT_SANDBOX=bwrap|setpriv|none`` f
   of that uid is killed. No network or process isolation.
 * ``none`` - the kernel runs as the grader (students' own machines: ./kit validate).
 
-The kernel side (rlimits, the guard) is attnkit/kernel.py.
+The kernel side (rlimits, the zygote) is attnkit/kernel.py; the agent hidden tests reach it through is
+attnkit/agent.py.
 """
 from __future__ import annotations
 
@@ -56,7 +57,9 @@ MODES = ("bwrap", "setpriv", "none")
 BWRAP, SETPRIV = shutil.which("bwrap") or "/usr/bin/bwrap", shutil.which("setpriv") or "/usr/bin/setpriv"
 KIT_DIR = os.path.dirname(os.path.abspath(__file__))
 # Only these kit modules are visible to a kernel: the package will hold fixture banks with right answers.
-KERNEL_MODULES = ("__init__.py", "kernel.py", "guard.py", "grader_checks.py", "agent.py", "wire.py")
+# The kit's files a kernel can see: its start-up, the agent hidden tests reach it through, their data format.
+# Nothing of the grader (hidden tests, references, grader_checks.py, attnkit/grader/) is ever bound in.
+KERNEL_MODULES = ("__init__.py", "kernel.py", "agent.py", "wire.py")
 SANDBOX_KIT = "/opt/attnkit"          # the kernel's PYTHONPATH entry holding attnkit/<KERNEL_MODULES>
 SANDBOX_HOME = "/home/student"        # the kernel's working folder (tmpfs)
 UID_BASE = 2_000_000                  # far above real users and the usual subuid ranges

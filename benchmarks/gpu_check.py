@@ -41,6 +41,10 @@ def _runs(cell) -> bool:
 
 def run_notebook(path: Path, fill, log=print) -> tuple[int, int, dict]:
     """(passed, failed, namespace) after running one notebook's cells in order."""
+    from attnkit import markup
+    from attnkit.grader import hidden
+    from attnkit.grader.meter import KernelMeter
+    from attnkit.grader.remote import in_process
     nb = fill(path)
     ns: dict = {"__name__": "__main__"}
     passed = failed = 0
@@ -54,14 +58,21 @@ def run_notebook(path: Path, fill, log=print) -> tuple[int, int, dict]:
         filename = f"<{path.stem}:{m.get('grade_id')}>"
         # as IPython does: keep the cell's text where inspect.getsource finds it
         linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+        visible, regions = markup.split_hidden(src)
         try:
             with contextlib.redirect_stdout(out):
-                exec(compile(src, filename, "exec"), ns)
+                exec(compile(visible, filename, "exec"), ns)
             error = None
         except Exception as exc:  # a failed part: report it and go on, as grading does
             error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             if os.environ.get("GPU_CHECK_TRACEBACK"):
                 traceback.print_exc()
+        for region in regions if error is None else ():
+            # the hidden tests as grading runs them (attnkit/grader/), the agent in this process
+            _, failure = hidden.run(region, in_process(ns), path.parent, {"meter": KernelMeter(root_pid=os.getpid())})
+            if failure is not None:
+                error = f"{failure['ename']}: {failure['evalue']}".splitlines()[0][:300]
+                break
         if m.get("grade") and not m.get("solution"):
             status = "ok  " if error is None else "FAIL"
             passed, failed = passed + (error is None), failed + (error is not None)
@@ -114,11 +125,11 @@ def main(argv=None) -> int:
     if args.device == "cpu":
         # hidden tests loop over devices(); make them see the CPU only
         torch.cuda.is_available = lambda: False
+        torch.set_num_threads(1)  # as the grading kernel (CourseKernelManager.threads)
     print(f"gpu_check: torch {torch.__version__} on {args.device}"
           + (f" ({torch.cuda.get_device_name(0)})" if args.device == "cuda" else ""))
     os.chdir(SOURCE)  # the helper beside the notebooks, as in the grading kernel
     sys.path[:0] = [str(SOURCE), str(ROOT)]
-    import attnkit.guard  # noqa: F401  (originals saved before any cell runs, as the kernel does)
     from attnkit import notebooks as nbu
 
     stems = args.notebooks or sorted(p.stem for p in SOURCE.glob("*.ipynb"))

@@ -28,7 +28,9 @@ def _exponents(sizes, costs):
 
 class Timer:
     """Seconds of one call of the student's ``fn`` on kept inputs: the kernel's CPU time (CPU) or the
-    wall clock around a synchronised call (CUDA), less the same reading of a call that does nothing."""
+    wall clock around a synchronised call (CUDA). ``overhead`` is the same reading of a request that does
+    nothing: sizes start where a call takes ten times that, so the overhead flattens no exponent by more
+    than a tenth (subtracting it instead made the smallest sizes' times noise)."""
 
     def __init__(self, kernel, meter, fn, device="cpu"):
         self.kernel, self.meter, self.fn, self.cuda = kernel, meter, fn, str(device).startswith("cuda")
@@ -50,7 +52,7 @@ class Timer:
         return (self.meter.cpu_ns(self.pids) - before) / 1e9
 
     def __call__(self, args) -> float:
-        return max(self._raw(self.fn, args) - self.overhead, 1e-7)
+        return max(self._raw(self.fn, args), 1e-9)
 
 
 def measure_time_growth(kernel, meter, fn, make_args, *, device="cpu", start=256, floor_s=1e-3, doublings=4, rounds=7,
@@ -61,6 +63,7 @@ def measure_time_growth(kernel, meter, fn, make_args, *, device="cpu", start=256
     t_start = time.perf_counter()
     rng = random.Random(seed)
     timed = Timer(kernel, meter, fn, device)
+    floor_s = max(floor_s, 10 * timed.overhead)
     best = {}
 
     def keep(n):

@@ -5,18 +5,21 @@ reports about itself, so the grader reads the kernel's processes from /proc:
 
 * which processes: every process of the kernel's uid (the sandbox's slot uid, which only this
   notebook's kernel and its children hold; attnkit/sandbox.py), else the kernel's process tree;
-* CPU: the sum over their threads of /proc/<pid>/task/<tid>/schedstat (nanoseconds on the CPU), plus
-  the CPU time of children they reaped (/proc/<pid>/stat cutime + cstime, in clock ticks);
+* CPU: each process's CPU-time clock, read from outside (clock_gettime on the process's clock id:
+  every thread, ended ones too, to the nanosecond; /proc/<pid>/schedstat lags a running thread by up
+  to a scheduler tick), plus the CPU time of children they reaped (/proc/<pid>/stat cutime + cstime,
+  in clock ticks);
 * memory: the sum of their peak resident sets (VmHWM), which ``reset_peak`` sets back to the current
   resident set (writing 5 to /proc/<pid>/clear_refs), so a peak is that of one call.
 
-Not covered: CPU time of a thread that ended before the reading (its time leaves schedstat, and
-reaches stat only in clock ticks) and of a process that left the uid; memory that is not resident
-(swapped out) or shared with processes outside the kernel.
+Not covered: CPU time of a child process that ended unreaped by the kernel's processes, or that left
+the uid; CPU time of reaped children counts in clock ticks only; memory that is not resident (swapped
+out) or shared with processes outside the kernel.
 """
 from __future__ import annotations
 
 import os
+import time
 
 _TICK_NS = 1e9 / os.sysconf("SC_CLK_TCK")
 
@@ -59,18 +62,14 @@ class KernelMeter:
         """CPU time of the kernel's processes so far, in nanoseconds."""
         total = 0.0
         for pid in self.pids() if pids is None else pids:
-            try:
-                tids = os.listdir(f"/proc/{pid}/task")
+            try:  # the process's CPU clock, read from outside: every thread, also ended ones, to the ns
+                total += time.clock_gettime_ns(((~pid) << 3) | 2)  # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
             except OSError:
                 continue
-            for tid in tids:
-                sched = _read(f"/proc/{pid}/task/{tid}/schedstat")
-                if sched:
-                    total += int(sched.split()[0])
             stat = _read(f"/proc/{pid}/stat")
             if stat:
                 fields = stat.rsplit(")", 1)[1].split()
-                total += (int(fields[13]) + int(fields[14])) * _TICK_NS  # cutime + cstime
+                total += (int(fields[13]) + int(fields[14])) * _TICK_NS  # children it reaped: cutime + cstime
         return total
 
     def _status(self, pid: int, key: str) -> int:

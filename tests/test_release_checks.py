@@ -10,7 +10,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from attnkit import notebooks as nbu
 from attnkit.course import Course
-from attnkit.guard import GUARD_LINE
+from attnkit.grader.hidden import GRADER_LINE
 from attnkit.release import bare_expression_cells, grader_only_names, problems, secret_scan
 
 HELPER = '''
@@ -41,7 +41,7 @@ def _source():
         new_code_cell("from helper import check_shape", metadata=_meta("setup", locked=True)),
         new_code_cell("def shape_of_W_k():\n    ### BEGIN SOLUTION (a)\n    return '[d, k]'\n"
                       "    ### STUB: return _____\n    ### END SOLUTION", metadata=_meta("a", solution=True)),
-        new_code_cell("assert isinstance(shape_of_W_k(), str)\n### BEGIN HIDDEN TESTS\n" + GUARD_LINE + "\n"
+        new_code_cell("assert isinstance(shape_of_W_k(), str)\n### BEGIN HIDDEN TESTS\n" + GRADER_LINE + "\n"
                       "### ANSWER TEXT: [d, k]\nassert reference_answer_check(lambda n: n + 3)\n"
                       "assert shape_of_W_k().replace(' ', '') == '[d,k]'\n### END HIDDEN TESTS",
                       metadata=_meta("a_test", grade=True, locked=True, points=2)),

@@ -17,7 +17,7 @@ import time
 
 
 def _median(values):
-    v = sorted(values)
+    v = sorted(values) or [0.0]
     return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
 
 

@@ -1,0 +1,256 @@
+"""The two processes, alone (fast tier): the data format, the kernel's agent and the grader's view of it,
+the hidden-region runner, the outside meter. The agent runs in this process here (remote.in_process): the
+same requests and replies as through a kernel, without the kernel."""
+from __future__ import annotations
+
+import json
+import linecache
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnkit import agent, markup, wire
+from attnkit import notebooks as nbu
+from attnkit.grader import growth, hidden
+from attnkit.grader.meter import KernelMeter
+from attnkit.grader.remote import Remote, StudentError, in_process
+from attnkit.release import hidden_regions_outside_grader
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "source" / "hw9"
+
+
+def student(src: str, name: str = "<cell-1>") -> dict:
+    """A namespace as the student's kernel would have after running ``src`` (source kept for tracing)."""
+    linecache.cache[name] = (len(src), None, src.splitlines(True), name)
+    ns: dict = {}
+    exec(compile(src, name, "exec"), ns)
+    return ns
+
+
+# ---------------------------------------------------------------------------- the data format
+@pytest.mark.parametrize("value", [torch.randn(2, 3), torch.randn(()), torch.zeros(0, 4, dtype=torch.float64),
+                                   torch.tensor([True, False]), torch.randn(3, dtype=torch.bfloat16),
+                                   torch.randn(4, 5)[:, ::2], torch.arange(6, dtype=torch.int64).reshape(2, 3)])
+def test_tensors_cross_by_value_exactly(value):
+    """Does every tensor come back with its dtype, shape and values, a strided view included?"""
+    back = wire.loads(wire.dumps(value))
+    assert back.dtype == value.dtype and back.shape == value.shape and torch.equal(back, value)
+
+
+def test_other_values_cross_and_objects_do_not():
+    """Do numbers, nan, tuples, dicts, dtypes and generator states cross, and an object refuse to?"""
+    g = torch.Generator().manual_seed(5)
+    torch.randn(3, generator=g)
+    back = wire.loads(wire.dumps((1, 2.5, float("nan"), "x", [1, {"a": torch.float32}], torch.Size([2, 3]), g)))
+    assert back[:2] == (1, 2.5) and back[2] != back[2] and back[4] == [1, {"a": torch.float32}] and back[5] == (2, 3)
+    assert torch.equal(torch.randn(4, generator=g), torch.randn(4, generator=back[6]))
+    with pytest.raises(wire.WireError):
+        wire.dumps(object())
+    with pytest.raises(wire.WireError):
+        wire.dumps(lambda x: x)
+
+
+@pytest.mark.parametrize("bad", [
+    {"$tensor": {"dtype": "float32", "shape": [4], "data": "AAAA"}},          # 3 bytes for 16
+    {"$tensor": {"dtype": "object", "shape": [1], "data": ""}},                # no such dtype
+    {"$tensor": {"dtype": "float32", "shape": [-1], "data": ""}},
+    {"$pickle": "gASVAAAAAAAAAACMCGJ1aWx0aW5zlIwEZXZhbJSTlC4="},                # nothing is unpickled
+    {"$ref": 1},                                                               # no references without a resolver
+    {"$randn": {"shape": [1 << 20, 1 << 20], "seed": 1, "dtype": "float32"}},  # too large to draw
+])
+def test_malformed_or_unknown_entries_are_refused(bad):
+    """Is every entry that is not exactly in the format refused, with no code run and nothing unpickled?"""
+    with pytest.raises(wire.WireError):
+        wire.decode(bad)
+
+
+def test_the_message_limit_holds():
+    """Is a reply whose tensors exceed the limit refused before they are built?"""
+    big = wire.encode(torch.zeros(1000))
+    with pytest.raises(wire.WireError):
+        wire.decode([big] * 5, limit=16000)
+
+
+# ---------------------------------------------------------------------------- agent and proxies
+SDPA = '''
+import math, torch
+import torch.nn as nn
+
+
+class MHA(nn.Module):
+    def sdpa(self, Q, K, V, mask=None):
+        attn_scores = torch.matmul({d}, K.transpose(-2, -1))  # (d)
+        attn_scores = attn_scores / math.sqrt(self.d_k)
+        attn_probs = torch.softmax(attn_scores, dim=-1)  # (e)
+        output = torch.matmul(attn_probs, V)  # (f)
+        return output
+
+
+def twice(x):
+    return 2 * x
+
+
+def uses(fn, x):
+    return fn(x) + 1
+
+
+answer_A = 2
+'''
+
+
+def kernel_of(d="Q"):
+    return in_process(student(SDPA.replace("{d}", d)))
+
+
+def test_names_come_as_values_or_references():
+    """Is a number the student defined sent by value, a class or function by reference, a missing name left out?"""
+    found = kernel_of().lookup({"answer_A", "MHA", "twice", "nothere"})
+    assert found["answer_A"] == 2 and set(found) == {"answer_A", "MHA", "twice"}
+    assert isinstance(found["MHA"], Remote) and isinstance(found["twice"], Remote)
+    assert found["twice"](torch.ones(2)).tolist() == [2.0, 2.0]
+
+
+def test_a_student_error_is_its_type_and_a_capped_excerpt():
+    """Does a student's exception come back as its type name and at most 300 bytes of its message?"""
+    k = in_process(student("def f():\n    raise ValueError('x' * 5000)\n"))
+    with pytest.raises(StudentError) as err:
+        k.lookup({"f"})["f"]()
+    assert type(err.value).__name__ == "ValueError" and len(str(err.value).encode()) <= agent.ERROR_BYTES + 3
+
+
+def test_a_grader_function_reaches_the_kernel_only_as_a_callback_by_value():
+    """Can the student's code call a test's function, and does it get values, never the function itself?"""
+    k = kernel_of()
+    uses = k.lookup({"uses"})["uses"]
+    seen = []
+    assert uses(lambda x: seen.append(type(x).__name__) or x * 3, torch.ones(2)).tolist() == [4.0, 4.0]
+    assert seen == ["Tensor"]
+    with pytest.raises(wire.WireError):  # a proxy's own method is not the student's
+        k.send(k.lookup({"MHA"})["MHA"].__init__)
+
+
+def sdpa_run(d, **options):
+    k = kernel_of(d)
+    cls = k.lookup({"MHA"})["MHA"]
+    fn = k.getattr(cls, "sdpa")
+    m = k.bare(cls, d_k=4)
+    Q = torch.randn(2, 3, 5, 4)
+    return Q, k.call_traced(fn, m, Q, Q, Q, functions=[fn], watch=agent_names(), **options)
+
+
+def agent_names():
+    return ["attn_scores", "attn_probs", "output"]
+
+
+def test_a_traced_call_records_each_local_the_code_binds():
+    """Does a traced call record attn_scores, attn_probs and output in the order the code binds them?"""
+    Q, t = sdpa_run("Q")
+    assert [n for n, _ in t.history] == ["attn_scores", "attn_scores", "attn_probs", "output"]
+    assert torch.allclose(t.first("attn_scores"), Q @ Q.transpose(-2, -1))
+    assert torch.allclose(t.value, t.first("output"))
+
+
+def test_a_failing_line_is_skipped_and_its_stand_in_bound():
+    """Is a blank line (d) skipped with its label, a neutral stand-in bound, and the lines after it graded?"""
+    stand_in = torch.randn(2, 3, 5, 5)
+    Q, t = sdpa_run("_____", standins={"attn_scores": stand_in}, skip_failures=True)
+    assert t.error is None and t.skipped_for("attn_scores").blank == "(d)"
+    assert torch.allclose(t.last_before("attn_scores", "attn_probs"), stand_in / 2)
+    assert torch.allclose(t.first("attn_probs"), torch.softmax(stand_in / 2, -1))
+
+
+def test_a_replaced_line_is_never_run():
+    """Does ``replace`` put the stand-in in place of line (e) even when (e) runs fine?"""
+    probs = torch.softmax(torch.randn(2, 3, 5, 5), -1)
+    Q, t = sdpa_run("Q", standins={"attn_probs": probs}, replace=["attn_probs"])
+    assert torch.allclose(t.value, probs @ Q)
+
+
+def test_intermediates_are_recorded():
+    """Are the floating-point tensors a call computes sent back, in order?"""
+    k = kernel_of()
+    _, err, tensors = k.call_recording(k.lookup({"twice"})["twice"], torch.ones(3))
+    assert err is None and any(torch.equal(t, 2 * torch.ones(3)) for t in tensors)
+
+
+# ---------------------------------------------------------------------------- the hidden-region runner
+def test_a_hidden_region_sees_the_students_names_and_the_graders_helpers(tmp_path):
+    """Does a region read the student's objects from the kernel and the helpers from the grader's copy?"""
+    (tmp_path / "attention_checks.py").write_text((SOURCE / "attention_checks.py").read_text())
+    region = hidden.GRADER_LINE + "\nexpect(answer_A == 2, 'A')\nprint('ok', twice(torch.ones(1)).item())\n"
+    printed, error = hidden.run(region, kernel_of(), tmp_path)
+    assert error is None and printed == "ok 2.0\n"
+    printed, error = hidden.run(region.replace("answer_A", "answer_B"), kernel_of(), tmp_path)
+    assert error["ename"] == "NameError" and "answer_B is not defined in your notebook" in error["evalue"]
+
+
+def test_every_hidden_region_runs_in_the_grader():
+    """Does every hidden region of every source notebook start with the grader line?"""
+    for path in SOURCE.glob("*.ipynb"):
+        assert hidden_regions_outside_grader(nbu.read(path)) == [], path.name
+
+
+def test_a_region_that_would_run_in_the_kernel_is_refused():
+    """Is a hidden region without the grader line reported by the release check?"""
+    nb = nbu.read(SOURCE / "q12_scaled_dot_product.ipynb")
+    cell = next(c for c in nb.cells if markup.regions(c.source, markup.HIDDEN))
+    cell.source = cell.source.replace(hidden.GRADER_LINE, "pass")
+    assert hidden_regions_outside_grader(nb) == [nbu.grade_id(cell)]
+
+
+def test_student_names_do_not_collide_with_the_graders_names():
+    """A region's helper names win over the student's: none may be a name a student's answer defines."""
+    sys.path.insert(0, str(SOURCE))
+    try:
+        import attention_checks
+        import attnkit.grader_checks as grader_checks
+    finally:
+        sys.path.remove(str(SOURCE))
+    public = {n for m in (attention_checks, grader_checks) for n in vars(m) if not n.startswith("_")}
+    public |= {"kernel", "kind", "is_kind", "call", "meter", "wire", "check_linear_time", "check_linear_memory"}
+    for path in SOURCE.glob("*.ipynb"):
+        defined = set()
+        for cell in nbu.read(path).cells:
+            if nbu.is_answer_cell(cell) and cell.cell_type == "code":
+                for m in re.finditer(r"^(?:def|class)\s+(\w+)|^(\w+)\s*=", cell.source, re.M):
+                    defined.add(m.group(1) or m.group(2))
+        assert not (defined & public), f"{path.name}: {sorted(defined & public)}"
+
+
+# ---------------------------------------------------------------------------- the outside meter
+BUSY = "import sys, time\nsys.stdin.readline()\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\nprint(1, flush=True)\nsys.stdin.readline()\n"
+
+
+def test_the_meter_reads_another_processes_cpu_time():
+    """Does the meter see a child's 0.3 s of CPU, read from outside, to within a few ms?"""
+    proc = subprocess.Popen([sys.executable, "-c", BUSY.format(s=0.3)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        meter = KernelMeter(root_pid=proc.pid)
+        time.sleep(0.2)
+        before = meter.cpu_ns()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.stdout.readline()
+        spent = (meter.cpu_ns() - before) / 1e9
+        assert 0.29 <= spent <= 0.36, spent
+    finally:
+        proc.kill()
+
+
+def test_a_linear_and_a_quadratic_function_get_their_verdicts_in_process():
+    """Does the grader's time statistic call an O(N) function linear and an O(N^2) one quadratic?"""
+    torch.set_num_threads(1)
+    ns = student("import torch\ndef lin(x):\n    return (x * x).sum()\ndef quad(x):\n    return (x[:, None] * x[None, :]).sum()\n")
+    k = in_process(ns)
+    found = k.lookup({"lin", "quad"})
+    meter = KernelMeter(root_pid=__import__("os").getpid())
+    args = lambda n: (wire.Randn((n,), n),)
+    assert growth.measure_time_growth(k, meter, found["lin"], args, start=4096, max_n=2 ** 22)["verdict"] == "linear"
+    assert growth.measure_time_growth(k, meter, found["quad"], args, start=64, max_n=2 ** 12)["verdict"] == "quadratic"

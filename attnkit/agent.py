@@ -51,8 +51,10 @@ def _ref(obj) -> dict:
         _objects[_ids[key]] = obj
     cls = obj if isinstance(obj, type) else type(obj)
     kinds = [c.__name__ for c in getattr(cls, "__mro__", ())][:32]
+    name = getattr(obj, "__name__", None)
     return {"$ref": _ids[key], "type": str(getattr(cls, "__name__", "?"))[:100], "kinds": kinds,
-            "is_class": isinstance(obj, type), "callable": callable(obj)}
+            "name": name[:100] if isinstance(name, str) else None, "is_class": isinstance(obj, type),
+            "callable": callable(obj)}
 
 
 CALLBACK_PROMPT = "\x00attnkit-callback:"   # an input request that carries a callback's arguments

@@ -120,7 +120,9 @@ def build(course: Course, assignment: str, out: Path | None = None, written: str
     for name in ("requirements.txt", "pyproject.toml"):
         found = course.path(name) if course.path(name).is_file() else KIT_ROOT / name
         files.append((name, found, 0o644))
-    files += [(f"attnkit/{p.name}", p, 0o644) for p in sorted((KIT_ROOT / "attnkit").glob("*.py"))]
+    kit = KIT_ROOT / "attnkit"  # the kit's modules and subpackages (the grader process's among them), no fixture banks
+    files += [(f"attnkit/{p.relative_to(kit).as_posix()}", p, 0o644) for p in sorted(kit.rglob("*.py"))
+              if "fixtures" not in p.relative_to(kit).parts and "__pycache__" not in p.parts]
     for p in sorted(src.rglob("*")):
         rel = p.relative_to(src)
         if p.is_file() and not {"__pycache__", ".ipynb_checkpoints"} & set(rel.parts):

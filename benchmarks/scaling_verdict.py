@@ -17,6 +17,7 @@ and the seconds each verdict took. Not a unit test; run it by hand:
     .venv/bin/python benchmarks/scaling_verdict.py --trials 20 --clock wall
     .venv/bin/python benchmarks/scaling_verdict.py --trials 20 --load loaded --busy 4
     .venv/bin/python benchmarks/scaling_verdict.py --trials 50 --where kernel   # in forked grading kernels
+    .venv/bin/python benchmarks/scaling_verdict.py --trials 30 --where grader   # as the hidden test: from outside
 
 Seen on the 2-core development machine (shared with other jobs, load average 3-9):
 CPU clock, 50 + 50 trials quiet and 50 + 50 under 2 busy loops: 0 wrong verdicts; linear
@@ -165,6 +166,70 @@ def run_in_kernels(trials, condition, busy, threads, clock=None, seed0=0):
     return results
 
 
+def run_in_grader(trials, condition, busy, seed0=0):
+    """The verdicts as the hidden test now takes them (issue 17): both implementations defined in ONE
+    sandboxed grading kernel, the statistic computed in this process (attnkit/grader/growth.py) from the
+    kernel's CPU time read from outside it (attnkit/grader/meter.py), inputs drawn in the kernel from their
+    seeds, requests over the kernel's comm channel, as autograde sends them."""
+    import asyncio
+    import inspect
+    import shutil
+    import tempfile
+    import threading
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from attnkit import sandbox, wire
+    from attnkit.grader import channel, growth
+    from attnkit.grader.meter import KernelMeter
+    from attnkit.grader.remote import Kernel
+
+    workdir = tempfile.mkdtemp(prefix="attnkit-verdict-")
+    os.chmod(workdir, 0o755)
+    shutil.copy(Path(ac.__file__), workdir)
+    os.chmod(os.path.join(workdir, "attention_checks.py"), 0o644)
+    sources = "import torch\nimport attention_checks as ac\n\n" + inspect.getsource(linear_attention) + "\n" + \
+        inspect.getsource(impostor_attention)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    run = lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    class Executor:  # what the channel reads of nbclient's executor
+        timeout = 600
+
+    ex = Executor()
+    ex.km = sandbox.CourseKernelManager()
+    run(ex.km.start_kernel(cwd=workdir))
+    ex.kc = ex.km.client()
+    ex.kc.start_channels()
+    run(ex.kc.wait_for_ready(timeout=60))
+    run(channel._request(ex, None, None, time.monotonic() + 60, code=sources))
+    kernel = Kernel(lambda text: run(channel._comm_request(ex, text, time.monotonic() + 600)))
+    meter = KernelMeter(uid=ex.km._uid) if getattr(ex.km, "_uid", None) is not None else \
+        KernelMeter(root_pid=ex.km.provisioner.process.pid)
+    fm = kernel.module_attr("attention_checks", "elu_feature_map")
+    fns = kernel.lookup({"linear_attention", "impostor_attention"})
+    procs = _load(condition, busy)
+    results = {name: [] for name in IMPLEMENTATIONS}
+    try:
+        for trial in range(trials):
+            for name, (fn, truth) in IMPLEMENTATIONS.items():
+                seed = 11 + seed0 + trial
+                make = lambda n: tuple(wire.Randn((n, d), seed * 1000 + i * 100 + n.bit_length())
+                                       for i, d in enumerate((D, D, M))) + (fm,)
+                r = growth.measure_time_growth(kernel, meter, fns[fn.__name__], make, seed=seed)
+                r = {**r, "truth": truth, "extended": False}
+                results[name].append(r)
+                print(f"  [{condition}, grader] trial {trial + 1:3d} {name:8s} verdict {r['verdict']:9s} "
+                      f"statistic {r['statistic']:.2f} N {r['sizes'][0]}..{r['sizes'][-1]} {r['seconds']:.2f} s",
+                      flush=True)
+    finally:
+        _unload(procs)
+        ex.kc.stop_channels()
+        run(ex.km.shutdown_kernel(now=True))
+        shutil.rmtree(workdir, ignore_errors=True)
+    return results
+
+
 def report(condition, busy, results):
     lin, imp = results["linear"], results["impostor"]
     false_fail = sum(r["verdict"] != "linear" for r in lin)
@@ -194,9 +259,10 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--clock", choices=["cpu", "wall"], default=None,
                     help="what to time (default: as the test does -- CPU time of the process on CPU, wall on CUDA)")
-    ap.add_argument("--where", choices=["process", "kernel"], default="process",
+    ap.add_argument("--where", choices=["process", "kernel", "grader"], default="process",
                     help="kernel: each trial in a grading kernel forked from the warm-start interpreter, "
-                         "in the bwrap sandbox with its limits (CPU only)")
+                         "in the bwrap sandbox with its limits (CPU only); grader: the statistic in this "
+                         "process on the kernel's CPU time read from outside (the hidden test since issue 17)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     conditions = ["quiet", "loaded"] if args.load == "both" else [args.load]
@@ -204,6 +270,8 @@ def main(argv=None):
     for cond in conditions:
         if args.where == "kernel":
             res = run_in_kernels(args.trials, cond, args.busy, args.threads, args.clock)
+        elif args.where == "grader":
+            res = run_in_grader(args.trials, cond, args.busy)
         else:
             res = run(args.trials, cond, args.busy, args.device, args.clock)
         summary.append((cond, *report(cond, args.busy, res)))

@@ -66,8 +66,7 @@ def call(part, fn, *args, **kwargs):
     except StudentError as exc:
         if exc.blank or "_____" in str(exc):
             raise AssertionError(f"{part}: {exc.blank or 'a blank'} is still a blank `_____`: fill it in") from None
-        name = getattr(fn, "_info", {}).get("type", "your code") if isinstance(fn, Remote) else \
-            getattr(fn, "__name__", "your code")
+        name = fn.__name__ if isinstance(fn, Remote) else getattr(fn, "__name__", "your code")
         raise AssertionError(f"{part}: {name} raised {type(exc).__name__}: {exc}") from None
 
 

@@ -259,6 +259,7 @@ class Remote:
         object.__setattr__(self, "_info", {"$ref": int(info["$ref"]),
                                            "type": str(info.get("type", "?"))[:100],
                                            "kinds": [str(k)[:100] for k in (info.get("kinds") or [])][:32],
+                                           "name": str(info.get("name") or info.get("type", "?"))[:100],
                                            "is_class": bool(info.get("is_class"))})
 
     def __call__(self, *args, **kwargs):
@@ -274,7 +275,7 @@ class Remote:
 
     @property
     def __name__(self):
-        return self._info["type"] if self._info["is_class"] else self._kernel.getattr(self, "__name__")
+        return self._info["name"]
 
     def __repr__(self):
         return f"<the student's {self._info['type']}>"

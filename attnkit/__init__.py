@@ -2,9 +2,9 @@
 
 The CLI (``python -m attnkit`` / ``./kit``) wraps nbgrader with fixes for its grading traps
 (README, "How grading avoids nbgrader's traps"). The helper students receive lives in
-``source/hw9/attention_checks.py``. Which process a module runs in: attnkit/grader/ and grader_checks.py
-in the grader (never bound into the sandbox); kernel.py, agent.py and wire.py in the student's kernel
-(sandbox.KERNEL_MODULES, readable by students); everything else in the instructor's or grading process.
+``source/hw9/attention_checks.py``. Which process a module runs in: attnkit/grader/ in the grader
+(never bound into the sandbox); attnkit/kernel/ in the student's kernel (sandbox.KERNEL_MODULES, readable
+by students); everything else in the instructor's or grading process.
 """
 __version__ = "0.1.0"
 

@@ -15,8 +15,8 @@ Modes (``detect()`` picks one at start; ``ATTNKIT_SANDBOX=bwrap|setpriv|none`` f
   of that uid is killed. No network or process isolation.
 * ``none`` - the kernel runs as the grader (students' own machines: ./kit validate).
 
-The kernel side (rlimits, the zygote) is attnkit/kernel.py; the agent hidden tests reach it through is
-attnkit/agent.py.
+The kernel side (rlimits, the zygote) is attnkit/kernel/__main__.py; the agent hidden tests reach it through is
+attnkit/kernel/agent.py.
 """
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ BWRAP, SETPRIV = shutil.which("bwrap") or "/usr/bin/bwrap", shutil.which("setpri
 KIT_DIR = os.path.dirname(os.path.abspath(__file__))
 # Only these kit modules are visible to a kernel: the package will hold fixture banks with right answers.
 # The kit's files a kernel can see: its start-up, the agent hidden tests reach it through, their data format.
-# Nothing of the grader (hidden tests, references, grader_checks.py, attnkit/grader/) is ever bound in.
-KERNEL_MODULES = ("__init__.py", "kernel.py", "agent.py", "wire.py")
+# Nothing of the grader (hidden tests, references, attnkit/grader/) is ever bound in.
+KERNEL_MODULES = ("__init__.py", "kernel/__init__.py", "kernel/__main__.py", "kernel/agent.py", "kernel/wire.py")
 SANDBOX_KIT = "/opt/attnkit"          # the kernel's PYTHONPATH entry holding attnkit/<KERNEL_MODULES>
 SANDBOX_HOME = "/home/student"        # the kernel's working folder (tmpfs)
 UID_BASE = 2_000_000                  # far above real users and the usual subuid ranges
@@ -228,6 +228,8 @@ def bwrap_argv(inner: list[str], *, uid: int, workfiles: dict, run_dir: str | No
         a += ["--ro-bind", root, root]
         mounted.append(root)
     a += ["--perms", "0755", "--dir", SANDBOX_KIT, "--perms", "0755", "--dir", f"{SANDBOX_KIT}/attnkit"]
+    for sub in sorted({os.path.dirname(n) for n in KERNEL_MODULES if os.path.dirname(n)}):
+        a += ["--perms", "0755", "--dir", f"{SANDBOX_KIT}/attnkit/{sub}"]
     for name in KERNEL_MODULES:
         path = os.path.join(KIT_DIR, name)
         if os.path.isfile(path):
@@ -827,8 +829,9 @@ class CourseKernelManager(AsyncKernelManager):
             os.makedirs(dest)
             for name in KERNEL_MODULES:
                 if os.path.isfile(os.path.join(KIT_DIR, name)):
-                    shutil.copy(os.path.join(KIT_DIR, name), dest)
-            for d in (dest, os.path.dirname(dest)):
+                    os.makedirs(os.path.dirname(os.path.join(dest, name)), mode=0o755, exist_ok=True)
+                    shutil.copy(os.path.join(KIT_DIR, name), os.path.join(dest, name))
+            for d in (dest, os.path.dirname(dest), *(os.path.join(dest, os.path.dirname(n)) for n in KERNEL_MODULES)):
                 os.chmod(d, 0o755)
         return os.path.dirname(dest)
 

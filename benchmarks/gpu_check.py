@@ -89,7 +89,7 @@ def timing_verdicts(ns: dict, device: str, log=print) -> int:
     import torch
 
     try:
-        from attnkit.grader_checks import attention_inputs, elu_feature_map, measure_growth
+        from attnkit.grader.checks import attention_inputs, elu_feature_map, measure_growth
     except ImportError:  # before the grader-side split
         from attention_checks import attention_inputs, elu_feature_map, measure_growth
     linear, quadratic = ns["kernel_attention_linear"], ns["kernel_attention_quadratic"]

@@ -3,7 +3,7 @@
 Grader process only. ``run_hidden_regions`` is called by CourseExecute (attnkit/sandbox.py) for a test
 cell after the cell's visible part ran in the kernel. Each hidden region runs in a worker thread of this
 process (attnkit/grader/hidden.py); each request it makes to the student's kernel becomes one
-execute_request for the agent (attnkit/agent.py), sent from the executor's event loop, and its reply is
+execute_request for the agent (attnkit/kernel/agent.py), sent from the executor's event loop, and its reply is
 the agent's display output for that request alone. Everything else the kernel sends meanwhile (the
 student's prints, displays) is read and dropped.
 """
@@ -24,9 +24,9 @@ from attnkit.grader.meter import KernelMeter
 from attnkit.grader.remote import REPLY_MIME, Kernel, KernelDied, KernelGone, MAX_REPLY, RequestTimeout
 
 PROFILE = os.environ.get("ATTNKIT_PROFILE_HIDDEN")   # a file: one line per hidden region (seconds, requests)
-AGENT_CALL = "__import__('attnkit.agent').agent.serve({!r})"
-LISTEN = "__import__('attnkit.agent').agent.listen()"
-COMM_TARGET = "attnkit.agent"   # attnkit.agent.COMM_TARGET
+AGENT_CALL = "__import__('attnkit.kernel.agent').kernel.agent.serve({!r})"
+LISTEN = "__import__('attnkit.kernel.agent').kernel.agent.listen()"
+COMM_TARGET = "attnkit.kernel.agent"   # attnkit.kernel.agent.COMM_TARGET
 
 
 async def _request(executor, kernel: Kernel | None, text: str | None, deadline: float, code: str | None = None) -> str:

@@ -2,7 +2,7 @@
 
 The region is the instructor's code from the source notebook (restored from the gradebook), run
 with ``exec`` in a fresh namespace of the grader's: torch, nn, F, math, the course's checking helpers
-(the grader's copy of ``attention_checks.py``, never the kernel's) and ``attnkit.grader_checks``. Every
+(the grader's copy of ``attention_checks.py``, never the kernel's) and ``attnkit.grader.checks``. Every
 other name it reads (``MultiHeadAttention``, ``poly_kernel``, ``answer_A``) is looked up in the
 student's kernel once, before the region runs, and stands for the kernel's object (grader/remote.py).
 
@@ -54,7 +54,7 @@ def load_helpers(folder) -> dict:
             sys.modules[name] = module
             spec.loader.exec_module(module)
             _loaded[name] = digest
-            sys.modules.pop("attnkit.grader_checks", None)  # it imports from the helper
+            sys.modules.pop("attnkit.grader.checks", None)  # it imports from the helper
         mods[name] = sys.modules[name]
     return mods
 
@@ -76,9 +76,9 @@ def namespace(kernel: Kernel, folder) -> dict:
           "F": torch.nn.functional, "math": math}
     for module in load_helpers(folder).values():
         ns.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
-    import attnkit.grader_checks as gc
+    import attnkit.grader.checks as gc
     ns.update({k: v for k, v in vars(gc).items() if not k.startswith("_")})
-    from attnkit import wire
+    from attnkit.kernel import wire
     from attnkit.grader import growth
     ns.update(wire=wire, kernel=kernel, kind=kind, is_kind=is_kind, StudentError=StudentError, call=call,
               check_linear_time=growth.check_linear_time, check_linear_memory=growth.check_linear_memory)

@@ -1,7 +1,7 @@
 """The grader's view of the student's kernel: names that stand for the kernel's objects.
 
 Grader process only. A hidden test runs here, where ``MultiHeadAttention`` or ``poly_kernel`` is a
-``Remote``: calling it sends a request to the kernel's agent (attnkit/agent.py) with the arguments
+``Remote``: calling it sends a request to the kernel's agent (attnkit/kernel/agent.py) with the arguments
 by value, and what comes back is data (tensors, numbers, shapes, dtypes), another ``Remote`` for an
 object that stays in the kernel, or a ``StudentError`` carrying the exception's type name and a
 capped excerpt of its message. Nothing of the grader's is ever sent: a request holds values and
@@ -14,10 +14,10 @@ import re
 
 import torch
 
-from attnkit import wire
+from attnkit.kernel import wire
 
-REPLY_MIME = "text/vnd.attnkit.reply+json"   # the agent's display type (attnkit.agent.REPLY_MIME)
-CALLBACK_PROMPT = "\x00attnkit-callback:"     # attnkit.agent.CALLBACK_PROMPT
+REPLY_MIME = "text/vnd.attnkit.reply+json"   # the agent's display type (attnkit.kernel.agent.REPLY_MIME)
+CALLBACK_PROMPT = "\x00attnkit-callback:"     # attnkit.kernel.agent.CALLBACK_PROMPT
 MAX_REPLY = 64 << 20                          # bytes of one reply
 
 
@@ -94,7 +94,7 @@ class Kernel:
         raise wire.WireError(f"a {type(obj).__name__} of the grader's is never sent to the kernel")
 
     def answer_callback(self, prompt: str) -> str:
-        """The reply to the agent's callback request ``prompt`` (attnkit.agent.CALLBACK_PROMPT + JSON):
+        """The reply to the agent's callback request ``prompt`` (attnkit.kernel.agent.CALLBACK_PROMPT + JSON):
         the grader's function run on the arguments sent, its result by value."""
         self.callbacks += 1
         try:
@@ -295,7 +295,7 @@ def is_kind(obj, name: str) -> bool:
 def in_process(namespace: dict) -> Kernel:
     """A Kernel whose agent runs in this process over ``namespace`` (benchmarks, unit tests): the same
     requests and the same format, without a sandbox."""
-    from attnkit import agent
+    from attnkit.kernel import agent
 
     def send(text):
         agent._ask = kernel.answer_callback

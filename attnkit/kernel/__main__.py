@@ -3,7 +3,7 @@
 The host side (attnkit/sandbox.py) starts this module inside bubblewrap as an unprivileged
 uid; here, before any notebook cell runs, the limits it passes are made hard (soft = hard, so
 the notebook cannot raise them). No hidden test runs here: the grader process (attnkit/grader/)
-reaches the kernel only through the agent (attnkit/agent.py), with data.
+reaches the kernel only through the agent (attnkit/kernel/agent.py), with data.
 
 * memory (RLIMIT_DATA): a notebook that asks for too much gets an error in its own cell;
 * processes (RLIMIT_NPROC, of the sandbox's uid): a fork bomb stops at the limit;
@@ -284,7 +284,7 @@ def zygote(fd: int, preload: list[str] = ()) -> None:
 
     ctypes.CDLL(None).prctl(4, 0)  # PR_SET_DUMPABLE=0: no ptrace or /proc/<pid>/mem by a notebook
     import torch  # noqa: F401
-    import attnkit.agent  # noqa: F401  (what hidden tests reach the kernel through)
+    import attnkit.kernel.agent  # noqa: F401  (what hidden tests reach the kernel through)
     import numpy  # noqa: F401
     from ipykernel import kernelapp  # noqa: F401
     import ipykernel.ipkernel  # noqa: F401

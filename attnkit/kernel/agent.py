@@ -3,11 +3,11 @@
 Kernel side (bound read-only into the sandbox; students may read it: it holds no answer, no test,
 no reference). The grader process (attnkit/grader/) sends one request per execute_request,
 
-    __import__("attnkit.agent").agent.serve('<json>')
+    __import__("attnkit.kernel.agent").kernel.agent.serve('<json>')
 
 and reads the reply from a display output of type REPLY_MIME. A request names something in the
 student's namespace or an object the agent handed out earlier (``$ref``), and carries its arguments
-by value (attnkit/wire.py). The agent does exactly what it is asked: look names up, call, read or set
+by value (attnkit/kernel/wire.py). The agent does exactly what it is asked: look names up, call, read or set
 an attribute, create a bare instance, record the locals a function binds, take gradients. It never
 decides anything: every comparison and verdict happens in the grader.
 
@@ -28,7 +28,7 @@ import traceback
 
 import torch
 
-from attnkit import wire
+from attnkit.kernel import wire
 
 REPLY_MIME = "text/vnd.attnkit.reply+json"
 ERROR_BYTES = 300
@@ -403,7 +403,7 @@ def serve(text: str) -> None:
     publish_display_data({REPLY_MIME: payload})
 
 
-COMM_TARGET = "attnkit.agent"
+COMM_TARGET = "attnkit.kernel.agent"
 
 
 def listen() -> None:

@@ -29,6 +29,22 @@ LISTEN = "__import__('attnkit.kernel.agent').kernel.agent.listen()"
 COMM_TARGET = "attnkit.kernel.agent"   # attnkit.kernel.agent.COMM_TARGET
 
 
+async def _time_left(executor, msg_id, deadline) -> float:
+    """Seconds left for request ``msg_id``; past the deadline the kernel is interrupted and RequestTimeout raised."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        await executor.km.interrupt_kernel()
+        await _drain(executor.kc, msg_id, 5)
+        raise RequestTimeout(f"stopped after {executor.timeout} s: the code this test calls did not finish "
+                             "(an infinite loop?)")
+    return left
+
+
+async def _alive(km) -> None:
+    if not await km.is_alive():
+        raise KernelDied("the Python kernel died while a hidden test was calling your code")
+
+
 async def _request(executor, kernel: Kernel | None, text: str | None, deadline: float, code: str | None = None) -> str:
     """One request as an execute_request of AGENT_CALL (``code`` instead: run that); the reply is the
     agent's display output. The kernel may call back (kernel.answer_callback) over the stdin channel."""
@@ -40,12 +56,7 @@ async def _request(executor, kernel: Kernel | None, text: str | None, deadline: 
     poller.register(kc.stdin_channel.socket, zmq.POLLIN)
     poller.register(kc.iopub_channel.socket, zmq.POLLIN)
     while not idle:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            await km.interrupt_kernel()
-            await _drain(kc, msg_id, 5)
-            raise RequestTimeout(f"stopped after {executor.timeout} s: the code this test calls did not finish "
-                                 "(an infinite loop?)")
+        left = await _time_left(executor, msg_id, deadline)
         ready = dict(await poller.poll(int(min(1.0, left) * 1000)))
         if kc.stdin_channel.socket in ready:  # a callback: a test function's value on arguments the kernel sends
             ask = await kc.get_stdin_msg(timeout=0)
@@ -55,8 +66,7 @@ async def _request(executor, kernel: Kernel | None, text: str | None, deadline: 
                 kc.input(kernel.answer_callback(prompt if isinstance(prompt, str) else ""))
             continue
         if kc.iopub_channel.socket not in ready:
-            if not await km.is_alive():
-                raise KernelDied("the Python kernel died while a hidden test was calling your code") from None
+            await _alive(km)
             continue
         msg = await kc.get_iopub_msg(timeout=0)
         if msg.get("parent_header", {}).get("msg_id") != msg_id:
@@ -88,17 +98,11 @@ async def _comm_request(executor, text: str, deadline: float) -> str:
     kc.shell_channel.send(msg)
     msg_id = msg["header"]["msg_id"]
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            await km.interrupt_kernel()
-            await _drain(kc, msg_id, 5)
-            raise RequestTimeout(f"stopped after {executor.timeout} s: the code this test calls did not finish "
-                                 "(an infinite loop?)")
+        left = await _time_left(executor, msg_id, deadline)
         try:
             reply = await kc.get_iopub_msg(timeout=min(1.0, left))
         except Empty:
-            if not await km.is_alive():
-                raise KernelDied("the Python kernel died while a hidden test was calling your code") from None
+            await _alive(km)
             continue
         if reply.get("parent_header", {}).get("msg_id") == msg_id and reply["msg_type"] == "comm_msg":
             data = reply.get("content", {}).get("data", {})
@@ -108,28 +112,29 @@ async def _comm_request(executor, text: str, deadline: float) -> str:
             return payload
 
 
-async def _shell_reply(kc, msg_id, timeout):
+async def _until(get, msg_id, timeout, done=lambda msg: True) -> bool:
+    """Read messages with ``get`` until one answering request ``msg_id`` satisfies ``done`` (True) or the
+    time is up (False); the others are dropped."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
-            msg = await kc.get_shell_msg(timeout=max(0.05, end - time.monotonic()))
+            msg = await get(timeout=max(0.05, end - time.monotonic()))
         except Empty:
-            return
-        if msg.get("parent_header", {}).get("msg_id") == msg_id:
-            return
+            return False
+        if msg.get("parent_header", {}).get("msg_id") == msg_id and done(msg):
+            return True
+    return False
+
+
+async def _shell_reply(kc, msg_id, timeout):
+    await _until(kc.get_shell_msg, msg_id, timeout)
 
 
 async def _drain(kc, msg_id, timeout):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            msg = await kc.get_iopub_msg(timeout=max(0.05, end - time.monotonic()))
-        except Empty:
-            return
-        if (msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == "status"
-                and msg["content"].get("execution_state") == "idle"):
-            await _shell_reply(kc, msg_id, 1)
-            return
+    """After an interrupt: wait until the kernel is idle again, then for the request's reply."""
+    idle = lambda msg: msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle"
+    if await _until(kc.get_iopub_msg, msg_id, timeout, idle):
+        await _until(kc.get_shell_msg, msg_id, 1)
 
 
 def kernel_meter(executor) -> KernelMeter:

@@ -66,9 +66,12 @@ def measure_time_growth(kernel, meter, fn, make_args, *, device="cpu", start=256
     floor_s = max(floor_s, 10 * timed.overhead)
     best = {}
 
+    kept = []  # references this measurement made (released at the end), not the ones it was given
+
     def keep(n):
         values = make_args(n)
         refs = kernel.keep(*(v for v in values if not callable(v)))
+        kept.extend(refs)
         refs = [refs.pop(0) if not callable(v) else v for v in values]
         if verify is not None:  # one untimed call, what it returns checked (shape, dtype)
             verify(values, kernel.describe(fn, *refs))
@@ -103,13 +106,16 @@ def measure_time_growth(kernel, meter, fn, make_args, *, device="cpu", start=256
             for m in order:
                 best[m] = min(best[m], timed(inputs[m]))
 
-    run_rounds(rounds)
-    exps = _exponents(sizes, [best[m] for m in sizes])
-    stat = _median(exps)
-    if abs(stat - threshold) < grey:
+    try:
         run_rounds(rounds)
         exps = _exponents(sizes, [best[m] for m in sizes])
         stat = _median(exps)
+        if abs(stat - threshold) < grey:
+            run_rounds(rounds)
+            exps = _exponents(sizes, [best[m] for m in sizes])
+            stat = _median(exps)
+    finally:
+        kernel.release(*kept)
     return {"sizes": sizes, "times": [best[m] for m in sizes], "exponents": exps, "statistic": stat,
             "verdict": "linear" if stat < threshold else "quadratic", "threshold": threshold,
             "seconds": time.perf_counter() - t_start, "clock": "wall" if timed.cuda else "kernel CPU"}
@@ -134,12 +140,13 @@ def check_linear_memory(kernel, meter, fn, make_args, sizes, *, part, floor_mb=8
     peaks = []
     for n in sizes:
         values = make_args(n)
-        refs = kernel.keep(*(v for v in values if not callable(v)))
+        kept = kernel.keep(*(v for v in values if not callable(v)))
+        refs = list(kept)
         args = [refs.pop(0) if not callable(v) else v for v in values]
         base = meter.reset_peak()
         kernel.call_discarding(fn, *args)
         peaks.append(max(meter.peak_bytes() - base, 1))
-        args = None
+        kernel.release(*kept)
     exps = _exponents(sizes, peaks)
     table = ", ".join(f"N={n}: {p / 2 ** 20:.1f} MB" for n, p in zip(sizes, peaks))
     if exps[-1] > limit and peaks[-1] >= floor_mb * 2 ** 20:

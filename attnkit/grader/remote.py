@@ -123,6 +123,12 @@ class Kernel:
         return self.value(self.request(op="call", target=self.send(target), args=self.send(list(args)),
                                        kwargs=self.send(kwargs)))
 
+    def release(self, *remotes) -> None:
+        """The kernel may drop these objects (kept inputs of timed calls, once measured)."""
+        refs = [{"$ref": r._info["$ref"]} for r in remotes if isinstance(r, Remote)]
+        if refs:
+            self.request(op="release", refs=refs)
+
     def module_attr(self, module: str, name: str):
         """``module.name`` as the kernel has it (a module the kernel imported, e.g. the course helper)."""
         return self.value(self.request(op="module_attr", module=str(module), name=str(name)))

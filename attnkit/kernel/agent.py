@@ -20,6 +20,7 @@ import ast
 import builtins
 import dis
 import inspect
+import itertools
 import json
 import re
 import sys
@@ -33,8 +34,9 @@ from attnkit.kernel import wire
 REPLY_MIME = "text/vnd.attnkit.reply+json"
 ERROR_BYTES = 300
 BLANK = "_____"
-_objects: dict[int, object] = {}
-_ids: dict[int, int] = {}
+_objects: dict[int, object] = {}   # reference number -> object handed to the grader
+_ids: dict[int, int] = {}          # id(object) -> its reference number
+_numbers = itertools.count(1)
 
 
 def _namespace() -> dict:
@@ -47,7 +49,7 @@ def _namespace() -> dict:
 def _ref(obj) -> dict:
     key = id(obj)
     if key not in _ids or _objects.get(_ids[key]) is not obj:
-        _ids[key] = len(_objects) + 1
+        _ids[key] = next(_numbers)
         _objects[_ids[key]] = obj
     cls = obj if isinstance(obj, type) else type(obj)
     kinds = [c.__name__ for c in getattr(cls, "__mro__", ())][:32]
@@ -330,6 +332,12 @@ def handle(request: dict, namespace: dict | None = None):
         for name, value in kwargs.items():
             _setattr(obj, str(name), value)
         return _out(obj)
+    if op == "release":  # the grader is done with these references: the objects may go
+        for data in request.get("refs", [])[:100_000]:
+            obj = _objects.pop(data.get("$ref") if isinstance(data, dict) else None, None)
+            if obj is not None and _ids.get(id(obj)) == data.get("$ref"):
+                del _ids[id(obj)]
+        return None
     if op == "keep":  # the arguments stay in the kernel; the grader gets references to pass back
         return [_ref(a) for a in args]
     if op == "call":

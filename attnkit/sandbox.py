@@ -48,7 +48,6 @@ from nbgrader.preprocessors import Execute
 from traitlets import Bool, DottedObjectName, Integer, List, Unicode, default
 
 from attnkit import markup
-from attnkit.grader import channel, hidden
 from attnkit.notebooks import is_test_cell
 
 ENV_MODE = "ATTNKIT_SANDBOX"
@@ -915,6 +914,8 @@ class CourseExecute(Execute):
     async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
         """A test cell whose hidden regions run in the grader (attnkit/grader/): its visible part runs
         here in the kernel, then, if that passed, the hidden regions in this process."""
+        from attnkit.grader import channel, hidden  # the grading process only (torch: 150 MB a process)
+
         graded_here = []
         if is_test_cell(cell) and cell.cell_type == "code":
             visible, regions = markup.split_hidden(cell.source)

@@ -29,8 +29,8 @@ def _exponents(sizes, costs):
 class Timer:
     """Seconds of one call of the student's ``fn`` on kept inputs: the kernel's CPU time (CPU) or the
     wall clock around a synchronised call (CUDA). ``overhead`` is the same reading of a request that does
-    nothing: sizes start where a call takes ten times that, so the overhead flattens no exponent by more
-    than a tenth (subtracting it instead made the smallest sizes' times noise)."""
+    nothing: sizes start where a call takes three times that, so the overhead can only flatten the first
+    exponents, never steepen one (subtracting it instead made the smallest sizes' times noise)."""
 
     def __init__(self, kernel, meter, fn, device="cpu"):
         self.kernel, self.meter, self.fn, self.cuda = kernel, meter, fn, str(device).startswith("cuda")
@@ -63,7 +63,7 @@ def measure_time_growth(kernel, meter, fn, make_args, *, device="cpu", start=256
     t_start = time.perf_counter()
     rng = random.Random(seed)
     timed = Timer(kernel, meter, fn, device)
-    floor_s = max(floor_s, 10 * timed.overhead)
+    floor_s = max(floor_s, 3 * timed.overhead)
     best = {}
 
     kept = []  # references this measurement made (released at the end), not the ones it was given

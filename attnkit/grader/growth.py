@@ -28,14 +28,14 @@ def _exponents(sizes, costs):
 
 class Timer:
     """Seconds of one call of the student's ``fn`` on kept inputs: the kernel's CPU time (CPU) or the
-    wall clock around a synchronised call (CUDA). ``overhead`` is the same reading of a request that does
-    nothing: sizes start where a call takes three times that, so the overhead can only flatten the first
-    exponents, never steepen one (subtracting it instead made the smallest sizes' times noise)."""
+    wall clock around a synchronised call (CUDA), less ``overhead``: the least of five readings of a request
+    that does nothing (the agent's and ipykernel's own work). Sizes start where a call takes three times
+    that, so what is left of the overhead's variation is small against the call."""
 
     def __init__(self, kernel, meter, fn, device="cpu"):
         self.kernel, self.meter, self.fn, self.cuda = kernel, meter, fn, str(device).startswith("cuda")
         self.calls, self.pids, self.overhead = 0, [], 0.0
-        self.overhead = min(self._raw(None, ()) for _ in range(5))
+        self.overhead = min(self._raw(None, ()) for _ in range(5))  # (read before any subtraction)
 
     def _raw(self, fn, args):
         call = (lambda: self.kernel.request(op="noop")) if fn is None else \
@@ -52,7 +52,7 @@ class Timer:
         return (self.meter.cpu_ns(self.pids) - before) / 1e9
 
     def __call__(self, args) -> float:
-        return max(self._raw(self.fn, args), 1e-9)
+        return max(self._raw(self.fn, args) - self.overhead, 1e-9)
 
 
 def measure_time_growth(kernel, meter, fn, make_args, *, device="cpu", start=256, floor_s=1e-3, doublings=4, rounds=7,

@@ -1,8 +1,8 @@
 # The one nbgrader configuration of the course. nbgrader ignores --config, so the kit
 # (./kit, python -m attnkit) loads this file itself; nbgrader_config.py loads it too, for
 # nbgrader's own CLI and the formgrader.
-from attnkit.transforms import (CheckCellMetadataOnce, ClearSolutionsWithStubs, DropDuplicateIds, NormaliseSubmission,
-                                ScoreOnlyErrors, ScrubTestOutputs)
+from attnkit.transforms import (CapOutputs, CheckCellMetadataOnce, ClearSolutionsWithStubs, DropDuplicateIds,
+                                NormaliseSubmission, ScoreOnlyErrors, ScrubTestOutputs)
 from attnkit.sandbox import CourseExecute
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
 from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests,
@@ -37,7 +37,7 @@ c.Autograde.sanitize_preprocessors = [
     ClearOutput, DropDuplicateIds, OverwriteKernelspec, NormaliseSubmission, CheckCellMetadataOnce,
 ]
 c.Autograde.autograde_preprocessors = [
-    CourseExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, ScoreOnlyErrors,
+    CourseExecute, CapOutputs, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, ScoreOnlyErrors,
     SaveAutoGrades, AssignLatePenalties, CheckCellMetadataOnce,
 ]
 import os  # noqa: E402
@@ -59,6 +59,10 @@ c.CourseKernelManager.max_file_mb = 256    # largest file written (disk fill)
 c.CourseKernelManager.scratch_mb = 256     # the kernel's writable working folder (tmpfs)
 c.CourseKernelManager.cpu_seconds = 900    # CPU seconds per kernel process, on top of the per-cell timeout
 c.LimitOutput.max_lines = 200
+# ... and in bytes (CapOutputs): 1 MiB of text per cell, 2 MiB per image, 16 MiB of outputs per notebook
+c.CapOutputs.max_cell_bytes = 1 << 20
+c.CapOutputs.max_image_bytes = 2 << 20
+c.CapOutputs.max_notebook_bytes = 16 << 20
 
 # Feedback: no hidden tests, no mark schemes, no tracebacks that quote them.
 c.GenerateFeedback.preprocessors = [

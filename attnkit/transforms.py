@@ -11,6 +11,7 @@
   notebook's metadata that steers execution or grading (tags such as ``skip-execution`` or
   ``raises-exception``, the nbgrader flags and points, the language info) comes from the gradebook,
   never from the submission; everything else in the metadata is dropped.
+* CapOutputs - outputs capped in bytes (text per cell, each image, the whole notebook), not in lines.
 * CheckCellMetadataOnce - nbgrader's CheckCellMetadata, the same checks, with the metadata
   schema itself checked once per process instead of once per cell.
 
@@ -18,10 +19,12 @@ CourseExecute (the course's kernel, in the grading sandbox) lives in attnkit/san
 """
 from __future__ import annotations
 
+import json
 import traceback
 
 import jsonschema
 from nbgrader.nbgraderformat import MetadataValidator, ValidationError
+from traitlets import Integer
 from nbgrader.nbgraderformat.common import BaseMetadataValidator, SchemaTooNewError, SchemaTooOldError
 from nbgrader.api import MissingEntry
 from nbgrader.preprocessors import (CheckCellMetadata, ClearSolutions, DeduplicateIds, NbGraderPreprocessor,
@@ -218,3 +221,86 @@ class CheckCellMetadataOnce(CheckCellMetadata):
             self.log.error(msg)
             raise ValidationError(msg)
         return nb, resources
+
+
+class CapOutputs(NbGraderPreprocessor):
+    """Outputs capped in bytes, not lines (after execution, before the grades are saved).
+
+    LimitOutput counts lines: one line of 1 GiB, or a 500 MiB image, passed it whole into the autograded
+    notebook and the feedback. Here each code cell keeps at most ``max_cell_bytes`` of text (stream,
+    text/* data, error messages), an image over ``max_image_bytes`` is replaced by a note, and the notebook
+    keeps at most ``max_notebook_bytes`` of outputs (the biggest answer-cell outputs go first; a test cell
+    keeps its error, which is its score). What is cut is said in the output, with its size.
+    """
+
+    max_cell_bytes = Integer(1 << 20, help="bytes of text outputs kept per code cell").tag(config=True)
+    max_image_bytes = Integer(2 << 20, help="bytes of one image output kept (base64)").tag(config=True)
+    max_notebook_bytes = Integer(16 << 20, help="bytes of outputs kept per notebook").tag(config=True)
+
+    def preprocess(self, nb, resources):
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs = self._cap_cell(cell.get("outputs", []))
+        total = sum(self._size(c) for c in nb.cells if c.cell_type == "code")
+        for cell in sorted((c for c in nb.cells if c.cell_type == "code" and not is_test_cell(c)),
+                           key=self._size, reverse=True):
+            if total <= self.max_notebook_bytes:
+                break
+            size = self._size(cell)
+            cell.outputs = [NotebookNode(output_type="stream", name="stdout",
+                                         text=f"[{size:,} bytes of output removed: the notebook's outputs are capped "
+                                              f"at {self.max_notebook_bytes:,} bytes]\n")]
+            total -= size
+        return nb, resources
+
+    @staticmethod
+    def _size(cell) -> int:
+        return sum(len(json.dumps(o)) for o in cell.get("outputs", []))
+
+    def _cap_cell(self, outputs):
+        left, kept, cut = self.max_cell_bytes, [], 0
+        for out in outputs:
+            if out.output_type == "stream":
+                text = out.get("text", "")
+                text = "".join(text) if isinstance(text, list) else text
+                if left <= 0:
+                    cut += len(text.encode("utf-8", "replace"))
+                    continue
+                raw = text.encode("utf-8", "replace")
+                if len(raw) > left:
+                    cut += len(raw) - left
+                    out.text = raw[:left].decode("utf-8", "ignore")
+                left -= min(len(raw), left)
+                kept.append(out)
+            elif out.output_type in ("display_data", "execute_result"):
+                data = out.get("data", {})
+                for mime in list(data):
+                    value = data[mime]
+                    value = "".join(value) if isinstance(value, list) else value
+                    size = len(value.encode("utf-8", "replace")) if isinstance(value, str) else len(json.dumps(value))
+                    if mime.startswith("image/") and size > self.max_image_bytes:
+                        del data[mime]
+                        data["text/plain"] = (f"[an image of {size:,} bytes was removed: images are capped at "
+                                              f"{self.max_image_bytes:,} bytes]")
+                    elif not mime.startswith("image/") and size > left:
+                        cut += size - max(left, 0)
+                        if isinstance(value, str) and left > 0:
+                            data[mime] = value.encode("utf-8", "replace")[:left].decode("utf-8", "ignore")
+                        else:
+                            del data[mime]
+                        left = 0
+                    elif not mime.startswith("image/"):
+                        left -= size
+                if data:
+                    kept.append(out)
+            elif out.output_type == "error":
+                out.evalue = str(out.get("evalue", ""))[:4000]
+                out.traceback = [line[:4000] for line in out.get("traceback", [])[:200]]
+                kept.append(out)
+            else:
+                kept.append(out)
+        if cut:
+            kept.append(NotebookNode(output_type="stream", name="stdout",
+                                     text=f"\n[{cut:,} more bytes of output cut: each cell keeps "
+                                          f"{self.max_cell_bytes:,} bytes]\n"))
+        return kept

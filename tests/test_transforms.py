@@ -115,3 +115,27 @@ def test_check_cell_metadata_once_agrees_with_nbgraders_check():
         assert ours == theirs, f"{what}: ours {ours!r}, nbgrader's {theirs!r}"
         seen.add(theirs == "valid")
     assert seen == {True, False}, "the cases should include valid and invalid notebooks"
+
+
+def test_outputs_are_capped_in_bytes_not_lines():
+    """Is one 5 MB line cut to the cell's cap with a note, a 3 MB image replaced, a test cell's error kept?"""
+    import base64
+
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from attnkit.transforms import CapOutputs
+
+    answer = new_code_cell("print('x' * 5_000_000)")
+    answer.outputs = [new_output("stream", name="stdout", text="x" * 5_000_000),
+                      new_output("display_data", data={"image/png": base64.b64encode(b"\0" * 3_000_000).decode()})]
+    test = new_code_cell("assert False", metadata={"nbgrader": {"grade": True, "grade_id": "t", "points": 1,
+                                                                "locked": True, "solution": False}})
+    test.outputs = [new_output("error", ename="AssertionError", evalue="no" * 10, traceback=["tb"])]
+    nb, _ = CapOutputs(max_cell_bytes=1 << 20, max_image_bytes=2 << 20).preprocess(new_notebook(cells=[answer, test]), {})
+    texts = [o for o in nb.cells[0].outputs if o.output_type == "stream"]
+    assert len(texts[0].text) == 1 << 20 and "more bytes of output cut" in texts[-1].text
+    image = next(o for o in nb.cells[0].outputs if o.output_type == "display_data")
+    assert "image/png" not in image.data and "image of" in image.data["text/plain"]
+    assert [o.ename for o in nb.cells[1].outputs] == ["AssertionError"]
+    nb, _ = CapOutputs(max_notebook_bytes=100_000).preprocess(nb, {})  # the whole notebook too
+    assert sum(len(str(o)) for c in nb.cells for o in c.outputs) < 200_000 and nb.cells[1].outputs[0].ename

@@ -62,12 +62,26 @@ def check(course: Course, assignments: list[str] | None = None, workers: int | N
                         ok = False
                         log(f"FAIL {where_of(sid)} {nb}: autograded {got:g}/{mx:g}; "
                             f"expected {'full marks' if want == 'full' else '0'}; cells: {', '.join(wrong)}")
+                        for line in why(scratch.path("autograded", sid, assignment, f"{nb}.ipynb"), wrong):
+                            log(f"       {line}")
                     else:
                         log(f"ok   {where_of(sid)} {nb}: autograded {got:g}/{mx:g}")
         finally:
             shutil.rmtree(scratch.root, ignore_errors=True)
     log("check passed" if ok else "check FAILED")
     return ok
+
+
+def why(autograded, cells: list[str]) -> list[str]:
+    """'<cell>: ename: evalue' for each listed cell that failed, as feedback shows it (a cell that
+    passed where it should have failed has no message)."""
+    from attnkit.reports import failures
+
+    try:
+        fails = failures(nbu.read(autograded))
+    except Exception as exc:  # no autograded notebook: the status line above says why
+        return [f"(no autograded notebook to read: {type(exc).__name__})"]
+    return [f"{gid}: {fails[gid].splitlines()[0] if fails[gid] else ''}" for gid in cells if gid in fails]
 
 
 def where_of(sid: str) -> str:

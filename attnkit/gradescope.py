@@ -75,21 +75,31 @@ chmod 755 "$SRC/run_autograder" "$SRC/setup.sh"
 
 RUN_AUTOGRADER = r"""#!/usr/bin/env bash
 # Gradescope runs this once per submission; it always leaves <root>/results/results.json.
-ROOT="${AUTOGRADER_ROOT:-/autograder}"
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="${AUTOGRADER_ROOT:-/autograder}"
 PREFIX="${KIT_PREFIX:-$ROOT/kit-venv}"
-mkdir -p "$ROOT/results"
+# Absolute paths before anything changes directory (a local run may pass relative ones).
+case "$ROOT" in /*) ;; *) ROOT="$PWD/$ROOT" ;; esac
+case "$PREFIX" in /*) ;; *) PREFIX="$PWD/$PREFIX" ;; esac
+RESULTS="$ROOT/results/results.json"
+STOPPED="it stopped before it finished"
+fallback() {  # a valid result, written first: the kit replaces it (atomically) when it finishes
+  mkdir -p "$ROOT/results"
+  cat > "$RESULTS" <<EOF
+{"score": 0, "execution_time": 0, "tests": [], "stdout_visibility": "hidden",
+ "output": "The autograder could not run ($1), so this submission was not graded. This is not your fault: please tell the course staff."}
+EOF
+}
+fallback "$STOPPED"
 export PATH="$PREFIX/bin:$PATH"
 export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT" || cd /
 "$PREFIX/bin/python" -m attnkit.gradescope run --root "$ROOT"
 rc=$?
-if [ "$rc" -ne 0 ] || [ ! -s "$ROOT/results/results.json" ]; then
-  # Python itself failed (no venv, a broken install): still give Gradescope a valid result.
-  cat > "$ROOT/results/results.json" <<EOF
-{"score": 0, "execution_time": 0, "tests": [], "stdout_visibility": "hidden",
- "output": "The autograder could not run (exit status $rc), so this submission was not graded. This is not your fault: please tell the course staff."}
-EOF
+valid() { "$PREFIX/bin/python" -c 'import json, sys; assert "score" in json.load(open(sys.argv[1]))' "$RESULTS"; }
+if grep -q "$STOPPED" "$RESULTS" 2>/dev/null || ! valid 2>/dev/null; then
+  # Python itself failed (no venv, a broken install) before writing a valid result: say how.
+  fallback "exit status $rc"
 fi
 exit 0
 """
@@ -160,18 +170,15 @@ def _redact(obj, secret: list[str]):
     return obj
 
 
-def isolation_probe() -> str:
-    """Which kernel isolation applies here (printed in the hidden log for course staff)."""
-    probe = tempfile.mkdtemp(prefix="attnkit-probe-")
+def isolation() -> str:
+    """The kernel isolation that applies here, in the words ``./kit autograde`` prints: the
+    sandbox's own detection (attnkit.sandbox), which the grading below uses too."""
+    from attnkit import sandbox
+
     try:
-        code = "import sys; from attnkit.kernel import hide_paths; sys.exit(0 if hide_paths([sys.argv[1]]) else 1)"
-        rc = subprocess.run([sys.executable, "-c", code, probe], capture_output=True, timeout=60).returncode
-    except Exception:  # the probe is informative only
-        rc = 1
-    finally:
-        shutil.rmtree(probe, ignore_errors=True)
-    return ("private mount namespace: the kernel sees empty folders in place of source/ and the gradebook"
-            if rc == 0 else "NO mount namespace here (not root, or seccomp): only file permissions protect source/")
+        return sandbox.describe(sandbox.detect())
+    except sandbox.SandboxUnavailable as exc:
+        return f"sandbox: unavailable ({exc})"
 
 
 def _course_for(root: Path, settings: dict) -> Course:
@@ -223,6 +230,7 @@ def results_for(course: Course, assignment: str, settings: dict, matching, finis
     from attnkit import notebooks as nbu
     from attnkit.reports import failures, scores
     from attnkit.results import load_report
+    from attnkit.selfcheck import unanswered
 
     mine = load_report(course.root, assignment).get(STUDENT)
     report = {n.notebook: n for n in (mine.notebooks if mine else [])}
@@ -233,7 +241,7 @@ def results_for(course: Course, assignment: str, settings: dict, matching, finis
             raise
         graded = {}  # stopped before the assignment reached the gradebook
     visibility = settings.get("visibility", "visible")
-    tests, problems, pending = [], [], 0.0
+    tests, problems, missing, written = [], [], [], []
     auto_score = auto_max = 0.0
     for notebook in settings["notebooks"]:
         source_nb = nbu.read(course.path("source", assignment, f"{notebook}.ipynb"))
@@ -247,9 +255,13 @@ def results_for(course: Course, assignment: str, settings: dict, matching, finis
         if status == "unfinished":
             message = ("not graded: grading stopped before this notebook finished (time limit); scored 0"
                        if not finished else "not graded (the grader recorded no result); scored 0")
-        if status != "graded":
+        if status == "missing":
+            missing.append(f"{notebook}.ipynb")
+        elif status != "graded":
             problems.append(f"{notebook}.ipynb: {message}")
-        fails = failures(nbu.read(autograded)) if status == "graded" and autograded.exists() else {}
+        student_nb = nbu.read(autograded) if status == "graded" and autograded.exists() else None
+        fails = failures(student_nb) if student_nb is not None else {}
+        answers = {nbu.grade_id(c): c for c in (student_nb.cells if student_nb is not None else [])}
         for cell in source_nb.cells:
             gid = nbu.grade_id(cell)
             if not nbu.meta(cell).get("grade"):
@@ -257,12 +269,11 @@ def results_for(course: Course, assignment: str, settings: dict, matching, finis
             points = float(nbu.meta(cell).get("points", 0))
             name = f"{notebook}: {gid}"
             if nbu.is_manual_cell(cell):
-                pending += points
-                if settings.get("written", "pending") == "pending":
-                    tests.append({"name": name + " (written answer)", "score": 0.0, "max_score": points,
-                                  "status": "failed", "visibility": visibility,
-                                  "output": "graded by hand by the course staff later; 0 until then"
-                                            if status == "graded" else message})
+                # Not a test: Gradescope shows every test as passed (green) or failed (red), one
+                # without a score as failed too; a written answer is neither yet (see _written_lines).
+                if status == "graded":
+                    empty = gid not in answers or unanswered(answers[gid])
+                    written.append((name, points, "not answered" if empty else "awaiting grading"))
                 continue
             score = float(cells.get(gid, (0, points))[0] or 0) if status == "graded" else 0.0
             auto_score += score
@@ -277,8 +288,8 @@ def results_for(course: Course, assignment: str, settings: dict, matching, finis
                           "status": "passed" if score >= points else "failed",
                           "output": output, "visibility": visibility})
     lines = [f"Autograded score: {auto_score:g} / {auto_max:g} points."]
-    if pending:
-        lines.append(f"Written answers ({pending:g} points) are graded by hand later.")
+    if settings.get("written", "pending") == "pending" and written:
+        lines += _written_lines(written)
     lines.append("Files: " + ("; ".join(f"{up.name} -> {stem}.ipynb" for stem, up in sorted(matching.chosen.items()))
                               or "no notebook of this assignment was found in your upload"))
     if matching.unmatched:
@@ -286,9 +297,19 @@ def results_for(course: Course, assignment: str, settings: dict, matching, finis
     for stem, kept, dropped in matching.duplicates:
         lines.append(f"Two files for {stem}.ipynb: graded {kept}, ignored {', '.join(dropped)}")
     lines += matching.problems
+    if missing:
+        lines.append("Not uploaded, so scored 0: " + ", ".join(missing))
     if problems:
         lines.append("Could not be graded (scored 0): " + " | ".join(problems))
     return {"score": auto_score, "output": "\n".join(lines), "tests": tests, "stdout_visibility": "hidden"}
+
+
+def _written_lines(written) -> list[str]:
+    """The written answers of the notebooks that were graded: in the submission's output text,
+    which Gradescope shows neutrally, with their points (not in the autograded score)."""
+    total = sum(p for _, p, _ in written)
+    return [f"Written answers, not yet graded ({total:g} points, graded by hand by the course staff; not in the "
+            "autograded score):"] + [f"  {name} ({points:g} points): {state}" for name, points, state in written]
 
 
 def run(root: Path, budget_s: float | None = None, log=print) -> dict:
@@ -296,13 +317,13 @@ def run(root: Path, budget_s: float | None = None, log=print) -> dict:
     from attnkit.collect import match_uploads, place, uploads_in
 
     t0 = time.time()
-    root = Path(root)
+    root = Path(root).resolve()
     budget_s = budget_s or float(os.environ.get("ATTNKIT_GRADESCOPE_BUDGET", DEFAULT_BUDGET_S))
     course, secret = None, []
     try:
         settings = json.loads((root / "source" / SETTINGS).read_text())
         assignment = settings["assignment"]
-        log(f"attnkit {attnkit.__version__} grading {assignment}; kernel isolation: {isolation_probe()}")
+        log(f"attnkit {attnkit.__version__} grading {assignment}; {isolation()}")
         course = _course_for(root, settings)
         secret = _secret_lines(course, assignment)
         submission = root / "submission"

@@ -2,8 +2,9 @@
 
     python selfcheck.py q3_multihead_attention.ipynb [more.ipynb ...]
 
-Exit status 0 when every visible test passes and no blank is left, 1 otherwise, 2 when a
-notebook cannot be run (nbgrader's own ``validate`` always exits 0). This file needs only
+Exit status 0 when every visible test passes, no graded blank is left and every written answer
+is filled in, 1 otherwise, 2 when a notebook cannot be run (nbgrader's own ``validate`` always
+exits 0). A cell that no test grades (an experiment) may keep its blank. This file needs only
 nbformat and nbclient, so it ships as is in the student bundle; ``./kit validate`` runs the same
 report on the course's kernel. Hidden tests are not in student notebooks: they run at grading.
 """
@@ -13,6 +14,8 @@ import os
 import sys
 
 BLANK_MARKERS = ("_____", "raise NotImplementedError")
+TEXT_STUB = "YOUR ANSWER HERE"     # nbgrader's placeholder in a written answer
+NOT_CHECKED = "not checked here"   # what a visible check prints when it could not check its part
 # (Standalone on purpose: it ships in the student bundle, which holds no kit code, so it reads
 # the nbgrader cell metadata and error outputs itself.)
 CELL_TIMEOUT = 120
@@ -22,31 +25,104 @@ def _meta(cell) -> dict:
     return cell.get("metadata", {}).get("nbgrader", {})
 
 
+def _is_test(cell) -> bool:
+    return cell.cell_type == "code" and bool(_meta(cell).get("locked")) and not _meta(cell).get("solution")
+
+
+def live_blanks(source: str) -> bool:
+    """A blank in a line that runs: comment lines (an instructor's ``### STUB:`` line in a source
+    notebook, a hint) hold none."""
+    return any(b in line for line in source.splitlines() if not line.lstrip().startswith("#") for b in BLANK_MARKERS)
+
+
+def _checksum(cell) -> str:
+    """nbgrader's cell checksum (nbgrader.utils.compute_checksum): the release stores it, so an
+    unchanged cell is recognised."""
+    import hashlib
+
+    m, meta = hashlib.md5(), _meta(cell)
+    for part in (cell.source, cell.cell_type, str(bool(meta.get("grade"))), str(bool(meta.get("solution"))),
+                 str(bool(meta.get("locked"))), meta.get("grade_id", "")):
+        m.update(part.encode("utf-8"))
+    if meta.get("grade"):
+        m.update(str(float(meta.get("points") or 0)).encode("utf-8"))
+    return m.hexdigest()
+
+
+def unanswered(cell) -> bool:
+    """A written answer still as released: nbgrader's placeholder, the released text, or nothing."""
+    text = cell.source.strip()
+    return TEXT_STUB in text or not text or _meta(cell).get("checksum") == _checksum(cell)
+
+
+def _graded_later(cells, i: int) -> bool:
+    """Does a graded test cell follow answer cell i before the next code answer cell (what tests it)?"""
+    for cell in cells[i + 1:]:
+        if cell.cell_type == "code" and _meta(cell).get("solution"):
+            return False
+        if _is_test(cell) and _meta(cell).get("grade"):
+            return True
+    return False
+
+
+def _text(output) -> str:
+    if output.get("output_type") == "stream":
+        return output.get("text", "")
+    if output.get("output_type") == "error":
+        return f"{output.get('ename')}: {output.get('evalue')}"
+    return str(output.get("data", {}).get("text/plain", ""))
+
+
 def report(nb, name: str, log=print) -> int:
-    """Exit code for an executed notebook, logging one line per failed test or unfilled blank."""
-    failed, passed, blanks = [], 0, []
+    """Exit code for an executed notebook, logging one line per failed or unchecked test, unfilled
+    blank and unanswered written answer. A source notebook's test cells hold their hidden tests
+    too (``./kit validate`` runs them as grading does): the summary says so."""
+    failed, unchecked, passed, hidden, blanks, optional, written = [], [], 0, 0, [], [], []
+    source = any(_is_test(c) and "BEGIN HIDDEN TESTS" in c.source for c in nb.cells)
     for i, cell in enumerate(nb.cells):
         m = _meta(cell)
         gid = m.get("grade_id") or f"cell {i}"
         if m.get("solution"):
-            if cell.cell_type == "code" and any(b in cell.source for b in BLANK_MARKERS):
-                blanks.append(gid)
+            if cell.cell_type == "markdown":
+                if m.get("grade") and unanswered(cell):
+                    written.append((gid, m.get("points") or 0))
+            elif live_blanks(cell.source):
+                (blanks if _graded_later(nb.cells, i) else optional).append(gid)
             continue
-        if cell.cell_type != "code" or not m.get("locked"):
+        if not _is_test(cell):
             continue
-        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        outputs = cell.get("outputs", [])
+        errors = [o for o in outputs if o.get("output_type") == "error"]
+        text = "\n".join(_text(o) for o in outputs)
         if errors:
-            failed.append((gid, f"{errors[0].get('ename')}: {errors[0].get('evalue')}"))
+            failed.append((gid, _text(errors[0])))
         elif m.get("grade"):
-            passed += 1
+            note = next((line.strip() for line in text.splitlines() if NOT_CHECKED in line), None)
+            if note is None and any(b in text for b in BLANK_MARKERS):  # it ran into a blank but did not raise
+                note = next(line.strip() for line in text.splitlines() if any(b in line for b in BLANK_MARKERS))
+            if note is not None:
+                unchecked.append((gid, note))
+            else:
+                passed += 1
+                hidden += "BEGIN HIDDEN TESTS" in cell.source
     for gid in blanks:
-        log(f"BLANK  {gid}: still has a blank (_____ or NotImplementedError) to fill in")
+        log(f"BLANK    {gid}: still has a blank (_____ or NotImplementedError) to fill in")
+    for gid, points in written:
+        log(f"WRITTEN  {gid}: written answer ({points:g} points) not answered yet (graded by hand)")
     for gid, msg in failed:
-        log(f"FAIL   {gid}: {msg.splitlines()[0] if msg else ''}")
-    log(f"{name}: {passed} visible test cells passed, {len(failed)} failed, {len(blanks)} answer cells unfinished")
-    if not failed and not blanks:
-        log("Success: every visible test passes. Hidden tests run at grading time.")
-    return 1 if failed or blanks else 0
+        log(f"FAIL     {gid}: {msg.splitlines()[0] if msg else ''}")
+    for gid, note in unchecked:
+        log(f"UNCHECKED {gid}: not counted as passed: {note}")
+    for gid in optional:
+        log(f"OPTIONAL {gid}: still has a blank, but no test grades this cell (optional)")
+    tests = (f"{passed} test cells passed ({hidden} of them with hidden tests, run as at grading)" if source
+             else f"{passed} visible test cells passed")
+    log(f"{name}: {tests}, {len(failed)} failed, {len(unchecked)} not checked yet, "
+        f"{len(blanks)} answer cells unfinished, {len(written)} written answers unanswered")
+    if not (failed or unchecked or blanks or written):
+        log("Success: every test passes and every answer is filled in. "
+            + ("Hidden tests ran too." if source else "Hidden tests run at grading time; written answers are graded by hand."))
+    return 1 if failed or unchecked or blanks or written else 0
 
 
 def run(path: str, timeout: int = CELL_TIMEOUT):

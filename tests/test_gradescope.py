@@ -67,8 +67,9 @@ def check_schema(res: dict) -> None:
         assert isinstance(t["score"], float) and isinstance(t["max_score"], float) and 0 <= t["score"] <= t["max_score"]
         assert t["status"] == ("passed" if t["score"] >= t["max_score"] else "failed"), t
         assert t["visibility"] in VISIBILITY
-    auto = [t for t in res["tests"] if "(written answer)" not in t["name"]]
-    assert res["score"] == pytest.approx(sum(t["score"] for t in auto))
+    # every test is an autograded part: a written answer is no test (Gradescope would show it red or green)
+    assert not [t for t in res["tests"] if "written" in t["name"]]
+    assert res["score"] == pytest.approx(sum(t["score"] for t in res["tests"]))
     text = json.dumps(res, ensure_ascii=False)
     leaked = [line for line in secret_lines() if line in text]
     assert not leaked, leaked[:3]
@@ -76,6 +77,12 @@ def check_schema(res: dict) -> None:
 
 def by_name(res: dict) -> dict:
     return {t["name"]: t for t in res["tests"]}
+
+
+def written_parts(stem=NB) -> dict:
+    """grade_id -> points of the written answers (manually graded cells) of a source notebook."""
+    nb = nbu.read(SOURCE / f"{stem}.ipynb")
+    return {nbu.grade_id(c): float(nbu.meta(c)["points"]) for c in nb.cells if nbu.is_manual_cell(c)}
 
 
 # -- the zip and a Gradescope-like root -----------------------------------------------------
@@ -114,10 +121,14 @@ def gradescope_root(tmp: Path, kitzip: Path, files: dict) -> Path:
     return root
 
 
-def run_autograder(root: Path, prefix: str = sys.prefix, timeout=600):
-    env = dict(os.environ, AUTOGRADER_ROOT=str(root), KIT_PREFIX=prefix)
+def run_autograder(root: Path, prefix: str = sys.prefix, timeout=600, cwd=None):
+    """run_autograder as Gradescope runs it; ``cwd`` given: AUTOGRADER_ROOT and KIT_PREFIX relative to it."""
+    if cwd is None:
+        env = dict(os.environ, AUTOGRADER_ROOT=str(root), KIT_PREFIX=prefix)
+    else:
+        env = dict(os.environ, AUTOGRADER_ROOT=os.path.relpath(root, cwd), KIT_PREFIX=os.path.relpath(prefix, cwd))
     proc = subprocess.run(["bash", str(root / "source" / "run_autograder")], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, cwd=cwd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((root / "results" / "results.json").read_text())
     return proc, res
@@ -163,6 +174,55 @@ def test_missing_venv_still_writes_results(tmp_path, kitzip):
     assert res["score"] == 0 and res["tests"] == [] and "could not run" in res["output"]
 
 
+def fake_prefix(tmp: Path, body: str) -> Path:
+    """A KIT_PREFIX whose bin/python is a shell script (a broken or killed kit)."""
+    (tmp / "bin").mkdir(parents=True)
+    py = tmp / "bin" / "python"
+    py.write_text("#!/bin/sh\n" + body + "\n")
+    py.chmod(0o755)
+    return tmp
+
+
+def test_results_json_is_written_before_the_kit_runs(tmp_path, kitzip):
+    """When run_autograder is killed while the kit runs (Gradescope's timeout), or the kit exits 0 with a
+    broken results.json, is there still a valid results.json with score 0 that says so?"""
+    root = gradescope_root(tmp_path / "ag", kitzip, {})
+    hang = fake_prefix(tmp_path / "hang", "sleep 60")
+    env = dict(os.environ, AUTOGRADER_ROOT=str(root), KIT_PREFIX=str(hang))
+    proc = subprocess.run(["timeout", "-s", "KILL", "3", "bash", str(root / "source" / "run_autograder")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode in (137, -9)  # killed mid-run (timeout kills its whole process group)
+    res = json.loads((root / "results" / "results.json").read_text())
+    assert res["score"] == 0 and res["tests"] == [] and "stopped before it finished" in res["output"]
+
+    (root / "results" / "results.json").unlink()
+    broken = fake_prefix(tmp_path / "broken", 'case "$1" in -m) echo "{" > "$AUTOGRADER_ROOT/results/results.json";; '
+                                              '*) exit 1;; esac')
+    _, res = run_autograder(root, prefix=str(broken))
+    assert res["score"] == 0 and res["tests"] == [] and "could not run (exit status 0)" in res["output"]
+
+
+def test_staff_log_names_the_sandbox_that_grades(tmp_path):
+    """Does the Gradescope staff log name the isolation ./kit autograde reports (attnkit.sandbox's
+    detection), not a probe of its own (which said 'NO mount namespace' while bubblewrap ran)?"""
+    from attnkit import gradescope, sandbox
+
+    root = tmp_path / "ag"
+    (root / "source").mkdir(parents=True)  # the zip's settings, but not its notebooks: the run fails after the log line
+    (root / "source" / "gradescope.json").write_text(json.dumps({"assignment": "hw9", "notebooks": STEMS}))
+    lines = []
+    res = gradescope.run(root, log=lines.append)
+    assert res["score"] == 0 and "source/hw9" in res["output"]
+    try:
+        expected = sandbox.describe(sandbox.detect())
+    except sandbox.SandboxUnavailable as exc:
+        expected = f"sandbox: unavailable ({exc})"
+    assert expected in lines[0] and gradescope.isolation() == expected
+    assert "NO mount namespace" not in lines[0]
+    if sandbox.probe("bwrap") is None and not os.environ.get(sandbox.ENV_MODE):
+        assert "bubblewrap" in lines[0]
+
+
 # -- graded submissions ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def renamed(tmp_path_factory, kitzip):
@@ -193,11 +253,12 @@ def test_renamed_upload_is_graded_like_kit_autograde(renamed, kit_scores):
     compared = 0
     for nb in STEMS:
         for gid, (score, mx) in kit_scores[nb]["cells"].items():
-            src = nbu.read(SOURCE / f"{nb}.ipynb")
-            manual = any(nbu.grade_id(c) == gid and nbu.is_manual_cell(c) for c in src.cells)
-            t = tests[f"{nb}: {gid}" + (" (written answer)" if manual else "")]
+            if gid in written_parts(nb):
+                assert f"{nb}: {gid}" not in tests  # listed in the output instead (below)
+                continue
+            t = tests[f"{nb}: {gid}"]
             assert t["max_score"] == mx
-            assert t["score"] == (0 if manual else (score or 0)), (gid, t, score)
+            assert t["score"] == (score or 0), (gid, t, score)
             compared += 1
     assert compared == len(renamed["tests"])
     q3 = [t for n, t in tests.items() if n.startswith(NB) and "(written" not in n]
@@ -219,17 +280,21 @@ def test_failures_show_messages_not_hidden_tests(renamed):
 
 @pytest.mark.slow
 def test_other_notebooks_score_zero_not_submitted(renamed):
-    """Do the notebooks not uploaded score 0 with 'not submitted', with written answers still listed as pending?"""
-    for nb in STEMS:
-        if nb == NB:
-            continue
+    """Do the notebooks not uploaded score 0 and say plainly 'not uploaded', and are only the uploaded
+    notebook's written answers listed, as not yet graded, in the output rather than as tests?"""
+    others = [nb for nb in STEMS if nb != NB]
+    for nb in others:
         parts = [t for t in renamed["tests"] if t["name"].startswith(nb + ":")]
         assert parts and all(t["score"] == 0 and "not submitted" in t["output"] for t in parts)
-        assert f"{nb}.ipynb: notebook not submitted" in renamed["output"]
-    written = [t for t in renamed["tests"] if t["name"].startswith(NB) and "(written answer)" in t["name"]]
-    assert written and all(t["score"] == 0 and "graded by hand" in t["output"] for t in written)
-    total = sum(t["max_score"] for t in renamed["tests"])
-    assert total == sum(sum(nbu.points(nbu.read(p)).values()) for p in SOURCE.glob("*.ipynb"))
+        assert not any(f"{nb}: {gid}" in renamed["output"] for gid in written_parts(nb))
+    assert "Not uploaded, so scored 0: " + ", ".join(f"{nb}.ipynb" for nb in others) in renamed["output"]
+    assert "Could not be graded" not in renamed["output"]  # not uploaded is the student's choice, not a failure
+    # the half-done Q3 leaves its written answer as released
+    assert written_parts() and "Written answers, not yet graded (%g points" % sum(written_parts().values()) \
+        in renamed["output"]
+    for gid, pts in written_parts().items():
+        assert f"  {NB}: {gid} ({pts:g} points): not answered" in renamed["output"]
+    assert sum(t["max_score"] for t in renamed["tests"]) == sum(sum(auto_points(nb).values()) for nb in STEMS)
 
 
 @pytest.fixture(scope="module")
@@ -258,11 +323,56 @@ def test_zipped_folder_with_a_malformed_notebook(zipped):
     q12 = [t for n, t in tests.items() if n.startswith("q12_")]
     assert q12 and all(t["score"] == 0 and "not a valid notebook" in t["output"] for t in q12)
     assert "hw9.zip:hw9/Q3 MultiHead-Attention.ipynb -> q3_multihead_attention.ipynb" in zipped["output"]
-    # --written omit: no written parts, so the listed maximum is the autograded points only
-    assert not [t for t in zipped["tests"] if "(written answer)" in t["name"]]
+    # --written omit: not even the output names the written answers
+    assert "Written answers" not in zipped["output"]
     assert sum(t["max_score"] for t in zipped["tests"]) == sum(
         sum(auto_points(p.stem).values()) for p in SOURCE.glob("*.ipynb"))
     assert {t["visibility"] for t in zipped["tests"]} == {"after_due_date"}
+
+
+@pytest.fixture(scope="module")
+def perfect_relative(tmp_path_factory, kitzip):
+    """Q3 solved (the other notebooks not uploaded), run as the README's local run does: AUTOGRADER_ROOT
+    and KIT_PREFIX relative to the folder it is started from."""
+    tmp = tmp_path_factory.mktemp("gs-relative")
+    root = gradescope_root(tmp / "R", kitzip, {f"{NB}.ipynb": nb_bytes(solved())})
+    return run_autograder(root, cwd=tmp)
+
+
+@pytest.mark.slow
+def test_relative_paths_grade_and_write_results(perfect_relative):
+    """With AUTOGRADER_ROOT and KIT_PREFIX relative (the README's local run), does the kit itself grade
+    (not the fallback) and write <root>/results/results.json?"""
+    proc, res = perfect_relative
+    check_schema(res)
+    assert res["score"] == sum(auto_points().values()), res["output"]
+
+
+@pytest.mark.slow
+def test_perfect_submission_shows_no_failed_test(perfect_relative):
+    """Does a perfect Q3 show every Q3 test passed, and its written answer as not yet graded in the
+    output (which Gradescope shows neutrally), not as a red failed test?"""
+    _, res = perfect_relative
+    q3 = [t for t in res["tests"] if t["name"].startswith(NB + ":")]
+    assert q3 and {t["status"] for t in q3} == {"passed"}
+    failed = {t["name"].split(":")[0] for t in res["tests"] if t["status"] == "failed"}
+    assert failed == set(STEMS) - {NB}  # only the notebooks not uploaded
+    for gid, pts in written_parts().items():
+        assert f"  {NB}: {gid} ({pts:g} points): awaiting grading" in res["output"]
+    assert "not in the autograded score" in res["output"]
+
+
+@pytest.mark.slow
+def test_empty_upload_says_nothing_was_found(tmp_path, kitzip):
+    """An upload with no notebook of the assignment: does the output say so and name every notebook as not
+    uploaded, without talking about written answers?"""
+    root = gradescope_root(tmp_path, kitzip, {"notes.txt": b"my notes"})
+    _, res = run_autograder(root)
+    check_schema(res)
+    assert res["score"] == 0 and all(t["score"] == 0 for t in res["tests"])
+    assert "no notebook of this assignment was found in your upload" in res["output"]
+    assert "Not uploaded, so scored 0: " + ", ".join(f"{nb}.ipynb" for nb in STEMS) in res["output"]
+    assert "written" not in res["output"].lower()
 
 
 HOSTILE_A = '''

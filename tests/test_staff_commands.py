@@ -1,0 +1,148 @@
+"""The staff and student commands around grading: ``./kit check``'s failure lines, ``./kit validate``
+and the student's ``selfcheck.py`` on source and release notebooks, and the formgrader's exchange.
+
+Most tests read notebooks in memory (``selfcheck.report`` on unexecuted or hand-made outputs); the
+slow ones run the real commands once.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from attnkit import notebooks as nbu
+from attnkit import selfcheck
+from attnkit.check import why
+from harness import kit
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE, RELEASE = ROOT / "source" / "hw9", ROOT / "release" / "hw9"
+Q3, Q6, Q12 = "q3_multihead_attention", "q6_linear_attention", "q12_scaled_dot_product"
+
+
+def report(nb) -> tuple[int, list[str]]:
+    lines = []
+    return selfcheck.report(nb, "nb", lines.append), lines
+
+
+def cell(nb, gid):
+    return next(c for c in nb.cells if nbu.grade_id(c) == gid)
+
+
+def written(stem) -> dict:
+    nb = nbu.read(SOURCE / f"{stem}.ipynb")
+    return {nbu.grade_id(c): float(nbu.meta(c)["points"]) for c in nb.cells if nbu.is_manual_cell(c)}
+
+
+# -- selfcheck / validate: the report ---------------------------------------------------------------
+def test_unanswered_written_answers_are_listed():
+    """Does the self-check list each written answer still as released (with its points), and not
+    report success while one is unanswered?"""
+    nb = nbu.fill(nbu.read(SOURCE / f"{Q12}.ipynb"))  # every blank and answer filled ...
+    released = nbu.read(RELEASE / f"{Q12}.ipynb")
+    for gid in written(Q12):  # ... but the written answers as released
+        cell(nb, gid).source = cell(released, gid).source
+        cell(nb, gid).metadata = cell(released, gid).metadata
+    code, lines = report(nb)
+    assert code == 1 and not any("Success" in line for line in lines)
+    for gid, pts in written(Q12).items():
+        assert f"WRITTEN  {gid}: written answer ({pts:g} points) not answered yet (graded by hand)" in lines
+    assert f"{len(written(Q12))} written answers unanswered" in lines[-1]
+    # an answer written in place of the placeholder counts as answered
+    first = next(iter(written(Q12)))
+    cell(nb, first).source = "**Your answer:**\n\nBy linearity of expectation the mean is d mu^2."
+    code, lines = report(nb)
+    assert not any(line.startswith(f"WRITTEN  {first}:") for line in lines)
+
+
+def test_ungraded_experiment_blank_does_not_block_success():
+    """Does a blank left in a cell that no test grades (the Q6 experiment's crossover) read as optional,
+    so that a notebook otherwise done reports success?"""
+    nb = nbu.fill(nbu.read(SOURCE / f"{Q6}.ipynb"))
+    experiment = cell(nbu.read(RELEASE / f"{Q6}.ipynb"), "q6_experiment")
+    assert "_____" in experiment.source
+    cell(nb, "q6_experiment").source = experiment.source
+    code, lines = report(nb)
+    assert code == 0, lines
+    assert any(line.startswith("OPTIONAL q6_experiment:") for line in lines)
+    assert not any(line.startswith("BLANK") for line in lines) and "Success" in lines[-1]
+    # a graded cell's blank still blocks
+    cell(nb, "q6_b_kernel").source = cell(nbu.read(RELEASE / f"{Q6}.ipynb"), "q6_b_kernel").source
+    code, lines = report(nb)
+    assert code == 1 and "BLANK    q6_b_kernel: still has a blank (_____ or NotImplementedError) to fill in" in lines
+
+
+def _stream(text):
+    return nbformat.v4.new_output("stream", name="stdout", text=text)
+
+
+def test_a_check_that_could_not_check_is_not_a_pass():
+    """When a visible check runs without raising but says its part was not checked (it ran into
+    another part's blank), is the part counted as not checked rather than passed?"""
+    nb = nbu.fill(nbu.read(SOURCE / f"{Q3}.ipynb"))
+    cell(nb, "q3e_softmax").outputs = [_stream(
+        "note  (e): scaled_dot_product_attention raised NameError: name '_____' is not defined\n"
+        "(e) not checked here: the function stopped before the weights (the graded test checks (e) on its own)\n")]
+    cell(nb, "q3f_weighted_values").outputs = [_stream("note  (f): raised NameError: name '_____' is not defined\n")]
+    code, lines = report(nb)
+    assert code == 1
+    assert any(line.startswith("UNCHECKED q3e_softmax: not counted as passed: (e) not checked here") for line in lines)
+    assert any(line.startswith("UNCHECKED q3f_weighted_values:") for line in lines)
+    graded = sum(1 for c in nb.cells if nbu.is_test_cell(c) and nbu.meta(c).get("grade"))
+    assert f"{graded - 2} visible test cells passed" in lines[-1] and "2 not checked yet" in lines[-1]
+
+
+def test_source_notebook_has_no_false_blank_and_says_hidden():
+    """On a source notebook (what course staff validate), are `### STUB:` lines not read as blanks,
+    and does the summary say its test cells hold hidden tests instead of calling them visible?"""
+    for stem in (Q3, Q6, Q12):
+        nb = nbu.read(SOURCE / f"{stem}.ipynb")
+        assert any("### STUB:" in c.source and "_____" in c.source for c in nb.cells)
+        code, lines = report(nb)
+        assert code == 0, lines
+        assert "with hidden tests, run as at grading" in lines[-2] and "visible" not in lines[-2]
+    code, lines = report(nbu.read(RELEASE / f"{Q3}.ipynb"))
+    assert code == 1 and "visible test cells passed" in lines[-1] and "hidden" not in lines[-1]
+
+
+@pytest.mark.slow
+def test_validate_source_and_release(tmp_path):
+    """Does ./kit validate exit 0 on a source notebook (its hidden tests run and pass) and 1 on the
+    release, where the untouched (e) and (f) are not counted as passed and the written answer is listed?"""
+    src = kit(ROOT, "validate", str(SOURCE / f"{Q3}.ipynb"))
+    assert src.returncode == 0, src.stdout + src.stderr
+    assert "with hidden tests, run as at grading" in src.stdout and "BLANK" not in src.stdout
+    folder = tmp_path / "release"
+    shutil.copytree(RELEASE, folder)
+    rel = kit(ROOT, "validate", str(folder / f"{Q3}.ipynb"))
+    assert rel.returncode == 1, rel.stdout + rel.stderr
+    assert "UNCHECKED q3e_softmax" in rel.stdout and "UNCHECKED q3f_weighted_values" in rel.stdout
+    assert "WRITTEN  q3b_explanation" in rel.stdout and " 0 visible test cells passed" in rel.stdout
+
+
+# -- ./kit check ---------------------------------------------------------------------------------------
+def test_check_says_why_a_cell_failed(tmp_path):
+    """Does ./kit check's FAIL line come with each failing cell's message ('ename: evalue', as feedback
+    shows it), and nothing for a listed cell that did not raise?"""
+    nb = nbu.fill(nbu.read(SOURCE / f"{Q3}.ipynb"))
+    cell(nb, "q3a_W_k").outputs = [nbformat.v4.new_output(
+        "error", ename="AssertionError", evalue="(a) W_k has the wrong size\nsecond line", traceback=[])]
+    path = tmp_path / f"{Q3}.ipynb"
+    nbu.write(nb, path)
+    assert why(path, ["q3a_W_k", "q3b_W_v"]) == ["q3a_W_k: AssertionError: (a) W_k has the wrong size"]
+    assert "no autograded notebook" in why(tmp_path / "missing.ipynb", ["q3a_W_k"])[0]
+
+
+# -- the formgrader ------------------------------------------------------------------------------------
+def test_formgrader_finds_its_exchange(tmp_path):
+    """Does the course configuration leave the formgrader nothing to warn about: is the exchange folder
+    there (NbGraderAPI.exchange_missing False, the condition of its 'does not exist' warning)?"""
+    from attnkit.course import Course
+
+    for name in ("course_config.py", "nbgrader_config.py"):
+        shutil.copy2(ROOT / name, tmp_path / name)
+    api = Course(tmp_path).api()  # what the formgrader's handlers build on every page
+    assert api.exchange_root == str(tmp_path / "exchange")
+    assert api.exchange_missing is False and api.exchange_is_functional

@@ -15,8 +15,13 @@ c = get_config()  # noqa: F821 (provided by traitlets when it loads this file)
 
 c.CourseDirectory.course_id = "eecs182-hw9"
 # The kit does not use nbgrader's exchange; a course-local folder keeps it from
-# complaining about /usr/local/share/nbgrader/exchange on every command.
+# complaining about /usr/local/share/nbgrader/exchange on every command. It must exist: the
+# formgrader (NbGraderAPI, on every page) warns "The exchange directory ... does not exist" otherwise.
 c.Exchange.root = __import__("os").path.join(__import__("os").path.dirname(__file__), "exchange")  # noqa: F821
+try:
+    __import__("os").makedirs(c.Exchange.root, exist_ok=True)
+except OSError:  # a read-only course folder: nbgrader then warns, as it would anyway
+    pass
 
 # Release: solution regions may carry their own stubs (the homework's labelled blanks).
 c.GenerateAssignment.preprocessors = [

@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("assignment", nargs="?")
     s.add_argument("--output", "-o", help="zip path (default dist/<assignment>-gradescope.zip)")
     s.add_argument("--written", choices=("pending", "omit"), default="pending",
-                   help="written answers: 'pending' lists them at 0 with their points (default); 'omit' leaves them out")
+                   help="written answers: 'pending' lists them as not yet graded, with their points, in the "
+                        "submission's text (default; Gradescope has no neutral test); 'omit' leaves them out")
     s.add_argument("--visibility", choices=("visible", "hidden", "after_due_date", "after_published"),
                    default="visible", help="when students see each part's result on Gradescope")
     s.set_defaults(func=cmd_gradescope)

@@ -24,7 +24,7 @@ INSTRUCTOR_ONLY = ("nbgrader",)
 
 README = """# {assignment}: student copy
 
-Set up once (Python 3.10 or newer):
+Set up once (Python 3.11, the version the course tests with):
 
     python3 -m venv .venv
     .venv/bin/python -m pip install -r requirements.txt
@@ -37,9 +37,14 @@ Open each notebook, fill in the blanks `_____` (or replace `raise NotImplemented
 before you submit run Kernel -> Restart & Run All. Do not delete or edit the locked test cells:
 they are put back before grading anyway.
 
-Self-check (exit status 0 when every visible test passes and no blank is left):
+Self-check (exit status 0 when every visible test passes, no graded blank is left and every
+written answer is filled in; it lists what is missing):
 
     .venv/bin/python selfcheck.py {first}
+
+A cell that no test grades (an experiment) may keep its blank: the self-check calls it optional.
+A part whose visible check could not check it (another blank stopped it) counts as not checked,
+not as passed. Written answers are graded by hand after the deadline.
 
 The visible tests check the format and basic behaviour of each part; hidden tests run other
 inputs when your work is graded. `{helpers}` holds the checking helpers; grading uses the

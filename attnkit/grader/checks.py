@@ -16,7 +16,7 @@ import textwrap
 
 import torch
 
-from attention_checks import as_number, close, growth_exponents, tolerance  # noqa: F401  (one tolerance rule, written there)
+from attention_checks import as_number, blank_words, close, growth_exponents, tolerance  # noqa: F401  (one tolerance rule, written there)
 
 _Tensor = torch.Tensor
 
@@ -265,8 +265,62 @@ def line_failure(run, name, part, label):
     if err is None:
         return None
     if err.blank or "_____" in str(err):
-        return AssertionError(f"{part}: {label} is still a blank `_____`: fill it in")
+        return AssertionError(blank_words(part, label))
     return AssertionError(f"{part}: line {label} raised {type(err).__name__}: {err}")
+
+
+# ---- The rule for a part that cannot be graded alone: the student's whole layer decides (issue 19)
+LAYER_CASES = [(2, 5, 7, 12, 3), (1, 3, 3, 6, 1), (2, 4, 6, 32, 4)]   # batch, queries, keys, d_model, heads
+
+
+def layer_right(kernel, cls, seed=1826) -> bool:
+    """Does the student's layer ``cls(d_model, num_heads)``, exactly as written, compute multi-head attention
+    (torch.nn.MultiheadAttention with its weights: self-, cross- and causally masked attention, float32 and
+    float64, every device)? Any error, missing projection or wrong size is a no."""
+    g = torch.Generator().manual_seed(seed)
+    names = ("W_q", "W_k", "W_v", "W_o")
+    try:
+        for dev in devices():
+            for dtype in (torch.float32, torch.float64):
+                for b, lq, lk, d, h in LAYER_CASES:
+                    m = cls(d, h)
+                    m.to(device=dev, dtype=dtype)
+                    values = kernel.get(m, *(f"{n}.{p}" for n in names for p in ("weight", "bias")))
+                    ref = torch.nn.MultiheadAttention(d, h, batch_first=True).to(device=dev, dtype=dtype)
+                    with torch.no_grad():
+                        ref.in_proj_weight.copy_(torch.cat(values[0:6:2]))
+                        ref.in_proj_bias.copy_(torch.cat(values[1:6:2]))
+                        ref.out_proj.weight.copy_(values[6])
+                        ref.out_proj.bias.copy_(values[7])
+                        x = torch.randn(b, lq, d, generator=g, dtype=dtype).to(dev)
+                        y = torch.randn(b, lk, d, generator=g, dtype=dtype).to(dev)
+                        causal = torch.tril(torch.ones(lq, lq, dtype=torch.bool, device=dev))
+                        for args, kw, mask in (((x, x, x), {}, None), ((x, y, y), {}, None),
+                                               ((x, x, x), {"attn_mask": ~causal}, causal)):
+                            want, _ = ref(*args, need_weights=False, **kw)
+                            got = m(*args) if mask is None else m(*args, mask)
+                            if not (isinstance(got, _Tensor) and got.dtype == dtype and close(got, want)):
+                                return False
+    except Exception:  # noqa: BLE001 (the student's error, a missing W_*, a size torch refuses: not right)
+        return False
+    return True
+
+
+def alone_or_whole(part, kernel, cls, check):
+    """Grade one part alone (``check()`` raises AssertionError if it fails); when it fails, the part still
+    passes if the student's whole layer is right. One part that cannot be isolated (a rewritten method, other
+    names, helpers, another class) thus never costs a right layer anything, and a wrong one costs only this
+    part: a submission never scores lower than its whole layer earns."""
+    from attnkit.grader.remote import KernelGone
+    try:
+        check()
+    except KernelGone:
+        raise
+    except Exception:  # noqa: BLE001 (a failed check, or the student's error: e.g. the method is gone)
+        if not layer_right(kernel, cls):
+            raise
+        print(f"ok  {part}: graded with your whole layer (it matches torch.nn.MultiheadAttention), "
+              "as this part could not be graded on its own")
 
 
 def not_isolable(part, where, name):

@@ -65,9 +65,18 @@ def call(part, fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except StudentError as exc:
         if exc.blank or "_____" in str(exc):
-            raise AssertionError(f"{part}: {exc.blank or 'a blank'} is still a blank `_____`: fill it in") from None
+            raise AssertionError(blank_words(part, exc.blank)) from None
         name = fn.__name__ if isinstance(fn, Remote) else getattr(fn, "__name__", "your code")
         raise AssertionError(f"{part}: {name} raised {type(exc).__name__}: {exc}") from None
+
+
+def blank_words(part, label=None) -> str:
+    """attention_checks.blank_words (the same line): "(d) is still a blank", never "a blank is still a blank"."""
+    if label in (None, "a blank"):
+        return f"{part}: the code it runs still has a blank `_____`: fill it in"
+    if part == label or part.startswith(label + " "):
+        return f"{label} is still a blank `_____`: fill it in"
+    return f"{part}: {label} is still a blank `_____`: fill it in"
 
 
 def namespace(kernel: Kernel, folder) -> dict:

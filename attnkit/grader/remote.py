@@ -240,6 +240,10 @@ class Trace:
         """The first value bound to ``name``, or None."""
         return next((v for n, v in self.history if n == name), None)
 
+    def last(self, name):
+        """The last value bound to ``name``, or None."""
+        return next((v for n, v in reversed(self.history) if n == name), None)
+
     def last_before(self, name, before):
         """The last value bound to ``name`` before ``before`` was first bound (None if never)."""
         found = None

@@ -179,15 +179,17 @@ class _Tracer:
             if key is not None and key not in self._replaced:
                 self._replaced.add(key)
                 jump = _statement_after(frame.f_code, frame.f_lineno)
-        if jump is not None:
+        while jump is not None:  # the line a jump lands on gets no line event: skip on from there too
             after, name = jump
             if name in self.standins:
                 frame.f_locals[name] = self._last[name] = self.standins[name]  # written back when this returns
                 self.history.append((name, self.standins[name]))
-            try:
-                frame.f_lineno = after
-            except ValueError:  # not a jump Python allows (into a block): the statement runs and fails again
-                pass
+            jump = self.skip.get((frame.f_code, after))
+            if jump is None:
+                try:
+                    frame.f_lineno = after
+                except ValueError:  # not a jump Python allows (into a block): the statement runs and fails again
+                    pass
         return self._local
 
 
@@ -227,14 +229,19 @@ def _statement_after(code, line):
     return (starts[0], name) if starts else None
 
 
-def _failing_line(exc, codes):
-    """(code, line) of the innermost frame of ``codes`` that ``exc`` passed through."""
-    found, tb = None, exc.__traceback__
+def _failing_line(exc, codes, skip=()):
+    """(code, line) of the innermost frame of ``codes`` that ``exc`` passed through whose statement can be
+    jumped over (the last statement of a method cannot: then the one that called that method, e.g.
+    ``super().__init__(...)``), or of the innermost one if none can; None if none."""
+    found, tb = [], exc.__traceback__
     while tb is not None:
         if tb.tb_frame.f_code in codes:
-            found = (tb.tb_frame.f_code, tb.tb_lineno)
+            found.append((tb.tb_frame.f_code, tb.tb_lineno))
         tb = tb.tb_next
-    return found
+    for place in reversed(found):
+        if place not in skip and _statement_after(*place) is not None:
+            return place
+    return found[-1] if found else None
 
 
 def _run(target, args, kwargs, spec):
@@ -248,7 +255,7 @@ def _run(target, args, kwargs, spec):
                 return tracer, target(*args, **kwargs), None, skipped
             except Exception as exc:
                 error = _error(exc)
-                where = _failing_line(exc, codes) if spec.get("skip_failures") else None
+                where = _failing_line(exc, codes, skip) if spec.get("skip_failures") else None
                 after = _statement_after(*where) if where else None
                 if where is None or after is None or where in skip or len(skip) >= MAX_SKIPS:
                     return tracer, None, error, skipped

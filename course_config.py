@@ -4,6 +4,7 @@
 from attnkit.transforms import (CapOutputs, CheckCellMetadataOnce, ClearSolutionsWithStubs, DropDuplicateIds,
                                 NormaliseSubmission, ScoreOnlyErrors, ScrubTestOutputs)
 from attnkit.sandbox import CourseExecute
+from attnkit.sanitise import SanitiseNotebook
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
 from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests,
                                     ClearMarkScheme, ClearOutput, ComputeChecksums,
@@ -42,8 +43,8 @@ c.Autograde.sanitize_preprocessors = [
     ClearOutput, DropDuplicateIds, OverwriteKernelspec, NormaliseSubmission, CheckCellMetadataOnce,
 ]
 c.Autograde.autograde_preprocessors = [
-    CourseExecute, CapOutputs, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, ScoreOnlyErrors,
-    SaveAutoGrades, AssignLatePenalties, CheckCellMetadataOnce,
+    CourseExecute, CapOutputs, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SanitiseNotebook,
+    ScoreOnlyErrors, SaveAutoGrades, AssignLatePenalties, CheckCellMetadataOnce,
 ]
 import os  # noqa: E402
 
@@ -71,5 +72,14 @@ c.CapOutputs.max_notebook_bytes = 16 << 20
 
 # Feedback: no hidden tests, no mark schemes, no tracebacks that quote them.
 c.GenerateFeedback.preprocessors = [
-    GetGrades, ScrubTestOutputs, ClearHiddenTests, ClearMarkScheme, CSSHTMLHeaderPreprocessor,
+    GetGrades, ScrubTestOutputs, ClearHiddenTests, ClearMarkScheme, SanitiseNotebook, CSSHTMLHeaderPreprocessor,
+]
+# Every page nbconvert renders here (feedback, the formgrader's submission view) is sanitised: outputs
+# again, markdown through nh3 (attnkit/sanitise.py; mark schemes shown to graders as a labelled box);
+# MathJax from the kit's copy (attnkit/templates/base/mathjax.html.j2), never a CDN.
+c.HTMLExporter.preprocessors = ["attnkit.sanitise.SanitiseNotebook"]
+c.HTMLExporter.filters = {"markdown2html": "attnkit.sanitise.markdown2html"}
+c.HTMLExporter.extra_template_basedirs = [  # the kit's template first, then nbgrader's (feedback, formgrade)
+    os.path.join(os.path.dirname(__import__("attnkit").__file__), "templates"),
+    os.path.join(os.path.dirname(__import__("nbgrader").__file__), "server_extensions", "formgrader", "templates"),
 ]

@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import csv
 import html
+import re
+import shutil
 from pathlib import Path
+
+import ahocorasick_rs
 
 from attnkit import notebooks as nbu
 from attnkit.course import Course
 from attnkit.results import FeedbackProblem, Problem, Status, first_error, load_report
+from attnkit.sanitise import clean_html
 
 
 def _fmt(x: float) -> str:
@@ -96,30 +101,148 @@ def failures(autograded_nb) -> dict:
     return {nbu.grade_id(c): first_error(c) for c in autograded_nb.cells if nbu.is_test_cell(c) and first_error(c)}
 
 
-def _summary_html(notebook, autograded_nb, cells, redact) -> str:
+AWAITING, NOT_ANSWERED, BY_HAND = "awaiting grading", "not answered", "graded by hand"
+
+
+def _answered(text: str, release_text: str) -> bool:
+    """Did the student write anything beyond the released prompt (and nbgrader's placeholder)?"""
+    given = {line.strip() for line in (release_text or "").splitlines()} | {"", "YOUR ANSWER HERE"}
+    return any(line.strip() not in given for line in (text or "").splitlines())
+
+
+def written_states(gb, assignment: str, student: str, notebook: str, autograded_nb) -> dict:
+    """grade_id -> AWAITING, NOT_ANSWERED or BY_HAND for each written (hand-graded) answer.
+
+    nbgrader stores 0.0 and needs_manual_grade for an answer nobody has graded yet, and scores an
+    unchanged answer 0 without asking anyone; an empty or untouched answer is "not answered"."""
+    grades = {g.name: g for g in gb.find_submission_notebook(notebook, assignment, student).grades}
+    out = {}
+    for cell in autograded_nb.cells:
+        gid = nbu.grade_id(cell)
+        if not nbu.is_manual_cell(cell) or gid not in grades:
+            continue
+        g = grades[gid]
+        try:
+            release_text = gb.find_source_cell(gid, notebook, assignment).source
+        except Exception:  # a cell the gradebook does not know: judge by the text alone
+            release_text = ""
+        if not _answered(cell.source, release_text):
+            out[gid] = NOT_ANSWERED
+        elif g.needs_manual_grade:
+            out[gid] = AWAITING
+        elif g.manual_score is not None:
+            out[gid] = BY_HAND
+        else:
+            out[gid] = NOT_ANSWERED
+    return out
+
+
+_SUMMARY_CSS = """
+.attnkit-summary{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;max-width:60em;margin:1.5em auto;
+  padding:1.2em 1.5em;border:1px solid #d0d7de;border-radius:10px;background:#f8fafc;color:#1f2328}
+.attnkit-summary h1{font-size:1.5em;margin:0 0 .2em}
+.attnkit-summary .total{font-size:2.4em;font-weight:700;margin:.1em 0}
+.attnkit-summary .total small{font-size:.45em;font-weight:400;color:#57606a;margin-left:.5em}
+.attnkit-summary table{border-collapse:collapse;width:100%;margin-top:.8em;background:#fff}
+.attnkit-summary th,.attnkit-summary td{border-bottom:1px solid #d0d7de;padding:.45em .6em;text-align:left;vertical-align:top}
+.attnkit-summary th{background:#eef2f6;font-weight:600}
+.attnkit-summary td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
+.attnkit-summary .badge{display:inline-block;padding:.1em .55em;border-radius:1em;font-size:.85em;font-weight:600;white-space:nowrap}
+.attnkit-summary .passed .badge{background:#dafbe1;color:#116329}
+.attnkit-summary .failed .badge,.attnkit-summary .partial .badge{background:#ffebe9;color:#a40e26}
+.attnkit-summary .awaiting .badge{background:#fff8c5;color:#7d4e00}
+.attnkit-summary .not .badge{background:#eaeef2;color:#424a53}
+.attnkit-summary .graded .badge{background:#ddf4ff;color:#0550ae}
+.attnkit-summary .lost{color:#a40e26;font-weight:600}
+.attnkit-summary code{white-space:pre-wrap;font-size:.9em}
+.attnkit-summary a{color:#0969da}
+"""
+
+
+def _summary_html(notebook, autograded_nb, cells, redact, written=None) -> str:
+    """The page's head: the notebook's total, then one row per graded part (score, points lost, status,
+    message), each part linked to its cell; hidden-test lines in messages are redacted."""
     fails = failures(autograded_nb)
-    rows = []
+    written = written or {}
+    rows, total, total_max, pending = [], 0.0, 0.0, 0.0
     for cell in autograded_nb.cells:
         gid = nbu.grade_id(cell)
         if not nbu.meta(cell).get("grade") or gid not in cells:
             continue
         score, mx = cells[gid]
+        score, mx = float(score or 0), float(mx or 0)
+        msg, lost = "", 0.0
         if nbu.is_manual_cell(cell):
-            status = "graded by hand" if score is not None else "awaiting grading"
-            msg = ""
-        elif gid in fails:
-            status, msg = "FAILED", fails[gid]
+            status = written.get(gid, AWAITING)
+            if status == AWAITING:
+                pending += mx
+            else:
+                lost = mx - score
+            shown = f"&ndash; / {_fmt(mx)}" if status == AWAITING else f"{_fmt(score)} / {_fmt(mx)}"
         else:
-            status, msg = ("passed" if score == mx else "partial"), ""
+            if gid in fails:
+                status, msg = "failed", fails[gid]
+            else:
+                status = "passed" if score == mx else "partial"
+            lost = mx - score
+            shown = f"{_fmt(score)} / {_fmt(mx)}"
+        total, total_max = total + score, total_max + mx
         for line in redact:
             msg = msg.replace(line, "[hidden test]")
-        rows.append(f"<tr class='{status.split()[0].lower()}'><td>{html.escape(gid)}</td>"
-                    f"<td>{_fmt(score or 0)} / {_fmt(mx)}</td><td>{status}</td><td><code>{html.escape(msg)}</code></td></tr>")
-    return ("<div class='attnkit-summary' style='margin:1em;font-family:sans-serif'>"
-            f"<h2>{html.escape(notebook)}: graded parts</h2>"
-            "<table border='1' cellpadding='4' style='border-collapse:collapse'>"
-            "<tr><th>part</th><th>score</th><th>status</th><th>message</th></tr>"
+        anchor = html.escape(gid, quote=True)
+        lost_txt = f"<span class='lost'>&minus;{_fmt(lost)}</span>" if lost > 0 else ""
+        rows.append(f"<tr class='{status.split()[0]}'><td><a href='#{anchor}'>{html.escape(gid)}</a></td>"
+                    f"<td class='num'>{shown}</td><td class='num'>{lost_txt}</td>"
+                    f"<td><span class='badge'>{status}</span></td><td><code>{html.escape(msg)}</code></td></tr>")
+    note = f"<small>{_fmt(pending)} points of written answers awaiting grading</small>" if pending else ""
+    return ("<div class='attnkit-summary' id='summary'>"
+            f"<h1>{html.escape(notebook)}</h1>"
+            f"<div class='total'>{_fmt(total)} / {_fmt(total_max)}{note}</div>"
+            "<table><tr><th>part</th><th>score</th><th>lost</th><th>status</th><th>message</th></tr>"
             + "".join(rows) + "</table></div>")
+
+
+def leaks(page: str, secret) -> list[str]:
+    """The secret lines that occur in the page's text, in ``secret``'s order: one pass over the page
+    for all lines (Aho-Corasick, overlapping matches: exactly the lines ``line in text`` finds)."""
+    secret = [line for line in secret if line]
+    if not secret:
+        return []
+    found = set(ahocorasick_rs.AhoCorasick(secret).find_matches_as_strings(html.unescape(page), overlapping=True))
+    return [line for line in secret if line in found]
+
+
+MATHJAX_BLOCK = re.compile(r"<!-- attnkit mathjax -->.*?<!-- /attnkit mathjax -->", re.S)
+MATHJAX_DIR = "_mathjax"   # feedback/_mathjax/: one copy shared by every page
+_MATHJAX3 = ("<script>window.MathJax={loader:{load:['ui/safe']},tex:{inlineMath:[['$','$'],['\\\\(','\\\\)']],"
+             "processEscapes:true,tags:'ams'},svg:{fontCache:'global'},options:{enableMenu:false}};</script>"
+             "<script id='MathJax-script' src='{src}'></script>")
+
+
+def install_mathjax(feedback_root: Path) -> Path:
+    """feedback/_mathjax/: MathJax 3's self-contained SVG build (and its safe-links module), copied
+    once from the pinned django-static-mathjax package, so pages typeset math offline."""
+    import mathjax
+    es5 = Path(mathjax.__file__).parent / "static" / "mathjax" / "es5"
+    dest = feedback_root / MATHJAX_DIR
+    for rel in ("tex-svg-full.js", "ui/safe.js"):
+        target = dest / rel
+        if not target.exists() or target.stat().st_size != (es5 / rel).stat().st_size:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(es5 / rel, target)
+    return dest
+
+
+def feedback_page(page: str, summary: str, mathjax_src: str) -> str:
+    """The page nbgrader wrote, made the kit's: its body cleaned again (nh3), the summary on top, and
+    MathJax from ``mathjax_src`` (relative: works from file:// without a network)."""
+    head_end = page.find("<body")
+    head, body = page[:head_end], page[head_end:]
+    head = MATHJAX_BLOCK.sub(lambda _: _MATHJAX3.replace("{src}", html.escape(mathjax_src, quote=True)), head)
+    head = head.replace("</head>", f"<style>{_SUMMARY_CSS}</style>\n</head>")
+    inner = body[body.find(">") + 1:]
+    inner = inner[:inner.rfind("</body>")] if "</body>" in inner else inner
+    return head + "<body>\n" + summary + "\n" + clean_html(inner) + "\n</body>\n</html>\n"
 
 
 def feedback(course: Course, assignment: str, students: list[str] | None = None, problems: list | None = None,
@@ -128,13 +251,19 @@ def feedback(course: Course, assignment: str, students: list[str] | None = None,
 
     A student whose notebooks could not be graded, or a page that would show hidden text, is
     skipped and recorded in ``problems`` (FeedbackProblem); everyone else still gets their feedback.
+    Student content on the page is sanitised twice: when nbconvert renders it (course_config.py) and
+    the whole body again here.
     """
     problems = problems if problems is not None else []
     api = course.api()
     data = scores(course, assignment)
     secret = nbu.assignment_hidden_lines(sorted(course.path("source", assignment).glob("*.ipynb")))
     written = []
+    mathjax_ready = False
     for sid in students or sorted(data["students"]):
+        if not ids.is_valid(sid):  # nbgrader would read the id as a pattern (other students' pages)
+            problems.append(FeedbackProblem(Problem.NBGRADER, sid, detail=f"not asked: {ids.refusal(sid)}"))
+            continue
         folder = course.path("autograded", sid, assignment)
         if not folder.is_dir() or not any(folder.glob("*.ipynb")):
             problems.append(FeedbackProblem(Problem.NOT_GRADED, sid))
@@ -143,19 +272,23 @@ def feedback(course: Course, assignment: str, students: list[str] | None = None,
         if not result["success"]:
             problems.append(FeedbackProblem(Problem.NBGRADER, sid, detail=result.get("log", "")[-300:]))
             continue
+        if not mathjax_ready:
+            install_mathjax(course.path("feedback"))
+            mathjax_ready = True
         for nb_name, per in data["students"].get(sid, {}).items():
             html_path = course.path("feedback", sid, assignment, f"{nb_name}.html")
             graded = course.path("autograded", sid, assignment, f"{nb_name}.ipynb")
             if not html_path.exists() or not graded.exists():
                 continue
-            page = html_path.read_text()
-            summary = _summary_html(nb_name, nbu.read(graded), per["cells"], secret)
-            idx = page.find(">", page.find("<body")) + 1
-            page = page[:idx] + summary + page[idx:]
-            leaks = [line for line in secret if line in html.unescape(page)]
-            if leaks:
+            autograded_nb = nbu.read(graded)
+            with course.gradebook() as gb:
+                states = written_states(gb, assignment, sid, nb_name, autograded_nb)
+            summary = _summary_html(nb_name, autograded_nb, per["cells"], secret, states)
+            page = feedback_page(html_path.read_text(), summary, f"../../{MATHJAX_DIR}/tex-svg-full.js")
+            found = leaks(page, secret)
+            if found:
                 html_path.unlink()
-                problems.append(FeedbackProblem(Problem.LEAK, sid, nb_name, f"{leaks[0][:50]!r}; not written"))
+                problems.append(FeedbackProblem(Problem.LEAK, sid, nb_name, f"{found[0][:50]!r}; not written"))
                 continue
             html_path.write_text(page)
             written.append(html_path)

@@ -71,6 +71,13 @@ def _autograde(args) -> int:
     for assignment in _assignments(course, [args.assignment] if args.assignment else None):
         students = args.student or None
         if students:
+            from attnkit import ids
+
+            bad = [s for s in students if not ids.is_valid(s)]  # nbgrader would read it as a pattern
+            for s in bad:
+                print(f"error: {ids.refusal(s)}", file=sys.stderr)
+            status |= bool(bad)
+            students = [s for s in students if s not in bad]
             missing = [s for s in students if not course.path("submitted", s, assignment).is_dir()]
             for s in missing:
                 print(f"error: nothing submitted for {s!r} in submitted/{s}/{assignment}", file=sys.stderr)
@@ -84,6 +91,10 @@ def _autograde(args) -> int:
         t0 = time.perf_counter()
         results = autograde(course, assignment, students, args.workers, progress=not args.quiet,
                             allow_unsandboxed=args.unsandboxed_i_accept_the_risk)
+        for r in results:  # a refused id is not in the gradebook, so not in the table: said here
+            for n in r.notebooks:
+                if n.notebook == "*" and n.message.startswith("not graded: student id"):
+                    print(f"error: {n.message}", file=sys.stderr)
         print(f"\n{assignment}: autograded {len(results)} submissions in {time.perf_counter() - t0:.1f}s")
         print(table(course, assignment, [r.student for r in results]))
         if not all(r.ok for r in results):
@@ -94,7 +105,14 @@ def _autograde(args) -> int:
 def cmd_feedback(args) -> int:
     from attnkit.reports import feedback
 
+    from attnkit import ids
+
     course = Course(args.root)
+    bad = [s for s in args.student or [] if not ids.is_valid(s)]  # nbgrader would read it as a pattern
+    for s in bad:
+        print(f"error: {ids.refusal(s)}", file=sys.stderr)
+    if bad:
+        return 1
     problems = []
     for assignment in _assignments(course, [args.assignment] if args.assignment else None):
         paths = feedback(course, assignment, args.student or None, problems, log=print)
@@ -108,18 +126,49 @@ def cmd_feedback(args) -> int:
 def cmd_export(args) -> int:
     from attnkit.reports import export
 
+    from nbgrader.api import MissingEntry
+
     course = Course(args.root)
     for assignment in _assignments(course, [args.assignment] if args.assignment else None):
+        try:
+            with course.gradebook() as gb:
+                gb.find_assignment(assignment)
+        except MissingEntry:
+            print(f"error: nothing graded for {assignment} in {course.path('gradebook.db')} yet "
+                  f"(./kit autograde {assignment} first): no CSV written", file=sys.stderr)
+            return 1
         if args.format == "canvas":
             from attnkit.canvas import export_canvas
 
             out = Path(args.output or course.path(f"grades-{assignment}-canvas.csv"))
-            export_canvas(course, assignment, out, args.canvas_id)
+            out, pending = export_canvas(course, assignment, out, args.canvas_id, args.autograded_only)
+            if args.autograded_only:
+                print(f"{assignment}: autograded points only (written answers left out, Points Possible too)")
+            elif pending:
+                print(f"{assignment}: {len(pending)} students have written answers not graded yet; their cell is "
+                      f"empty (Canvas: not graded): {', '.join(pending)}. Grade them in the formgrader, or export "
+                      f"--autograded-only.")
         else:
+            if args.autograded_only:
+                print("error: --autograded-only is for --format canvas (the parts CSV has every part)", file=sys.stderr)
+                return 2
             out = Path(args.output or course.path(f"grades-{assignment}.csv"))
             export(course, assignment, out)
         print(f"{assignment}: wrote {out}")
+        _warn_demo_students(course, assignment)
     return 0
+
+
+def _warn_demo_students(course: Course, assignment: str) -> None:
+    """Older kits wrote the demo's samples into the real course: say so before they reach an LMS."""
+    from attnkit.samples import SAMPLES
+
+    with course.gradebook() as gb:
+        found = sorted(s.id for s in gb.students if s.id in SAMPLES)
+    if found:
+        print(f"warning: the demo's sample students {', '.join(found)} are in this course's gradebook (an older "
+              f"./kit demo put them there); remove their rows from the export, and submitted/<sample>/{assignment}",
+              file=sys.stderr)
 
 
 def cmd_bundle(args) -> int:
@@ -186,25 +235,30 @@ def cmd_demo(args) -> int:
     from attnkit.grading import autograde
     from attnkit.release import release
     from attnkit.reports import export, feedback, table
-    from attnkit.samples import SAMPLES, place
+    from attnkit.samples import SAMPLES, demo_course, place
 
-    course = Course(args.root)
+    t0 = time.perf_counter()
+    real = Course(args.root)
+    course = demo_course(real)  # its own folder: the samples never join the real class
     assignment = course.assignments()[0]
     _sandbox_line(True, "the demo's own samples")
-    t0 = time.perf_counter()
+    print(f"== demo course in {course.root} (its own submitted/, gradebook.db, feedback/; "
+          f"{real.root}'s own are untouched)")
     print(f"== release {assignment}")
     release(course, [assignment])
-    print("== sample submissions in submitted/: " + "; ".join(f"{k} ({v})" for k, v in SAMPLES.items()))
+    print(f"== sample submissions in {course.path('submitted').relative_to(real.root)}/: "
+          + "; ".join(f"{k} ({v})" for k, v in SAMPLES.items()))
     students = place(course, assignment)
     print("== autograde")
     autograde(course, assignment, students, args.workers, allow_unsandboxed=True)
     print("== feedback")
     paths = feedback(course, assignment, students)
-    print(f"wrote {len(paths)} feedback files, e.g. {paths[0].relative_to(course.root) if paths else '-'}")
+    print(f"wrote {len(paths)} feedback files, e.g. {paths[0].relative_to(real.root) if paths else '-'}")
     out = export(course, assignment, course.path(f"grades-{assignment}.csv"))
-    print(f"== grades exported to {out.relative_to(course.root)}\n")
+    print(f"== grades exported to {out.relative_to(real.root)}\n")
     print(table(course, assignment, students))
-    print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s")
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; everything it made is in {course.root} "
+          f"(gradebook.db, submitted/, autograded/, feedback/, release/; the next demo empties it)")
     return 0
 
 
@@ -250,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parts: one column per graded part (default); canvas: Canvas gradebook import CSV")
     s.add_argument("--canvas-id", default=None,
                    help="with --format canvas: the Canvas assignment id, written as '<assignment> (<id>)'")
+    s.add_argument("--autograded-only", action="store_true",
+                   help="with --format canvas: autograded points only, against the autograded maximum, in a column "
+                        "'<assignment> autograded' (default: every point; a student with written answers not yet "
+                        "graded gets an empty cell, which Canvas imports as not graded)")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("bundle", help="dist/<assignment>-student.zip: what students get (release, self-check, "

@@ -12,6 +12,16 @@ Students upload any subset of the notebooks, under names the browser or Canvas c
 (with the folder inside), with extra files. Every upload is normalised (case, ``(N)`` and ``-N``
 suffixes, spaces/dashes vs underscores) and compared with the notebook stems.
 
+Archives are streamed, never held whole in memory: an entry is read in chunks into a scratch file
+and reading stops at a cap (the size a zip header declares is not trusted). Only notebooks and
+zips are read; a zip inside an upload is unpacked to MAX_DEPTH levels. Caps: MAX_UPLOAD_BYTES per
+file, MAX_SUBMISSION_BYTES unpacked per submission, MAX_EXPORT_BYTES per export, MAX_ENTRIES entries
+per uploaded zip (MAX_EXPORT_ENTRIES per export). A cap costs only the file or submission that hit
+it, with a message; the other students are collected.
+
+Student ids follow attnkit/ids.py: an LMS id that breaks the rule gets a hash suffix (said in the
+report), so two LMS ids never become one student.
+
 Of nbgrader's ZipCollect machinery only ``FileNameCollectorPlugin`` fits (it reads Canvas's file
 names with CANVAS_RE). ``ZipCollectApp`` itself does not: it keeps a file only if its name minus
 the prefix is exactly a released notebook name (so ``-1`` re-uploads and renamed files are
@@ -20,19 +30,95 @@ dropped), knows nothing of Gradescope's metadata, and re-copies files on every r
 from __future__ import annotations
 
 import datetime as dt
+import filecmp
+import functools
 import io
 import os
 import re
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Callable
 
-MAX_UPLOAD_BYTES = 50 * 1024 * 1024   # a notebook is far smaller; larger entries are refused
+from attnkit import ids
+
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024        # one file as read (a notebook is far smaller)
+MAX_SUBMISSION_BYTES = 200 * 1024 * 1024   # all files read from one submission's archives
+MAX_EXPORT_BYTES = 4 * 1024 * 1024 * 1024  # all files read from one LMS export
+MAX_ENTRIES = 1000                         # entries in one uploaded zip
+MAX_EXPORT_ENTRIES = 100_000               # entries in one LMS export zip
+MAX_DEPTH = 2                              # zips in zips: an uploaded zip, and one zip inside it
+CHUNK = 1024 * 1024
 SKIP_PARTS = {"__MACOSX", ".ipynb_checkpoints", "__pycache__"}
 CANVAS_RE = (r"^(?P<name>[^_/]+?)(?P<late>_late)?_(?P<student_id>\d+)_(?P<submission_id>\d+)_"
              r"(?P<file_id>[^/]+)$")
 
 
+class CapExceeded(ValueError):
+    """A file or a zip hit one of the caps above (that file is not read)."""
+
+
+class BudgetExceeded(CapExceeded):
+    """A submission or an export hit its cap on unpacked bytes (nothing more of it is read)."""
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1 << 20):g} MB"
+
+
+@dataclass
+class Budget:
+    """Bytes a submission (or an export) may still unpack."""
+    left: int
+    what: str = "submission"
+    parent: "Budget | None" = None  # a submission's budget draws on its export's too
+    cap: int = 0
+
+    def __post_init__(self):
+        self.cap = self.cap or self.left
+
+    def take(self, n: int) -> None:
+        if self.parent is not None:
+            self.parent.take(n)
+        self.left -= n
+        if self.left < 0:
+            raise BudgetExceeded(f"the {self.what} unpacks to more than {_mb(self.cap)} (the cap on a {self.what})")
+
+
+def copy_capped(src: BinaryIO, dst: BinaryIO, cap: int = MAX_UPLOAD_BYTES, budget: Budget | None = None) -> int:
+    """Copy in chunks; stop as soon as more than ``cap`` bytes (or the budget) have been read."""
+    n = 0
+    while True:
+        chunk = src.read(min(CHUNK, cap + 1 - n))
+        if not chunk:
+            return n
+        n += len(chunk)
+        if budget is not None:
+            budget.take(len(chunk))
+        if n > cap:
+            raise CapExceeded(f"larger than {_mb(cap)} (the cap on one file)")
+        dst.write(chunk)
+
+
+def open_zip(fileobj, max_entries: int = MAX_ENTRIES) -> zipfile.ZipFile:
+    """A ZipFile whose central directory was sized before it was read (zipfile reads it whole)."""
+    try:
+        end = zipfile._EndRecData(fileobj)  # private, but the only way to size the directory first
+    except (AttributeError, OSError):
+        end = None
+    if end and (end[zipfile._ECD_ENTRIES_TOTAL] > max_entries or end[zipfile._ECD_SIZE] > max_entries * 1024):
+        raise CapExceeded(f"more than {max_entries} entries (the cap on entries in one zip)")
+    zf = zipfile.ZipFile(fileobj)
+    if len(zf.infolist()) > max_entries:
+        zf.close()
+        raise CapExceeded(f"more than {max_entries} entries (the cap on entries in one zip)")
+    return zf
+
+
+
+# -- the shared matcher --------------------------------------------------------------------
 # -- the shared matcher --------------------------------------------------------------------
 def normalise(name: str) -> str:
     """A file name reduced to what identifies the notebook: no folder, extension, ``(N)`` or
@@ -70,9 +156,23 @@ def match_notebook(name: str, stems) -> str | None:
 @dataclass
 class Upload:
     name: str                 # as shown to people: 'hw9.zip:hw9/q3.ipynb'
-    data: bytes
+    data: bytes | None = None  # content held in memory (small: tests, an oversized file's stand-in)
     mtime: float = 0.0        # seconds since the epoch; newer wins between duplicates
     order: int = 0            # then the higher of these (Canvas's attachment id)
+    path: Path | None = None  # content on disk (a file of the upload folder, or unpacked to scratch)
+    opener: Callable[[], BinaryIO] | None = None  # content still inside an export zip
+
+    def open(self) -> BinaryIO:
+        if self.path is not None:
+            return open(self.path, "rb")
+        if self.opener is not None:
+            return self.opener()
+        return io.BytesIO(self.data or b"")
+
+    def read(self) -> bytes:
+        """The whole content (only for what is known to be small)."""
+        with self.open() as f:
+            return f.read()
 
 
 @dataclass
@@ -80,45 +180,129 @@ class Matching:
     chosen: dict = field(default_factory=dict)       # stem -> Upload
     unmatched: list = field(default_factory=list)    # names of files that matched no notebook
     duplicates: list = field(default_factory=list)   # (stem, kept name, [dropped names])
-    problems: list = field(default_factory=list)     # unreadable archives and the like
+    problems: list = field(default_factory=list)     # unreadable archives, caps hit and the like
+    scratch: tempfile.TemporaryDirectory | None = None  # where archive entries were unpacked
 
     def missing(self, stems) -> list:
         return [s for s in stems if s not in self.chosen]
 
+    def cleanup(self) -> None:
+        if self.scratch is not None:
+            self.scratch.cleanup()
+            self.scratch = None
 
-def _zip_uploads(data: bytes, label: str, mtime: float, problems: list) -> list[Upload]:
-    """The files inside an uploaded zip (any folder depth; no nested zips)."""
-    out = []
+
+class _Scratch:
+    """Numbered files in one temporary folder (entry names are never used as paths)."""
+
+    def __init__(self, matching: Matching):
+        self.matching, self.n = matching, 0
+
+    def new(self) -> Path:
+        if self.matching.scratch is None:
+            self.matching.scratch = tempfile.TemporaryDirectory(prefix="attnkit-unpack-")
+        self.n += 1
+        return Path(self.matching.scratch.name) / f"{self.n}.bin"
+
+    def spool(self, src: BinaryIO, budget: Budget) -> Path:
+        path = self.new()
+        try:
+            with open(path, "wb") as out:
+                copy_capped(src, out, MAX_UPLOAD_BYTES, budget)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+
+def _is_archive(name: str) -> bool:
+    return name.lower().endswith(".zip")
+
+
+def _wanted(name: str) -> bool:
+    """Only notebooks and zips are read; other files are listed by name."""
+    return name.lower().endswith(".ipynb") or _is_archive(name)
+
+
+def _zip_uploads(fileobj, label: str, mtime: float, problems: list, scratch: _Scratch, budget: Budget,
+                 out: list, depth: int = 1) -> None:
+    """Add the files inside an uploaded zip (any folder depth; zips inside to MAX_DEPTH) to ``out``, each
+    notebook unpacked to scratch within the caps (what was unpacked before a budget ran out stays)."""
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        with open_zip(fileobj) as zf:
             for info in zf.infolist():
                 parts = PurePosixPath(info.filename.replace("\\", "/")).parts
                 if info.is_dir() or not parts or SKIP_PARTS & set(parts) or parts[-1].startswith("._"):
                     continue
-                if info.file_size > MAX_UPLOAD_BYTES:
-                    problems.append(f"{label}:{info.filename}: larger than {MAX_UPLOAD_BYTES >> 20} MB, ignored")
-                    continue
+                name = f"{label}:{info.filename}"
                 when = dt.datetime(*info.date_time).timestamp() if info.date_time[0] >= 1980 else mtime
-                out.append(Upload(f"{label}:{info.filename}", zf.read(info), when))
-    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError) as exc:
+                if not _wanted(info.filename):
+                    out.append(Upload(name, b"", when))  # listed as unmatched, never read
+                    continue
+                if _is_archive(info.filename) and depth >= MAX_DEPTH:
+                    problems.append(f"{name}: a zip nested deeper than {MAX_DEPTH} levels, not unpacked")
+                    continue
+                if info.file_size > MAX_UPLOAD_BYTES:  # declared: a quick refusal; reading checks again
+                    problems.append(f"{name}: larger than {_mb(MAX_UPLOAD_BYTES)} (the cap on one file), ignored")
+                    continue
+                try:
+                    with zf.open(info) as src:
+                        path = scratch.spool(src, budget)
+                except BudgetExceeded:
+                    raise
+                except CapExceeded as exc:
+                    problems.append(f"{name}: {exc}, ignored")
+                    continue
+                if _is_archive(info.filename):
+                    try:
+                        with open(path, "rb") as inner:
+                            _zip_uploads(inner, name, when, problems, scratch, budget, out, depth + 1)
+                    finally:
+                        path.unlink()
+                else:
+                    out.append(Upload(name, None, when, path=path))
+    except BudgetExceeded:
+        raise
+    except CapExceeded as exc:
+        problems.append(f"{label}: {exc}, not unpacked")
+    except (zipfile.BadZipFile, OSError, RuntimeError, NotImplementedError, EOFError, ValueError) as exc:
         problems.append(f"{label}: not a readable zip ({type(exc).__name__}: {exc})")
-    return out
 
 
-def expand(uploads: list[Upload], problems: list | None = None) -> list[Upload]:
-    """Uploads with every zip replaced by its files."""
+def expand(uploads: list[Upload], problems: list | None = None, matching: Matching | None = None,
+           budget: Budget | None = None) -> list[Upload]:
+    """Uploads with every zip replaced by its files (unpacked into ``matching``'s scratch folder)."""
     problems = problems if problems is not None else []
+    matching = matching or Matching()
+    scratch = _Scratch(matching)
+    budget = budget or Budget(MAX_SUBMISSION_BYTES)
     out = []
     for up in uploads:
-        if up.name.lower().endswith(".zip"):
-            out += _zip_uploads(up.data, up.name, up.mtime, problems)
-        else:
+        if not _is_archive(up.name):
             out.append(up)
+            continue
+        try:
+            if up.path is not None or up.data is not None:
+                with up.open() as f:
+                    _zip_uploads(f, up.name, up.mtime, problems, scratch, budget, out)
+            else:  # inside an export: spooled to scratch first (a zip needs a seekable file)
+                with up.open() as src:
+                    path = scratch.spool(src, budget)
+                try:
+                    with open(path, "rb") as f:
+                        _zip_uploads(f, up.name, up.mtime, problems, scratch, budget, out)
+                finally:
+                    path.unlink()
+        except BudgetExceeded as exc:
+            problems.append(f"{up.name}: {exc}; nothing more of it was read")
+        except CapExceeded as exc:
+            problems.append(f"{up.name}: {exc}, not unpacked")
     return out
 
 
 def uploads_in(folder: Path, max_depth: int = 3) -> list[Upload]:
-    """Every file under an upload folder (Gradescope's /autograder/submission), zips included."""
+    """Every regular file under an upload folder (Gradescope's /autograder/submission), zips
+    included; read only when matched (place) or unpacked (expand)."""
     folder = Path(folder)
     out = []
     for path in sorted(folder.rglob("*")):
@@ -128,15 +312,16 @@ def uploads_in(folder: Path, max_depth: int = 3) -> list[Upload]:
         if path.stat().st_size > MAX_UPLOAD_BYTES:
             out.append(Upload(rel.as_posix(), b"", path.stat().st_mtime))  # matched, then reported malformed
             continue
-        out.append(Upload(rel.as_posix(), path.read_bytes(), path.stat().st_mtime))
+        out.append(Upload(rel.as_posix(), None, path.stat().st_mtime, path=path))
     return out
 
 
-def match_uploads(uploads: list[Upload], stems) -> Matching:
+def match_uploads(uploads: list[Upload], stems, budget: Budget | None = None) -> Matching:
     """Match uploads (zips expanded) to notebook stems; of two files for one notebook the
-    newer wins (then the higher copy number: ``x (2).ipynb`` is the later download)."""
+    newer wins (then the higher copy number: ``x (2).ipynb`` is the later download).
+    Unpacked files live in the Matching's scratch folder until ``cleanup()`` (or it is collected)."""
     m = Matching()
-    files = expand(uploads, m.problems)
+    files = expand(uploads, m.problems, m, budget)
     candidates: dict[str, list[Upload]] = {}
     for up in files:
         stem = match_notebook(up.name, stems)
@@ -152,25 +337,42 @@ def match_uploads(uploads: list[Upload], stems) -> Matching:
     return m
 
 
-def write_if_changed(path: Path, data: bytes, mtime: float | None = None) -> bool:
-    """Write only when the bytes differ (re-collecting leaves files untouched); set mtime."""
-    changed = not path.exists() or path.read_bytes() != data
-    if changed:
-        path.write_bytes(data)
+def write_if_changed(path: Path, data, mtime: float | None = None, budget: Budget | None = None) -> bool:
+    """Write only when the bytes differ (re-collecting leaves files untouched); set mtime.
+    ``data``: bytes or an Upload (copied in chunks, capped)."""
+    tmp = path.with_name(f".{path.name}.collecting")
+    try:
+        with open(tmp, "wb") as out:
+            if isinstance(data, (bytes, bytearray)):
+                out.write(data)
+            else:
+                with data.open() as src:
+                    copy_capped(src, out, MAX_UPLOAD_BYTES, budget)
+        changed = not path.is_file() or path.is_symlink() or not filecmp.cmp(tmp, path, shallow=False)
+        if changed:
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     if mtime is not None:
         os.utime(path, (mtime, mtime))
     return changed
 
 
-def place(matching: Matching, dest: Path, mtime: float | None = None) -> None:
-    """Write the chosen uploads into ``dest`` as ``<stem>.ipynb``; other notebooks there go."""
+def place(matching: Matching, dest: Path, mtime: float | None = None, budget: Budget | None = None) -> None:
+    """Write the chosen uploads into ``dest`` as ``<stem>.ipynb``; other notebooks there go.
+    A chosen file over a cap is not written (reported in ``matching.problems``)."""
     dest.mkdir(parents=True, exist_ok=True)
     keep = {f"{stem}.ipynb" for stem in matching.chosen}
     for old in dest.glob("*.ipynb"):
         if old.name not in keep:
             old.unlink()
     for stem, up in sorted(matching.chosen.items()):
-        write_if_changed(dest / f"{stem}.ipynb", up.data, mtime)
+        try:  # an unpacked file was counted against the budget as it was unpacked
+            write_if_changed(dest / f"{stem}.ipynb", up, mtime, budget if up.opener is not None else None)
+        except CapExceeded as exc:
+            (dest / f"{stem}.ipynb").unlink(missing_ok=True)
+            del matching.chosen[stem]
+            matching.problems.append(f"{up.name}: {exc}, not collected")
 
 
 # -- LMS exports ------------------------------------------------------------------------------
@@ -180,6 +382,7 @@ class Person:
     name: str = ""
     email: str = ""
     lms_user_id: str = ""
+    lms_id: str = ""           # the id the LMS gave (student_id is it, mapped to the id rule)
 
 
 @dataclass
@@ -228,12 +431,6 @@ def _when(value) -> dt.datetime:
     raise ValueError(f"no submission time ({value!r})")
 
 
-def safe_id(text: str) -> str:
-    """A student id usable as a folder name (no slashes, no leading dot, trimmed)."""
-    out = re.sub(r"[/\\\x00-\x1f]+", "_", str(text).strip()).lstrip(".")
-    return out
-
-
 def parse_gradescope_metadata(text: str) -> dict:
     """``submission_metadata.yml`` -> {folder: {"people": [Person], "when": datetime}}.
 
@@ -256,7 +453,8 @@ def parse_gradescope_metadata(text: str) -> dict:
             email = str(_key(s, "email") or "").strip()
             if not (sid or email):
                 raise ValueError(f"submission_metadata.yml: a submitter of {folder!r} has neither SID nor email")
-            people.append(Person(safe_id(sid or email), str(_key(s, "name") or "").strip(), email))
+            people.append(Person(ids.from_lms(sid or email), str(_key(s, "name") or "").strip(), email,
+                                 lms_id=sid or email))
         if not people:
             raise ValueError(f"submission_metadata.yml: {folder!r} names no submitters")
         out[str(folder)] = {"people": people, "when": _when(_key(entry, "created_at"))}
@@ -280,14 +478,20 @@ def read_gradescope_export(zf: zipfile.ZipFile) -> list[Submission]:
     prefix = _split_top([i.filename for i in infos])
     meta_name = prefix + "submission_metadata.yml"
     try:
-        meta = parse_gradescope_metadata(zf.read(meta_name).decode("utf-8"))
+        with zf.open(meta_name) as src:
+            text = io.BytesIO()
+            copy_capped(src, text)
     except KeyError:
         raise ValueError("not a Gradescope export: no submission_metadata.yml at its top") from None
+    except CapExceeded as exc:
+        raise ValueError(f"submission_metadata.yml: {exc}") from None
+    meta = parse_gradescope_metadata(text.getvalue().decode("utf-8", errors="replace"))
     subs = []
     for folder, entry in meta.items():
         inside = prefix + folder + "/"
-        uploads = [Upload(i.filename[len(inside):], zf.read(i), entry["when"].timestamp())
-                   for i in infos if i.filename.startswith(inside) and i.file_size <= MAX_UPLOAD_BYTES]
+        # read later, in chunks and capped, and only if a notebook or a zip
+        uploads = [Upload(i.filename[len(inside):], None, entry["when"].timestamp(), opener=functools.partial(zf.open, i))
+                   for i in infos if i.filename.startswith(inside)]
         subs.append(Submission(folder, entry["people"], uploads, entry["when"]))
     return subs
 
@@ -312,7 +516,8 @@ def read_canvas_export(zf: zipfile.ZipFile) -> tuple[list[Submission], list[str]
             found["student_id"], [Person(found["student_id"], found["name"], lms_user_id=found["student_id"])],
             [], when))
         # the attachment id orders two uploads made within the same zip second
-        sub.uploads.append(Upload(found["file_id"], zf.read(info), when.timestamp(), int(found["submission_id"])))
+        sub.uploads.append(Upload(found["file_id"], None, when.timestamp(), int(found["submission_id"]),
+                                  opener=functools.partial(zf.open, info)))
         sub.when = max(sub.when, when)
         sub.late = sub.late or bool(found["late"])
     return list(per_user.values()), stray
@@ -325,6 +530,7 @@ class CollectReport:
     unmatched: list = field(default_factory=list)     # (sid or '-', file name)
     replaced: list = field(default_factory=list)      # (sid, kept, [dropped]) two submissions / two files
     problems: list = field(default_factory=list)
+    renamed: list = field(default_factory=list)       # (LMS id, student id) where the id rule changed it
 
     def table(self, assignment: str) -> str:
         lines = [f"{self.kind} export: collected {len(self.students)} students into submitted/<student>/{assignment}/"]
@@ -342,6 +548,9 @@ class CollectReport:
                         or "none"))
         lines.append("files that matched nothing: "
                      + ("; ".join(f"{sid}: {name}" for sid, name in self.unmatched) or "none"))
+        if self.renamed:
+            lines.append("LMS ids changed to keep the student id rule (letters, digits, -_.@; a hash keeps them "
+                         "apart): " + "; ".join(f"{lms!r} -> {sid}" for lms, sid in self.renamed))
         for p in self.problems:
             lines.append(f"problem: {p}")
         return "\n".join(lines)
@@ -359,14 +568,18 @@ def detect(zf: zipfile.ZipFile) -> str:
 
 
 def collect(course, assignment: str, export: Path, kind: str = "auto", due: dt.datetime | None = None) -> CollectReport:
-    """Fill ``submitted/<student>/<assignment>/`` from an LMS export zip (idempotent)."""
+    """Fill ``submitted/<student>/<assignment>/`` from an LMS export zip (idempotent).
+
+    The export is read entry by entry while it is open, one submission at a time, within the caps."""
     stems = course.notebooks(assignment)
     report = CollectReport()
     try:
-        zf = zipfile.ZipFile(export)
+        zf = open_zip(open(export, "rb"), MAX_EXPORT_ENTRIES)
+    except CapExceeded as exc:
+        raise ValueError(f"{export}: {exc}") from None
     except (zipfile.BadZipFile, OSError) as exc:
         raise ValueError(f"{export}: not a readable zip ({exc})") from None
-    with zf:
+    with zf, zf.fp:
         report.kind = detect(zf) if kind == "auto" else kind
         if report.kind == "gradescope":
             subs = read_gradescope_export(zf)
@@ -375,28 +588,55 @@ def collect(course, assignment: str, export: Path, kind: str = "auto", due: dt.d
             report.unmatched += [("-", name) for name in stray]
         else:
             raise ValueError(f"unknown export format {kind!r} (gradescope, canvas or auto)")
-    # One submission per student: the newest (a student may appear in two Gradescope submissions).
-    newest: dict[str, tuple[Submission, Person]] = {}
-    for sub in sorted(subs, key=lambda s: (s.when, s.key)):
-        for person in sub.people:
-            if person.student_id in newest:
-                report.replaced.append((person.student_id, sub.key, [newest[person.student_id][0].key]))
-            newest[person.student_id] = (sub, person)
-    for sid, (sub, person) in sorted(newest.items()):
-        matching = match_uploads(sub.uploads, stems)
-        late = sub.late or (due is not None and sub.when > due)
-        dest = course.path("submitted", sid, assignment)
-        place(matching, dest, sub.when.timestamp())
-        # nbgrader reads the submission time (and lateness) from timestamp.txt
-        write_if_changed(dest / "timestamp.txt", sub.when.astimezone(dt.timezone.utc).isoformat(" ").encode(),
-                         sub.when.timestamp())
-        report.students[sid] = {"person": person, "when": sub.when, "late": late,
-                                "files": [(up.name, stem) for stem, up in sorted(matching.chosen.items())]}
-        report.unmatched += [(sid, name) for name in matching.unmatched]
-        report.replaced += [(sid, kept, dropped) for _, kept, dropped in matching.duplicates]
-        report.problems += [f"{sid}: {p}" for p in matching.problems]
+        # One submission per student: the newest (a student may appear in two Gradescope submissions).
+        newest: dict[str, tuple[Submission, Person]] = {}
+        lms_ids: dict[str, set] = {}
+        for sub in sorted(subs, key=lambda s: (s.when, s.key)):
+            for person in sub.people:
+                lms_ids.setdefault(person.student_id, set()).add(person.lms_id or person.student_id)
+                if person.student_id in newest:
+                    report.replaced.append((person.student_id, sub.key, [newest[person.student_id][0].key]))
+                newest[person.student_id] = (sub, person)
+        export_budget = Budget(MAX_EXPORT_BYTES, "export")
+        for sid, (sub, person) in sorted(newest.items()):
+            if (person.lms_id or sid) != sid:
+                report.renamed.append((person.lms_id, sid))
+            refused = _refusal(course, sid, lms_ids[sid])
+            if refused:
+                report.problems.append(refused)
+                continue
+            budget = Budget(MAX_SUBMISSION_BYTES, "submission", export_budget)
+            matching = match_uploads(sub.uploads, stems, budget)
+            try:
+                late = sub.late or (due is not None and sub.when > due)
+                dest = course.path("submitted", sid, assignment)
+                place(matching, dest, sub.when.timestamp(), budget)
+                # nbgrader reads the submission time (and lateness) from timestamp.txt
+                write_if_changed(dest / "timestamp.txt",
+                                 sub.when.astimezone(dt.timezone.utc).isoformat(" ").encode(), sub.when.timestamp())
+            finally:
+                matching.cleanup()
+            report.students[sid] = {"person": person, "when": sub.when, "late": late,
+                                    "files": [(up.name, stem) for stem, up in sorted(matching.chosen.items())]}
+            report.unmatched += [(sid, name) for name in matching.unmatched]
+            report.replaced += [(sid, kept, dropped) for _, kept, dropped in matching.duplicates]
+            report.problems += [f"{sid}: {p}" for p in matching.problems]
     _record_students(course, report)
     return report
+
+
+def _refusal(course, sid: str, lms_ids: set) -> str | None:
+    """Why a student must not be written (two LMS ids on one student id, a planted link), or None."""
+    if len(lms_ids) > 1:  # from_lms makes this (nearly) impossible; never merge two students if it happens
+        return (f"LMS ids {', '.join(repr(i) for i in sorted(lms_ids))} would all be student {sid!r}: "
+                f"none of them collected (give them distinct ids in the LMS)")
+    why = ids.refusal(sid)
+    if why:  # from_lms keeps the rule; this guards the Canvas path and any future reader
+        return f"{why}: not collected"
+    for folder in (course.path("submitted"), course.path("submitted", sid)):
+        if folder.is_symlink():
+            return f"{sid}: {folder} is a symbolic link: not collected"
+    return None
 
 
 def _record_students(course, report: CollectReport) -> None:

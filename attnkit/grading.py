@@ -14,6 +14,7 @@ import time
 
 import nbformat
 
+from attnkit import ids
 from attnkit.course import Course
 from attnkit.progress import Progress
 from attnkit.results import NotebookResult, Status, StudentResult, save_report
@@ -60,6 +61,8 @@ def grade_student(root: str, assignment: str, student: str, on_notebook=None, pr
     ``on_notebook(result)`` as each notebook is done; ``prestart``: more students follow in this
     process (their sandbox may start ahead). Returns the result as JSON data (it travels back to
     the batch through a pipe)."""
+    if not ids.is_valid(student):  # never handed to nbgrader, which would read it as a pattern
+        raise ValueError(ids.refusal(student))
     course = Course(root)
     started = time.perf_counter()
     result = StudentResult(student, assignment)
@@ -169,6 +172,8 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
         sandbox.protect(str(course.root), os.path.dirname(sandbox.KIT_DIR))
     ensure_assignment(course, assignment)
     students = students or course.students(assignment)
+    refused = [refused_result(s, assignment) for s in students if not ids.is_valid(s)]
+    students = [s for s in students if ids.is_valid(s)]  # nbgrader reads an id as a glob: only valid ones reach it
     workers = max(1, min(workers or os.cpu_count() or 1, len(students) or 1))
     with course.gradebook() as gb:
         notebooks = sorted(nb.name for nb in gb.find_assignment(assignment).notebooks)
@@ -194,14 +199,20 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
 
     try:
         results = run_batch(root, assignment, students, workers, {sandbox.ENV_MODE: mode}, on_result, notebooks,
-                            failed_result, ahead=lambda slot: start_ahead(root, assignment, slot))
+                            failed_result, ahead=lambda slot: start_ahead(root, assignment, slot)) if students else []
     except Interrupted as stop:
         # what was graded stays graded; a rerun finishes
         save_report(course.root, assignment, [StudentResult.from_json(r) for r in stop.results])
         raise
-    typed = sorted((StudentResult.from_json(r) for r in results), key=lambda r: r.student)
+    typed = sorted([StudentResult.from_json(r) for r in results] + refused, key=lambda r: r.student)
     save_report(course.root, assignment, typed)
     return typed
+
+
+def refused_result(student: str, assignment: str) -> StudentResult:
+    """The result of a student whose id breaks the id rule: not graded, nothing of theirs touched."""
+    return StudentResult(student, assignment, [NotebookResult(
+        "*", Status.FAILED, f"not graded: {ids.refusal(student)}; rename submitted/<id>/ to a valid id")])
 
 
 def _safe_grade(root: str, assignment: str, student: str, on_notebook=None, prestart: bool = False) -> dict:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import ahocorasick_rs
 
+from attnkit import ids
 from attnkit import notebooks as nbu
 from attnkit.course import Course
 from attnkit.results import FeedbackProblem, Problem, Status, first_error, load_report
@@ -68,6 +69,16 @@ def table(course: Course, assignment: str, students: list[str] | None = None) ->
     return "\n".join(lines)
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value) -> str:
+    """A text cell no spreadsheet runs (OWASP CSV injection): one starting with =, +, -, @, a tab or a
+    CR gets a ' prefix. Only for text (ids, names, labels): scores are written as numbers."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
 def export(course: Course, assignment: str, path: Path) -> Path:
     """CSV: one row per student, one column per graded part, notebook totals and the total."""
     data = scores(course, assignment)
@@ -82,7 +93,7 @@ def export(course: Course, assignment: str, path: Path) -> Path:
     rows = []
     for sid in sorted(data["students"]):
         per = data["students"][sid]
-        row = [sid]
+        row = [csv_text(sid)]
         for nb, gid, _ in parts:
             score = per.get(nb, {}).get("cells", {}).get(gid, (0, 0))[0]
             row.append(_fmt(score))
@@ -91,8 +102,8 @@ def export(course: Course, assignment: str, path: Path) -> Path:
                 "yes" if any(d["manual_pending"] for d in per.values()) else "no"]
         rows.append(row)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([header] + rows)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([[csv_text(h) for h in header]] + rows)
     return path
 
 

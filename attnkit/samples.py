@@ -1,12 +1,17 @@
-"""Sample submissions for the demo, built from source/ so no solution text lives elsewhere."""
+"""Sample submissions for the demo, built from source/ so no solution text lives elsewhere, and the
+demo's own course folder (``demo/`` beside source/, gitignored), so that the samples never reach the
+real course's submitted/, gradebook, formgrader or LMS exports."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from attnkit import markup
 from attnkit import notebooks as nbu
 from attnkit.course import Course
 
+DEMO_DIR = "demo"
+MARKER = ".attnkit-demo"   # only a folder carrying it is ever emptied by the demo
 SAMPLES = {
     "sample-solution": "every blank filled with the instructor's solution",
     "sample-untouched": "the release copy, submitted without changes",
@@ -49,3 +54,25 @@ def place(course: Course, assignment: str) -> list[str]:
                 nb = partial(snb)
             nbu.write(nb, dest / src.name)
     return list(SAMPLES)
+
+
+def demo_course(real: Course) -> Course:
+    """A fresh course in ``<real root>/demo/``: the real course's configuration and source/ only
+    (its gradebook, submitted/, release/ stay untouched). A ``demo/`` the demo did not make is
+    refused, never emptied."""
+    if (real.root / MARKER).exists():  # run from inside the demo folder: use its real course
+        real = Course(real.root.parent)
+    root = real.path(DEMO_DIR)
+    if root.exists() or root.is_symlink():
+        if root.is_symlink() or not (root / MARKER).is_file():
+            raise SystemExit(f"error: {root} exists and is not the demo's folder (no {MARKER} in it); "
+                             f"move it away, the demo puts its own course there")
+        shutil.rmtree(root)
+    root.mkdir()
+    (root / MARKER).write_text("made by ./kit demo; emptied by the next ./kit demo\n")
+    for name in ("course_config.py", "nbgrader_config.py"):
+        if real.path(name).is_file():
+            shutil.copy2(real.path(name), root / name)
+    shutil.copytree(real.path("source"), root / "source",
+                    ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    return Course(Path(root))

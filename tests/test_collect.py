@@ -72,12 +72,12 @@ def test_two_files_for_one_notebook_keep_the_newer():
     """Of two uploads of one notebook, is the newer kept (then the higher copy number) and the other reported?"""
     m = match_uploads([Upload("q3_multihead_attention.ipynb", b"old", 100),
                        Upload("q3_multihead_attention (1).ipynb", b"new", 200)], STEMS)
-    assert m.chosen["q3_multihead_attention"].data == b"new"
+    assert m.chosen["q3_multihead_attention"].read() == b"new"
     assert m.duplicates == [("q3_multihead_attention", "q3_multihead_attention (1).ipynb",
                              ["q3_multihead_attention.ipynb"])]
     m = match_uploads([Upload("q3_multihead_attention (1).ipynb", b"a", 5),
                        Upload("q3_multihead_attention (2).ipynb", b"b", 5)], STEMS)
-    assert m.chosen["q3_multihead_attention"].data == b"b"
+    assert m.chosen["q3_multihead_attention"].read() == b"b"
 
 
 GRADESCOPE_YML = """\
@@ -152,4 +152,224 @@ def test_canvas_names_are_read_with_nbgrader_plugin():
     assert stray == ["readme.txt"]
     assert by["23456"].late and not by["12345"].late and by["23456"].people[0].name == "müllerzoë"
     m = match_uploads(by["12345"].uploads, STEMS)
-    assert m.chosen["q3_multihead_attention"].data == b"new"
+    assert m.chosen["q3_multihead_attention"].read() == b"new"
+
+
+# -- student ids ---------------------------------------------------------------------------------
+from pathlib import Path  # noqa: E402
+
+from attnkit import ids  # noqa: E402
+from harness import kit  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+NB = "q3_multihead_attention"
+
+
+@pytest.mark.parametrize("sid", ["3031", "ana.lopez@example.edu", "Zoë_Müller-Łukasz.3", "学生王", "a-b_c", "x" * 64])
+def test_valid_ids_keep_the_rule(sid):
+    """Is an id of letters (any script), digits and -_.@ accepted as it is?"""
+    assert ids.problem(sid) is None and ids.from_lms(sid) == sid
+
+
+@pytest.mark.parametrize("sid, why", [("*", "'*'"), ("a?", "'?'"), ("[ab]", "'['"), ("..", "dot"), (".", "dot"),
+                                      (".x", "dot"), ("a/b", "'/'"), ("a b", "' '"), ("", "empty"),
+                                      ("x" * 65, "longer"), ("e\u0301", "'\u0301'"), ("a\\b", "'\\\\'")])
+def test_ids_that_break_the_rule_say_why(sid, why):
+    """Is an id with a glob or path character, a leading dot, or too long refused with the reason?"""
+    assert why in ids.problem(sid)
+    mapped = ids.from_lms(sid) if sid else ids.from_lms("_")
+    assert ids.is_valid(mapped)
+
+
+def test_lms_ids_never_merge():
+    """Do ids that one character-replacement would merge ('x'/'.x', 'a/b'/'a_b', '*'/'?') stay distinct and stable?"""
+    groups = [("x", ".x", "..x"), ("a/b", "a_b", "a\\b", "a b"), ("*", "?", "_", ".", ".."), ("a" * 70, "a" * 71)]
+    for group in groups:
+        mapped = [ids.from_lms(s) for s in group]
+        assert len(set(mapped)) == len(group), dict(zip(group, mapped))
+        assert mapped == [ids.from_lms(s) for s in group]  # deterministic: re-collecting finds the same folder
+        assert all(ids.is_valid(m) for m in mapped)
+
+
+def _gradescope_zip(path: Path, people: dict) -> Path:
+    """A Gradescope export: one submission per SID, each uploading NB with a text naming its owner."""
+    yml, entries = [], {}
+    for i, (sid, text) in enumerate(people.items()):
+        folder = f"submission_{i}"
+        yml.append(f"{folder}:\n  :submitters:\n  - :name: Student {i}\n    :sid: {sid!r}\n"
+                   f"    :email: s{i}@example.edu\n  :created_at: 2024-03-01 10:00:0{i} UTC\n")
+        entries[f"export/{folder}/{NB}.ipynb"] = text.encode()
+    entries["export/submission_metadata.yml"] = "".join(yml).encode()
+    path.write_bytes(_zip(entries))
+    return path
+
+
+@pytest.fixture(scope="module")
+def scratch_course():
+    import shutil
+
+    from attnkit.course import Course
+    c = Course(ROOT).scratch_copy(notebooks=[NB])
+    yield c
+    shutil.rmtree(c.root, ignore_errors=True)
+
+
+def test_collect_keeps_hostile_and_colliding_ids_apart(scratch_course, tmp_path):
+    """Through ./kit collect: do '*', '..', 'x' vs '.x' and 'a/b' vs 'a_b' each land in a folder of their
+    own, with their own file, nothing in submitted/hw9 and no folder named '*', and the renames said?"""
+    people = {"*": "star", "..": "dotdot", "x": "plain x", ".x": "dot x", "a/b": "slash", "a_b": "underscore"}
+    out = kit(scratch_course.root, "collect", "hw9", str(_gradescope_zip(tmp_path / "gs.zip", people)), check=True)
+    sub = scratch_course.path("submitted")
+    found = {p.name: (p / "hw9" / f"{NB}.ipynb").read_text() for p in sub.iterdir()}
+    assert sorted(found.values()) == sorted(people.values())  # six students, six files, none overwritten
+    assert found["x"] == "plain x" and found["a_b"] == "underscore"  # valid ids are kept as they are
+    assert all(ids.is_valid(name) for name in found) and not (sub / "hw9").exists() and not (sub / "*").exists()
+    for lms in ("*", "..", ".x", "a/b"):
+        mapped = ids.from_lms(lms)
+        assert found[mapped] == people[lms] and f"{lms!r} -> {mapped}" in out.stdout
+    # again: the same folders, nothing new
+    kit(scratch_course.root, "collect", "hw9", str(tmp_path / "gs.zip"), check=True)
+    assert sorted(p.name for p in sub.iterdir()) == sorted(found)
+    import shutil
+    shutil.rmtree(sub)
+
+
+def test_autograde_and_feedback_refuse_a_pattern_id(scratch_course):
+    """Does `autograde --student '*'` (or '..', 'a b') refuse with the id rule and leave every other student's
+    autograded notebook as it was (nbgrader would read '*' as every student)? And feedback too?"""
+    c = scratch_course
+    for sid in ("alice", "bob", "*"):
+        (c.path("submitted", sid, "hw9")).mkdir(parents=True, exist_ok=True)
+        (c.path("submitted", sid, "hw9", f"{NB}.ipynb")).write_text("{}")
+    graded = c.path("autograded", "alice", "hw9", f"{NB}.ipynb")
+    graded.parent.mkdir(parents=True, exist_ok=True)
+    graded.write_text("alice's graded notebook")
+    before = graded.stat().st_mtime_ns
+    for sid in ("*", "..", "a b", "[ab]*"):
+        out = kit(c.root, "autograde", "hw9", "--student", sid, "--quiet", "--unsandboxed-i-accept-the-risk")
+        assert out.returncode != 0 and f"student id {sid!r}" in out.stderr, out.stderr[-2000:]
+        fb = kit(c.root, "feedback", "hw9", "--student", sid)
+        assert fb.returncode == 1 and f"student id {sid!r}" in fb.stderr
+    assert graded.read_text() == "alice's graded notebook" and graded.stat().st_mtime_ns == before
+    assert not c.path("feedback").exists()
+    import shutil
+    for folder in ("submitted", "autograded"):
+        shutil.rmtree(c.path(folder), ignore_errors=True)
+
+
+# -- archives: streamed, within caps ---------------------------------------------------------------
+def _zeros_entry(zf, name, size, when=(2024, 3, 1, 12, 0, 0)):
+    """A deflated entry of ``size`` zero bytes, written in chunks (a few hundred KB per 300 MB)."""
+    info = zipfile.ZipInfo(name, date_time=when)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    chunk = bytes(1 << 20)
+    with zf.open(info, "w", force_zip64=True) as f:
+        for _ in range(size >> 20):
+            f.write(chunk)
+
+
+def _zip_bytes(build) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        build(zf)
+    return buf.getvalue()
+
+
+PEAK_RSS = """
+import resource, subprocess, sys
+proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+sys.stdout.write(proc.stdout); sys.stderr.write(proc.stderr)
+print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(proc.returncode)
+"""
+
+
+def test_zip_bombs_are_refused_in_bounded_memory(scratch_course, tmp_path):
+    """Through ./kit collect: does a 0.6 MB Canvas download whose notebooks inflate to 600 MB, a nested zip
+    bomb (zips of 45 MB notebooks, 360 MB in all) and a zip four levels deep each get a message, no file
+    over the cap, bounded memory, while the other student in the same download is collected?"""
+    import subprocess
+    import sys
+
+    good = b'{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
+    inner = _zip_bytes(lambda z: [_zeros_entry(z, f"hw/{s}.ipynb", 45 << 20) for s in STEMS])
+    nested = _zip_bytes(lambda z: [z.writestr(f"part{i}.zip", inner) for i in range(2)])
+    deep = _zip_bytes(lambda z: z.writestr("a.zip", _zip_bytes(lambda y: y.writestr(
+        "b.zip", _zip_bytes(lambda x: x.writestr(f"{NB}.ipynb", good))))))
+
+    def build(zf):
+        _zeros_entry(zf, f"bomb_1001_5001_{NB}.ipynb", 300 << 20)
+        _zeros_entry(zf, "bomb_1001_5002_q6_linear_attention.ipynb", 300 << 20)
+        zf.writestr(f"nest_1002_5003_hw9.zip", nested)
+        zf.writestr(f"deep_1004_5005_hw9.zip", deep)
+        zf.writestr(f"good_1003_5004_{NB}.ipynb", good)
+    export = tmp_path / "canvas.zip"
+    export.write_bytes(_zip_bytes(build))
+    assert export.stat().st_size < 1_500_000
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS, sys.executable, "-m", "attnkit", "--root",
+                           str(scratch_course.root), "collect", "hw9", str(export)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    peak_mb = int(out.split("PEAK_RSS_KB")[1]) / 1024
+    print(f"collect of a {export.stat().st_size / 1e6:.2f} MB zip bomb: peak RSS {peak_mb:.0f} MB")
+    assert peak_mb < 250, out  # the Python process with nbgrader imported is ~100-150 MB; a notebook read whole is 300
+    sub = scratch_course.path("submitted")
+    assert (sub / "1003" / "hw9" / f"{NB}.ipynb").read_bytes() == good  # the other student: collected
+    sizes = {str(p.relative_to(sub)): p.stat().st_size for p in sub.rglob("*") if p.is_file()}
+    assert max(sizes.values()) <= 50 << 20, sizes
+    assert not (sub / "1001" / "hw9" / f"{NB}.ipynb").exists()
+    assert f"1001: {NB}.ipynb: larger than 50 MB (the cap on one file), not collected" in out
+    assert "1002: hw9.zip" in out and "unpacks to more than 200 MB (the cap on a submission)" in out
+    assert "nested deeper than 2 levels" in out
+    import shutil
+    shutil.rmtree(sub)
+
+
+def test_gradescope_upload_folder_bomb_is_capped(tmp_path):
+    """In a Gradescope upload folder, is a zip whose notebook inflates to 300 MB refused with a message (never
+    read whole), while the student's plain notebook beside it is matched?"""
+    from attnkit.collect import uploads_in
+    (tmp_path / "hw9.zip").write_bytes(_zip_bytes(lambda z: _zeros_entry(z, f"hw9/{NB}.ipynb", 300 << 20)))
+    (tmp_path / "q6_linear_attention.ipynb").write_bytes(b"{}")
+    m = match_uploads(uploads_in(tmp_path), STEMS)
+    assert sorted(m.chosen) == ["q6_linear_attention"] and m.chosen["q6_linear_attention"].read() == b"{}"
+    assert m.problems == [f"hw9.zip:hw9/{NB}.ipynb: larger than 50 MB (the cap on one file), ignored"]
+    m.cleanup()
+
+
+def test_too_many_entries_are_refused(tmp_path):
+    """Is an uploaded zip with more entries than the cap refused before its directory is read?"""
+    from attnkit.collect import MAX_ENTRIES
+    data = _zip_bytes(lambda z: [z.writestr(f"f{i}.txt", b"") for i in range(MAX_ENTRIES + 1)])
+    m = match_uploads([Upload("hw9.zip", data)], STEMS)
+    assert m.chosen == {} and m.problems == [f"hw9.zip: more than {MAX_ENTRIES} entries (the cap on entries in one "
+                                             f"zip), not unpacked"]
+
+
+@pytest.mark.slow
+def test_batch_refuses_bad_ids_already_in_submitted_and_goes_on():
+    """Do folders in submitted/ whose names break the id rule ('*', '.hidden', 'a b') each get a refusal
+    naming the rule, while the valid student beside them is graded, and nothing is made for the others?"""
+    import json
+    import shutil
+
+    from attnkit.course import Course
+    c = Course(ROOT).scratch_copy(notebooks=[NB], with_release=True)
+    try:
+        for sid in ("alice", "*", ".hidden", "a b"):
+            (c.path("submitted", sid, "hw9")).mkdir(parents=True)
+            shutil.copy2(c.path("release", "hw9", f"{NB}.ipynb"), c.path("submitted", sid, "hw9", f"{NB}.ipynb"))
+        out = kit(c.root, "autograde", "hw9", "--workers", "1", "--quiet")
+        assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+        for sid in ("*", ".hidden", "a b"):
+            assert f"error: not graded: student id {sid!r}" in out.stderr
+        with c.gradebook() as gb:
+            assert [s.id for s in gb.students] == ["alice"]
+            assert gb.find_submission_notebook(NB, "hw9", "alice").score == 0
+        assert sorted(p.name for p in c.path("autograded").iterdir()) == ["alice"]
+        report = {r["student"]: r for r in json.loads(c.path("reports", "hw9-autograde.json").read_text())}
+        assert report["alice"]["notebooks"][0]["status"] == "graded"
+        assert report["*"]["notebooks"][0]["status"] == "failed" and "glob" not in report["*"]["notebooks"][0]
+    finally:
+        shutil.rmtree(c.root, ignore_errors=True)

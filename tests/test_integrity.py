@@ -114,7 +114,7 @@ def test_feedback_refuses_a_page_that_would_show_hidden_tests(graded, pages):
     and a page that would show one (here: a hidden-test line planted in a graded notebook's
     output) is not written, while the student's other pages are."""
     assert pages["refused"] == {}, pages["refused"]
-    sid = "Zoë Müller-Łukasz 3"
+    sid = "Zoë_Müller-Łukasz.3"
     secret = nbu.assignment_hidden_lines(sorted(SOURCE.glob("*.ipynb")))[0]
     path = graded.course.path("autograded", sid, ASSIGNMENT, f"{Q3}.ipynb")
     original = path.read_bytes()
@@ -162,7 +162,7 @@ def test_feedback_skips_ungraded_students(graded, pages):
 
 def test_output_flood_keeps_feedback_small(graded, pages):
     flood = pages[("tamper-output-flood", Q3)].stat().st_size
-    normal = pages[("Zoë Müller-Łukasz 3", Q3)].stat().st_size
+    normal = pages[("Zoë_Müller-Łukasz.3", Q3)].stat().st_size
     assert flood < normal + 100_000, (flood, normal)
     graded_nb = graded.course.path("autograded", "tamper-output-flood", ASSIGNMENT, f"{Q3}.ipynb")
     assert graded_nb.stat().st_size < 2_000_000
@@ -176,7 +176,7 @@ def test_unreadable_notebooks_are_reported(graded):
 
 
 # ---------------------------------------------------------------------------- regrades
-REGRADE = ["tamper-patch-checks", "tamper-duplicated-answer", "Zoë Müller-Łukasz 3", "学生 王 wrong-d"]
+REGRADE = ["tamper-patch-checks", "tamper-duplicated-answer", "Zoë_Müller-Łukasz.3", "学生_王-wrong-d"]
 
 
 def _cells(course, sid):
@@ -185,7 +185,7 @@ def _cells(course, sid):
 
 def test_regrade_is_identical_and_keeps_manual_grades(graded, pages):
     course = graded.course
-    sid = "Zoë Müller-Łukasz 3"
+    sid = "Zoë_Müller-Łukasz.3"
     with course.gradebook() as gb:
         gb.find_grade("q3b_explanation", Q3, ASSIGNMENT, sid).manual_score = 1.5
         gb.find_grade("q3a_W_k", Q3, ASSIGNMENT, "tamper-patch-checks").manual_score = 0.5  # a hand override
@@ -204,7 +204,7 @@ def test_regrade_is_identical_and_keeps_manual_grades(graded, pages):
 
 def test_resubmission_replaces_scores(graded, pages):
     course = graded.course
-    sid = "学生 王 wrong-d"
+    sid = "学生_王-wrong-d"
     assert _cells(course, sid)[Q3]["cells"]["q3d_scores"][0] == 0
     fixed = nbu.fill(nbu.read(course.path("source", ASSIGNMENT, f"{Q3}.ipynb")))
     nbu.write(fixed, course.path("submitted", sid, ASSIGNMENT, f"{Q3}.ipynb"))

@@ -26,11 +26,11 @@ def course():
     assert "clean" in out.stdout
     from attnkit.samples import place
     place(c, "hw9")
-    # Broken submissions: malformed JSON, nothing at all, an id with a space and non-ASCII letters.
+    # Broken submissions: malformed JSON, nothing at all, an id with non-ASCII letters (no space: the id rule).
     (c.path("submitted", "broken-json", "hw9")).mkdir(parents=True)
     (c.path("submitted", "broken-json", "hw9", f"{NB}.ipynb")).write_text('{"cells": [')
     (c.path("submitted", "no-notebook", "hw9")).mkdir(parents=True)
-    odd = c.path("submitted", "Zoë Müller", "hw9")
+    odd = c.path("submitted", "Zoë_Müller", "hw9")
     odd.mkdir(parents=True)
     shutil.copy2(c.path("submitted", "sample-solution", "hw9", f"{NB}.ipynb"), odd / f"{NB}.ipynb")
     c.autograde_output = kit(c.root, "autograde", "hw9", "--workers", "2")
@@ -70,7 +70,7 @@ def test_autograde_scores_and_reports_broken_submissions(course):
     data = scores(course, "hw9")["students"]
     auto_max = 17.0  # issue 10: the whole-layer part (2)
     assert data["sample-solution"][NB]["score"] == auto_max
-    assert data["Zoë Müller"][NB]["score"] == auto_max
+    assert data["Zoë_Müller"][NB]["score"] == auto_max
     assert data["sample-untouched"][NB]["score"] == 0
     assert 0 < data["sample-partial"][NB]["score"] < auto_max
     assert data["broken-json"][NB]["score"] == 0 and not data["broken-json"][NB]["manual_pending"]
@@ -98,7 +98,7 @@ def test_export_has_a_column_per_part(course):
     out = course.path("grades.csv")
     kit(course.root, "export", "hw9", "-o", str(out), check=True)
     rows = list(csv.DictReader(open(out)))
-    assert {r["student"] for r in rows} >= {"sample-solution", "sample-untouched", "sample-partial", "Zoë Müller"}
+    assert {r["student"] for r in rows} >= {"sample-solution", "sample-untouched", "sample-partial", "Zoë_Müller"}
     cols = rows[0].keys()
     assert f"{NB}:q3e_softmax (/2)" in cols and "total" in cols and f"{NB} total" in cols
     sol = next(r for r in rows if r["student"] == "sample-solution")

@@ -506,8 +506,10 @@ submission_1003:
     kit(course.root, "autograde", "hw9", "--workers", "1", "--quiet", check=True)
     kit(course.root, "export", "hw9", "-o", str(tmp / "parts.csv"), check=True)
     kit(course.root, "export", "hw9", "--format", "canvas", "-o", str(tmp / "canvas.csv"), check=True)
+    kit(course.root, "export", "hw9", "--format", "canvas", "--autograded-only", "-o", str(tmp / "auto.csv"), check=True)
     out["parts"] = {r["student"]: r for r in csv.DictReader(open(tmp / "parts.csv", encoding="utf-8"))}
     out["canvas"] = list(csv.reader(open(tmp / "canvas.csv", encoding="utf-8")))
+    out["canvas_auto"] = list(csv.reader(open(tmp / "auto.csv", encoding="utf-8")))
     yield out
     shutil.rmtree(course.root, ignore_errors=True)
 
@@ -559,6 +561,13 @@ def test_exports_hold_the_right_totals(lms):
     assert header == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "hw9"]
     assert possible[0].strip() == "Points Possible" and float(possible[-1]) == sum(nbu.points(
         nbu.read(SOURCE / f"{NB}.ipynb")).values())
+    # every point; a student whose written answer nobody has graded yet: empty (Canvas: not graded)
+    pending = {sid for sid, per in data.items() if any(d["manual_pending"] for d in per.values())}
+    assert pending >= {"ana@example.edu", "23456"}  # solved: the written answer awaits a grader
+    got = {(r[1] or r[2] or r[3]): r[-1] for r in rows}
+    assert got == {sid: "" if sid in pending else f"{totals[sid]:g}" for sid in totals}
+    header, possible, *rows = lms["canvas_auto"]  # --autograded-only: the autograded points, for everyone
+    assert header[-1] == "hw9 autograded" and float(possible[-1]) == full
     got = {(r[1] or r[2] or r[3]): (r[0], r[3], float(r[-1])) for r in rows}
     assert got["12345"] == ("smithjohn", "", totals["12345"])            # Canvas user id in ID
     assert got["3031"] == ("Müller, Zoë", "zoe@example.edu", totals["3031"])  # SID in SIS User ID

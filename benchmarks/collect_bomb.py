@@ -1,0 +1,89 @@
+"""Peak memory of `./kit collect` on zip bombs (a figure, not a test; the README quotes it).
+
+A Canvas download of about 0.6 MB: student 1001 uploads two notebooks of 300 MB of zeros each, student
+1002 a zip of two zips of four 45 MB notebooks (360 MB), student 1004 a zip four levels deep, student
+1003 a plain notebook. Prints the download's size, what it inflates to, the peak resident memory of the
+collect process (ru_maxrss of the child), the largest file written, and the problems collect reported.
+
+    .venv/bin/python benchmarks/collect_bomb.py [--kit PATH]   # PATH: another checkout's attnkit parent, to compare
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+NB = "q3_multihead_attention"
+STEMS = ["q12_scaled_dot_product", NB, "q4_multiquery_attention", "q6_linear_attention"]
+GOOD = b'{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
+
+
+def zeros(zf, name, size):
+    info = zipfile.ZipInfo(name, date_time=(2024, 3, 1, 12, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with zf.open(info, "w", force_zip64=True) as f:
+        for _ in range(size >> 20):
+            f.write(bytes(1 << 20))
+
+
+def zipped(build) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        build(zf)
+    return buf.getvalue()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--kit", default=None, help="put this folder first on PYTHONPATH (an older attnkit to compare)")
+    args = p.parse_args()
+    from attnkit.course import Course
+
+    inner = zipped(lambda z: [zeros(z, f"hw/{s}.ipynb", 45 << 20) for s in STEMS])
+    nested = zipped(lambda z: [z.writestr(f"part{i}.zip", inner) for i in range(2)])
+    deep = zipped(lambda z: z.writestr("a.zip", zipped(lambda y: y.writestr(
+        "b.zip", zipped(lambda x: x.writestr(f"{NB}.ipynb", GOOD))))))
+
+    def build(zf):
+        zeros(zf, f"bomb_1001_5001_{NB}.ipynb", 300 << 20)
+        zeros(zf, "bomb_1001_5002_q6_linear_attention.ipynb", 300 << 20)
+        zf.writestr("nest_1002_5003_hw9.zip", nested)
+        zf.writestr("deep_1004_5005_hw9.zip", deep)
+        zf.writestr(f"good_1003_5004_{NB}.ipynb", GOOD)
+
+    tmp = Path(tempfile.mkdtemp(prefix="attnkit-bomb-"))
+    course = Course(ROOT).scratch_copy(parent=str(tmp))
+    try:
+        export = tmp / "canvas.zip"
+        export.write_bytes(zipped(build))
+        env = dict(os.environ)
+        if args.kit:
+            env["PYTHONPATH"] = args.kit + os.pathsep + env.get("PYTHONPATH", "")
+        proc = subprocess.run([sys.executable, "-m", "attnkit", "--root", str(course.root), "collect", "hw9",
+                               str(export)], capture_output=True, text=True, env=env, cwd=tmp)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        files = [f for f in course.path("submitted").rglob("*") if f.is_file()] if course.path("submitted").exists() else []
+        largest = max((f.stat().st_size for f in files), default=0)
+        print(f"download {export.stat().st_size / 1e6:.2f} MB, inflating to {(600 + 360) } MB of notebooks")
+        print(f"collect exit {proc.returncode}; peak RSS {peak:.0f} MB; largest file written {largest / 1e6:.0f} MB")
+        for line in proc.stdout.splitlines():
+            if line.startswith("problem:"):
+                print(" ", line)
+        if proc.returncode:
+            print(proc.stderr[-2000:])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

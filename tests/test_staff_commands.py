@@ -135,6 +135,28 @@ def test_check_says_why_a_cell_failed(tmp_path):
     assert "no autograded notebook" in why(tmp_path / "missing.ipynb", ["q3a_W_k"])[0]
 
 
+@pytest.mark.slow
+def test_check_prints_the_failure_message(tmp_path):
+    """When a source notebook's solution is wrong, does ./kit check exit 1 and print, under the FAIL line,
+    the failing cell with its message?"""
+    from attnkit.course import Course
+
+    course = Course(ROOT).scratch_copy(parent=str(tmp_path), notebooks=[Q3])
+    path = course.path("source", "hw9", f"{Q3}.ipynb")
+    nb = nbu.read(path)
+    right = "self.W_k = nn.Linear(d_model, d_model)\n"
+    assert cell(nb, "q3_mha").source.count(right) == 1
+    cell(nb, "q3_mha").source = cell(nb, "q3_mha").source.replace(right, "self.W_k = nn.Linear(d_model, d_model + 1)\n")
+    nbu.write(nb, path)
+    out = kit(course.root, "check", "hw9")
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    fail = next(i for i, line in enumerate(lines) if line.startswith(f"FAIL source notebook as submitted: {Q3}"))
+    assert "q3a_W_k" in lines[fail]
+    why_a = next(line for line in lines[fail + 1:] if line.strip().startswith("q3a_W_k: "))
+    assert why_a.split(": ", 2)[1].isidentifier() and len(why_a.split(": ", 2)[2]) > 0, why_a
+
+
 # -- the formgrader ------------------------------------------------------------------------------------
 def test_formgrader_finds_its_exchange(tmp_path):
     """Does the course configuration leave the formgrader nothing to warn about: is the exchange folder

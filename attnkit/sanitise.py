@@ -38,6 +38,8 @@ _ATTRIBUTES["a"] = {"href", "hreflang", "name"}
 def _attribute(tag: str, attr: str, value: str):
     if tag == "img" and attr == "src":
         return value if _DATA_IMAGE.match(value) else None
+    if value.strip().lower().startswith("data:"):   # data: only as an image (a data:text/html link is a page)
+        return None
     if attr == "id" or attr == "name":        # anchors stay; nothing that reads like script
         return value if re.fullmatch(r"[\w\-.:]{1,200}", value) else None
     return value

@@ -573,13 +573,16 @@ def collect(course, assignment: str, export: Path, kind: str = "auto", due: dt.d
     The export is read entry by entry while it is open, one submission at a time, within the caps."""
     stems = course.notebooks(assignment)
     report = CollectReport()
+    raw = open(export, "rb")  # FileNotFoundError: the CLI says so
     try:
-        zf = open_zip(open(export, "rb"), MAX_EXPORT_ENTRIES)
+        zf = open_zip(raw, MAX_EXPORT_ENTRIES)
     except CapExceeded as exc:
+        raw.close()
         raise ValueError(f"{export}: {exc}") from None
     except (zipfile.BadZipFile, OSError) as exc:
+        raw.close()
         raise ValueError(f"{export}: not a readable zip ({exc})") from None
-    with zf, zf.fp:
+    with raw, zf:
         report.kind = detect(zf) if kind == "auto" else kind
         if report.kind == "gradescope":
             subs = read_gradescope_export(zf)

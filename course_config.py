@@ -51,10 +51,13 @@ import os  # noqa: E402
 # Seconds per cell; an infinite loop is interrupted. (The kit's own tests shorten it.)
 c.Execute.timeout = int(os.environ.get("ATTNKIT_CELL_TIMEOUT", "60"))
 c.Execute.interrupt_on_timeout = True  # ... and the rest of the notebook still runs
+# Wall-clock seconds for all of one student's grading; past it the student is stopped, the rest scored 0 with
+# the reason. 0 = the per-cell timeout x the assignment's code cells + 120 s per notebook.
+c.CourseExecute.student_timeout = int(os.environ.get("ATTNKIT_STUDENT_TIMEOUT", "0"))
 # Every cell runs: no tag skips one (NormaliseSubmission already drops the submission's tags).
 c.Execute.skip_cells_with_tag = "attnkit: no cell is ever skipped"
 c.Execute.allow_error_names = []
-c.CourseKernelManager.memory_limit_mb = 4096
+c.CourseKernelManager.memory_limit_mb = 4096  # RLIMIT_DATA, and each kernel's memory cgroup where writable
 c.CourseKernelManager.threads = 1      # workers run side by side; timing tests expect 1 thread
 # Every kernel runs in the grading sandbox (attnkit/sandbox.py; README "The grading sandbox"):
 # auto = ATTNKIT_SANDBOX if set, else bwrap where it works, else the setpriv fallback (root), else none

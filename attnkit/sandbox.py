@@ -41,7 +41,7 @@ import zmq.asyncio
 from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
-from nbclient.exceptions import DeadKernelError
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.util import run_sync
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
@@ -66,6 +66,10 @@ UID_SLOTS = 256
 # what the notebooks and their tests import (matplotlib alone is 0.5 s, and its font list more)
 PRELOAD = ("numpy", "matplotlib.pyplot", "torch.testing", "torch.utils.flop_counter")
 TIMEOUT_NAMES = {"CellTimeoutError", "KeyboardInterrupt"}
+# The largest message the grader takes from a kernel: an agent's reply (grader/remote.py MAX_REPLY, 64 MiB)
+# and its envelope. Outputs are capped far below this as they arrive (CourseExecute.output).
+MAX_MESSAGE = 66 << 20
+RCV_QUEUE = 2  # messages waiting in the grader per socket: with MAX_MESSAGE, what a flood can hold here
 KERNEL_DIED = "KernelDied"
 
 
@@ -134,6 +138,202 @@ def describe(mode: str) -> str:
         return (f"sandbox: FALLBACK setpriv (unprivileged uid, course folders unreadable to it; NO network or "
                 f"process isolation; {why})")
     return f"sandbox: NONE - submissions run with the grader's rights ({why})"
+
+
+# ---------------------------------------------------------------------------- memory cgroups, small tmpfs
+# RLIMIT_DATA does not count memfd_create or other shared memory: a cgroup counts everything a
+# kernel's processes hold (tmpfs pages they write included). One cgroup per kernel, removed with it.
+CGROUP_V1 = "/sys/fs/cgroup/memory"
+CGROUP_V2 = "/sys/fs/cgroup"
+RUN_DIR_MB = 16  # the tmpfs holding a kernel's connection file, IPC sockets and log (host disk otherwise)
+_cgroups_made = 0
+
+
+def _cgroup_v2_parent() -> str | None:
+    try:
+        with open("/proc/self/cgroup") as f:
+            own = next(l.split("::", 1)[1].strip() for l in f if l.startswith("0::"))
+    except (OSError, StopIteration):
+        return None
+    for parent in (os.path.join(CGROUP_V2, own.lstrip("/")), CGROUP_V2):
+        try:
+            with open(os.path.join(parent, "cgroup.subtree_control")) as f:
+                if "memory" in f.read().split() and os.access(parent, os.W_OK):
+                    return parent
+        except OSError:
+            continue
+    return None
+
+
+@lru_cache(maxsize=None)
+def memory_cgroups() -> tuple[str | None, str]:
+    """(kind, parent folder) where per-kernel memory cgroups can be made: kind "v2" (memory.max) or
+    "v1" (memory.limit_in_bytes); (None, why not) where the host offers neither writable."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return None, "needs root on Linux"
+    tried = []
+    parent = _cgroup_v2_parent() if os.path.exists(os.path.join(CGROUP_V2, "cgroup.controllers")) else None
+    if parent:
+        tried.append(("v2", parent))
+    if os.path.exists(os.path.join(CGROUP_V1, "memory.limit_in_bytes")):
+        tried.append(("v1", os.path.join(CGROUP_V1, "attnkit")))
+    why = "no writable cgroup memory controller (neither v2 memory.max nor v1 memory.limit_in_bytes)"
+    for kind, parent in tried:
+        try:
+            os.makedirs(parent, exist_ok=True)
+            probe_cg = KernelCgroup(64, kind, parent)
+            probe_cg.remove()
+            _sweep(parent)
+            return kind, parent
+        except OSError as exc:
+            why = f"cgroup {kind} at {parent}: {exc.strerror or exc}"
+    return None, why
+
+
+def sweep() -> None:
+    """What grading processes that were killed (a time limit, a crash) left: their kernels' cgroups and
+    the tmpfs mounts of their run folders (named after the process that made them)."""
+    kind, parent = memory_cgroups()
+    if kind is not None:
+        _sweep(parent)
+    with contextlib.suppress(OSError):
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f]
+        for point in points:
+            name = os.path.basename(point)
+            pid = name.split("-")[2] if name.startswith(("attnkit-run-", "attnkit-runs-")) else ""
+            if os.path.dirname(point) == tempfile.gettempdir() and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                remove_dir(point)
+
+
+def _sweep(parent: str) -> None:
+    """Remove the kernel cgroups of grading processes that are gone (killed before cleaning up)."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(parent):
+            pid = name[1:].split("-")[0] if name.startswith("k") else ""
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                KernelCgroup.adopt(os.path.join(parent, name)).remove()
+
+
+class KernelCgroup:
+    """One kernel's memory cgroup: ``limit_mb`` for everything its processes hold."""
+
+    def __init__(self, limit_mb: int, kind: str, parent: str):
+        global _cgroups_made
+        _cgroups_made += 1
+        self.kind = kind
+        self.path = os.path.join(parent, f"k{os.getpid()}-{_cgroups_made}-{time.monotonic_ns() % 10**9}")
+        os.mkdir(self.path)
+        try:
+            limit = str(limit_mb * 1024 * 1024)
+            if kind == "v2":
+                self._write("memory.max", limit)
+                self._write("memory.swap.max", "0", optional=True)
+            else:
+                self._write("memory.limit_in_bytes", limit)
+                self._write("memory.memsw.limit_in_bytes", limit, optional=True)  # no swapping past it
+        except OSError:
+            self.remove()
+            raise
+
+    @classmethod
+    def adopt(cls, path: str) -> "KernelCgroup":
+        self = cls.__new__(cls)
+        self.kind, self.path = ("v2" if path.startswith(CGROUP_V2 + "/") and not path.startswith(CGROUP_V1) else "v1"), path
+        return self
+
+    def _write(self, name: str, value: str, optional: bool = False) -> None:
+        try:
+            with open(os.path.join(self.path, name), "w") as f:
+                f.write(value)
+        except OSError:
+            if not optional:
+                raise
+
+    @property
+    def procs(self) -> str:
+        return os.path.join(self.path, "cgroup.procs")
+
+    def add(self, pid: int) -> None:
+        self._write("cgroup.procs", str(pid))
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """``argv`` started inside this cgroup (it joins before exec, so every child is counted)."""
+        return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', self.procs, *argv]
+
+    def oom_killed(self) -> bool:
+        """Did the limit kill a process of this cgroup?"""
+        try:
+            if self.kind == "v2":
+                with open(os.path.join(self.path, "memory.events")) as f:
+                    return any(l.startswith("oom_kill ") and l.split()[1] != "0" for l in f)
+            with open(os.path.join(self.path, "memory.oom_control")) as f:
+                return any(l.startswith("oom_kill ") and l.split()[1] != "0" for l in f)
+        except (OSError, IndexError):
+            return False
+
+    def remove(self) -> None:
+        """Kill what is left in it, then remove it (retried while its processes exit)."""
+        for _ in range(100):
+            try:
+                with open(self.procs) as f:
+                    pids = [int(p) for p in f.read().split()]
+            except OSError:
+                return
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            try:
+                os.rmdir(self.path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.02)
+
+
+def describe_limits(mode: str, memory_mb: int = 4096) -> str:
+    """One line: which memory limit is in force for a kernel, and where its IPC folder lives."""
+    if mode == "none":
+        return f"memory: RLIMIT_DATA {memory_mb} MiB only (no cgroup: unsandboxed)"
+    kind, where = memory_cgroups()
+    ipc = (f"IPC folder on a {RUN_DIR_MB} MiB tmpfs" if small_tmpfs_works()
+           else "IPC folder on host disk (no tmpfs could be mounted)")
+    if kind is None:
+        return (f"memory: NO cgroup limit, only RLIMIT_DATA {memory_mb} MiB (memfd_create and shared memory are not "
+                f"counted): {where}; {ipc}")
+    knob = "memory.max" if kind == "v2" else "memory.limit_in_bytes"
+    return f"memory: cgroup {kind} {knob} = {memory_mb} MiB per kernel (counts memfd and shared memory); {ipc}"
+
+
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def mount_small_tmpfs(path: str, mb: int = RUN_DIR_MB, mode: int = 0o755) -> bool:
+    """A size-limited tmpfs on ``path`` (root only): what a kernel writes there is bounded."""
+    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
+        return False
+    opts = f"size={mb}m,mode={mode:o},nr_inodes=4096".encode()
+    return _libc().mount(b"tmpfs", path.encode(), b"tmpfs", 0x2 | 0x4 | 0x8, opts) == 0  # nosuid, nodev, noexec
+
+
+def remove_dir(path: str) -> None:
+    """rmtree, after unmounting a tmpfs on it (lazily: a dying kernel may still hold a socket)."""
+    if os.path.ismount(path):
+        _libc().umount2(path.encode(), 2)  # MNT_DETACH
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@lru_cache(maxsize=None)
+def small_tmpfs_works() -> bool:
+    folder = tempfile.mkdtemp(prefix="attnkit-probe-")
+    try:
+        return mount_small_tmpfs(folder, 1)
+    finally:
+        remove_dir(folder)
 
 
 # ---------------------------------------------------------------------------- uid slots
@@ -255,6 +455,24 @@ def bwrap_argv(inner: list[str], *, uid: int, workfiles: dict, run_dir: str | No
     return a + list(inner)
 
 
+def _host_pid(root: int, ns_pid: int) -> int | None:
+    """The host pid of the process that is ``ns_pid`` in the PID namespace under host process ``root``."""
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                nspid = next((l.split()[1:] for l in f if l.startswith("NSpid:")), [])
+            if len(nspid) > 1 and nspid[-1] == str(ns_pid):
+                return pid
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def workdir_files(folder: str) -> dict:
     """name -> path of the plain files in ``folder`` (the grader's copies), as bound into the sandbox."""
     return {n: os.path.join(folder, n) for n in os.listdir(folder)
@@ -299,7 +517,9 @@ def isolated_copy(folder: str) -> str:
     workdir = tempfile.mkdtemp(prefix="attnkit-kernel-")
     for name in os.listdir(folder):
         src = os.path.join(folder, name)
-        if os.path.isfile(src) and not name.endswith(".ipynb") and name not in NOT_FOR_KERNELS:
+        # regular files only: a symlink (to the instructor's notebook, to /dev/zero) is never followed
+        if os.path.isfile(src) and not os.path.islink(src) and not name.endswith(".ipynb") \
+                and name not in NOT_FOR_KERNELS:
             shutil.copy(src, os.path.join(workdir, name))
     os.chmod(workdir, 0o755)  # read by the sandbox's uid; only the unsandboxed kernel writes here
     for name in os.listdir(workdir):
@@ -429,7 +649,7 @@ class Zygote:
     def discard(self) -> None:
         """Stop it and remove its runs folder: for one no warm_start() scope took over."""
         self.stop()
-        shutil.rmtree(self.runs, ignore_errors=True)
+        remove_dir(self.runs)
 
     def stop(self) -> None:
         """Kill the sandbox (bwrap's PID namespace ends with it, and every process in it)."""
@@ -520,7 +740,9 @@ def warm_enabled() -> bool:
 
 
 def _new_runs() -> str:
-    runs = tempfile.mkdtemp(prefix="attnkit-runs-")
+    """The folder a zygote's kernels keep their connection files, sockets and logs in: a small tmpfs."""
+    runs = tempfile.mkdtemp(prefix=f"attnkit-runs-{os.getpid()}-")
+    mount_small_tmpfs(runs)
     os.chmod(runs, 0o755)
     return runs
 
@@ -568,7 +790,7 @@ def warm_start(prestart: bool = False):
             for zyg in (scope["zygote"], scope["spare"]):
                 if zyg is not None:
                     zyg.stop()
-            shutil.rmtree(runs, ignore_errors=True)
+            remove_dir(runs)
             _next = scope["next"]
 
 
@@ -651,7 +873,55 @@ class CourseKernelClient(AsyncKernelClient):
         self._created_context = True
         ctx = zmq.asyncio.Context()
         ctx.setsockopt(zmq.RECONNECT_IVL, 5)
+        # A flood must not pile up in the grader: no message over MAX_MESSAGE is taken in (zmq drops the
+        # connection instead, see iopub_lost), and at most RCV_QUEUE wait here (the rest waits in the kernel).
+        ctx.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        ctx.setsockopt(zmq.RCVHWM, RCV_QUEUE)
         return ctx
+
+    _iopub_monitor = None
+    _iopub_gone = False
+
+    def start_channels(self, *args, **kwargs):
+        super().start_channels(*args, **kwargs)
+        self._watch_iopub()
+
+    def _watch_iopub(self) -> None:
+        # an oversized message ends the IOPub connection for good (zmq does not reconnect): watch for it
+        addr = f"inproc://attnkit-iopub-{id(self)}-{time.monotonic_ns()}"
+        self.iopub_channel.socket.monitor(addr, zmq.EVENT_DISCONNECTED)
+        self._iopub_monitor = zmq.Context.shadow(self.context.underlying).socket(zmq.PAIR)
+        self._iopub_monitor.connect(addr)
+        self._iopub_gone = False
+
+    def reconnect_iopub(self) -> None:
+        """A new IOPub connection in place of one an oversized message ended (the kernel's state is kept)."""
+        self._unwatch_iopub()
+        with contextlib.suppress(Exception):
+            self._iopub_channel.close()
+        self._iopub_channel = None
+        self._watch_iopub()
+
+    def _unwatch_iopub(self) -> None:
+        if self._iopub_monitor is not None:
+            with contextlib.suppress(Exception):
+                self.iopub_channel.socket.disable_monitor()
+            self._iopub_monitor.close(linger=0)
+            self._iopub_monitor = None
+
+    def iopub_lost(self) -> bool:
+        """Has the IOPub connection dropped (a message over MAX_MESSAGE, or the kernel gone)?"""
+        while self._iopub_monitor is not None and not self._iopub_gone:
+            try:
+                self._iopub_monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._iopub_gone = True
+        return self._iopub_gone
+
+    def stop_channels(self):
+        self._unwatch_iopub()
+        super().stop_channels()
 
     async def _async_wait_for_ready(self, timeout: float | None = None) -> None:
         deadline = time.monotonic() + (float("inf") if timeout is None else timeout)
@@ -685,7 +955,9 @@ class CourseKernelManager(AsyncKernelManager):
     """Always start the course's Python kernel, whatever kernelspec the notebook names, in the sandbox."""
 
     sandbox = Unicode("auto", help="bwrap, setpriv, none, or auto (ATTNKIT_SANDBOX, else the best that works).").tag(config=True)
-    memory_limit_mb = Integer(4096, help="RLIMIT_DATA of every kernel process, MiB; 0 = none.").tag(config=True)
+    memory_limit_mb = Integer(4096, help="RLIMIT_DATA of every kernel process and, where the host offers a "
+                              "writable memory cgroup, the limit of the kernel's cgroup (all its processes, "
+                              "memfd and shared memory included), MiB; 0 = none.").tag(config=True)
     max_processes = Integer(256, help="RLIMIT_NPROC of the sandbox uid (processes and threads).").tag(config=True)
     max_file_mb = Integer(256, help="RLIMIT_FSIZE: the largest file a kernel may write, MiB.").tag(config=True)
     scratch_mb = Integer(256, help="Size of the kernel's writable working folder (tmpfs), MiB.").tag(config=True)
@@ -739,7 +1011,9 @@ class CourseKernelManager(AsyncKernelManager):
             self._uid = uid_slot()
             # connection file (root's, 0644) and IPC sockets (the kernel's uid creates them) in a private folder
             warm = mode == "bwrap" and self.warm_start and _warm is not None
-            self._run_dir = tempfile.mkdtemp(prefix="attnkit-run-", dir=_warm["runs"] if warm else None)
+            self._run_dir = tempfile.mkdtemp(prefix=f"attnkit-run-{os.getpid()}-", dir=_warm["runs"] if warm else None)
+            if not warm:  # a warm kernel's folder is inside its zygote's runs folder, a tmpfs already
+                mount_small_tmpfs(self._run_dir)
             os.chmod(self._run_dir, 0o711 if mode == "setpriv" else 0o755)
             ipc = os.path.join(self._run_dir, "ipc")
             os.mkdir(ipc, 0o700)
@@ -770,6 +1044,11 @@ class CourseKernelManager(AsyncKernelManager):
                 kw["env"] = {**self.kernel_spec.env, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                              "HOME": kw["cwd"], "TMPDIR": kw["cwd"], "PYTHONPATH": self._fallback_kit(),
                              "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
+            self._drop_cgroup()
+            kind, parent = memory_cgroups()
+            if kind is not None and self.memory_limit_mb > 0:
+                self._cgroup = KernelCgroup(self.memory_limit_mb, kind, parent)
+                kernel_cmd = self._cgroup.wrap(kernel_cmd)  # a forked (warm) kernel is moved in at launch
         return kernel_cmd, kw
 
     pre_start_kernel = _async_pre_start_kernel
@@ -804,6 +1083,12 @@ class CourseKernelManager(AsyncKernelManager):
                 zyg = _zygote_for(self._uid, workfiles, env, self.scratch_mb, tuple(self.preload),
                                   self.sandbox_per_student)
                 pid = zyg.call(op="spawn", argv=args, log=os.path.join(self._run_dir, "kernel.log"))["pid"]
+                if self._cgroup is not None:  # before the client connects, so before any cell runs
+                    host = _host_pid(zyg.proc.pid, pid)
+                    if host is None:
+                        zyg.call(op="kill", pid=pid)
+                        raise ZygoteError("the forked kernel could not be found to put it in its memory cgroup")
+                    self._cgroup.add(host)
             except ZygoteError as exc:  # e.g. a notebook killed it: this kernel starts cold
                 self.log.warning("warm start failed, starting the kernel cold: %s", exc)
             else:
@@ -843,12 +1128,25 @@ class CourseKernelManager(AsyncKernelManager):
         except (OSError, TypeError):
             return ""
 
+    _cgroup = None
+
+    def _drop_cgroup(self) -> None:
+        if self._cgroup is not None:
+            self._cgroup.remove()
+            self._cgroup = None
+
+    def oom_killed(self) -> bool:
+        """Did the kernel's memory cgroup kill one of its processes?"""
+        return self._cgroup is not None and self._cgroup.oom_killed()
+
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         await super()._async_cleanup_resources(restart=restart)
         if self._uid is not None and self.mode() == "setpriv":
             kill_uid(self._uid)
+        if not restart:
+            self._drop_cgroup()
         if not restart and self._run_dir:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
+            remove_dir(self._run_dir)
             self._run_dir = None
 
     cleanup_resources = _async_cleanup_resources
@@ -885,6 +1183,12 @@ class CourseExecute(Execute):
     """nbgrader's Execute, in the course kernel (sandboxed), surviving kernel deaths."""
 
     max_kernel_restarts = Integer(10, help="Kernel deaths tolerated in one notebook.").tag(config=True)
+    student_timeout = Integer(0, help="Wall-clock seconds for all of one student's grading (attnkit.workers stops "
+                              "it and scores what is left 0); 0 = the per-cell timeout x the code cells + "
+                              "120 s per notebook.").tag(config=True)
+    store_widget_state = Bool(False, help="Grading keeps no widget state (a notebook could flood it).")
+    _caps = None   # CapOutputs, applied to each output as it arrives
+    _cell_budget = None
 
     @default("shutdown_kernel")
     def _kill_when_done(self):
@@ -905,6 +1209,10 @@ class CourseExecute(Execute):
         meta = resources.setdefault("metadata", {})
         workdir = isolated_copy(meta.get("path") or os.getcwd())
         original, meta["path"] = meta.get("path"), workdir
+        from attnkit.transforms import CapOutputs
+
+        self._caps = CapOutputs(config=self.config)
+        self._notebook_budget = self._caps.arriving()
         try:
             return super().preprocess(nb, resources, km=km)
         finally:
@@ -938,15 +1246,61 @@ class CourseExecute(Execute):
             await self._restart_and_replay()
         return result
 
+    # -- outputs capped as they arrive (CapOutputs.admit): a flood never piles up in this process
+    def output(self, outs, msg, display_id, cell_index):
+        if self._caps is not None and not msg.pop("_attnkit_admitted", False):
+            if not self._caps.admit(msg["msg_type"], msg["content"], self._budget()):
+                return None
+        return super().output(outs, msg, display_id, cell_index)
+
+    def _update_display_id(self, display_id, msg):
+        # nbclient copies an update (or a new display with the same id) into earlier outputs: capped first
+        if self._caps is not None:
+            budget = self._caps.cell_budget(self._notebook_budget) if msg["msg_type"] == "update_display_data" \
+                else self._budget()
+            if not self._caps.admit(msg["msg_type"], msg["content"], budget):
+                return
+            msg["_attnkit_admitted"] = True
+        super()._update_display_id(display_id, msg)
+
+    def handle_comm_msg(self, outs, msg, cell_index):
+        """No widgets in grading: a notebook's comm messages are dropped (their state would pile up here)."""
+
+    def _budget(self) -> dict:
+        if self._cell_budget is None:
+            self._cell_budget = self._caps.cell_budget(self._notebook_budget)
+        return self._cell_budget
+
     async def _execute_in_kernel(self, cell, cell_index, execution_count=None, store_history=True):
+        self._cell_budget = None
         try:
-            result = await super().async_execute_cell(cell, cell_index, execution_count, store_history)
-        except DeadKernelError:
+            try:
+                result = await super().async_execute_cell(cell, cell_index, execution_count, store_history)
+            finally:
+                note = self._caps.cut_note(self._cell_budget) if self._caps and self._cell_budget else None
+                if note is not None and cell.cell_type == "code":
+                    cell.setdefault("outputs", []).append(note)
+        except CellTimeoutError:
+            if not (self.kc is not None and self.kc.iopub_lost()):
+                raise
+            # An output message over MAX_MESSAGE: it and what followed it (this cell's error too, if any) are
+            # lost. The cell is marked failed, so a test cell never passes for want of its error output.
+            self.kc.reconnect_iopub()
             cell.outputs.append(NotebookNode(
-                output_type="error", ename=KERNEL_DIED,
-                evalue="the Python kernel died while running this cell (os._exit, a crash, too much memory or CPU "
-                       "time); it was restarted and the earlier cells were run again",
-                traceback=[]))
+                output_type="error", ename="OutputTooLarge", traceback=[],
+                evalue=f"one output message of this cell was over {MAX_MESSAGE:,} bytes: it and the rest of the "
+                       f"cell's output were dropped (each cell keeps {self._caps.max_cell_bytes:,} bytes of text)"))
+            return cell
+        except DeadKernelError:
+            if self.km.oom_killed():
+                ename, why = KERNEL_DIED, (f"the Python kernel was stopped: its processes held more than its "
+                                           f"memory limit ({self.km.memory_limit_mb} MiB)")
+            else:
+                ename, why = KERNEL_DIED, ("the Python kernel died while running this cell (os._exit, a crash, too "
+                                           "much memory or CPU time)")
+            cell.outputs.append(NotebookNode(
+                output_type="error", ename=ename, traceback=[],
+                evalue=f"{why}; it was restarted and the earlier cells were run again"))
             self._restarts += 1
             if self._restarts > self.max_kernel_restarts:
                 raise

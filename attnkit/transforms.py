@@ -257,6 +257,87 @@ class CapOutputs(NbGraderPreprocessor):
     def _size(cell) -> int:
         return sum(len(json.dumps(o)) for o in cell.get("outputs", []))
 
+    # -- as outputs arrive (CourseExecute.output): the same caps, applied to each message before it is
+    # kept, so that a flood never piles up in the grading process. The pass above still runs after.
+    NOTE_ROOM = 256      # of a cell's text budget, kept for the note saying what was cut
+    OUTPUT_COST = 64     # what one output costs at least: a million empty outputs are a flood too
+    MAX_METADATA = 4096  # an output's metadata over this is dropped
+
+    def arriving(self) -> dict:
+        """The budget of one notebook, for ``admit``: outputs kept, in all, at most twice the notebook cap
+        (this pass keeps the first ones; the pass after execution picks what the notebook keeps)."""
+        return {"notebook_left": 2 * self.max_notebook_bytes}
+
+    def cell_budget(self, notebook: dict) -> dict:
+        return {"left": self.max_cell_bytes - self.NOTE_ROOM, "cut": 0, "notebook": notebook}
+
+    def admit(self, msg_type: str, content: dict, budget: dict) -> bool:
+        """Cap one output message's ``content`` in place; False: nothing of it is kept (counted as cut)."""
+        nb = budget["notebook"]
+        if msg_type == "error":  # a test cell's error is its score: always kept, capped as below
+            content["ename"] = str(content.get("ename", ""))[:200]
+            content["evalue"] = str(content.get("evalue", ""))[:4000]
+            tb = content.get("traceback")
+            content["traceback"] = [str(line)[:4000] for line in tb[:200]] if isinstance(tb, list) else []
+            nb["notebook_left"] -= self.OUTPUT_COST
+            return True
+        if msg_type == "stream":
+            text = content.get("text", "")
+            text = text if isinstance(text, str) else ""
+            keep = max(0, min(len(text), budget["left"], nb["notebook_left"]))
+            budget["cut"] += len(text) - keep
+            if keep == 0:
+                return False
+            content["text"] = text[:keep]
+            budget["left"] -= keep + self.OUTPUT_COST
+            nb["notebook_left"] -= keep + self.OUTPUT_COST
+            return True
+        if msg_type not in ("display_data", "execute_result", "update_display_data"):
+            return True  # not an output (nbclient ignores it)
+        data = content.get("data")
+        if not isinstance(data, dict):
+            return False
+        meta = content.get("metadata")
+        if meta and len(json.dumps(meta, default=str)) > self.MAX_METADATA:
+            content["metadata"] = {}
+        kept = 0
+        for mime in list(data):
+            value = data[mime]
+            value = value if isinstance(value, str) else json.dumps(value, default=str)
+            size = len(value)
+            if mime.startswith("image/"):
+                if size > self.max_image_bytes or size > nb["notebook_left"]:
+                    del data[mime]
+                    why = (f"images are capped at {self.max_image_bytes:,} bytes" if size > self.max_image_bytes
+                           else f"the notebook's outputs are capped at {self.max_notebook_bytes:,} bytes")
+                    data["text/plain"] = f"[an image of {size:,} bytes was removed: {why}]"
+                    continue
+                nb["notebook_left"] -= size
+                kept += size
+                continue
+            keep = max(0, min(size, budget["left"], nb["notebook_left"]))
+            budget["cut"] += size - keep
+            if keep < size or budget["left"] <= 0 or nb["notebook_left"] <= 0:
+                if isinstance(data[mime], str) and keep > 0:
+                    data[mime] = value[:keep]
+                else:
+                    del data[mime]
+                    continue
+            budget["left"] -= keep
+            nb["notebook_left"] -= keep
+            kept += keep
+        budget["left"] -= self.OUTPUT_COST
+        nb["notebook_left"] -= self.OUTPUT_COST
+        return bool(data)
+
+    def cut_note(self, budget: dict):
+        """The note a cell gets when ``admit`` cut its outputs (the pass after execution says the same)."""
+        if not budget["cut"]:
+            return None
+        return NotebookNode(output_type="stream", name="stdout",
+                            text=f"\n[{budget['cut']:,} more bytes of output cut: each cell keeps "
+                                 f"{self.max_cell_bytes:,} bytes]\n")
+
     def _cap_cell(self, outputs):
         left, kept, cut = self.max_cell_bytes, [], 0
         for out in outputs:

@@ -5,18 +5,21 @@ students it is sent one at a time and reports every finished notebook at once, o
 its own (never its stdout, which a kernel may share). A process that dies (killed, out of
 memory, a crash) is replaced; its student is retried once in a fresh process, and if that
 dies too, the notebooks it had not finished are recorded as could-not-be-graded (status
-"failed", scored 0) and the batch goes on. Ctrl-C stops the workers (each in its own session,
+"failed", scored 0) and the batch goes on. A student whose grading runs past the per-student
+wall-clock limit (a stall of any kind) is stopped the same way, not retried. Ctrl-C stops the workers (each in its own session,
 so the terminal's signal reaches only this process) and keeps every result already written.
 """
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 
 RETRIES = 1  # a student whose grading process died is graded once more in a fresh one
@@ -42,18 +45,38 @@ class Worker:
             if zygote is not None:
                 zygote.released()
         os.close(write_fd)
-        self.results = os.fdopen(read_fd, "r")
+        self.results = os.fdopen(read_fd, "rb", buffering=0)
+        self._buf = b""
+        self.timed_out = False
 
-    def grade(self, student: str, more: bool = False) -> tuple[dict | None, list[dict]]:
-        """(the student's result, or None if the process died; the notebooks it finished).
-        ``more``: other students are waiting (the process may start their sandbox ahead)."""
+    def _lines(self, deadline: float | None):
+        """The result pipe's lines until EOF, or until ``deadline`` (time.monotonic()): then timed_out."""
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl >= 0:
+                line, self._buf = self._buf[:nl], self._buf[nl + 1:]
+                yield line.decode("utf-8", "replace")
+                continue
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and (left <= 0 or not select.select([self.results], [], [], left)[0]):
+                self.timed_out = True
+                return
+            chunk = os.read(self.results.fileno(), 1 << 16)
+            if not chunk:
+                return
+            self._buf += chunk
+
+    def grade(self, student: str, more: bool = False, limit: float | None = None) -> tuple[dict | None, list[dict]]:
+        """(the student's result, or None if the process died or ran past ``limit`` seconds (then
+        ``timed_out``); the notebooks it finished). ``more``: other students are waiting (the process may
+        start their sandbox ahead)."""
         done = []
         try:
             self.proc.stdin.write(json.dumps([student, more]) + "\n")
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             return None, done
-        for line in self.results:
+        for line in self._lines(time.monotonic() + limit if limit else None):
             kind, _, payload = line.partition(" ")
             if kind == "NB":
                 done.append(json.loads(payload))
@@ -84,7 +107,7 @@ class Worker:
             pass
 
     def discard(self) -> None:
-        """After the process died: release its pipes and log."""
+        """After the process died: release its pipes and log, and what its kernels left (cgroups, mounts)."""
         for f in (self.proc.stdin, self.results):
             try:
                 f.close()
@@ -93,6 +116,12 @@ class Worker:
         try:
             os.unlink(self.log.name)
         except OSError:
+            pass
+        try:
+            from attnkit.sandbox import sweep
+
+            sweep()
+        except Exception:  # only tidying: the next batch sweeps again
             pass
 
     def close(self) -> None:
@@ -106,9 +135,10 @@ class Worker:
 
 
 def run_batch(root: str, assignment: str, students: list[str], workers: int, env: dict, on_result,
-              notebooks: list[str], failed_result, ahead=None) -> list[dict]:
+              notebooks: list[str], failed_result, ahead=None, limit: float | None = None) -> list[dict]:
     """Grade ``students`` with ``workers`` processes; ``on_result(result)`` after each student.
-    ``failed_result(student, done, reason)`` builds the result of a student whose grading kept dying.
+    ``failed_result(student, done, reason, tries)`` builds the result of a student whose grading kept dying
+    or ran past ``limit`` seconds (wall clock, per student).
     ``ahead(slot)``: a warm-start interpreter started here for a worker slot's first process (or None)."""
     queue, lock, results, live = deque(students), threading.Lock(), [], set()
     stop = threading.Event()
@@ -129,7 +159,7 @@ def run_batch(root: str, assignment: str, students: list[str], workers: int, env
                     break
                 student = queue.popleft()
                 more = len(queue) >= 1
-            result = None
+            result, timed_out = None, False
             for _attempt in range(1 + RETRIES):
                 if stop.is_set():
                     return
@@ -137,18 +167,26 @@ def run_batch(root: str, assignment: str, students: list[str], workers: int, env
                     worker, first = Worker(root, assignment, slot, env, first), None
                     with lock:
                         live.add(worker)
-                result, done = worker.grade(student, more)
+                result, done = worker.grade(student, more, limit)
                 if result is not None:
                     break
+                timed_out = worker.timed_out
+                if timed_out:  # a stall: stopped, not retried (it would stall again)
+                    worker.kill()
                 reason = worker.death() if not stop.is_set() else "grading was interrupted"
+                if timed_out:
+                    reason = (f"stopped after {limit:.0f} s, the per-student time limit (CourseExecute.student_timeout)"
+                              f"; notebooks already graded keep their scores")
                 with lock:
                     live.discard(worker)
                 worker.discard()
                 worker = None
+                if timed_out:
+                    break
             if stop.is_set() and result is None:
                 return
             if result is None:
-                result = failed_result(student, done, reason)
+                result = failed_result(student, done, reason, 1 if timed_out else 1 + RETRIES)
             with lock:
                 results.append(result)
                 on_result(result)
@@ -199,6 +237,7 @@ def main(argv=None) -> int:
     # (its imports overlap this process's start and its first line's wait)
     if not adopt_handed():
         start_ahead(root, assignment)
+    peaks = os.environ.get("ATTNKIT_PEAK_LOG")  # measurements: this process's peak memory after each student
     for line in sys.stdin:
         student, more = json.loads(line)
 
@@ -206,6 +245,10 @@ def main(argv=None) -> int:
             out.write("NB " + json.dumps(nb) + "\n")
 
         result = _safe_grade(root, assignment, student, on_notebook=notebook_done, prestart=more)
+        if peaks:
+            with open("/proc/self/status") as f, open(peaks, "a") as log:
+                hwm = next((l.split()[1] for l in f if l.startswith("VmHWM:")), "0")
+                log.write(f"{student} {hwm}\n")  # kB
         out.write("DONE " + json.dumps(result) + "\n")
     return 0
 

@@ -149,6 +149,7 @@ def test_hostile_batch_completes(hostile):
     out = hostile.out
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert sandbox.describe(MODE) in out.stderr
+    assert sandbox.describe_limits(MODE, 4096) in out.stderr  # which memory limit is in force, said once
     for fx in HOSTILE:
         assert fx.student in out.stdout, f"{fx.student} missing from the table"
         statuses = [n.status for n in hostile.graded.results[fx.student].notebooks]

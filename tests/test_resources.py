@@ -1,0 +1,269 @@
+"""Grading-path resource limits (issue 18): output floods read with bounded memory, a memory cgroup per
+kernel (memfd_create counted), the IPC folder on a small tmpfs, only regular files graded, a per-student
+wall-clock limit. The resource bank (attnkit/fixtures/resources.py) is graded in ONE batch through the
+CLI; the pieces are also checked on their own, fast."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from nbformat import NotebookNode
+
+from attnkit import notebooks as nbu
+from attnkit import sandbox
+from attnkit.fixtures.resources import (EVIDENCE, FIFO_STUDENT, FORBIDDEN, RESOURCES, SYMLINK_STUDENT)
+from attnkit.fixtures.tamper import Q3
+from attnkit.grading import read_regular, submission_problems
+from attnkit.reports import scores
+from attnkit.transforms import CapOutputs
+from harness import ASSIGNMENT, assert_fixture, kit
+from test_sandbox import MODE, Q3_AUTO, SANDBOXED, course_with, graded_from
+
+CGROUPS = sandbox.memory_cgroups()
+needs_cgroups = pytest.mark.skipif(CGROUPS[0] is None, reason=f"no writable memory cgroup here: {CGROUPS[1]}")
+needs_sandbox = pytest.mark.skipif(not SANDBOXED, reason=f"no grading sandbox here ({MODE}): the resource bank "
+                                                         f"must not run unsandboxed")
+STUDENT_LIMIT = 150    # s: the stall student is stopped here (the floods take ~40 s on a busy 2-core machine)
+PEAK_BOUND_KB = 1_500_000  # the grading process, torch and all (4.1 GB before, on the print flood)
+FLOODS = ("res-print-flood", "res-image-flood")
+
+
+# ---------------------------------------------------------------------------- fast: the pieces
+def test_regular_files_are_read_without_following_or_blocking(tmp_path):
+    """Can a symlink, a FIFO or an oversized file be read as a submission (or block the read)?"""
+    real = tmp_path / "real.ipynb"
+    real.write_bytes(b"{}")
+    (tmp_path / "link.ipynb").symlink_to(real)
+    os.mkfifo(tmp_path / "fifo.ipynb")
+    (tmp_path / "big.ipynb").write_bytes(b"x" * 2048)
+    assert read_regular(real) == b"{}"
+    for name, why in (("link.ipynb", "symbolic link"), ("fifo.ipynb", "a FIFO"), ("big.ipynb", "over 1,024 bytes")):
+        t0 = time.monotonic()
+        with pytest.raises(OSError) as exc:
+            read_regular(tmp_path / name, cap=1024)
+        assert why in exc.value.strerror and time.monotonic() - t0 < 2, (name, exc.value)
+
+
+def test_submission_folder_entries_that_are_not_regular_are_left_out(tmp_path):
+    """Are a symlinked extra file and a FIFO left out of grading (said), and a FIFO timestamp.txt refused?"""
+    folder = tmp_path / "submitted" / "s" / "hw9"
+    folder.mkdir(parents=True)
+    (folder / "q.ipynb").write_text("{}")
+    (folder / "data.txt").symlink_to("/etc/passwd")
+    os.mkfifo(folder / "pipe.csv")
+    refused, skip, notes = submission_problems(folder)
+    assert refused == "" and sorted(skip) == ["data.txt", "pipe.csv"], (refused, skip)
+    assert any("data.txt is a symbolic link" in n for n in notes) and any("pipe.csv is a FIFO" in n for n in notes)
+    os.mkfifo(folder / "timestamp.txt")
+    assert "timestamp.txt is a FIFO" in submission_problems(folder)[0]
+    link = tmp_path / "submitted" / "t"
+    link.symlink_to(tmp_path / "submitted" / "s")
+    assert "is a symbolic link" in submission_problems(link / "hw9")[0]
+
+
+def _budget():
+    caps = CapOutputs()
+    return caps, caps.cell_budget(caps.arriving())
+
+
+def test_outputs_are_capped_as_they_arrive():
+    """Does a flood of text, images or empty outputs pile up beyond the caps while a cell runs?"""
+    caps, budget = _budget()
+    kept = 0
+    for _ in range(200):  # 200 MiB of text in 1 MiB messages
+        content = {"name": "stdout", "text": "x" * (1 << 20)}
+        if caps.admit("stream", content, budget):
+            kept += len(content["text"])
+    assert kept <= caps.max_cell_bytes and budget["cut"] >= 199 * (1 << 20)
+    assert f"each cell keeps {caps.max_cell_bytes:,} bytes" in caps.cut_note(budget).text
+    caps, budget = _budget()
+    content = {"data": {"image/png": "A" * (caps.max_image_bytes + 1)}, "metadata": {"x": "y" * 10_000}}
+    assert caps.admit("display_data", content, budget)
+    assert "image/png" not in content["data"] and "images are capped" in content["data"]["text/plain"]
+    assert content["metadata"] == {}
+    kept = sum(caps.admit("display_data", {"data": {"text/plain": ""}}, budget) for _ in range(100_000))
+    assert kept <= caps.max_cell_bytes // caps.OUTPUT_COST
+    caps, budget = _budget()
+    shown = [{"data": {"image/png": "A" * (caps.max_image_bytes - 10)}} for _ in range(100)]
+    images = sum(caps.admit("display_data", c, budget) and "image/png" in c["data"] for c in shown)
+    # images do not count against a cell's text, but the notebook's budget ends their growth
+    assert images * (caps.max_image_bytes - 10) <= 2 * caps.max_notebook_bytes, images
+    error = {"ename": "AssertionError", "evalue": "e" * 10**6, "traceback": ["t" * 10**6] * 1000}
+    assert caps.admit("error", error, budget) and len(error["evalue"]) == 4000 and len(error["traceback"]) == 200
+
+
+def test_a_hidden_test_reply_still_fits_in_one_message():
+    """Would the message-size cap drop an agent's largest allowed reply?"""
+    from attnkit.grader.remote import MAX_REPLY
+
+    assert sandbox.MAX_MESSAGE > MAX_REPLY
+
+
+@needs_cgroups
+def test_a_kernel_cgroup_counts_memfd():
+    """Is memory held through memfd_create (which RLIMIT_DATA does not count) stopped by the cgroup?"""
+    kind, parent = CGROUPS
+    cg = sandbox.KernelCgroup(64, kind, parent)
+    try:
+        hog = ("import os\nfd = os.memfd_create('hog')\nfor _ in range(8):\n    os.write(fd, b'1' * (16 << 20))\n"
+               "print('held 128 MiB')")
+        proc = subprocess.run(cg.wrap([sys.executable, "-c", hog]), capture_output=True, text=True, timeout=60)
+        assert proc.returncode == -9 and "held" not in proc.stdout, (proc.returncode, proc.stdout, proc.stderr)
+        assert cg.oom_killed()
+    finally:
+        cg.remove()
+    assert not os.path.exists(cg.path)
+
+
+@pytest.mark.skipif(not sandbox.small_tmpfs_works(), reason="no tmpfs can be mounted here")
+def test_the_run_folder_tmpfs_is_small(tmp_path):
+    """Can 32 MiB be written into a run folder (connection file, IPC sockets, kernel log)?"""
+    folder = tempfile.mkdtemp(prefix="attnkit-test-run-")
+    try:
+        assert sandbox.mount_small_tmpfs(folder)
+        with pytest.raises(OSError) as exc, open(os.path.join(folder, "fill"), "wb") as f:
+            for _ in range(32):
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        assert "No space left" in str(exc.value)
+    finally:
+        sandbox.remove_dir(folder)
+    assert not os.path.exists(folder)
+
+
+# ---------------------------------------------------------------------------- slow: the bank through the CLI
+@pytest.fixture(scope="module")
+def bank():
+    if not SANDBOXED:
+        pytest.skip(f"no grading sandbox here ({MODE})")
+    course = course_with(RESOURCES)
+    source = course.path("source", ASSIGNMENT, f"{Q3}.ipynb")
+    for student in (SYMLINK_STUDENT, FIFO_STUDENT):
+        course.path("submitted", student, ASSIGNMENT).mkdir(parents=True)
+    course.path("submitted", SYMLINK_STUDENT, ASSIGNMENT, f"{Q3}.ipynb").symlink_to(source)
+    os.mkfifo(course.path("submitted", FIFO_STUDENT, ASSIGNMENT, f"{Q3}.ipynb"))
+    course.path("submitted", "res-symlink-extra", ASSIGNMENT, "data.txt").symlink_to(source)
+    peaks = course.root / "peaks.log"
+    env = {"ATTNKIT_CELL_TIMEOUT": "300", "ATTNKIT_STUDENT_TIMEOUT": str(STUDENT_LIMIT), "ATTNKIT_PEAK_LOG": str(peaks)}
+    t0 = time.perf_counter()
+    out = kit(course.root, "autograde", ASSIGNMENT, "--workers", "2", env=env, timeout=1500)
+    seconds = time.perf_counter() - t0
+    feedback = kit(course.root, "feedback", ASSIGNMENT, "--student", SYMLINK_STUDENT, timeout=600)
+    peak = {}
+    if peaks.exists():
+        for line in peaks.read_text().splitlines():
+            sid, kb = line.split()
+            peak[sid] = int(kb)
+    sizes = {s: course.path("autograded", s, ASSIGNMENT, f"{Q3}.ipynb").stat().st_size
+             for s in FLOODS if course.path("autograded", s, ASSIGNMENT, f"{Q3}.ipynb").exists()}
+    print(f"resource bank graded in {seconds:.0f}s ({MODE}); grading processes' peak RSS (kB): {peak}; "
+          f"autograded flood notebooks (bytes): {sizes}")
+    yield SimpleNamespace(course=course, out=out, seconds=seconds, peak=peak, sizes=sizes, feedback=feedback,
+                          graded=graded_from(course) if course.path("reports").is_dir() else None)
+    shutil.rmtree(course.root, ignore_errors=True)
+
+
+def _answer_output(course, student) -> str:
+    nb = nbu.read(course.path("autograded", student, ASSIGNMENT, f"{Q3}.ipynb"))
+    cell = next(c for c in nb.cells if nbu.grade_id(c) == "q3_mha")
+    return "\n".join(o.get("text") or o.get("data", {}).get("text/plain") or f"{o.get('ename')}: {o.get('evalue')}"
+                     for o in cell.get("outputs", []))
+
+
+def _report(bank) -> dict:
+    return {r["student"]: r for r in json.loads(bank.course.path("reports", f"{ASSIGNMENT}-autograde.json").read_text())}
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_resource_batch_completes(bank):
+    """Does the batch finish (a refused file is a failure to look at: exit 1), with the limits line printed?"""
+    out = bank.out
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert sandbox.describe_limits(MODE, 4096) in out.stderr, out.stderr[-2000:]
+    report = _report(bank)
+    for sid in [fx.student for fx in RESOURCES] + [SYMLINK_STUDENT, FIFO_STUDENT]:
+        assert sid in report and sid in out.stdout, sid
+
+
+@pytest.mark.slow
+@needs_sandbox
+@pytest.mark.parametrize("fx", RESOURCES, ids=[f.student for f in RESOURCES])
+def test_resource_case_scores_what_the_answers_deserve(bank, fx):
+    """Does each case score exactly as its answers deserve, its payload stopped (its output says how)?"""
+    statuses = [n.status for n in bank.graded.results[fx.student].notebooks]
+    assert statuses == [fx.status], (fx.student, bank.graded.results[fx.student])
+    assert_fixture(bank.graded, fx)
+    if fx.status == "graded":
+        text = _answer_output(bank.course, fx.student)
+        assert not [w for w in FORBIDDEN if w in text], f"{fx.student}: the attack worked:\n{text[-1500:]}"
+        if fx.student in EVIDENCE:
+            assert EVIDENCE[fx.student] in text, f"{fx.student}: no {EVIDENCE[fx.student]!r} in:\n{text[-1500:]}"
+
+
+@pytest.mark.slow
+@needs_sandbox
+@pytest.mark.parametrize("student", FLOODS)
+def test_a_flood_leaves_a_small_notebook_and_a_bounded_grader(bank, student):
+    """Does 1 GiB of print, or a 500 MiB image, reach the autograded notebook or grow the grading process?"""
+    assert bank.sizes[student] < 20_000_000, bank.sizes
+    assert bank.peak.get(student), bank.peak
+    assert bank.peak[student] < PEAK_BOUND_KB, f"{student}: peak RSS {bank.peak[student]} kB"
+
+
+@pytest.mark.slow
+@needs_sandbox
+@needs_cgroups
+def test_memfd_kernel_is_stopped_by_its_cgroup(bank):
+    """Is the 6 GiB memfd kernel stopped by its memory cgroup, its students' neighbours untouched?"""
+    text = _answer_output(bank.course, "res-memfd")
+    assert "memory limit (4096 MiB)" in text and "held 6144" not in text, text[-1500:]
+    data = scores(bank.course, ASSIGNMENT)["students"]
+    assert data["res-memfd"][Q3]["score"] == 0 and data["res-plain-right"][Q3]["score"] == Q3_AUTO
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_symlink_to_the_instructors_notebook_is_refused(bank):
+    """Is a symlink to source/ graded as the student's, or does its feedback show the solution?"""
+    nb = _report(bank)[SYMLINK_STUDENT]["notebooks"][0]
+    assert nb["status"] == "malformed" and "symbolic link" in nb["message"] and "scored 0" in nb["message"], nb
+    assert scores(bank.course, ASSIGNMENT)["students"][SYMLINK_STUDENT][Q3]["score"] == 0
+    assert not bank.course.path("autograded", SYMLINK_STUDENT, ASSIGNMENT, f"{Q3}.ipynb").exists()
+    solution = "torch.softmax(attn_scores, dim=-1)"
+    for page in bank.course.root.glob(f"feedback/{SYMLINK_STUDENT}/**/*.html"):
+        assert solution not in page.read_text(errors="replace"), page
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_a_fifo_named_like_a_notebook_is_refused_at_once(bank):
+    """Does a FIFO named like the notebook block the batch, or get graded?"""
+    nb = _report(bank)[FIFO_STUDENT]["notebooks"][0]
+    assert nb["status"] == "malformed" and "a FIFO" in nb["message"] and nb["seconds"] < 5, nb
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_a_symlinked_extra_file_is_not_copied_for_grading(bank):
+    """Does a symlink beside the notebook (to the instructor's notebook) reach the kernel or autograded/?"""
+    nb = _report(bank)["res-symlink-extra"]["notebooks"][0]
+    assert "data.txt is a symbolic link" in nb["message"], nb
+    assert not bank.course.path("autograded", "res-symlink-extra", ASSIGNMENT, "data.txt").exists()
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_a_stalled_student_is_stopped_at_the_wall_clock_limit(bank):
+    """Does a student whose grading stalls hold up the batch, or go unrecorded?"""
+    nb = _report(bank)["res-stall"]["notebooks"][0]
+    assert nb["status"] == "failed" and f"stopped after {STUDENT_LIMIT} s" in nb["message"], nb
+    assert "tried 1 time)" in nb["message"], nb

@@ -359,7 +359,13 @@ def runnable_giveaways(course: Course, assignment: str, release_dir: Path) -> li
         parts += multiple_choice_parts(src, src_path.stem)
         shapes += graded_shapes(src, src_path.stem)
         inputs += handed_out_inputs(nbu.read(rel_path), helper_names)
-    if not inputs or not (parts or shapes):
+    wanted = {p["tensor"] for p in parts + shapes if p.get("tensor")}
+    wanted |= {n for p in parts if p["kind"] == "expr" for opt in p["options"].values() for n in opt[1]}
+
+    def binds(code):  # the names an assignment binds
+        return {n.id for t in ast.parse(code).body[0].targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    inputs = [i for i in inputs if binds(i["code"]) & wanted]
+    if not inputs:  # nothing handed out that an option or a graded shape names: no need to start torch
         return []
     job = {"release_dir": str(release_dir), "helpers": helpers, "parts": parts, "shapes": shapes, "inputs": inputs}
     proc = subprocess.run([sys.executable, "-c", "from attnkit.release import _giveaway_worker; _giveaway_worker()"],

@@ -490,7 +490,8 @@ def read_gradescope_export(zf: zipfile.ZipFile) -> list[Submission]:
     for folder, entry in meta.items():
         inside = prefix + folder + "/"
         # read later, in chunks and capped, and only if a notebook or a zip
-        uploads = [Upload(i.filename[len(inside):], None, entry["when"].timestamp(), opener=functools.partial(zf.open, i))
+        uploads = [Upload(i.filename[len(inside):], None, entry["when"].timestamp(),
+                          opener=functools.partial(zf.open, i))
                    for i in infos if i.filename.startswith(inside)]
         subs.append(Submission(folder, entry["people"], uploads, entry["when"]))
     return subs

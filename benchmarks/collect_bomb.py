@@ -71,9 +71,10 @@ def main() -> int:
         proc = subprocess.run([sys.executable, "-m", "attnkit", "--root", str(course.root), "collect", "hw9",
                                str(export)], capture_output=True, text=True, env=env, cwd=tmp)
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        files = [f for f in course.path("submitted").rglob("*") if f.is_file()] if course.path("submitted").exists() else []
+        sub = course.path("submitted")
+        files = [f for f in sub.rglob("*") if f.is_file()] if sub.exists() else []
         largest = max((f.stat().st_size for f in files), default=0)
-        print(f"download {export.stat().st_size / 1e6:.2f} MB, inflating to {(600 + 360) } MB of notebooks")
+        print(f"download {export.stat().st_size / 1e6:.2f} MB, inflating to 960 MB of notebooks (2 x 300 + 2 x 4 x 45)")
         print(f"collect exit {proc.returncode}; peak RSS {peak:.0f} MB; largest file written {largest / 1e6:.0f} MB")
         for line in proc.stdout.splitlines():
             if line.startswith("problem:"):

@@ -165,7 +165,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NB = "q3_multihead_attention"
 
 
-@pytest.mark.parametrize("sid", ["3031", "ana.lopez@example.edu", "Zoë_Müller-Łukasz.3", "学生王", "a-b_c", "x" * 64])
+@pytest.mark.parametrize("sid", ["3031", "ana.lopez@example.edu", "Zoë_Müller-Łukasz.3", "学生王", "a-b_c",
+                                 "x" * 64])
 def test_valid_ids_keep_the_rule(sid):
     """Is an id of letters (any script), digits and -_.@ accepted as it is?"""
     assert ids.problem(sid) is None and ids.from_lms(sid) == sid

@@ -36,7 +36,8 @@ def course(tmp_path_factory):
             if manual:
                 gb.update_or_create_solution_cell(name, "q1_first", "hw")
         people = [("alice", {}, {"t_a": 2, "t_b": 3}, 1.5), ("bob", {}, {"t_a": 0, "t_b": 3}, None)]
-        people += [(h, {"first_name": h, "last_name": h, "email": h + "@example.edu"}, {"t_a": 1, "t_b": 0}, 0.0) for h in HOSTILE]
+        people += [(h, {"first_name": h, "last_name": h, "email": h + "@example.edu"}, {"t_a": 1, "t_b": 0}, 0.0)
+                   for h in HOSTILE]
         people.append(("negative", {"first_name": "=1+1", "last_name": "-5"}, {"t_a": 0, "t_b": 0}, 0.0))
         for sid, info, scores, essay in people:
             gb.update_or_create_student(sid, **info)

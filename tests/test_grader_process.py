@@ -255,3 +255,108 @@ def test_a_linear_and_a_quadratic_function_get_their_verdicts_in_process():
     vector, rows = (lambda n: (wire.Randn((n,), n),)), (lambda n: (wire.Randn((n, 32), n),))
     assert growth.measure_time_growth(k, meter, found["lin"], vector, start=2 ** 14, max_n=2 ** 23)["verdict"] == "linear"
     assert growth.measure_time_growth(k, meter, found["quad"], rows, start=64, max_n=2 ** 12)["verdict"] == "quadratic"
+
+
+# ---------------------------------------------------------------------------- issue 19: isolation that never punishes
+INIT = '''
+import torch
+import torch.nn as nn
+
+
+class Base(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.d = d
+        self.W_k = nn.Linear(d, _____)  # (a)
+        self.W_v = nn.Linear(_____, d)  # (b)
+        self.W_o = nn.Linear(d, _____)  # (c)
+
+
+class Wide(Base):
+    def __init__(self, d):
+        super().__init__(d)
+        self.W_v = nn.Linear(d, 2 * d)
+'''
+
+
+def test_consecutive_failing_lines_are_all_skipped():
+    """Are three failing lines in a row all jumped over (the line a jump lands on gets no line event of its own)?"""
+    k = in_process(student(INIT, "<cell-init>"))
+    base = k.lookup({"Base"})["Base"]
+    init = k.getattr(base, "__init__")
+    m = k.new(base)
+    t = k.call_traced(init, m, 4, functions=[init], skip_failures=True)
+    labels = [s["error"].blank for s in t.skipped] + ([t.error.blank] if t.error is not None else [])
+    assert labels == ["(a)", "(b)", "(c)"] and m.d == 4
+
+
+def test_a_failing_last_line_of_a_parent_init_lets_the_child_init_go_on():
+    """When the last line of the parent's __init__ fails, is the child's super().__init__ call jumped over so that
+    the child's own lines still run (and what the parent set stays set)?"""
+    k = in_process(student(INIT, "<cell-init2>"))
+    wide, base = (k.lookup({"Wide", "Base"})[n] for n in ("Wide", "Base"))
+    inits = [k.getattr(wide, "__init__"), k.getattr(base, "__init__")]
+    m = k.new(wide)
+    t = k.call_traced(inits[0], m, 4, functions=inits, skip_failures=True)
+    assert t.error is None and m.d == 4 and k.get(m, "W_v.out_features") == (8,)
+
+
+def test_the_pieces_of_a_three_operand_einsum_are_recorded():
+    """Is x W_q recorded when it exists only inside one einsum over three operands (recorded at the dispatcher)?"""
+    k = in_process(student("import torch\ndef f(x, W, K):\n    return torch.einsum('bd,hdk,bnk->bhn', x, W, K)\n"))
+    x, W, K = torch.randn(2, 12), torch.randn(3, 12, 4), torch.randn(2, 5, 4)
+    _, err, tensors = k.call_recording(k.lookup({"f"})["f"], x, W, K)
+    want = torch.einsum("bd,hdk->bhk", x, W)
+    assert err is None and any(t.shape == want.shape and torch.allclose(t, want, atol=1e-5) for t in tensors)
+
+
+def test_a_blank_message_names_the_blank_once():
+    """Does a blank read "(e) is still a blank", never "(e): a blank is still a blank" or "(d): (d) is still"?"""
+    error = StudentError("name '_____' is not defined")
+    for label, want in [("(e)", "(e) is still a blank `_____`: fill it in"),
+                        ("a blank", "(e): the code it runs still has a blank `_____`: fill it in")]:
+        error.blank = label
+        with pytest.raises(AssertionError) as caught:
+            hidden.call("(e)", lambda: (_ for _ in ()).throw(error))
+        assert str(caught.value) == want
+
+
+LAYER = '''
+import math, torch
+import torch.nn as nn
+
+
+class Attend(nn.Module):
+    def forward(self, q, k, v, mask=None):
+        s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        if mask is not None:
+            s = s.masked_fill(mask == 0, -1e9)
+        return s.softmax({axis}) @ v
+
+
+class MultiHeadAttention(nn.Module):  # no scaled_dot_product_attention, split_heads or combine_heads
+    def __init__(self, d_model, num_heads):
+        super().__init__()
+        self.d_model, self.h = d_model, num_heads
+        self.W_q, self.W_k, self.W_v, self.W_o = (nn.Linear(d_model, d_model) for _ in range(4))
+        self.attend = Attend()
+
+    def forward(self, Q, K, V, mask=None):
+        b = Q.shape[0]
+        q, k, v = (w(t).unflatten(-1, (self.h, -1)).transpose(1, 2) for w, t in ((self.W_q, Q), (self.W_k, K), (self.W_v, V)))
+        return self.W_o(self.attend(q, k, v, mask).transpose(1, 2).reshape(b, -1, self.d_model))
+'''
+
+
+@pytest.mark.parametrize("axis, passes", [(-1, True), (-2, False)])
+def test_a_part_that_cannot_be_isolated_is_graded_with_the_whole_layer(tmp_path, axis, passes):
+    """Does a part whose method is gone pass when the rewritten layer is right, and fail (that part only) when not?"""
+    (tmp_path / "attention_checks.py").write_text((SOURCE / "attention_checks.py").read_text())
+    region = (hidden.GRADER_LINE + "\npart = '(d)'\n\ndef _alone():\n"
+              "    kernel.getattr(MultiHeadAttention, 'scaled_dot_product_attention')\n\n"
+              "alone_or_whole(part, kernel, MultiHeadAttention, _alone)\n")
+    printed, error = hidden.run(region, in_process(student(LAYER.replace("{axis}", str(axis)), f"<cell-l{axis}>")),
+                                tmp_path)
+    assert (error is None) == passes, error
+    if passes:
+        assert "graded with your whole layer" in printed

@@ -28,6 +28,7 @@ import textwrap
 import traceback
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnkit.kernel import wire
 
@@ -266,14 +267,20 @@ def _run(target, args, kwargs, spec):
 MAX_SKIPS = 4
 
 
-class _Intermediates(torch.overrides.TorchFunctionMode):
-    """Records the floating-point tensors torch functions produce during a call (at most ``limit``)."""
+class _Intermediates(TorchDispatchMode):
+    """Records the floating-point tensors torch's operators produce during a call (at most ``limit``). At the
+    dispatcher, so the pieces of one composite call count too (the x W_q that a three-operand einsum computes
+    on its way), not only what a torch function returns."""
+
+    @classmethod
+    def _should_skip_dynamo(cls):  # nothing here is compiled: no torch._dynamo import (over 1 s)
+        return False
 
     def __init__(self, limit: int):
         super().__init__()
         self.tensors, self.limit, self.elements = [], limit, 0
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in (out if isinstance(out, (tuple, list)) else (out,)):
             if (isinstance(t, torch.Tensor) and t.is_floating_point() and len(self.tensors) < self.limit

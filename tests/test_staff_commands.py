@@ -31,6 +31,11 @@ def cell(nb, gid):
     return next(c for c in nb.cells if nbu.grade_id(c) == gid)
 
 
+def stubbed(stem):
+    """The notebook as students get it, made from source/ (release/ may lag while source/ is edited)."""
+    return nbu.fill(nbu.read(SOURCE / f"{stem}.ipynb"), default="stub")
+
+
 def written(stem) -> dict:
     nb = nbu.read(SOURCE / f"{stem}.ipynb")
     return {nbu.grade_id(c): float(nbu.meta(c)["points"]) for c in nb.cells if nbu.is_manual_cell(c)}
@@ -41,7 +46,7 @@ def test_unanswered_written_answers_are_listed():
     """Does the self-check list each written answer still as released (with its points), and not
     report success while one is unanswered?"""
     nb = nbu.fill(nbu.read(SOURCE / f"{Q12}.ipynb"))  # every blank and answer filled ...
-    released = nbu.read(RELEASE / f"{Q12}.ipynb")
+    released = stubbed(Q12)
     for gid in written(Q12):  # ... but the written answers as released
         cell(nb, gid).source = cell(released, gid).source
         cell(nb, gid).metadata = cell(released, gid).metadata
@@ -57,11 +62,26 @@ def test_unanswered_written_answers_are_listed():
     assert not any(line.startswith(f"WRITTEN  {first}:") for line in lines)
 
 
+def test_selfcheck_checksum_is_nbgraders():
+    """Does the self-check's own copy of nbgrader's cell checksum (it ships without nbgrader) give
+    nbgrader's value, so that a written answer left exactly as released is recognised?"""
+    from nbgrader.utils import compute_checksum
+
+    cells = [c for stem in (Q3, Q6, Q12) for c in stubbed(stem).cells if nbu.meta(c).get("grade_id")]
+    assert cells and all(selfcheck._checksum(c) == compute_checksum(c) for c in cells)
+    answer = next(c for c in cells if nbu.is_manual_cell(c))
+    answer.source = answer.source.replace(selfcheck.TEXT_STUB, "")  # as released, but without the placeholder
+    answer.metadata.nbgrader["checksum"] = compute_checksum(answer)
+    assert selfcheck.unanswered(answer)
+    answer.source += "\nMy answer."
+    assert not selfcheck.unanswered(answer)
+
+
 def test_ungraded_experiment_blank_does_not_block_success():
     """Does a blank left in a cell that no test grades (the Q6 experiment's crossover) read as optional,
     so that a notebook otherwise done reports success?"""
     nb = nbu.fill(nbu.read(SOURCE / f"{Q6}.ipynb"))
-    experiment = cell(nbu.read(RELEASE / f"{Q6}.ipynb"), "q6_experiment")
+    experiment = cell(stubbed(Q6), "q6_experiment")
     assert "_____" in experiment.source
     cell(nb, "q6_experiment").source = experiment.source
     code, lines = report(nb)
@@ -69,7 +89,7 @@ def test_ungraded_experiment_blank_does_not_block_success():
     assert any(line.startswith("OPTIONAL q6_experiment:") for line in lines)
     assert not any(line.startswith("BLANK") for line in lines) and "Success" in lines[-1]
     # a graded cell's blank still blocks
-    cell(nb, "q6_b_kernel").source = cell(nbu.read(RELEASE / f"{Q6}.ipynb"), "q6_b_kernel").source
+    cell(nb, "q6_b_kernel").source = cell(stubbed(Q6), "q6_b_kernel").source
     code, lines = report(nb)
     assert code == 1 and "BLANK    q6_b_kernel: still has a blank (_____ or NotImplementedError) to fill in" in lines
 
@@ -103,7 +123,7 @@ def test_source_notebook_has_no_false_blank_and_says_hidden():
         code, lines = report(nb)
         assert code == 0, lines
         assert "with hidden tests, run as at grading" in lines[-2] and "visible" not in lines[-2]
-    code, lines = report(nbu.read(RELEASE / f"{Q3}.ipynb"))
+    code, lines = report(stubbed(Q3))
     assert code == 1 and "visible test cells passed" in lines[-1] and "hidden" not in lines[-1]
 
 

@@ -167,6 +167,9 @@ _SUMMARY_CSS = """
 .attnkit-summary .lost{color:#a40e26;font-weight:600}
 .attnkit-summary code{white-space:pre-wrap;font-size:.9em}
 .attnkit-summary a{color:#0969da}
+body > div.container > div.panel > div.panel-heading{display:none}  /* nbgrader's score list: the summary replaces it */
+.attnkit-summary a.badge{text-decoration:none}
+.attnkit-summary a.badge:hover{text-decoration:underline}
 """
 
 
@@ -192,7 +195,7 @@ def _summary_html(notebook, autograded_nb, cells, redact, written=None) -> str:
             shown = f"&ndash; / {_fmt(mx)}" if status == AWAITING else f"{_fmt(score)} / {_fmt(mx)}"
         else:
             if gid in fails:
-                status, msg = "failed", fails[gid]
+                status, msg = "FAILED", fails[gid]
             else:
                 status = "passed" if score == mx else "partial"
             lost = mx - score
@@ -202,9 +205,11 @@ def _summary_html(notebook, autograded_nb, cells, redact, written=None) -> str:
             msg = msg.replace(line, "[hidden test]")
         anchor = html.escape(gid, quote=True)
         lost_txt = f"<span class='lost'>&minus;{_fmt(lost)}</span>" if lost > 0 else ""
-        rows.append(f"<tr class='{status.split()[0]}'><td><a href='#{anchor}'>{html.escape(gid)}</a></td>"
+        # the badge links to the part's cell (nbgrader's feedback template anchors each grade cell by its id)
+        rows.append(f"<tr class='{status.split()[0].lower()}'><td>{html.escape(gid)}</td>"
                     f"<td class='num'>{shown}</td><td class='num'>{lost_txt}</td>"
-                    f"<td><span class='badge'>{status}</span></td><td><code>{html.escape(msg)}</code></td></tr>")
+                    f"<td><a class='badge' href='#{anchor}' title='go to the cell'>{status}</a></td>"
+                    f"<td>{f'<code>{html.escape(msg)}</code>' if msg else ''}</td></tr>")
     note = f"<small>{_fmt(pending)} points of written answers awaiting grading</small>" if pending else ""
     return ("<div class='attnkit-summary' id='summary'>"
             f"<h1>{html.escape(notebook)}</h1>"

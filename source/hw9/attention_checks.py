@@ -204,24 +204,6 @@ def call(part, fn, *args, **kwargs):
         raise AssertionError(f"{part}: {name} raised {type(exc).__name__}: {exc}") from None
 
 
-def attempt(part, fn, *args, label=None, **kwargs):
-    """Run fn(*args, **kwargs) for a visible check of ONE blank: returns (result, error).
-
-    A blank `_____` still in the line labelled ``label`` fails the check with a one-line message;
-    any other error (e.g. in another blank) is printed as a note and returned, so that the check
-    can go on with what was computed before it and each blank's own check reports its own blank.
-    """
-    try:
-        return fn(*args, **kwargs), None
-    except Exception as exc:  # noted, not hidden
-        if _BLANK in str(exc):
-            where = _blank_label(exc.__traceback__)
-            if label is None or where == label:
-                raise AssertionError(blank_words(part, where)) from None
-        print(f"note  {part}: {getattr(fn, '__name__', 'your code')} raised {type(exc).__name__}: {exc}")
-        return None, exc
-
-
 # ==== One blank of a method on its own: the method run line by line (the hidden tests do the same) ====
 #
 # A visible check of ONE blank runs your method with sys.settrace: a statement that raises (another blank) is

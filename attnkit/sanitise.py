@@ -98,10 +98,10 @@ def clean_output(output) -> None:
         svg = data.pop("image/svg+xml")
         svg = (svg if isinstance(svg, str) else "".join(svg)).encode("utf-8", "replace")
         data.setdefault("text/html", f'<img src="data:image/svg+xml;base64,{base64.b64encode(svg).decode()}">')
+    dropped = sorted(k for k in data if k not in SAFE_MIMETYPES)
     for key in ("image/png", "image/jpeg", "image/gif"):   # base64, nothing else, in an attribute
         if key in data and not (isinstance(data[key], str) and _BASE64.fullmatch(data[key])):
-            del data[key]
-    dropped = sorted(k for k in data if k not in SAFE_MIMETYPES)
+            dropped.append(key)
     for key in dropped:
         del data[key]
     if "text/html" in data:

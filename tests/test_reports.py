@@ -204,7 +204,8 @@ def test_stored_notebook_keeps_only_inert_outputs():
     assert "<td>kept</td>" in html_text and "<strong>bold</strong>" in html_text
     assert outputs[2].data == {"text/plain": "[removed from this page: application/javascript output]"}
     assert outputs[6].data["image/png"] == PNG and outputs[6].metadata == {"image/png": {}}
-    assert "image/png" not in outputs[7].data and outputs[8].data["text/latex"] == "$$\\sum_i \\mu_i^2$$"
+    assert outputs[7].data == {"text/plain": "[removed from this page: image/png output]"}
+    assert outputs[8].data["text/latex"] == "$$\\sum_i \\mu_i^2$$"
     assert "widgets" not in nb.metadata and "raw_mimetype" not in nb.cells[3].metadata
     assert "<script>" not in nb.cells[3].source
 
@@ -281,7 +282,8 @@ def test_summary_gives_total_points_lost_and_links_failed_parts():
                          ["wrong size"], {"essay": BY_HAND})
     assert "<div class='total'>1.5 / 4" in page
     row = re.search(r"<tr class='failed'>.*?</tr>", page).group()
-    assert "href='#t_a'" in row and "&minus;2" in row and "(a) [hidden test]" in row and "wrong size" not in row
+    assert "<td>t_a</td>" in row and "href='#t_a'" in row and "&minus;2" in row and "FAILED" in row
+    assert "(a) [hidden test]" in row and "wrong size" not in row
 
 
 def test_feedback_page_is_cleaned_and_points_at_local_mathjax():

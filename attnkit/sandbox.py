@@ -890,8 +890,9 @@ class CourseKernelClient(AsyncKernelClient):
         # an oversized message ends the IOPub connection for good (zmq does not reconnect): watch for it
         addr = f"inproc://attnkit-iopub-{id(self)}-{time.monotonic_ns()}"
         self.iopub_channel.socket.monitor(addr, zmq.EVENT_DISCONNECTED)
-        self._iopub_monitor = zmq.Context.shadow(self.context.underlying).socket(zmq.PAIR)
-        self._iopub_monitor.connect(addr)
+        pair = self.context.socket(zmq.PAIR)  # the context's own: destroyed with it whatever happens
+        pair.connect(addr)
+        self._iopub_monitor = (pair, zmq.Socket.shadow(pair.underlying))  # read without the event loop
         self._iopub_gone = False
 
     def reconnect_iopub(self) -> None:
@@ -905,15 +906,16 @@ class CourseKernelClient(AsyncKernelClient):
     def _unwatch_iopub(self) -> None:
         if self._iopub_monitor is not None:
             with contextlib.suppress(Exception):
-                self.iopub_channel.socket.disable_monitor()
-            self._iopub_monitor.close(linger=0)
+                if self._iopub_channel is not None:
+                    self._iopub_channel.socket.disable_monitor()
+            self._iopub_monitor[0].close(linger=0)
             self._iopub_monitor = None
 
     def iopub_lost(self) -> bool:
         """Has the IOPub connection dropped (a message over MAX_MESSAGE, or the kernel gone)?"""
         while self._iopub_monitor is not None and not self._iopub_gone:
             try:
-                self._iopub_monitor.recv_multipart(zmq.NOBLOCK)
+                self._iopub_monitor[1].recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
             self._iopub_gone = True
@@ -1286,6 +1288,7 @@ class CourseExecute(Execute):
             # An output message over MAX_MESSAGE: it and what followed it (this cell's error too, if any) are
             # lost. The cell is marked failed, so a test cell never passes for want of its error output.
             self.kc.reconnect_iopub()
+            await self.kc.wait_for_ready(timeout=60)  # the new connection delivers before the next cell runs
             cell.outputs.append(NotebookNode(
                 output_type="error", ename="OutputTooLarge", traceback=[],
                 evalue=f"one output message of this cell was over {MAX_MESSAGE:,} bytes: it and the rest of the "

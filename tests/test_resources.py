@@ -107,6 +107,19 @@ def test_a_hidden_test_reply_still_fits_in_one_message():
     assert sandbox.MAX_MESSAGE > MAX_REPLY
 
 
+@needs_sandbox
+def test_an_oversized_message_fails_its_cell_and_the_next_cell_runs(tmp_path):
+    """Can one output message over the cap hide a cell's error (a test cell would pass) or stall the next cell?"""
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell("print('x' * (80 << 20))\nassert False, 'the hidden error'"),
+                             new_code_cell("print('after')")])
+    nb, _ = sandbox.CourseExecute(timeout=120).preprocess(nb, {"metadata": {"path": str(tmp_path)}})
+    first, second = nb.cells
+    assert [o.get("ename") for o in first.outputs if o.output_type == "error"] == ["OutputTooLarge"], first.outputs
+    assert [o.get("text") for o in second.outputs] == ["after\n"], second.outputs
+
+
 @needs_cgroups
 def test_a_kernel_cgroup_counts_memfd():
     """Is memory held through memfd_create (which RLIMIT_DATA does not count) stopped by the cgroup?"""

@@ -57,7 +57,9 @@ c.CourseExecute.student_timeout = int(os.environ.get("ATTNKIT_STUDENT_TIMEOUT", 
 # Every cell runs: no tag skips one (NormaliseSubmission already drops the submission's tags).
 c.Execute.skip_cells_with_tag = "attnkit: no cell is ever skipped"
 c.Execute.allow_error_names = []
-c.CourseKernelManager.memory_limit_mb = 4096  # RLIMIT_DATA, and each kernel's memory cgroup where writable
+c.CourseKernelManager.memory_limit_mb = 4096  # RLIMIT_DATA, per process
+# each kernel's memory cgroup, where the host offers one writable: all its processes, memfd included
+c.CourseKernelManager.cgroup_memory_mb = 5120
 c.CourseKernelManager.threads = 1      # workers run side by side; timing tests expect 1 thread
 # Every kernel runs in the grading sandbox (attnkit/sandbox.py; README "The grading sandbox"):
 # auto = ATTNKIT_SANDBOX if set, else bwrap where it works, else the setpriv fallback (root), else none

@@ -265,8 +265,9 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
             f"{sandbox.describe(mode)}. Refusing to grade submissions unsandboxed: install bubblewrap "
             f"(apt-get install -y bubblewrap) or pass --unsandboxed-i-accept-the-risk.")
     config = course.api().config
-    memory_mb = config.CourseKernelManager.get("memory_limit_mb", 4096) if "CourseKernelManager" in config else 4096
-    print(sandbox.describe_limits(mode, memory_mb), file=sys.stderr)  # below the sandbox line
+    kernels = config.CourseKernelManager if "CourseKernelManager" in config else {}
+    print(sandbox.describe_limits(mode, kernels.get("memory_limit_mb", 4096), kernels.get("cgroup_memory_mb", 0)),
+          file=sys.stderr)  # below the sandbox line
     if mode == "setpriv":  # the fallback's kernels run as another uid: take its rights off the secrets
         sandbox.protect(str(course.root), os.path.dirname(sandbox.KIT_DIR))
     sandbox.sweep()  # what killed grading processes left (kernels' cgroups, run folders' mounts)

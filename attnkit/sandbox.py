@@ -292,8 +292,10 @@ class KernelCgroup:
                 time.sleep(0.02)
 
 
-def describe_limits(mode: str, memory_mb: int = 4096) -> str:
-    """One line: which memory limit is in force for a kernel, and where its IPC folder lives."""
+def describe_limits(mode: str, memory_mb: int = 4096, cgroup_mb: int = 0) -> str:
+    """One line: which memory limit is in force for a kernel, and where its IPC folder lives
+    (``cgroup_mb``: the cgroup's limit, 0 = CourseKernelManager's default for ``memory_mb``)."""
+    cgroup_mb = cgroup_mb or (memory_mb + 1024 if memory_mb > 0 else 0)
     if mode == "none":
         return f"memory: RLIMIT_DATA {memory_mb} MiB only (no cgroup: unsandboxed)"
     kind, where = memory_cgroups()
@@ -303,7 +305,8 @@ def describe_limits(mode: str, memory_mb: int = 4096) -> str:
         return (f"memory: NO cgroup limit, only RLIMIT_DATA {memory_mb} MiB (memfd_create and shared memory are not "
                 f"counted): {where}; {ipc}")
     knob = "memory.max" if kind == "v2" else "memory.limit_in_bytes"
-    return f"memory: cgroup {kind} {knob} = {memory_mb} MiB per kernel (counts memfd and shared memory); {ipc}"
+    return (f"memory: cgroup {kind} {knob} = {cgroup_mb} MiB per kernel, all its processes (memfd and shared "
+            f"memory counted), RLIMIT_DATA {memory_mb} MiB per process; {ipc}")
 
 
 def _libc():
@@ -957,9 +960,12 @@ class CourseKernelManager(AsyncKernelManager):
     """Always start the course's Python kernel, whatever kernelspec the notebook names, in the sandbox."""
 
     sandbox = Unicode("auto", help="bwrap, setpriv, none, or auto (ATTNKIT_SANDBOX, else the best that works).").tag(config=True)
-    memory_limit_mb = Integer(4096, help="RLIMIT_DATA of every kernel process and, where the host offers a "
-                              "writable memory cgroup, the limit of the kernel's cgroup (all its processes, "
-                              "memfd and shared memory included), MiB; 0 = none.").tag(config=True)
+    memory_limit_mb = Integer(4096, help="RLIMIT_DATA of every kernel process, MiB; 0 = none.").tag(config=True)
+    cgroup_memory_mb = Integer(0, help="Where the host offers a writable memory cgroup: the limit of each kernel's "
+                               "cgroup (all its processes together, memfd, shared memory and tmpfs included), "
+                               "MiB; 0 = memory_limit_mb + 1024 (an ordinary allocation then fails with "
+                               "MemoryError in its cell first; near a cgroup limit a kernel slows down as it "
+                               "reclaims before it is killed).").tag(config=True)
     max_processes = Integer(256, help="RLIMIT_NPROC of the sandbox uid (processes and threads).").tag(config=True)
     max_file_mb = Integer(256, help="RLIMIT_FSIZE: the largest file a kernel may write, MiB.").tag(config=True)
     scratch_mb = Integer(256, help="Size of the kernel's writable working folder (tmpfs), MiB.").tag(config=True)
@@ -1048,8 +1054,8 @@ class CourseKernelManager(AsyncKernelManager):
                              "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
             self._drop_cgroup()
             kind, parent = memory_cgroups()
-            if kind is not None and self.memory_limit_mb > 0:
-                self._cgroup = KernelCgroup(self.memory_limit_mb, kind, parent)
+            if kind is not None and self.cgroup_limit() > 0:
+                self._cgroup = KernelCgroup(self.cgroup_limit(), kind, parent)
                 kernel_cmd = self._cgroup.wrap(kernel_cmd)  # a forked (warm) kernel is moved in at launch
         return kernel_cmd, kw
 
@@ -1131,6 +1137,9 @@ class CourseKernelManager(AsyncKernelManager):
             return ""
 
     _cgroup = None
+
+    def cgroup_limit(self) -> int:
+        return self.cgroup_memory_mb or (self.memory_limit_mb + 1024 if self.memory_limit_mb > 0 else 0)
 
     def _drop_cgroup(self) -> None:
         if self._cgroup is not None:
@@ -1297,7 +1306,7 @@ class CourseExecute(Execute):
         except DeadKernelError:
             if self.km.oom_killed():
                 ename, why = KERNEL_DIED, (f"the Python kernel was stopped: its processes held more than its "
-                                           f"memory limit ({self.km.memory_limit_mb} MiB)")
+                                           f"memory limit ({self.km.cgroup_limit()} MiB, all its processes together)")
             else:
                 ename, why = KERNEL_DIED, ("the Python kernel died while running this cell (os._exit, a crash, too "
                                            "much memory or CPU time)")

@@ -238,7 +238,7 @@ def test_a_flood_leaves_a_small_notebook_and_a_bounded_grader(bank, student):
 def test_memfd_kernel_is_stopped_by_its_cgroup(bank):
     """Is the 6 GiB memfd kernel stopped by its memory cgroup, its students' neighbours untouched?"""
     text = _answer_output(bank.course, "res-memfd")
-    assert "memory limit (4096 MiB)" in text and "held 6144" not in text, text[-1500:]
+    assert "memory limit (5120 MiB" in text and "held 6144" not in text, text[-1500:]
     data = scores(bank.course, ASSIGNMENT)["students"]
     assert data["res-memfd"][Q3]["score"] == 0 and data["res-plain-right"][Q3]["score"] == Q3_AUTO
 

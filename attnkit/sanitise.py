@@ -136,4 +136,9 @@ class SanitiseNotebook(Preprocessor):
     enabled = Bool(True)  # nbconvert's default is off: a preprocessor in nbgrader's lists would be skipped
 
     def preprocess(self, nb, resources):
+        # The formgrader's template prints the student's names unescaped, and they come from the LMS,
+        # where students may set them: escaped here, before the template sees them.
+        for key in ("first_name", "last_name", "student"):
+            if isinstance(resources.get(key), str):
+                resources[key] = html.escape(resources[key])
         return clean_notebook(nb), resources

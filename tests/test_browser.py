@@ -190,6 +190,9 @@ def graded_xss(tmp_path_factory):
     kit(course.root, "autograde", ASSIGNMENT, "--quiet", "--unsandboxed-i-accept-the-risk", check=True,
         env={"ATTNKIT_CELL_TIMEOUT": "30"})
     kit(course.root, "feedback", ASSIGNMENT, check=True)
+    with course.gradebook() as gb:   # names come from the LMS, where students may set them
+        gb.update_or_create_student("xss", first_name="<img src=x onerror=\"window.__pwned='name'\">",
+                                    last_name="<script>window.__pwned='last-name'</script>")
     yield course
     shutil.rmtree(course.root, ignore_errors=True)
 

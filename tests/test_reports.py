@@ -213,8 +213,8 @@ def test_stored_notebook_keeps_only_inert_outputs():
 @pytest.mark.parametrize("template", ["formgrade", "feedback"])
 def test_course_exporter_renders_no_live_student_content(template):
     """Does nbconvert, configured as the course configures it for the formgrader and the feedback,
-    render a hostile notebook (as stored before this kit sanitised it) with no live student content,
-    MathJax from no CDN and the mark scheme boxed?"""
+    render a hostile notebook (as stored before this kit sanitised it) and hostile LMS names with no
+    live student content, MathJax from no CDN and the mark scheme boxed?"""
     from nbconvert.exporters import HTMLExporter
     cfg = Course(ROOT).config()
     cfg.HTMLExporter.template_name = template
@@ -223,10 +223,12 @@ def test_course_exporter_renders_no_live_student_content(template):
                                                  / "static" / "node_modules" / "bootstrap" / "dist" / "css")]
     exporter = HTMLExporter(config=cfg)
     resources = {"base_url": "/base", "assignment_id": "hw", "notebook_id": "nb", "submission_id": "1", "index": 0,
-                 "total": 1, "student": "s", "last_name": "", "first_name": "", "notebook_path": "x",
+                 "total": 1, "student": "s", "last_name": "<img src=x onerror=window.__pwned=1>",
+                 "first_name": "<script>window.__pwned=1</script>", "notebook_path": "x",
                  "nbgrader": {"notebook": "nb", "score": 0, "max_score": 2, "late_penalty": 0}}
-    page, _ = exporter.from_notebook_node(_hostile_notebook(), resources=resources)
-    benign, _ = exporter.from_notebook_node(nbformat.v4.new_notebook(), resources=resources)
+    page, _ = exporter.from_notebook_node(_hostile_notebook(), resources=dict(resources))
+    benign, _ = exporter.from_notebook_node(nbformat.v4.new_notebook(),
+                                            resources={**resources, "last_name": "Doe", "first_name": "Jo"})
     scripts = re.findall(r"<script[^>]*>(.*?)</script>", page, re.S)
     assert not [s for s in scripts if "__pwned" in s], "a student script reached the page"
     # the template's own scripts and handlers, and nothing more

@@ -295,7 +295,8 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
                 except Exception:  # no submission row yet: nothing to zero, the report says why
                     pass
                 out.notebooks.append(NotebookResult(
-                    nb, Status.FAILED, f"could not be graded: {reason} (tried {tries} time{'s' * (tries > 1)}); scored 0"))
+                    nb, Status.FAILED,
+                    f"could not be graded: {reason} (tried {tries} time{'s' * (tries > 1)}); scored 0"))
         return out.to_json()
 
     try:

@@ -239,7 +239,8 @@ class KernelCgroup:
     @classmethod
     def adopt(cls, path: str) -> "KernelCgroup":
         self = cls.__new__(cls)
-        self.kind, self.path = ("v2" if path.startswith(CGROUP_V2 + "/") and not path.startswith(CGROUP_V1) else "v1"), path
+        self.path = path
+        self.kind = "v1" if path.startswith(CGROUP_V1 + "/") else "v2"
         return self
 
     def _write(self, name: str, value: str, optional: bool = False) -> None:

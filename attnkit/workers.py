@@ -6,8 +6,9 @@ its own (never its stdout, which a kernel may share). A process that dies (kille
 memory, a crash) is replaced; its student is retried once in a fresh process, and if that
 dies too, the notebooks it had not finished are recorded as could-not-be-graded (status
 "failed", scored 0) and the batch goes on. A student whose grading runs past the per-student
-wall-clock limit (a stall of any kind) is stopped the same way, not retried. Ctrl-C stops the workers (each in its own session,
-so the terminal's signal reaches only this process) and keeps every result already written.
+wall-clock limit (a stall of any kind) is stopped the same way, not retried. Ctrl-C stops the
+workers (each in its own session, so the terminal's signal reaches only this process) and keeps
+every result already written.
 """
 from __future__ import annotations
 

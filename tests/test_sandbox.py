@@ -72,12 +72,32 @@ def graded_from(course: Course) -> Graded:
     return Graded(course, report, scores(course, ASSIGNMENT)["students"], messages)
 
 
-def survivors() -> list[str]:
-    """Processes a submission left: the bank's tag in an argv, or any process of a sandbox uid."""
-    out = subprocess.run(["ps", "-eo", "pid,uid,args", "--no-headers"], capture_output=True, text=True).stdout
+def _under_another_grader(pid: str, parents: dict, args: dict, root: str) -> bool:
+    """Is a grading process (a batch or a worker) of another course than ``root`` among ``pid``'s ancestors?
+    Then the process belongs to another grading run on this machine (other tests), still under way."""
+    seen = set()
+    while pid in parents and pid not in seen:
+        seen.add(pid)
+        pid = parents[pid]
+        grader = args.get(pid, "")
+        if ("attnkit.workers" in grader or "-m attnkit --root" in grader) and root not in grader:
+            return True
+    return False
+
+
+def survivors(root=None) -> list[str]:
+    """Processes a submission left: the bank's tag in an argv, or any process of a sandbox uid (with
+    ``root``, the course graded: not those under another course's grading, still under way)."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,uid,args", "--no-headers"], capture_output=True, text=True).stdout
+    rows = [line.split(None, 3) for line in out.splitlines() if len(line.split(None, 3)) >= 3]
+    parents = {r[0]: r[1] for r in rows}
+    argv = {r[0]: (r[3] if len(r) > 3 else "") for r in rows}
     found = []
-    for line in out.splitlines():
-        pid, uid, args = line.split(None, 2) if len(line.split(None, 2)) == 3 else (*line.split(None, 1), "")
+    for row in rows:
+        pid, uid, args = row[0], row[2], argv[row[0]]
+        line = f"{pid} {uid} {args}"
+        if root is not None and _under_another_grader(pid, parents, argv, str(root)):
+            continue
         # a sandbox uid running this checkout's Python (a forked child keeps the kernel's command line);
         # graders of other checkouts on the same machine are not ours to judge
         ours = uid.isdigit() and int(uid) >= sandbox.UID_BASE and sys.prefix in args
@@ -133,7 +153,7 @@ def hostile():
     time.sleep(2)  # anything that outlived its notebook would still be here
     after = {"source": tree_hash(course.path("source")), "release": tree_hash(course.path("release")),
              **_kit_state()}
-    left = survivors()
+    left = survivors(course.root)
     listener.close()
     print(f"hostile batch of {len(HOSTILE)} graded in {seconds:.0f}s ({MODE})")
     yield SimpleNamespace(course=course, out=out, before=before, after=after, left=left, listener=listener,
@@ -263,7 +283,7 @@ def test_setpriv_fallback_keeps_answers_out_of_reach():
         assert "sandbox: FALLBACK setpriv" in out.stderr
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         time.sleep(2)
-        assert survivors() == []
+        assert survivors(course.root) == []
         graded = graded_from(course)
         for fx in fixtures:
             assert_fixture(graded, fx)
@@ -326,13 +346,13 @@ def test_a_killed_or_interrupted_grader_loses_nothing_and_a_rerun_finishes():
             if sig == 2:
                 assert proc.returncode == 130, f"{masks}\n" + out[-2000:] + err[-2000:]
                 assert "interrupted:" in err and "run the same command again" in err and "Traceback" not in err
-            assert _wait_for(lambda: survivors() == [], 30), survivors()
+            assert _wait_for(lambda: survivors(course.root) == [], 30), survivors(course.root)
             with course.gradebook() as gb:  # still a consistent database
                 gb.assignment_submissions(ASSIGNMENT)
         out = kit(course.root, "autograde", ASSIGNMENT, "--workers", "2", env=FAST, timeout=1500)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         data = scores(course, ASSIGNMENT)["students"]
         assert {sid: data[sid][Q3]["score"] for sid in data} == {fx.student: Q3_AUTO for fx in fixtures}
-        assert survivors() == []
+        assert survivors(course.root) == []
     finally:
         shutil.rmtree(course.root, ignore_errors=True)

@@ -79,10 +79,12 @@ def _under_another_grader(pid: str, parents: dict, args: dict, root: str) -> boo
     while pid in parents and pid not in seen:
         seen.add(pid)
         pid = parents[pid]
+        if pid == str(os.getpid()):  # under this test run: ours
+            return False
         grader = args.get(pid, "")
         if ("attnkit.workers" in grader or "-m attnkit --root" in grader) and root not in grader:
             return True
-        if "pytest" in grader and pid != str(os.getpid()):  # another test run grading in its own process
+        if "pytest" in grader:  # another test run, grading in its own process
             return True
     return False
 

@@ -38,6 +38,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable
@@ -58,6 +59,26 @@ CANVAS_RE = (r"^(?P<name>[^_/]+?)(?P<late>_late)?_(?P<student_id>\d+)_(?P<submis
 
 class CapExceeded(ValueError):
     """A file or a zip hit one of the caps above (that file is not read)."""
+
+
+# What a damaged archive entry raises as it is read (a bad CRC, corrupt deflate data, a truncated file,
+# an unsupported method or an encrypted entry): it costs only that file.
+UNREADABLE = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, RuntimeError, NotImplementedError)
+
+
+def entry_time(info: zipfile.ZipInfo, fallback: float, tz: dt.tzinfo | None = None) -> float:
+    """An entry's DOS time (local, or in ``tz``) as seconds, or ``fallback`` where it is no date
+    (zeroed: month 0, day 0)."""
+    try:
+        return dt.datetime(*info.date_time, tzinfo=tz).timestamp()
+    except (ValueError, OverflowError):
+        return fallback
+
+
+def shown(text: str) -> str:
+    """Text for the staff terminal: control and format characters (ANSI/OSC escapes, bidi overrides,
+    newlines in a file name) written as escapes, so a file name cannot forge report lines."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 class BudgetExceeded(CapExceeded):
@@ -161,6 +182,7 @@ class Upload:
     order: int = 0            # then the higher of these (Canvas's attachment id)
     path: Path | None = None  # content on disk (a file of the upload folder, or unpacked to scratch)
     opener: Callable[[], BinaryIO] | None = None  # content still inside an export zip
+    problem: str = ""         # why it is not read (over a cap): reported, never matched
 
     def open(self) -> BinaryIO:
         if self.path is not None:
@@ -235,7 +257,7 @@ def _zip_uploads(fileobj, label: str, mtime: float, problems: list, scratch: _Sc
                 if info.is_dir() or not parts or SKIP_PARTS & set(parts) or parts[-1].startswith("._"):
                     continue
                 name = f"{label}:{info.filename}"
-                when = dt.datetime(*info.date_time).timestamp() if info.date_time[0] >= 1980 else mtime
+                when = entry_time(info, mtime)
                 if not _wanted(info.filename):
                     out.append(Upload(name, b"", when))  # listed as unmatched, never read
                     continue
@@ -252,6 +274,9 @@ def _zip_uploads(fileobj, label: str, mtime: float, problems: list, scratch: _Sc
                     raise
                 except CapExceeded as exc:
                     problems.append(f"{name}: {exc}, ignored")
+                    continue
+                except UNREADABLE as exc:  # this entry is damaged; the others may not be
+                    problems.append(f"{name}: not readable ({type(exc).__name__}: {exc}), ignored")
                     continue
                 if _is_archive(info.filename):
                     try:
@@ -278,6 +303,9 @@ def expand(uploads: list[Upload], problems: list | None = None, matching: Matchi
     budget = budget or Budget(MAX_SUBMISSION_BYTES)
     out = []
     for up in uploads:
+        if up.problem:
+            problems.append(f"{up.name}: {up.problem}, ignored")
+            continue
         if not _is_archive(up.name):
             out.append(up)
             continue
@@ -297,6 +325,8 @@ def expand(uploads: list[Upload], problems: list | None = None, matching: Matchi
             problems.append(f"{up.name}: {exc}; nothing more of it was read")
         except CapExceeded as exc:
             problems.append(f"{up.name}: {exc}, not unpacked")
+        except UNREADABLE as exc:  # the export's own entry is damaged
+            problems.append(f"{up.name}: not readable ({type(exc).__name__}: {exc}), not unpacked")
     return out
 
 
@@ -309,8 +339,9 @@ def uploads_in(folder: Path, max_depth: int = 3) -> list[Upload]:
         rel = path.relative_to(folder)
         if not path.is_file() or path.is_symlink() or len(rel.parts) > max_depth or SKIP_PARTS & set(rel.parts):
             continue
-        if path.stat().st_size > MAX_UPLOAD_BYTES:
-            out.append(Upload(rel.as_posix(), b"", path.stat().st_mtime))  # matched, then reported malformed
+        if path.stat().st_size > MAX_UPLOAD_BYTES:  # never read: the student is told why
+            out.append(Upload(rel.as_posix(), b"", path.stat().st_mtime,
+                              problem=f"larger than {_mb(MAX_UPLOAD_BYTES)} (the cap on one file)"))
             continue
         out.append(Upload(rel.as_posix(), None, path.stat().st_mtime, path=path))
     return out
@@ -373,6 +404,10 @@ def place(matching: Matching, dest: Path, mtime: float | None = None, budget: Bu
             (dest / f"{stem}.ipynb").unlink(missing_ok=True)
             del matching.chosen[stem]
             matching.problems.append(f"{up.name}: {exc}, not collected")
+        except UNREADABLE as exc:  # a damaged entry in the export (bad CRC, corrupt data): this file only
+            (dest / f"{stem}.ipynb").unlink(missing_ok=True)
+            del matching.chosen[stem]
+            matching.problems.append(f"{up.name}: not collected ({type(exc).__name__}: {exc})")
 
 
 # -- LMS exports ------------------------------------------------------------------------------
@@ -431,10 +466,11 @@ def _when(value) -> dt.datetime:
     raise ValueError(f"no submission time ({value!r})")
 
 
-def parse_gradescope_metadata(text: str) -> dict:
+def parse_gradescope_metadata(text: str, problems: list | None = None) -> dict:
     """``submission_metadata.yml`` -> {folder: {"people": [Person], "when": datetime}}.
 
-    The student id is the SID, or the email where the SID is empty."""
+    The student id is the SID, or the email where the SID is empty. A submitter with neither is
+    left out with a line in ``problems`` (a submission left with nobody too); raised without it."""
     import yaml
 
     try:
@@ -447,14 +483,22 @@ def parse_gradescope_metadata(text: str) -> dict:
     for folder, entry in data.items():
         if not isinstance(entry, dict):
             raise ValueError(f"submission_metadata.yml: entry {folder!r} is not a mapping")
-        people = []
+        people, nameless = [], 0
         for s in _key(entry, "submitters") or []:
             sid = str(_key(s, "sid") or "").strip()
             email = str(_key(s, "email") or "").strip()
             if not (sid or email):
-                raise ValueError(f"submission_metadata.yml: a submitter of {folder!r} has neither SID nor email")
+                why = f"submission_metadata.yml: a submitter of {folder!r} has neither SID nor email"
+                if problems is None:
+                    raise ValueError(why)
+                problems.append(f"{why} ({str(_key(s, 'name') or '').strip()!r}): not collected "
+                                f"(give them an SID or email in Gradescope)")
+                nameless += 1
+                continue
             people.append(Person(ids.from_lms(sid or email), str(_key(s, "name") or "").strip(), email,
                                  lms_id=sid or email))
+        if not people and nameless:
+            continue  # said above
         if not people:
             raise ValueError(f"submission_metadata.yml: {folder!r} names no submitters")
         out[str(folder)] = {"people": people, "when": _when(_key(entry, "created_at"))}
@@ -473,7 +517,7 @@ def _entries(zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
     return [i for i in zf.infolist() if not i.is_dir() and not SKIP_PARTS & set(i.filename.split("/"))]
 
 
-def read_gradescope_export(zf: zipfile.ZipFile) -> list[Submission]:
+def read_gradescope_export(zf: zipfile.ZipFile, problems: list | None = None) -> list[Submission]:
     infos = _entries(zf)
     prefix = _split_top([i.filename for i in infos])
     meta_name = prefix + "submission_metadata.yml"
@@ -485,7 +529,7 @@ def read_gradescope_export(zf: zipfile.ZipFile) -> list[Submission]:
         raise ValueError("not a Gradescope export: no submission_metadata.yml at its top") from None
     except CapExceeded as exc:
         raise ValueError(f"submission_metadata.yml: {exc}") from None
-    meta = parse_gradescope_metadata(text.getvalue().decode("utf-8", errors="replace"))
+    meta = parse_gradescope_metadata(text.getvalue().decode("utf-8", errors="replace"), problems)
     subs = []
     for folder, entry in meta.items():
         inside = prefix + folder + "/"
@@ -497,10 +541,14 @@ def read_gradescope_export(zf: zipfile.ZipFile) -> list[Submission]:
     return subs
 
 
-def read_canvas_export(zf: zipfile.ZipFile) -> tuple[list[Submission], list[str]]:
+def read_canvas_export(zf: zipfile.ZipFile, mtime: float | None = None) -> tuple[list[Submission], list[str]]:
     """Canvas names every file ``<name>[_late]_<user id>_<submission id>_<original name>``;
     nbgrader's FileNameCollectorPlugin reads those names with CANVAS_RE. Returns the
-    submissions (one per student) and the files that are not Canvas-named."""
+    submissions (one per student) and the files that are not Canvas-named. An entry with no
+    date (zeroed) takes ``mtime`` (the export's; now if not given)."""
+    import time
+
+    fallback = time.time() if mtime is None else mtime
     from nbgrader.plugins import FileNameCollectorPlugin
 
     plugin = FileNameCollectorPlugin(named_regexp=CANVAS_RE, valid_ext=[".ipynb", ".zip", ".IPYNB", ".ZIP"])
@@ -512,7 +560,8 @@ def read_canvas_export(zf: zipfile.ZipFile) -> tuple[list[Submission], list[str]
         if not found:
             stray.append(info.filename)
             continue
-        when = dt.datetime(*info.date_time, tzinfo=dt.timezone.utc)  # Canvas stamps entries with the upload time
+        # Canvas stamps entries with the upload time (in UTC)
+        when = dt.datetime.fromtimestamp(entry_time(info, fallback, dt.timezone.utc), dt.timezone.utc)
         sub = per_user.setdefault(found["student_id"], Submission(
             found["student_id"], [Person(found["student_id"], found["name"], lms_user_id=found["student_id"])],
             [], when))
@@ -554,7 +603,7 @@ class CollectReport:
                          "apart): " + "; ".join(f"{lms!r} -> {sid}" for lms, sid in self.renamed))
         for p in self.problems:
             lines.append(f"problem: {p}")
-        return "\n".join(lines)
+        return "\n".join(shown(line) for line in lines)  # file names are the students' text
 
 
 def detect(zf: zipfile.ZipFile) -> str:
@@ -586,9 +635,9 @@ def collect(course, assignment: str, export: Path, kind: str = "auto", due: dt.d
     with raw, zf:
         report.kind = detect(zf) if kind == "auto" else kind
         if report.kind == "gradescope":
-            subs = read_gradescope_export(zf)
+            subs = read_gradescope_export(zf, report.problems)
         elif report.kind == "canvas":
-            subs, stray = read_canvas_export(zf)
+            subs, stray = read_canvas_export(zf, os.fstat(raw.fileno()).st_mtime)
             report.unmatched += [("-", name) for name in stray]
         else:
             raise ValueError(f"unknown export format {kind!r} (gradescope, canvas or auto)")
@@ -644,11 +693,14 @@ def _refusal(course, sid: str, lms_ids: set) -> str | None:
 
 
 def _record_students(course, report: CollectReport) -> None:
-    """Names, emails and LMS user ids go into the gradebook (the Canvas export uses them)."""
+    """Names, emails and LMS user ids go into the gradebook (the Canvas export uses them). A Gradescope
+    id the id rule changed is kept as the LMS wrote it, in ``lms_user_id`` (canvas.py tells it from a
+    Canvas user id: it maps to the student id without being it)."""
     with course.gradebook() as gb:
         for sid, s in report.students.items():
             p: Person = s["person"]
             first, _, last = p.name.partition(" ") if " " in p.name else ("", "", p.name)
+            lms_user_id = p.lms_user_id or (p.lms_id if p.lms_id and p.lms_id != sid else "")
             kwargs = {k: v for k, v in {"first_name": first or None, "last_name": last or None,
-                                        "email": p.email or None, "lms_user_id": p.lms_user_id or None}.items() if v}
+                                        "email": p.email or None, "lms_user_id": lms_user_id or None}.items() if v}
             gb.update_or_create_student(sid, **kwargs)

@@ -287,6 +287,7 @@ sys.exit(proc.returncode)
 """
 
 
+@pytest.mark.slow  # ~1 GB deflated to build it and 0.3 GB inflated: ~5 s; the file cap stays in the fast tier
 def test_zip_bombs_are_refused_in_bounded_memory(scratch_course, tmp_path):
     """Through ./kit collect: does a 0.6 MB Canvas download whose notebooks inflate to 600 MB, a nested zip
     bomb (zips of 45 MB notebooks, 360 MB in all) and a zip four levels deep each get a message, no file
@@ -341,10 +342,15 @@ def test_gradescope_upload_folder_bomb_is_capped(tmp_path):
     m.cleanup()
 
 
-def test_too_many_entries_are_refused(tmp_path):
-    """Is an uploaded zip with more entries than the cap refused before its directory is read?"""
+def test_too_many_entries_are_refused(tmp_path, monkeypatch):
+    """Is an uploaded zip with more entries than the cap refused before its directory is read (zipfile
+    reads the whole directory into memory: it is never opened)?"""
     from attnkit.collect import MAX_ENTRIES
     data = _zip_bytes(lambda z: [z.writestr(f"f{i}.txt", b"") for i in range(MAX_ENTRIES + 1)])
+
+    def read_directory(*args, **kwargs):
+        raise AssertionError("the central directory was read")
+    monkeypatch.setattr(zipfile, "ZipFile", read_directory)
     m = match_uploads([Upload("hw9.zip", data)], STEMS)
     assert m.chosen == {} and m.problems == [f"hw9.zip: more than {MAX_ENTRIES} entries (the cap on entries in one "
                                              f"zip), not unpacked"]
@@ -373,6 +379,113 @@ def test_batch_refuses_bad_ids_already_in_submitted_and_goes_on():
         assert sorted(p.name for p in c.path("autograded").iterdir()) == ["alice"]
         report = {r["student"]: r for r in json.loads(c.path("reports", "hw9-autograde.json").read_text())}
         assert report["alice"]["notebooks"][0]["status"] == "graded"
-        assert report["*"]["notebooks"][0]["status"] == "failed" and "glob" not in report["*"]["notebooks"][0]
+        star = report["*"]["notebooks"][0]
+        assert star["status"] == "failed" and star["message"].startswith(f"not graded: student id '*' holds '*' "
+                                                                           f"(student ids: {ids.RULE})"), star
     finally:
         shutil.rmtree(c.root, ignore_errors=True)
+
+
+# -- damaged exports, odd dates, hostile names ---------------------------------------------------------
+def _bad_crc(data: bytes, name: str) -> bytes:
+    """``data`` (a zip) with the CRC of entry ``name`` changed in both headers: the entry reads, then fails."""
+    zf = zipfile.ZipFile(io.BytesIO(data))
+    info = zf.getinfo(name)
+    good = info.CRC.to_bytes(4, "little")
+    bad = (info.CRC ^ 0xFFFFFFFF).to_bytes(4, "little")
+    assert data.count(good) == 2
+    return data.replace(good, bad)
+
+
+def test_a_damaged_canvas_entry_costs_only_its_student(scratch_course, tmp_path):
+    """Through ./kit collect: does a Canvas download whose entry for one student has a bad CRC give that
+    student a message, while the other student is collected and recorded, the kit exiting 0 (a partial
+    problem is reported, not fatal), and is a file name with terminal escapes printed escaped?"""
+    good = b'{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
+    bad_name = f"bad_2001_6001_{NB}.ipynb"
+    forged = "\x1b[2K\rproblem: none\x1b]0;pwned\x07.ipynb"
+    data = _zip({bad_name: b"x" * 300, f"good_2002_6002_{NB}.ipynb": good, f"good_2002_6003_{forged}": b""})
+    export = tmp_path / "canvas.zip"
+    export.write_bytes(_bad_crc(data, bad_name))
+    out = kit(scratch_course.root, "collect", "hw9", str(export))
+    try:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        sub = scratch_course.path("submitted")
+        assert (sub / "2002" / "hw9" / f"{NB}.ipynb").read_bytes() == good
+        assert not (sub / "2001" / "hw9" / f"{NB}.ipynb").exists()
+        assert f"problem: 2001: {NB}.ipynb: not collected (BadZipFile: Bad CRC-32" in out.stdout
+        with scratch_course.gradebook() as gb:
+            assert {"2001", "2002"} <= {s.id for s in gb.students}  # _record_students ran
+        assert "\x1b" not in out.stdout and "\x07" not in out.stdout and "\r" not in out.stdout
+        assert "2002: \\x1b[2K\\rproblem: none\\x1b]0;pwned\\x07.ipynb" in out.stdout
+    finally:
+        import shutil
+        shutil.rmtree(scratch_course.path("submitted"), ignore_errors=True)
+
+
+def test_a_damaged_zip_inside_an_export_is_a_message():
+    """Is an uploaded zip whose export entry has a bad CRC reported for that file, not raised?"""
+    inner = _zip({f"hw9/{NB}.ipynb": b"{}"})
+    outer = _bad_crc(_zip({f"x_1_2_hw9.zip": inner}), "x_1_2_hw9.zip")
+    zf = zipfile.ZipFile(io.BytesIO(outer))
+    subs, _ = read_canvas_export(zf)
+    m = match_uploads(subs[0].uploads, STEMS)
+    assert m.chosen == {} and m.problems[0].startswith("hw9.zip: not readable (BadZipFile: Bad CRC-32")
+
+
+def test_zeroed_zip_dates_fall_back_to_the_file_time():
+    """Does a zip entry with a zeroed DOS date (month 0, day 0) take the upload's (or the export's) time
+    instead of failing the whole zip?"""
+    zero = (1980, 0, 0, 0, 0, 0)
+    data = _zip({f"hw9/{NB}.ipynb": b"{}"}, {f"hw9/{NB}.ipynb": zero})
+    m = match_uploads([Upload("hw9.zip", data, 1_700_000_000.0)], STEMS)
+    assert m.problems == [] and m.chosen[NB].mtime == 1_700_000_000.0
+    cv = zipfile.ZipFile(io.BytesIO(_zip({f"a_12_34_{NB}.ipynb": b"{}"}, {f"a_12_34_{NB}.ipynb": zero})))
+    subs, _ = read_canvas_export(cv, 1_700_000_000.0)
+    assert subs[0].when == dt.datetime.fromtimestamp(1_700_000_000, dt.timezone.utc)
+
+
+def test_report_table_escapes_control_characters():
+    """Are file names with ANSI/OSC escapes, newlines or bidi overrides printed escaped in the collect
+    report, so a student cannot forge lines on the staff terminal?"""
+    from attnkit.collect import CollectReport, Person
+    r = CollectReport(kind="canvas")
+    r.students["1"] = {"person": Person("1"), "when": dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc),
+                       "late": False, "files": [("\x1b[31mq3\u202e.ipynb", NB)]}
+    r.unmatched.append(("1", "a\nproblem: forged"))
+    r.problems.append("1: \x1b]0;t\x07x.zip: not a readable zip")
+    text = r.table("hw9")
+    assert all(ch.isprintable() for line in text.split("\n") for ch in line), repr(text)
+    assert "\\x1b[31mq3\\u202e.ipynb -> q3_multihead_attention" in text and "1: a\\nproblem: forged" in text
+
+
+def test_an_oversized_file_in_the_upload_folder_says_so(tmp_path):
+    """Is a file over the 50 MB cap in a Gradescope upload folder reported with the cap (not as a malformed
+    notebook or zip) and never read?"""
+    from attnkit.collect import MAX_UPLOAD_BYTES, uploads_in
+    for name in (f"{NB}.ipynb", "hw9.zip"):
+        with open(tmp_path / name, "wb") as f:
+            f.truncate(MAX_UPLOAD_BYTES + 1)  # sparse: no disk used
+    m = match_uploads(uploads_in(tmp_path), STEMS)
+    assert m.chosen == {}
+    assert m.problems == [f"{name}: larger than 50 MB (the cap on one file), ignored" for name in ("hw9.zip", f"{NB}.ipynb")]
+
+
+def test_a_submitter_without_sid_or_email_is_skipped_with_a_message():
+    """Does a Gradescope submitter with neither SID nor email cost only that submitter (a message), the
+    rest of the export (a group partner included) still read?"""
+    text = GRADESCOPE_YML + ("submission_103:\n  :submitters:\n  - :name: Nobody\n    :sid: ''\n    :email: ''\n"
+                             "  :created_at: 2024-03-02 09:30:00 UTC\n"
+                             "submission_104:\n  :submitters:\n  - :name: Ghost\n    :sid: ''\n    :email: ''\n"
+                             "  - :name: Partner\n    :sid: '5555'\n  :created_at: 2024-03-02 09:30:00 UTC\n")
+    problems = []
+    meta = parse_gradescope_metadata(text, problems)
+    assert sorted(meta) == ["submission_101", "submission_102", "submission_104"]
+    assert [p.student_id for p in meta["submission_104"]["people"]] == ["5555"]
+    assert len(problems) == 2 and "'submission_103' has neither SID nor email ('Nobody'): not collected" in problems[0]
+    gs = zipfile.ZipFile(io.BytesIO(_zip({"export/submission_metadata.yml": text.encode(),
+                                          "export/submission_104/q3.ipynb": b"{}"})))
+    problems = []
+    assert sorted(s.key for s in read_gradescope_export(gs, problems)) == ["submission_101", "submission_102",
+                                                                          "submission_104"]
+    assert "('Ghost')" in problems[1]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from attnkit import ids
 from attnkit.course import Course
 from attnkit.reports import csv_text, scores
 
@@ -70,8 +71,12 @@ def export_canvas(course: Course, assignment: str, path: Path, canvas_id: str | 
                 pending.append(sid)
             else:
                 total = _fmt(sum(d["score"] for d in per.values()))
-            # the nbgrader id is the SIS id unless it is the Canvas id or the email (Gradescope, no SID)
-            sis_id = "" if sid in (lms_id, email) else sid
+            if lms_id and lms_id != sid and ids.from_lms(lms_id) == sid:
+                # a Gradescope SID or email the id rule changed (collect keeps it): that is what Canvas knows
+                lms_id, sis_id = "", ("" if lms_id == email else lms_id)
+            else:
+                # the nbgrader id is the SIS id unless it is the Canvas id or the email (Gradescope, no SID)
+                sis_id = "" if sid in (lms_id, email) else sid
             rows.append([csv_text(x) for x in (name, lms_id, sis_id, email, "")] + [total])
     title = f"{assignment} autograded" if autograded_only else assignment
     column = f"{title} ({canvas_id})" if canvas_id else title

@@ -190,3 +190,39 @@ def test_demo_runs_in_its_own_course_folder():
         assert not c.path("canvas.csv").exists()
     finally:
         shutil.rmtree(c.root, ignore_errors=True)
+
+
+def test_canvas_export_gives_gradescope_ids_as_the_lms_wrote_them(course, tmp_path):
+    """After collecting a Gradescope export whose SID holds a space and whose SID-less student's email holds
+    a '+' (both renamed by the id rule), does the Canvas export give Canvas the SID and the email as
+    Gradescope wrote them (never the hashed student id, which Canvas cannot match)?"""
+    import io
+    import zipfile
+
+    from attnkit import ids
+    from attnkit.collect import collect
+    yml = ("submission_1:\n  :submitters:\n  - :name: Sam Space\n    :sid: '12 34'\n    :email: sam@example.edu\n"
+           "  :created_at: 2024-03-01 10:00:00 UTC\n"
+           "submission_2:\n  :submitters:\n  - :name: Pat Plus\n    :sid: ''\n    :email: pat+hw@example.edu\n"
+           "  :created_at: 2024-03-01 10:00:00 UTC\n")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("export/submission_metadata.yml", yml)
+    (tmp_path / "gs.zip").write_bytes(buf.getvalue())
+    report = collect(course, "hw", tmp_path / "gs.zip")
+    space, plus = ids.from_lms("12 34"), ids.from_lms("pat+hw@example.edu")
+    assert sorted(report.students) == sorted([space, plus]) and space != "12 34" and plus != "pat+hw@example.edu"
+    with course.gradebook() as gb:
+        for sid in (space, plus):
+            gb.add_submission("hw", sid)
+            for gid in ("t_a", "t_b", "essay"):
+                g = gb.find_grade(gid, "q1_first", "hw", sid)
+                g.auto_score, g.manual_score, g.needs_manual_grade = 1, (1 if gid == "essay" else None), False
+        gb.db.commit()
+    out = tmp_path / "canvas.csv"
+    kit(course.root, "export", "hw", "--format", "canvas", "-o", str(out), check=True)
+    header, possible, *rows = _read(out)
+    by = {r[0]: r for r in rows}
+    assert by["Space, Sam"][1:5] == ["", "12 34", "sam@example.edu", ""]
+    assert by["Plus, Pat"][1:5] == ["", "", "pat+hw@example.edu", ""]
+    assert by["Space, Sam"][-1] == by["Plus, Pat"][-1] == "3"

@@ -96,8 +96,10 @@ export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT" || cd /
 "$PREFIX/bin/python" -m attnkit.gradescope run --root "$ROOT"
 rc=$?
-valid() { "$PREFIX/bin/python" -c 'import json, sys; assert "score" in json.load(open(sys.argv[1]))' "$RESULTS"; }
-if grep -q "$STOPPED" "$RESULTS" 2>/dev/null || ! valid 2>/dev/null; then
+# Valid, and not the fallback (its output's start compared: the kit's output holds file names students chose).
+valid() { "$PREFIX/bin/python" -c 'import json, sys; r = json.load(open(sys.argv[1])); assert "score" in r
+assert not str(r.get("output", "")).startswith("The autograder could not run (" + sys.argv[2] + "),")' "$RESULTS" "$STOPPED"; }
+if ! valid 2>/dev/null; then
   # Python itself failed (no venv, a broken install) before writing a valid result: say how.
   fallback "exit status $rc"
 fi

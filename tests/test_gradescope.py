@@ -590,3 +590,14 @@ def test_time_budget_still_gives_a_result(tmp_path, kitzip):
     assert "Grading stopped after 2 s" in res["output"] and res["score"] == 0
     q3 = [t for t in res["tests"] if t["name"].startswith(NB)]
     assert q3 and all("time limit" in t["output"] for t in q3)
+
+
+def test_a_file_named_like_the_fallback_does_not_replace_the_result(tmp_path, kitzip):
+    """When a student uploads "it stopped before it finished.txt" (the kit lists it in its output), is the
+    kit's real result kept, not replaced by the could-not-run fallback?"""
+    root = gradescope_root(tmp_path / "ag", kitzip, {"it stopped before it finished.txt": b""})
+    result = {"score": 5, "tests": [], "output": "Files that matched no notebook: it stopped before it finished.txt"}
+    kit_ran = fake_prefix(tmp_path / "kit", f'case "$1" in -m) cat > "$AUTOGRADER_ROOT/results/results.json" <<"X"\n'
+                                            f'{json.dumps(result)}\nX\n;; *) exec "{sys.executable}" "$@";; esac')
+    _, res = run_autograder(root, prefix=str(kit_ran))
+    assert res == result

@@ -74,9 +74,14 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 def csv_text(value) -> str:
     """A text cell no spreadsheet runs (OWASP CSV injection): one starting with =, +, -, @, a tab or a
-    CR gets a ' prefix. Only for text (ids, names, labels): scores are written as numbers."""
+    CR gets a ' prefix. Only for text (ids, names, labels): scores are written as numbers. Spreadsheets
+    skip leading spaces and read full-width signs (＝, ＋) as =, +: the first other character is tested
+    in NFKC form too."""
+    import unicodedata
+
     text = "" if value is None else str(value)
-    return "'" + text if text.startswith(FORMULA_START) else text
+    head = unicodedata.normalize("NFKC", text.lstrip()[:1])
+    return "'" + text if text.startswith(FORMULA_START) or head.startswith(FORMULA_START) else text
 
 
 def export(course: Course, assignment: str, path: Path) -> Path:

@@ -78,6 +78,14 @@ def test_csv_text_prefixes_formula_starts(text):
     assert csv_text("alice") == "alice" and csv_text("3031") == "3031" and csv_text(None) == ""
 
 
+@pytest.mark.parametrize("text", [" =1+1", "  +SUM(A1)", "\u3000@x", "\n-2+3", "＝1+1", "＋cmd", "﹫SUM(1)", " －1+2"])
+def test_csv_text_sees_through_spaces_and_full_width_signs(text):
+    """Does a text cell whose formula sign follows leading spaces, or is a full-width (NFKC) form of one, get
+    a ' prefix too, while names with an inner sign stay as they are?"""
+    assert csv_text(text) == "'" + text
+    assert csv_text("Smith-Jones") == "Smith-Jones" and csv_text(" Ana") == " Ana" and csv_text("Ｚoë") == "Ｚoë"
+
+
 def test_parts_export_neutralises_formulas(course, tmp_path):
     """Through ./kit export: is every hostile id written with a ' prefix, while scores (a negative one
     included) stay numbers?"""

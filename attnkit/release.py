@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import ast
+import copy
 import re
 
 from attnkit import markup
@@ -225,11 +226,60 @@ def graded_shapes(nb, stem: str) -> list[dict]:
     return out
 
 
+def _is_constant(node) -> bool:
+    """A number or string literal (signed), or a tuple or list of them."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, (int, float, str)) and not isinstance(node.value, bool)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        return _is_constant(node.operand)
+    return isinstance(node, (ast.Tuple, ast.List)) and all(_is_constant(e) for e in node.elts)
+
+
+def _bind_constants(tree, known: dict) -> None:
+    """Update ``known`` (name -> constant node) with the cell's constant assignments (``d = 12``,
+    ``b, d, h = 2, 12, 3``) in source order; a name bound to anything else is dropped."""
+    stores = sorted((n for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign,
+                                                                 ast.For, ast.With, ast.NamedExpr,
+                                                                 ast.FunctionDef, ast.Import, ast.ImportFrom))),
+                    key=lambda n: (n.lineno, n.col_offset))
+    for node in stores:
+        pairs = []
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+            if isinstance(target, ast.Name):
+                pairs = [(target, value)]
+            elif (isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) and len(target.elts) == len(value.elts)
+                  and all(isinstance(t, ast.Name) for t in target.elts)):
+                pairs = list(zip(target.elts, value.elts))
+        bound = {t.id: v for t, v in pairs if _is_constant(v)}
+        for n in ast.walk(node):  # every other name this statement binds is no constant any more
+            name = n.id if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store) else getattr(n, "name", None)
+            if isinstance(name, str) and name not in bound:
+                known.pop(name, None)
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                known.pop((alias.asname or alias.name).split(".")[0], None)
+        known.update(bound)
+
+
+class _Inline(ast.NodeTransformer):
+    """Names bound to constants replaced by the constants (``mq_inputs(b, d, h)`` -> ``mq_inputs(2, 12, 3)``)."""
+
+    def __init__(self, known: dict):
+        self.known = known
+
+    def visit_Name(self, node):
+        if isinstance(node.ctx, ast.Load) and node.id in self.known:
+            return ast.copy_location(copy.deepcopy(self.known[node.id]), node)
+        return node
+
+
 def handed_out_inputs(rel_nb, helper_names: set[str]) -> list[dict]:
     """Assignments in released code cells (not answer cells) that only call torch, math and the helpers'
-    functions with constants: {cell, code} each, code runnable on its own."""
+    functions with constants: {cell, code} each, code runnable on its own. Names bound to constants in
+    those cells (``b, d, h = 2, 12, 3``, earlier or in the same cell) count as the constants."""
     allowed = {"torch", "math"} | helper_names
-    found = []
+    found, known = [], {}
     for cell in rel_nb.cells:
         if cell.cell_type != "code" or nbu.is_answer_cell(cell):
             continue
@@ -238,9 +288,11 @@ def handed_out_inputs(rel_nb, helper_names: set[str]) -> list[dict]:
             tree = ast.parse(text)
         except SyntaxError:
             continue
+        _bind_constants(tree, known)
         for node in ast.walk(tree):
             if not (isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)):
                 continue
+            node = ast.fix_missing_locations(_Inline(known).visit(copy.deepcopy(node)))
             loads = {n.id for n in ast.walk(node.value) if isinstance(n, ast.Name)}
             if not loads or not loads <= allowed or not loads & (helper_names | {"torch"}):
                 continue

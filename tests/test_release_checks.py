@@ -173,6 +173,24 @@ def test_inputs_in_the_answer_shape_are_found(tmp_path):
     assert "only the right option (2) runs" in found[1] and "mq_inputs(2, 12, 3)" in found[1]
 
 
+def test_inputs_sized_by_named_constants_are_found(tmp_path):
+    """Is the same give-away found when the sizes are named first (``b, d, h = 2, 12, 3``, in an earlier
+    cell or the same one) and the helper is called with the names?"""
+    course = _mq_course(tmp_path, "b, d, h = 2, 12, 3\nx, W_q, W_k = mq_inputs(b, d, h)")
+    found = runnable_giveaways(course, "hw", course.path("release", "hw"))
+    assert [f.split(":")[0] for f in found] == ["mq.ipynb (A)", "mq.ipynb (C)"], found
+    assert "mq_inputs(2, 12, 3)" in found[1]
+    nb = nbu.read(course.path("release", "hw", "mq.ipynb"))
+    nb.cells.insert(1, new_code_cell("b = 2\nd, h = (12, 3)", metadata=_meta("sizes", locked=True)))
+    nb.cells[-1].source = "def try_it():\n    x, W_q, W_k = mq_inputs(b, d, h)"
+    nbu.write(nb, course.path("release", "hw", "mq.ipynb"))
+    found = runnable_giveaways(course, "hw", course.path("release", "hw"))
+    assert [f.split(":")[0] for f in found] == ["mq.ipynb (A)", "mq.ipynb (C)"], found
+    nb.cells[1].source = "b = 2\nd, h = (12, 3)\nd = int(input())"  # no longer a constant
+    nbu.write(nb, course.path("release", "hw", "mq.ipynb"))
+    assert runnable_giveaways(course, "hw", course.path("release", "hw")) == []
+
+
 def test_inputs_in_the_students_shapes_are_not_a_giveaway(tmp_path):
     """Does the check pass a helper that builds the weights in the shapes the student names (here from
     answer_A, still a blank in the release), and inputs in a wrong option's shape?"""

@@ -3,7 +3,8 @@
 Canvas finds each student by ``ID`` (its own user id), else ``SIS User ID``, else
 ``SIS Login ID``. Students collected from a Canvas download carry their Canvas user id
 (nbgrader's ``lms_user_id``); students collected from Gradescope carry their SID (the
-nbgrader student id, Gradescope's copy of the SIS id) and email.
+nbgrader student id, Gradescope's copy of the SIS id) and email. An SID or email the id rule
+changed (attnkit/ids.py) is kept in ``lms_user_id`` as Gradescope wrote it, and exported so.
 
 The assignment column is ``<assignment>`` or, with ``canvas_id``, ``<assignment> (<id>)``:
 Canvas reads the number in parentheses as the id of an existing Canvas assignment, so the

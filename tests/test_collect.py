@@ -468,7 +468,8 @@ def test_an_oversized_file_in_the_upload_folder_says_so(tmp_path):
             f.truncate(MAX_UPLOAD_BYTES + 1)  # sparse: no disk used
     m = match_uploads(uploads_in(tmp_path), STEMS)
     assert m.chosen == {}
-    assert m.problems == [f"{name}: larger than 50 MB (the cap on one file), ignored" for name in ("hw9.zip", f"{NB}.ipynb")]
+    assert m.problems == [f"{name}: larger than 50 MB (the cap on one file), ignored"
+                          for name in ("hw9.zip", f"{NB}.ipynb")]
 
 
 def test_a_submitter_without_sid_or_email_is_skipped_with_a_message():

@@ -130,7 +130,7 @@ def test_source_notebook_has_no_false_blank_and_says_hidden():
 @pytest.mark.slow
 def test_validate_source_and_release(tmp_path):
     """Does ./kit validate exit 0 on a source notebook (its hidden tests run and pass) and 1 on the
-    release, where the untouched (e) and (f) are not counted as passed and the written answer is listed?"""
+    release, where the untouched (e) and (f) fail (they are blanks, not passes) and the written answer is listed?"""
     src = kit(ROOT, "validate", str(SOURCE / f"{Q3}.ipynb"))
     assert src.returncode == 0, src.stdout + src.stderr
     assert "with hidden tests, run as at grading" in src.stdout and "BLANK" not in src.stdout
@@ -138,7 +138,8 @@ def test_validate_source_and_release(tmp_path):
     shutil.copytree(RELEASE, folder)
     rel = kit(ROOT, "validate", str(folder / f"{Q3}.ipynb"))
     assert rel.returncode == 1, rel.stdout + rel.stderr
-    assert "UNCHECKED q3e_softmax" in rel.stdout and "UNCHECKED q3f_weighted_values" in rel.stdout
+    assert "FAIL     q3e_softmax: AssertionError: (e) is still a blank" in rel.stdout, rel.stdout
+    assert "FAIL     q3f_weighted_values: AssertionError: (f) is still a blank" in rel.stdout, rel.stdout
     assert "WRITTEN  q3b_explanation" in rel.stdout and " 0 visible test cells passed" in rel.stdout
 
 

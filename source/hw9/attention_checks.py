@@ -54,6 +54,7 @@ def tolerance(dtype=torch.float64):
 
 def check_tensor(got, *, part, shape=None, dtype=None, device=None, what="output"):
     """Type, shape, dtype and device of a result, with a message naming the part."""
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     if not isinstance(got, _Tensor):
         raise AssertionError(f"{part}: {what} should be a torch.Tensor, got {type(got).__name__}")
     if shape is not None and tuple(got.shape) != tuple(shape):
@@ -95,6 +96,7 @@ def assert_close(got, expected, *, part, what="output", rtol=None, atol=None, ch
     The message says what differs (shape, dtype, device or the largest error) and never
     prints the expected values themselves.
     """
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     check_tensor(got, part=part, what=what, shape=expected.shape,
                  dtype=expected.dtype if check_dtype else None, device=expected.device)
     d_rtol, d_atol = tolerance(expected.dtype)
@@ -111,6 +113,7 @@ def assert_close(got, expected, *, part, what="output", rtol=None, atol=None, ch
 
 def expect(condition, message):
     """assert with a message that survives ``python -O``."""
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     if not condition:
         raise AssertionError(message)
 
@@ -192,6 +195,7 @@ def call(part, fn, *args, **kwargs):
     A blank ``_____`` that is still there gets a one-line message saying which blank it is, so
     that a part that raises costs only its own points and the message says what to do.
     """
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     name = getattr(fn, "__name__", "your code")
     try:
         return fn(*args, **kwargs)
@@ -369,6 +373,7 @@ def blank_message(part, label, exc):
 
 def own_line(part, label, run):
     """Fail with one line when the statement labelled ``label`` raised (a blank, or an error of its own)."""
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     message = blank_message(part, label, run.failure(label))
     if message is None and run.error is not None and _line_label_of(run.error) == label:
         message = blank_message(part, label, run.error)
@@ -387,6 +392,7 @@ def _line_label_of(exc):
 def build_alone(part, label, cls, *args):
     """``cls(*args)`` with every statement of its ``__init__`` (and its parents') that raises jumped over, so
     that only line ``label`` is checked here; fails with one line if that line raised."""
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     inits = [c.__dict__["__init__"] for c in cls.__mro__ if "__init__" in c.__dict__ and c is not torch.nn.Module
              and c is not object]
     obj = cls.__new__(cls)
@@ -401,6 +407,7 @@ def build_alone(part, label, cls, *args):
 def whole_attention(part, fn, Q, K, V):
     """For a method rewritten so that its blanks cannot be found: the whole method, as the graded test does,
     against torch's own scaled dot-product attention (no mask)."""
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     try:
         got = fn(Q, K, V)
     except Exception:  # noqa: BLE001 (then the method as a whole is not right)
@@ -415,6 +422,7 @@ def whole_attention(part, fn, Q, K, V):
 def layer_matches(cls, d_model=16, num_heads=4, seed=0):
     """Does ``cls(d_model, num_heads)``, exactly as written, compute what torch.nn.MultiheadAttention computes with
     its weights (self- and causally masked attention)? Any error is a no."""
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     try:
         g = torch.Generator().manual_seed(seed)
         m = cls(d_model, num_heads)
@@ -435,6 +443,7 @@ def layer_matches(cls, d_model=16, num_heads=4, seed=0):
 def alone_or_layer(part, cls, check):
     """``check()`` grades one part alone; if it fails, the part still passes when the whole layer is right (a
     method rewritten so that the part cannot be found alone costs nothing), as in grading."""
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     try:
         check()
     except Exception:  # noqa: BLE001 (a method the check needs may be gone too: the layer decides)
@@ -456,6 +465,7 @@ def answer(namespace, name, *, part, what="your answer"):
     An undefined name (the answer cell was not run, or the line was deleted) and a blank left
     as ``_____`` get a friendly message instead of a bare NameError.
     """
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     if name not in namespace:
         raise AssertionError(f"Part {part}: `{name}` is not defined -- write {what} in the answer cell above "
                              f"(replace `{_BLANK}`) and run that cell first")
@@ -464,6 +474,7 @@ def answer(namespace, name, *, part, what="your answer"):
 
 def blank_check(part, namespace, *names):
     """Fail with one line when a function or answer the check needs is still missing or a blank."""
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     for n in names:
         answer(namespace, n, part=part, what=f"`{n}`")
 
@@ -477,6 +488,7 @@ _linspace = torch.linspace
 
 def as_number(got, *, part, what="result"):
     """A Python float from a number or a one-element tensor; anything else fails with a message."""
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     if isinstance(got, bool):
         raise AssertionError(f"{part}: {what} should be a number, got a bool")
     if isinstance(got, (int, float)):
@@ -496,6 +508,7 @@ def as_number(got, *, part, what="result"):
 def assert_close_number(got, expected, *, part, what="result", rtol=None, atol=None, quiet=False):
     """A scalar answer against a reference (float64 tolerance of TOLERANCES unless given); the message never
     shows the reference."""
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     value = as_number(got, part=part, what=what)
     d_rtol, d_atol = tolerance(torch.float64)
     rtol = d_rtol if rtol is None else rtol
@@ -582,6 +595,7 @@ def q4_check_any(check, b, n, d, h, *, part, per_head=False, answers=None, **kwa
     choice passes, the failure shown is the one for the shapes of your answers (A) and (B) (``answers``:
     the notebook's ``globals()``), or else the first. Only the shown attempt's printed lines are kept.
     """
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     import contextlib
     import io
 
@@ -615,6 +629,7 @@ def q4_step(fn, args, *, part):
     An exception inside the student's function becomes an AssertionError that names the
     part and the error, so the message says which function failed and how.
     """
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     name = getattr(fn, "__name__", "the function")
     try:
         out = fn(*args)
@@ -796,6 +811,7 @@ def check_linear_cost(fn, make_args, sizes, *, part, limit=1.5):
     (catches an N x N matrix however it is built, also inside fused attention kernels) and
     the elements written by all ops (catches Python loops over N that redo O(N) work).
     """
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     rows, exps = cost_exponents(fn, make_args, sizes)
     last = rows[-1]
     if last["fused"]:
@@ -967,6 +983,7 @@ def _measure(fn, make_args, device, dev, timed, clock, start, floor_s, doublings
 
 def check_linear_time(fn, make_args, *, part, device="cpu", **kwargs):
     """Fail unless the wall-clock time of fn grows linearly in N (see measure_growth)."""
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     r = measure_growth(fn, make_args, device=device, **kwargs)
     table = ", ".join(f"N={n}: {t * 1e3:.2f} ms" for n, t in zip(r["sizes"], r["times"]))
     exps = ", ".join(f"{e:.2f}" for e in r["exponents"])

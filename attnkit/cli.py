@@ -161,8 +161,10 @@ def cmd_export(args) -> int:
 
 def _warn_demo_students(course: Course, assignment: str) -> None:
     """Older kits wrote the demo's samples into the real course: say so before they reach an LMS."""
-    from attnkit.samples import SAMPLES
+    from attnkit.samples import MARKER, SAMPLES
 
+    if (course.root / MARKER).exists():  # the demo's own course: its samples belong there
+        return
     with course.gradebook() as gb:
         found = sorted(s.id for s in gb.students if s.id in SAMPLES)
     if found:

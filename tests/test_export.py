@@ -9,6 +9,7 @@ import pytest
 
 from attnkit.course import Course
 from attnkit.reports import csv_text
+from attnkit.samples import MARKER
 from harness import kit
 
 CONFIG = 'c = get_config()\nc.CourseDirectory.course_id = "test-course"\n'
@@ -141,13 +142,19 @@ def test_canvas_export_autograded_only(course, tmp_path):
 
 
 def test_export_warns_about_demo_samples_in_a_real_course(course, tmp_path):
-    """Would a sample student an older ./kit demo left in the real gradebook be named before the CSV goes to Canvas?"""
+    """Would a sample student an older ./kit demo left in the real gradebook be named before the CSV goes to
+    Canvas, and is the demo's own course (which holds them by design) spared the warning?"""
     with course.gradebook() as gb:
         gb.update_or_create_student("sample-solution")
     try:
         proc = kit(course.root, "export", "hw", "--format", "canvas", "-o", str(tmp_path / "c.csv"), check=True)
         assert "warning: the demo's sample students sample-solution" in proc.stderr
+        # ... but not in the demo's own course (cd demo && ../kit export), where the samples belong
+        (course.root / MARKER).write_text("made by ./kit demo\n")
+        proc = kit(course.root, "export", "hw", "--format", "canvas", "-o", str(tmp_path / "d.csv"), check=True)
+        assert "sample students" not in proc.stderr, proc.stderr
     finally:
+        (course.root / MARKER).unlink(missing_ok=True)
         with course.gradebook() as gb:
             gb.remove_student("sample-solution")
 

@@ -360,3 +360,60 @@ def test_a_part_that_cannot_be_isolated_is_graded_with_the_whole_layer(tmp_path,
     assert (error is None) == passes, error
     if passes:
         assert "graded with your whole layer" in printed
+
+
+BLANK_SDPA = '''
+import math, torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class MultiHeadAttention(nn.Module):  # (d) still a blank; forward {how}
+    def __init__(self, d_model, num_heads):
+        super().__init__()
+        self.d_model, self.h = d_model, num_heads
+        self.W_q, self.W_k, self.W_v, self.W_o = (nn.Linear(d_model, d_model) for _ in range(4))
+
+    def scaled_dot_product_attention(self, Q, K, V, mask=None):
+        attn_scores = torch.matmul(_____, K.transpose(-2, -1))  # (d)
+        return attn_scores
+
+    def forward(self, Q, K, V, mask=None):
+        b = Q.shape[0]
+        q, k, v = (w(t).unflatten(-1, (self.h, -1)).transpose(1, 2) for w, t in ((self.W_q, Q), (self.W_k, K), (self.W_v, V)))
+        {attend}
+        return self.W_o(o.transpose(1, 2).reshape(b, -1, self.d_model))
+'''
+OWN = ("by hand", "s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])\n"
+       "        s = s if mask is None else s.masked_fill(mask == 0, -1e9)\n        o = s.softmax(-1) @ v")
+FUSED = ("with torch's fused attention", "o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)")
+
+
+@pytest.mark.parametrize("how, attend", [OWN, FUSED])
+def test_a_blank_in_a_method_that_is_still_there_is_not_rescued_by_the_layer(tmp_path, how, attend):
+    """Does a (d) left blank in a scaled_dot_product_attention that still exists score 0, even when forward computes
+    the whole layer without it (by hand, or with F.scaled_dot_product_attention)?"""
+    (tmp_path / "attention_checks.py").write_text((SOURCE / "attention_checks.py").read_text())
+    region = (hidden.GRADER_LINE + "\npart = '(d)'\n\ndef _alone():\n"
+              "    _m = kernel.bare(MultiHeadAttention, d_model=4, h=1)\n"
+              "    call(part, _m.scaled_dot_product_attention, torch.ones(1, 1, 2, 4), torch.ones(1, 1, 2, 4), "
+              "torch.ones(1, 1, 2, 4))\n\n"
+              "alone_or_whole(part, kernel, MultiHeadAttention, _alone)\n")
+    src = BLANK_SDPA.replace("{how}", how).replace("{attend}", attend)
+    printed, error = hidden.run(region, in_process(student(src, f"<cell-blank-{len(how)}>")), tmp_path)
+    assert error is not None and "is still a blank" in str(error), (printed, error)
+    assert "graded with your whole layer" not in printed
+
+
+def test_a_layer_built_on_torchs_own_attention_earns_nothing_on_the_whole_path(tmp_path):
+    """Is a rewritten layer (its methods gone) that calls F.scaled_dot_product_attention refused the whole-layer
+    credit, with a message saying to write your own?"""
+    (tmp_path / "attention_checks.py").write_text((SOURCE / "attention_checks.py").read_text())
+    src = (BLANK_SDPA.replace("{how}", FUSED[0]).replace("{attend}", FUSED[1])
+           .replace("def scaled_dot_product_attention", "def _unused"))
+    region = (hidden.GRADER_LINE + "\npart = '(d)'\n\ndef _alone():\n"
+              "    kernel.getattr(MultiHeadAttention, 'scaled_dot_product_attention')\n\n"
+              "alone_or_whole(part, kernel, MultiHeadAttention, _alone)\n")
+    printed, error = hidden.run(region, in_process(student(src, "<cell-fused-layer>")), tmp_path)
+    assert error is not None and "graded with your whole layer" not in printed
+    assert "use torch's built-in attention; write your own" in printed

@@ -249,6 +249,7 @@ def sdpa_runs(kernel, cls, part, m, Q, K, V, mask, standins, replace=()):
 
     A student whose whole function computes attention passes every line of it, however it is written."""
     from attnkit.grader.hidden import call
+    refuse_fused(part, kernel, cls, ["scaled_dot_product_attention"])   # not NotIsolable: no whole-layer rescue
     fn = cls.scaled_dot_product_attention
     plain = call(part, kernel.call_traced, fn, m, Q, K, V, mask, functions=[fn], watch=SDPA_LOCALS)
     want_shape = tuple(Q.shape[:-1]) + (V.shape[-1],)
@@ -279,6 +280,9 @@ def layer_right(kernel, cls, seed=1826) -> bool:
     float64, every device)? Any error, missing projection or wrong size is a no."""
     g = torch.Generator().manual_seed(seed)
     names = ("W_q", "W_k", "W_v", "W_o")
+    if fused_attention_calls(kernel, cls):  # torch's own attention earns nothing on the whole path
+        print("(d)-(f) use torch's built-in attention; write your own: the whole layer is not counted")
+        return False
     try:
         for dev in devices():
             for dtype in (torch.float32, torch.float64):
@@ -306,26 +310,87 @@ def layer_right(kernel, cls, seed=1826) -> bool:
     return True
 
 
+class NotIsolable(AssertionError):
+    """A part whose line cannot be found in the student's code (rewritten): the whole layer decides."""
+
+
+# The methods a part's isolated check runs: when one is gone from the class, the part cannot be isolated.
+PART_METHODS = {"(d)": ("scaled_dot_product_attention",), "(e)": ("scaled_dot_product_attention",),
+                "(f)": ("scaled_dot_product_attention",), "(g)": ("split_heads",),
+                "(h)": ("scaled_dot_product_attention", "split_heads", "combine_heads")}
+# torch's own attention (fused kernels and the whole layer): calling it is not implementing attention.
+FUSED_ATTENTION = ("scaled_dot_product_attention", "MultiheadAttention", "multi_head_attention_forward",
+                   "_native_multi_head_attention")
+
+
+def fused_attention_calls(kernel, cls, names=None) -> list:
+    """The methods of the student's ``cls`` (``names``, or every one it defines) whose source uses torch's own
+    attention (F.scaled_dot_product_attention, nn.MultiheadAttention, ...); ``self.scaled_dot_product_attention``,
+    the student's own method, does not count. Read from the source Python keeps (not a dispatch recorder): a
+    call hidden behind getattr or a helper outside the class is not seen."""
+    from attnkit.grader.remote import KernelGone, StudentError
+    getsource = kernel.module_attr("inspect", "getsource")
+    found = []
+    for name in sorted(kernel.own(cls) if names is None else names):
+        try:
+            src = kernel.call(getsource, kernel.getattr(cls, name))
+            tree = ast.parse(textwrap.dedent(src)) if isinstance(src, str) else None
+        except KernelGone:
+            raise
+        except (StudentError, SyntaxError):
+            continue
+        for node in ast.walk(tree) if tree is not None else ():
+            attr = (node.attr if isinstance(node, ast.Attribute)
+                    and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+                    else node.id if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) else None)
+            if attr in FUSED_ATTENTION:
+                found.append(name)
+                break
+    return found
+
+
+def refuse_fused(part, kernel, cls, names=None):
+    """Fail ``part`` when the named methods call torch's own attention (the homework asks for your own)."""
+    used = fused_attention_calls(kernel, cls, names)
+    if used:
+        raise AssertionError(f"{part}: {', '.join(used)} uses torch's built-in attention "
+                             "(F.scaled_dot_product_attention / nn.MultiheadAttention); write your own")
+
+
 def alone_or_whole(part, kernel, cls, check):
-    """Grade one part alone (``check()`` raises AssertionError if it fails); when it fails, the part still
-    passes if the student's whole layer is right. One part that cannot be isolated (a rewritten method, other
-    names, helpers, another class) thus never costs a right layer anything, and a wrong one costs only this
-    part: a submission never scores lower than its whole layer earns."""
-    from attnkit.grader.remote import KernelGone
+    """Grade one part alone (``check()`` raises AssertionError if it fails). Only when the part cannot be
+    isolated (its line is not found: NotIsolable, or a method it needs is gone from the class) does the
+    student's whole layer decide, so a rewrite never costs a right layer anything and a wrong one costs only
+    this part. A blank or a wrong value of the part's own line is never rescued by the rest of the layer."""
+    from attnkit.grader.remote import KernelGone, StudentError
     try:
         check()
     except KernelGone:
         raise
-    except Exception:  # noqa: BLE001 (a failed check, or the student's error: e.g. the method is gone)
+    except Exception as exc:  # noqa: BLE001 (a failed check, or the student's error: e.g. the method is gone)
+        if not (isinstance(exc, NotIsolable) or _methods_gone(kernel, cls, part)):
+            raise
         if not layer_right(kernel, cls):
             raise
         print(f"ok  {part}: graded with your whole layer (it matches torch.nn.MultiheadAttention), "
               "as this part could not be graded on its own")
 
 
+def _methods_gone(kernel, cls, part) -> bool:
+    from attnkit.grader.remote import KernelGone, StudentError
+    for name in PART_METHODS.get(part.split()[0], ()):
+        try:
+            kernel.getattr(cls, name)
+        except KernelGone:
+            raise
+        except StudentError:
+            return True
+    return False
+
+
 def not_isolable(part, where, name):
-    return AssertionError(f"{part}: your scaled_dot_product_attention does not compute attention {where}, and it no "
-                          f"longer binds {name} as the given code does, so this line cannot be graded on its own")
+    return NotIsolable(f"{part}: your scaled_dot_product_attention does not compute attention {where}, and it no "
+                       f"longer binds {name} as the given code does, so this line cannot be graded on its own")
 
 
 def softmax_ref(scores, dim=-1):

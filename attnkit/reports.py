@@ -236,7 +236,8 @@ def leaks(page: str, secret) -> list[str]:
 MATHJAX_BLOCK = re.compile(r"<!-- attnkit mathjax -->.*?<!-- /attnkit mathjax -->", re.S)
 MATHJAX_DIR = "_mathjax"   # feedback/_mathjax/: one copy shared by every page
 _MATHJAX3 = ("<script>window.MathJax={loader:{load:['ui/safe']},tex:{inlineMath:[['$','$'],['\\\\(','\\\\)']],"
-             "processEscapes:true,tags:'ams'},svg:{fontCache:'global'},options:{enableMenu:false}};</script>"
+             "processEscapes:true,tags:'ams'},svg:{fontCache:'global'},"
+             "options:{enableMenu:false,safeOptions:{allow:{URLs:'none',classes:'none',cssIDs:'none'}}}};</script>"
              "<script id='MathJax-script' src='{src}'></script>")
 
 

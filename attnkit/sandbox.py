@@ -510,6 +510,36 @@ def kill_uid(uid: int) -> None:
     _run([SETPRIV, *_setpriv_args(uid), "--", "/bin/kill", "-9", "-1"], timeout=10)
 
 
+def reap_free_slots() -> list[int]:
+    """After a grading process was killed (a stall): kill every process of a sandbox uid whose slot no
+    grading process holds. Kernels run in sessions of their own, out of reach of the worker's killpg;
+    bwrap's --die-with-parent ends them, setpriv's do not, and the next student could get that uid.
+    Each slot is locked while its uid is cleared, so no grading process claims it meanwhile."""
+    if os.geteuid() != 0:
+        return []
+    uids = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                uid = os.stat(f"/proc/{pid}").st_uid
+            except OSError:
+                continue
+            if UID_BASE <= uid < UID_BASE + UID_SLOTS:
+                uids.add(uid)
+    folder = os.path.join(tempfile.gettempdir(), ".attnkit-sandbox-uids")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    reaped = []
+    for uid in sorted(uids):
+        with open(os.path.join(folder, str(uid - UID_BASE)), "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue   # held: a live grading process's kernels
+            kill_uid(uid)
+            reaped.append(uid)
+    return reaped
+
+
 # ---------------------------------------------------------------------------- the kernel
 # nbgrader's record of when a submission was made: not the kernel's business, and it differs per
 # student (the interpreter started ahead for the next student is only used if the files are the same)

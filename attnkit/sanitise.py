@@ -45,10 +45,24 @@ def _attribute(tag: str, attr: str, value: str):
     return value
 
 
-def clean_html(fragment: str) -> str:
-    """``fragment`` with only safe markup left (see the module docstring)."""
-    return nh3.clean(fragment, tags=_TAGS, attributes=_ATTRIBUTES, url_schemes={"http", "https", "mailto", "data"},
-                     attribute_filter=_attribute, link_rel="noopener noreferrer nofollow", strip_comments=True)
+# Student content (answers, outputs) gets no class and only prefixed ids: nbgrader's formgrade.js finds a
+# part's score box by ``#<grade_id>`` and ``.nbgrader_cell``, which a student's markup could otherwise forge.
+_STUDENT_ATTRIBUTES = {**_ATTRIBUTES, "*": {"id", "title"}}
+
+
+def _student_attribute(tag: str, attr: str, value: str):
+    value = _attribute(tag, attr, value)
+    if value is not None and attr in ("id", "name"):
+        return "user-" + value
+    return value
+
+
+def clean_html(fragment: str, student: bool = False) -> str:
+    """``fragment`` with only safe markup left (see the module docstring); ``student``: no class, ids prefixed."""
+    return nh3.clean(fragment, tags=_TAGS, attributes=_STUDENT_ATTRIBUTES if student else _ATTRIBUTES,
+                     url_schemes={"http", "https", "mailto", "data"},
+                     attribute_filter=_student_attribute if student else _attribute,
+                     link_rel="noopener noreferrer nofollow", strip_comments=True)
 
 
 MARK_SCHEME = re.compile(r"^[ \t]*#*[ \t]*BEGIN MARK SCHEME[^\n]*\n(.*?)^[ \t]*#*[ \t]*END MARK SCHEME[^\n]*(\n|\Z)",
@@ -64,8 +78,11 @@ def _render(source: str, attachments=None) -> str:
     return MarkdownWithMath(renderer=renderer).render(source)
 
 
-def render_markdown(source: str, attachments=None) -> str:
-    """Markdown (with math) to safe HTML; mark-scheme regions as a labelled box."""
+def render_markdown(source: str, attachments=None, student: bool = False) -> str:
+    """Markdown (with math) to safe HTML; in the kit's own (locked) cells, mark-scheme regions as a
+    labelled box; in a ``student`` cell no box (a student could forge one) and student-strict cleaning."""
+    if student:
+        return clean_html(_render(source, attachments), student=True)
     out, at = [], 0
     for m in MARK_SCHEME.finditer(source):
         out.append(clean_html(_render(source[at:m.start()], attachments)))
@@ -79,7 +96,9 @@ def render_markdown(source: str, attachments=None) -> str:
 def markdown2html(context, source):
     """nbconvert's ``markdown2html`` filter, cleaned (configured in course_config.py)."""
     cell = context.get("cell", {}) or {}
-    return render_markdown(source, cell.get("attachments", {}))
+    # Locked cells are the kit's (restored from the gradebook before grading); any other is the student's.
+    locked = bool(((cell.get("metadata") or {}).get("nbgrader") or {}).get("locked"))
+    return render_markdown(source, cell.get("attachments", {}), student=not locked)
 
 
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]*")
@@ -93,7 +112,7 @@ def clean_output(output) -> None:
     data = output.get("data", {})
     if "text/markdown" in data:
         md = data.pop("text/markdown")
-        data.setdefault("text/html", render_markdown(md if isinstance(md, str) else "".join(md)))
+        data.setdefault("text/html", render_markdown(md if isinstance(md, str) else "".join(md), student=True))
     if "image/svg+xml" in data:    # SVG can carry script; as an <img> it never runs, wherever it is shown
         svg = data.pop("image/svg+xml")
         svg = (svg if isinstance(svg, str) else "".join(svg)).encode("utf-8", "replace")
@@ -106,7 +125,7 @@ def clean_output(output) -> None:
         del data[key]
     if "text/html" in data:
         text = data["text/html"]
-        data["text/html"] = clean_html(text if isinstance(text, str) else "".join(text))
+        data["text/html"] = clean_html(text if isinstance(text, str) else "".join(text), student=True)
     meta = output.get("metadata", {})
     for key in list(meta):
         if not isinstance(meta[key], dict):

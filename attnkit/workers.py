@@ -174,6 +174,13 @@ def run_batch(root: str, assignment: str, students: list[str], workers: int, env
                 timed_out = worker.timed_out
                 if timed_out:  # a stall: stopped, not retried (it would stall again)
                     worker.kill()
+                    try:
+                        worker.proc.wait(timeout=30)   # its slot lock goes with it
+                        from attnkit.sandbox import reap_free_slots
+
+                        reap_free_slots()              # ... and its kernels, in sessions of their own
+                    except Exception:  # tidying: the sweep and the next kernel's kill_uid still run
+                        pass
                 reason = worker.death() if not stop.is_set() else "grading was interrupted"
                 if timed_out:
                     reason = (f"stopped after {limit:.0f} s, the per-student time limit (CourseExecute.student_timeout)"

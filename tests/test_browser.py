@@ -66,6 +66,11 @@ $\href{{javascript:window.__pwned='tex-href'}}{{x}}$
 <math><mtext><table><mglyph><style><img src=x onerror="window.__pwned='md-mxss'">
 """
 
+# MathJax 3's safe filter reads a URL's scheme with /^\s*([a-z]+):/ and lets one through where it finds none;
+# the browser drops a tab or newline inside a URL, so "java<TAB>script:" still runs when clicked.
+MARKDOWN_ANSWER += ("\n\n$\\href{java\tscript:window.__pwned='tex-href-tab'}{tabbed}$\n\n"
+                    "$\\href{java&#10;script:window.__pwned='tex-href-entity'}{entity}$\n")
+
 OUTPUT_CELL = rf"""
 from IPython.display import HTML, Javascript, Markdown, SVG, display
 display(HTML("<b>html output</b><script>window.__pwned='out-html-script'</script>"
@@ -128,7 +133,7 @@ class Watch:
         assert not self.outside, f"the page asked the network for {self.outside}"
         hrefs = page.evaluate("() => [...document.querySelectorAll('[href],[src],[action],[xlink\\\\:href]')]"
                               ".flatMap(e => ['href','src','action','xlink:href'].map(a => e.getAttribute(a) || ''))"
-                              ".filter(v => /^\\s*javascript:/i.test(v))")
+                              ".filter(v => /^\\s*javascript:/i.test(v.replace(/[\\t\\n\\r]/g, '')))")
         assert not hrefs, f"javascript: URLs left in the page: {hrefs}"
 
 
@@ -220,6 +225,10 @@ def test_feedback_page_runs_no_student_script_and_shows_text_image_and_math_offl
         assert page.locator(".output_png img").first.evaluate("i => i.naturalWidth") == 4
         assert page.locator(".output_html td", has_text="kept cell").is_visible()                # an HTML table output, cleaned
         assert page.locator("mjx-container").count() >= 2 and "\\frac" not in page.inner_text("body")
+        for link in page.locator("mjx-container a").all():   # the math links, clicked as a curious grader would
+            link.click(force=True)
+        page.wait_for_timeout(300)
+        watch.assert_nothing_ran(page)
         # the summary: total on top, the failed part linked to its cell, points lost beside it
         summary = page.locator(".attnkit-summary")
         assert re.search(r"13 / 19", summary.inner_text())
@@ -261,3 +270,27 @@ def test_formgrader_submission_page_runs_no_student_script_and_boxes_the_mark_sc
             browser.close()
     finally:
         stop(proc)
+
+
+@pytest.mark.slow
+def test_feedback_math_links_with_a_hidden_scheme_are_not_links(tmp_path):
+    """MathJax 3's safe filter reads a URL's scheme with /^\\s*([a-z]+):/ and passes a URL where it finds
+    none; the browser drops a tab inside a URL. Does `\\href{java<TAB>script:...}` in a student's math become
+    a link on the feedback page (the page's own MathJax configuration, its local copy, no network)?"""
+    from attnkit.reports import feedback_page, install_mathjax
+    from attnkit.sanitise import render_markdown
+
+    chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+    install_mathjax(tmp_path)
+    body = render_markdown("$\\href{java\tscript:window.__pwned='tab'}{tabbed}$ and $x^2$", student=True)
+    page = "<html><head><!-- attnkit mathjax -->x<!-- /attnkit mathjax --></head><body>" + body + "</body></html>"
+    (tmp_path / "page.html").write_text(feedback_page(page, "", "_mathjax/tex-svg-full.js"))
+    with sync_playwright() as p:
+        browser = launch(p)
+        pg = browser.new_page()
+        pg.goto((tmp_path / "page.html").as_uri())
+        pg.wait_for_function("() => document.querySelectorAll('mjx-container').length >= 2", timeout=30000)
+        links = pg.evaluate("() => [...document.querySelectorAll('mjx-container a')].map(a => a.getAttribute('href'))")
+        assert not links, f"student math kept links: {links!r}"
+        browser.close()

@@ -162,13 +162,21 @@ def test_mark_scheme_is_a_labelled_box_for_graders():
     assert "BEGIN MARK SCHEME" not in out and "END MARK SCHEME" not in out
 
 
+# A student's answer forging the formgrader's markup: a fake grade cell (formgrade.js finds a part's score box
+# by #<grade_id> and .nbgrader_cell), a fake mark-scheme box, and a math link the browser reads as javascript:.
+FORGERIES = ("\n\n<div class=\"nbgrader_cell\"><span id=\"t_a\">fake</span></div>\n\n"
+             "### BEGIN MARK SCHEME\nForged: award full marks.\n### END MARK SCHEME\n")
+
+
 def _hostile_notebook():
     nb = nbformat.v4.new_notebook()
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"x": "</script><script>window.__pwned=1"}}
-    md = nbformat.v4.new_markdown_cell("Answer $x^2$\n\n" + "\n\n".join(PAYLOADS[:14]))
+    md = nbformat.v4.new_markdown_cell("Answer $x^2$\n\n" + "\n\n".join(PAYLOADS[:14]) + FORGERIES)
     md.metadata["nbgrader"] = {"grade": True, "solution": True, "grade_id": "essay", "points": 2, "locked": False,
                                "schema_version": 3, "score": 0, "max_score": 2}   # scores: as GetGrades adds them
     question = nbformat.v4.new_markdown_cell("Q.\n\n### BEGIN MARK SCHEME\nOne point.\n### END MARK SCHEME\n")
+    question.metadata["nbgrader"] = {"grade": False, "solution": False, "grade_id": "q", "locked": True,
+                                     "schema_version": 3}   # the kit's locked question cell
     code = nbformat.v4.new_code_cell("display(...)")
     out = nbformat.v4.new_output
     code.outputs = [
@@ -235,7 +243,10 @@ def test_course_exporter_renders_no_live_student_content(template):
     assert live(page) == live(benign), sorted(set(live(page)) - set(live(benign)))
     srcs = re.findall(r"<script[^>]*src=\"([^\"]*)\"", page)
     assert not [s for s in srcs if "//" in s or "mathjax" in s.lower() and "jupyter_server_mathjax" not in s], srcs
-    assert "cdnjs" not in page and "attnkit-markscheme" in page and "BEGIN MARK SCHEME" not in page
+    assert "cdnjs" not in page and "attnkit-markscheme" in page
+    assert page.count("attnkit-markscheme") == 1, "a student's answer drew a mark-scheme box"
+    assert 'id="t_a"' not in page and 'class="nbgrader_cell"><span' not in page, "student markup forged a grade cell"
+    assert 'id="user-t_a"' in page
 
 
 import re  # noqa: E402

@@ -139,6 +139,28 @@ def test_a_kernel_cgroup_counts_memfd():
 
 
 @pytest.mark.skipif(not sandbox.small_tmpfs_works(), reason="no tmpfs can be mounted here")
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists(sandbox.SETPRIV), reason="needs root and setpriv")
+def test_a_killed_workers_kernels_do_not_outlive_it():
+    """After a stalled grading process is killed, can a kernel of its uid (in a session of its own, as
+    jupyter_client starts kernels) live on for the next student who gets that uid? A held slot's stays."""
+    free_uid, held = sandbox.claim_slot(200)
+    held.close()                           # the killed worker's slot: free again
+    busy_uid, busy = sandbox.claim_slot(210)  # a live worker's slot
+    procs = [subprocess.Popen([sandbox.SETPRIV, *sandbox._setpriv_args(uid), "--", "sleep", "60"],
+                              start_new_session=True) for uid in (free_uid, busy_uid)]
+    try:
+        time.sleep(0.3)
+        reaped = sandbox.reap_free_slots()
+        assert free_uid in reaped and busy_uid not in reaped, reaped
+        assert procs[0].wait(timeout=10) == -9
+        assert procs[1].poll() is None
+    finally:
+        busy.close()
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 def test_the_run_folder_tmpfs_is_small(tmp_path):
     """Can 32 MiB be written into a run folder (connection file, IPC sockets, kernel log)?"""
     folder = tempfile.mkdtemp(prefix="attnkit-test-run-")

@@ -262,6 +262,8 @@ class CapOutputs(NbGraderPreprocessor):
     NOTE_ROOM = 256      # of a cell's text budget, kept for the note saying what was cut
     OUTPUT_COST = 64     # what one output costs at least: a million empty outputs are a flood too
     MAX_METADATA = 4096  # an output's metadata over this is dropped
+    MAX_ERRORS = 3       # error outputs kept per cell (the first decides a test cell's score)
+    MAX_TRACEBACK = 64 << 10  # characters of one error's traceback
 
     def arriving(self) -> dict:
         """The budget of one notebook, for ``admit``: outputs kept, in all, at most twice the notebook cap
@@ -274,12 +276,26 @@ class CapOutputs(NbGraderPreprocessor):
     def admit(self, msg_type: str, content: dict, budget: dict) -> bool:
         """Cap one output message's ``content`` in place; False: nothing of it is kept (counted as cut)."""
         nb = budget["notebook"]
-        if msg_type == "error":  # a test cell's error is its score: always kept, capped as below
+        if msg_type == "error":  # a test cell's error is its score: the first ones kept, capped as below
+            # ... but only MAX_ERRORS a cell (the kernel holds the session key: it can send any number)
+            budget["errors"] = budget.get("errors", 0) + 1
+            if budget["errors"] > self.MAX_ERRORS:
+                budget["cut"] += 1
+                return False
             content["ename"] = str(content.get("ename", ""))[:200]
             content["evalue"] = str(content.get("evalue", ""))[:4000]
             tb = content.get("traceback")
-            content["traceback"] = [str(line)[:4000] for line in tb[:200]] if isinstance(tb, list) else []
-            nb["notebook_left"] -= self.OUTPUT_COST
+            lines, room = [], self.MAX_TRACEBACK
+            for line in (tb[:200] if isinstance(tb, list) else []):
+                line = str(line)[:min(4000, room)]
+                if not line:
+                    break
+                lines.append(line)
+                room -= len(line)
+            content["traceback"] = lines
+            size = len(content["ename"]) + len(content["evalue"]) + self.MAX_TRACEBACK - room + self.OUTPUT_COST
+            budget["left"] -= size
+            nb["notebook_left"] -= size
             return True
         if msg_type == "stream":
             text = content.get("text", "")

@@ -10,36 +10,17 @@ collect process (ru_maxrss of the child), the largest file written, and the prob
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-NB = "q3_multihead_attention"
-STEMS = ["q12_scaled_dot_product", NB, "q4_multiquery_attention", "q6_linear_attention"]
-GOOD = b'{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
-
-
-def zeros(zf, name, size):
-    info = zipfile.ZipInfo(name, date_time=(2024, 3, 1, 12, 0, 0))
-    info.compress_type = zipfile.ZIP_DEFLATED
-    with zf.open(info, "w", force_zip64=True) as f:
-        for _ in range(size >> 20):
-            f.write(bytes(1 << 20))
-
-
-def zipped(build) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        build(zf)
-    return buf.getvalue()
+from attnkit.fixtures.archives import canvas_bomb  # noqa: E402 (after the sys.path line)
 
 
 def main() -> int:
@@ -48,23 +29,11 @@ def main() -> int:
     args = p.parse_args()
     from attnkit.course import Course
 
-    inner = zipped(lambda z: [zeros(z, f"hw/{s}.ipynb", 45 << 20) for s in STEMS])
-    nested = zipped(lambda z: [z.writestr(f"part{i}.zip", inner) for i in range(2)])
-    deep = zipped(lambda z: z.writestr("a.zip", zipped(lambda y: y.writestr(
-        "b.zip", zipped(lambda x: x.writestr(f"{NB}.ipynb", GOOD))))))
-
-    def build(zf):
-        zeros(zf, f"bomb_1001_5001_{NB}.ipynb", 300 << 20)
-        zeros(zf, "bomb_1001_5002_q6_linear_attention.ipynb", 300 << 20)
-        zf.writestr("nest_1002_5003_hw9.zip", nested)
-        zf.writestr("deep_1004_5005_hw9.zip", deep)
-        zf.writestr(f"good_1003_5004_{NB}.ipynb", GOOD)
-
     tmp = Path(tempfile.mkdtemp(prefix="attnkit-bomb-"))
     course = Course(ROOT).scratch_copy(parent=str(tmp))
     try:
         export = tmp / "canvas.zip"
-        export.write_bytes(zipped(build))
+        export.write_bytes(canvas_bomb())
         env = dict(os.environ)
         if args.kit:
             env["PYTHONPATH"] = args.kit + os.pathsep + env.get("PYTHONPATH", "")

@@ -47,3 +47,17 @@ def bank_test(fixtures):
         assert_fixture(graded, fixture)
 
     return test_fixture_scores_exactly
+
+
+def small_assignment(gb):
+    """Gradebook assignment ``hw``: notebook q1_first with two autograded tests (t_a 2 and t_b 3 points)
+    and a written answer (essay, 2 points): the report and export tests' course."""
+    gb.add_assignment("hw")
+    gb.add_notebook("q1_first", "hw")
+    for name, points, manual in [("t_a", 2, False), ("t_b", 3, False), ("essay", 2, True)]:
+        gb.update_or_create_grade_cell(name, "q1_first", "hw", max_score=points,
+                                       cell_type="markdown" if manual else "code")
+        gb.update_or_create_source_cell(name, "q1_first", "hw", cell_type="code", locked=not manual,
+                                        source="", checksum=None)
+        if manual:
+            gb.update_or_create_solution_cell(name, "q1_first", "hw")

@@ -9,6 +9,8 @@ import zipfile
 
 import pytest
 
+from attnkit.fixtures.archives import GOOD, canvas_bomb, zeros_entry, zip_bytes
+
 from attnkit.collect import (CANVAS_RE, Upload, copy_number, detect, match_notebook, match_uploads, normalise,
                              parse_gradescope_metadata, read_canvas_export, read_gradescope_export)
 
@@ -261,21 +263,7 @@ def test_autograde_and_feedback_refuse_a_pattern_id(scratch_course):
 
 
 # -- archives: streamed, within caps ---------------------------------------------------------------
-def _zeros_entry(zf, name, size, when=(2024, 3, 1, 12, 0, 0)):
-    """A deflated entry of ``size`` zero bytes, written in chunks (a few hundred KB per 300 MB)."""
-    info = zipfile.ZipInfo(name, date_time=when)
-    info.compress_type = zipfile.ZIP_DEFLATED
-    chunk = bytes(1 << 20)
-    with zf.open(info, "w", force_zip64=True) as f:
-        for _ in range(size >> 20):
-            f.write(chunk)
-
-
-def _zip_bytes(build) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        build(zf)
-    return buf.getvalue()
+_zeros_entry, _zip_bytes = zeros_entry, zip_bytes
 
 
 PEAK_RSS = """
@@ -295,20 +283,9 @@ def test_zip_bombs_are_refused_in_bounded_memory(scratch_course, tmp_path):
     import subprocess
     import sys
 
-    good = b'{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}'
-    inner = _zip_bytes(lambda z: [_zeros_entry(z, f"hw/{s}.ipynb", 45 << 20) for s in STEMS])
-    nested = _zip_bytes(lambda z: [z.writestr(f"part{i}.zip", inner) for i in range(2)])
-    deep = _zip_bytes(lambda z: z.writestr("a.zip", _zip_bytes(lambda y: y.writestr(
-        "b.zip", _zip_bytes(lambda x: x.writestr(f"{NB}.ipynb", good))))))
-
-    def build(zf):
-        _zeros_entry(zf, f"bomb_1001_5001_{NB}.ipynb", 300 << 20)
-        _zeros_entry(zf, "bomb_1001_5002_q6_linear_attention.ipynb", 300 << 20)
-        zf.writestr(f"nest_1002_5003_hw9.zip", nested)
-        zf.writestr(f"deep_1004_5005_hw9.zip", deep)
-        zf.writestr(f"good_1003_5004_{NB}.ipynb", good)
+    good = GOOD
     export = tmp_path / "canvas.zip"
-    export.write_bytes(_zip_bytes(build))
+    export.write_bytes(canvas_bomb())
     assert export.stat().st_size < 1_500_000
     proc = subprocess.run([sys.executable, "-c", PEAK_RSS, sys.executable, "-m", "attnkit", "--root",
                            str(scratch_course.root), "collect", "hw9", str(export)], capture_output=True, text=True,

@@ -10,7 +10,7 @@ import pytest
 from attnkit.course import Course
 from attnkit.reports import csv_text
 from attnkit.samples import MARKER
-from harness import kit
+from harness import kit, small_assignment
 
 CONFIG = 'c = get_config()\nc.CourseDirectory.course_id = "test-course"\n'
 HOSTILE = ['=HYPERLINK("http://x","y")', "+cmd|' /C calc'!A0", "@SUM(1+1)", "-2+3", "\tTAB", "\rCR"]
@@ -27,15 +27,7 @@ def course(tmp_path_factory):
     (tmp / "source" / "hw").mkdir(parents=True)  # the CLI lists assignments from source/
     c = Course(tmp)
     with c.gradebook() as gb:
-        gb.add_assignment("hw")
-        gb.add_notebook("q1_first", "hw")
-        for name, points, manual in [("t_a", 2, False), ("t_b", 3, False), ("essay", 2, True)]:
-            gb.update_or_create_grade_cell(name, "q1_first", "hw", max_score=points,
-                                           cell_type="markdown" if manual else "code")
-            gb.update_or_create_source_cell(name, "q1_first", "hw", cell_type="code", locked=not manual,
-                                            source="", checksum=None)
-            if manual:
-                gb.update_or_create_solution_cell(name, "q1_first", "hw")
+        small_assignment(gb)
         people = [("alice", {}, {"t_a": 2, "t_b": 3}, 1.5), ("bob", {}, {"t_a": 0, "t_b": 3}, None)]
         people += [(h, {"first_name": h, "last_name": h, "email": h + "@example.edu"}, {"t_a": 1, "t_b": 0}, 0.0)
                    for h in HOSTILE]

@@ -10,6 +10,7 @@ import warnings
 from attnkit.course import Course
 from attnkit.reports import export, table
 from attnkit.results import NotebookResult, Status, StudentResult, load_report, save_report
+from harness import small_assignment
 
 CONFIG = 'c = get_config()\nc.CourseDirectory.course_id = "test-course"\n'
 
@@ -20,15 +21,7 @@ def course(tmp_path):
     (tmp_path / "course_config.py").write_text(CONFIG)
     c = Course(tmp_path)
     with c.gradebook() as gb:
-        gb.add_assignment("hw")
-        gb.add_notebook("q1_first", "hw")
-        for i, (name, points, manual) in enumerate([("t_a", 2, False), ("t_b", 3, False), ("essay", 2, True)]):
-            gb.update_or_create_grade_cell(name, "q1_first", "hw", max_score=points,
-                                           cell_type="markdown" if manual else "code")
-            gb.update_or_create_source_cell(name, "q1_first", "hw", cell_type="code", locked=not manual,
-                                            source="", checksum=None)
-            if manual:
-                gb.update_or_create_solution_cell(name, "q1_first", "hw")
+        small_assignment(gb)
         for sid, scores in (("alice", {"t_a": 2, "t_b": 3}), ("bob", {"t_a": 0, "t_b": 3})):
             gb.update_or_create_student(sid)
             gb.add_submission("hw", sid)

@@ -175,14 +175,12 @@ def run_in_grader(trials, condition, busy, seed0=0):
     sandboxed grading kernel, the statistic computed in this process (attnkit/grader/growth.py) from the
     kernel's CPU time read from outside it (attnkit/grader/meter.py), inputs drawn in the kernel from their
     seeds, requests over the kernel's comm channel, as autograde sends them."""
-    import asyncio
     import inspect
     import shutil
     import tempfile
-    import threading
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from attnkit import sandbox
+    import course_kernel  # benchmarks/
     from attnkit.kernel import wire
     from attnkit.grader import channel, growth
     from attnkit.grader.meter import KernelMeter
@@ -194,19 +192,7 @@ def run_in_grader(trials, condition, busy, seed0=0):
     os.chmod(os.path.join(workdir, "attention_checks.py"), 0o644)
     sources = "import torch\nimport attention_checks as ac\n\n" + inspect.getsource(linear_attention) + "\n" + \
         inspect.getsource(impostor_attention)
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    run = lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result()
-
-    class Executor:  # what the channel reads of nbclient's executor
-        timeout = 600
-
-    ex = Executor()
-    ex.km = sandbox.CourseKernelManager()
-    run(ex.km.start_kernel(cwd=workdir))
-    ex.kc = ex.km.client()
-    ex.kc.start_channels()
-    run(ex.kc.wait_for_ready(timeout=60))
+    ex, run = course_kernel.start(workdir)
     run(channel._request(ex, None, None, time.monotonic() + 60, code=sources))
     kernel = Kernel(lambda text: run(channel._comm_request(ex, text, time.monotonic() + 600)))
     meter = KernelMeter(uid=ex.km._uid) if getattr(ex.km, "_uid", None) is not None else \
@@ -229,8 +215,7 @@ def run_in_grader(trials, condition, busy, seed0=0):
                       flush=True)
     finally:
         _unload(procs)
-        ex.kc.stop_channels()
-        run(ex.km.shutdown_kernel(now=True))
+        course_kernel.stop(ex, run)
         shutil.rmtree(workdir, ignore_errors=True)
     return results
 

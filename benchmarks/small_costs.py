@@ -14,14 +14,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -79,23 +77,13 @@ def requests(count: int) -> None:
     from attnkit.grader import channel
     from attnkit.grader.remote import Kernel
 
+    import course_kernel  # benchmarks/
+
     workdir = tempfile.mkdtemp(prefix="attnkit-costs-")
     os.chmod(workdir, 0o755)
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    run = lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result()
-
-    class Executor:  # what the channel reads of nbclient's executor
-        timeout = 600
-
-    ex = Executor()
-    ex.km = sandbox.CourseKernelManager()
     print(f"== requests to a course kernel ({sandbox.describe(sandbox.detect())}), {count} each")
-    run(ex.km.start_kernel(cwd=workdir))
+    ex, run = course_kernel.start(workdir)
     try:
-        ex.kc = ex.km.client()
-        ex.kc.start_channels()
-        run(ex.kc.wait_for_ready(timeout=60))
         code = "def f(x):\n    return x\n\ndef g(h, n):\n    return sum(h(i) for i in range(n))\n"
         run(channel._request(ex, None, None, time.monotonic() + 60, code=code))
         deadline = lambda: time.monotonic() + 600
@@ -118,8 +106,7 @@ def requests(count: int) -> None:
         many = time.perf_counter() - t0
         print(f"  a callback (kernel -> grader function -> kernel): {(many - one) / count * 1000:.1f} ms")
     finally:
-        ex.kc.stop_channels()
-        run(ex.km.shutdown_kernel(now=True))
+        course_kernel.stop(ex, run)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -25,6 +25,7 @@ import zipfile
 from pathlib import Path
 
 import attnkit
+from attnkit import seccomp
 from attnkit.course import CONFIG_FILE, Course
 
 KIT_ROOT = Path(attnkit.__file__).resolve().parents[1]
@@ -325,7 +326,8 @@ def run(root: Path, budget_s: float | None = None, log=print) -> dict:
     try:
         settings = json.loads((root / "source" / SETTINGS).read_text())
         assignment = settings["assignment"]
-        log(f"attnkit {attnkit.__version__} grading {assignment}; {isolation()}")
+        # the container's own syscall profile: what is relied on where the kit's filter is off
+        log(f"attnkit {attnkit.__version__} grading {assignment}; {isolation()}; {seccomp.container_filter()}")
         course = _course_for(root, settings)
         secret = _secret_lines(course, assignment)
         submission = root / "submission"

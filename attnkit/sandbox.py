@@ -47,7 +47,7 @@ from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, DottedObjectName, Integer, List, Unicode, default
 
-from attnkit import markup
+from attnkit import markup, seccomp
 from attnkit.notebooks import is_test_cell
 
 ENV_MODE = "ATTNKIT_SANDBOX"
@@ -100,6 +100,10 @@ def probe(mode: str) -> str | None:
         rc, err = _run([SETPRIV, *_setpriv_args(UID_BASE), "--", "/bin/true"])
         if rc != 0:
             return f"setpriv failed: {err or rc}"
+        if seccomp.program_path():
+            rc, err = _run(seccomp.launcher([SETPRIV, *_setpriv_args(UID_BASE), "--", "/bin/true"]))
+            if rc != 0:  # graded without it, and the sandbox line says so
+                seccomp.disable(f"its launcher failed: {err or rc}")
         # the kernel runs this Python as that uid, straight from the host's folders: each must be
         # readable by it (a venv under a 0700 folder such as mktemp -d's is not)
         rc, err = _run([SETPRIV, *_setpriv_args(UID_BASE), "--", sys.executable, "-c", "import ipykernel"], timeout=60)
@@ -109,6 +113,11 @@ def probe(mode: str) -> str | None:
         return "bubblewrap (bwrap) is not installed"
     argv = bwrap_argv(["/bin/true"], uid=UID_BASE, workfiles={}, run_dir=None, env={})
     rc, err = _run(argv)
+    if rc != 0 and seccomp.program_path():  # is it the filter? Then graded without it, and the line says so
+        seccomp.disable(f"bwrap refused it: {err or rc}")
+        if _run(bwrap_argv(["/bin/true"], uid=UID_BASE, workfiles={}, run_dir=None, env={}))[0] == 0:
+            return None
+        seccomp.disable("")
     return None if rc == 0 else f"bwrap failed: {err or rc}"
 
 
@@ -133,11 +142,12 @@ def describe(mode: str) -> str:
     why = (f"forced by {ENV_MODE}={mode}" if os.environ.get(ENV_MODE, "").strip() == mode
            else f"bwrap: {probe('bwrap')}" + ("" if mode == "setpriv" else f"; setpriv: {probe('setpriv')}"))
     if mode == "bwrap":
-        return "sandbox: bubblewrap (own PID/mount/network namespaces, unprivileged uid, no view of the course)"
+        return (f"sandbox: bubblewrap (own PID/mount/network namespaces, unprivileged uid, no view of the course; "
+                f"{seccomp.describe()})")
     if mode == "setpriv":
         return (f"sandbox: FALLBACK setpriv (unprivileged uid, course folders unreadable to it; NO network or "
-                f"process isolation; {why})")
-    return f"sandbox: NONE - submissions run with the grader's rights ({why})"
+                f"process isolation; {seccomp.describe()}; {why})")
+    return f"sandbox: NONE - submissions run with the grader's rights ({seccomp.describe(False, 'unsandboxed')}; {why})"
 
 
 # ---------------------------------------------------------------------------- memory cgroups, small tmpfs
@@ -396,16 +406,34 @@ def _python_roots() -> list[str]:
     return out
 
 
+@lru_cache(maxsize=None)
+def bwrap_has(option: str) -> bool:
+    """Does the installed bwrap know ``option`` (--disable-userns came with 0.8.0)?"""
+    try:
+        out = subprocess.run([BWRAP, "--help"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return option in out.split()
+
+
 def bwrap_argv(inner: list[str], *, uid: int, workfiles: dict, run_dir: str | None, env: dict,
-               scratch_mb: int = 256, zygote: bool = False) -> list[str]:
+               scratch_mb: int = 256, zygote: bool = False, keep_fds: tuple = ()) -> list[str]:
     """The full command: bwrap (as root: no user namespace, so the uid below is a real host uid)
     then setpriv to the slot's uid, then ``inner``. ``workfiles``: name -> host file bound
     read-only into the working folder; ``run_dir``: the host folder with the connection file
-    and the IPC sockets, bound at the same path."""
+    and the IPC sockets, bound at the same path. With the syscall filter (attnkit.seccomp), a
+    shell in front opens its compiled program on an fd bwrap reads (``--seccomp``), one not in
+    ``keep_fds`` (fds the caller passes on)."""
     a = [BWRAP, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
          "--die-with-parent", "--new-session", "--hostname", "grader", "--clearenv"]
     if os.geteuid() != 0:  # unprivileged bwrap needs a user namespace; the uid stays the grader's
         a += ["--unshare-user"]
+        if bwrap_has("--disable-userns"):  # and none nested in it (the filter refuses them as well)
+            a += ["--disable-userns"]
+    program = seccomp.program_path()
+    if program:
+        fd = next(n for n in range(3, 10) if n not in keep_fds)  # dash redirects single-digit fds only
+        a = ["/bin/sh", "-c", f'exec "$@" {fd}<"$0"', program, *a, "--seccomp", str(fd)]
     mounted = ["/usr"]
     a += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev"]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
@@ -585,7 +613,8 @@ class Zygote:
             # the control channel is an inherited socket: nothing in the sandbox's files a notebook could replace
             argv = bwrap_argv([sys.executable, "-m", "attnkit.kernel", "--zygote", str(theirs.fileno()),
                                ",".join(preload)], uid=uid,
-                              workfiles=files, run_dir=runs, env=env, scratch_mb=scratch_mb, zygote=True)
+                              workfiles=files, run_dir=runs, env=env, scratch_mb=scratch_mb, zygote=True,
+                              keep_fds=(theirs.fileno(),))
             with open(os.path.join(self.home, "zygote.log"), "ab") as log:
                 self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                              pass_fds=(theirs.fileno(),), start_new_session=True,
@@ -1078,8 +1107,8 @@ class CourseKernelManager(AsyncKernelManager):
                 kernel_cmd = bwrap_argv(kernel_cmd, uid=self._uid, workfiles=workdir_files(kw["cwd"]),
                                         run_dir=self._run_dir, env=self.kernel_spec.env, scratch_mb=self.scratch_mb)
                 kw["env"] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-            else:
-                kernel_cmd = [SETPRIV, *_setpriv_args(self._uid), "--"] + kernel_cmd
+            else:  # the syscall filter is loaded by a launcher in front of setpriv
+                kernel_cmd = seccomp.launcher([SETPRIV, *_setpriv_args(self._uid), "--"] + kernel_cmd)
                 kw["env"] = {**self.kernel_spec.env, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                              "HOME": kw["cwd"], "TMPDIR": kw["cwd"], "PYTHONPATH": self._fallback_kit(),
                              "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}

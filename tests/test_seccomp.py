@@ -7,18 +7,15 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from attnkit import sandbox, seccomp
 from attnkit.fixtures.hostile import HONEST, SYSCALL_ARGS, SYSCALLS, right
-from attnkit.fixtures.tamper import Q3, q3
+from attnkit.fixtures.tamper import q3
 from harness import ASSIGNMENT, assert_fixture, kit
 from test_sandbox import MODE, SANDBOXED, answer_output, course_with, graded_from
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = {"ATTNKIT_CELL_TIMEOUT": "60"}
 EXPECTED = {call: err for call, err, _ in seccomp.DENIED}  # what each denied call must fail with
 
@@ -56,6 +53,20 @@ def test_bwrap_reads_the_program_on_an_fd_the_caller_does_not_pass_on():
                               keep_fds=(3, 4))
     fd = argv[argv.index("--seccomp") + 1]
     assert fd == "5" and argv[:3] == ["/bin/sh", "-c", 'exec "$@" 5<"$0"'] and argv[3] == seccomp.program_path()
+
+
+def test_unprivileged_bwrap_refuses_nested_user_namespaces_even_without_the_filter(monkeypatch):
+    """Where bwrap runs without root (its own user namespace), is --disable-userns passed, so that a
+    nested user namespace fails even with the filter off?"""
+    if not sandbox.bwrap_has("--disable-userns") or sandbox.probe("bwrap"):
+        pytest.skip("this bwrap has no --disable-userns, or does not run here")
+    monkeypatch.setenv(seccomp.ENV_OFF, "1")
+    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)  # the argv of the unprivileged path
+    argv = sandbox.bwrap_argv(["/bin/sh", "-c", "unshare --user true; echo rc=$?"], uid=0, workfiles={},
+                              run_dir=None, env={})
+    assert "--disable-userns" in argv and "--seccomp" not in argv
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "rc=1", (out.stdout, out.stderr)
 
 
 CHILD_PROBE = """

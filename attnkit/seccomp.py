@@ -117,6 +117,7 @@ def _compiled() -> tuple[str | None, str]:
         program = compile_filter()
     except (ImportError, RuntimeError, OSError, ValueError) as exc:
         return None, f"libseccomp unavailable ({type(exc).__name__}: {exc})"
+    _sweep()
     folder = tempfile.mkdtemp(prefix=f"attnkit-seccomp-{os.getpid()}-")
     path = os.path.join(folder, "filter.bpf")
     with open(path, "wb") as f:
@@ -141,6 +142,15 @@ def unavailable() -> str:
     if os.environ.get(ENV_OFF, "").strip() == "1":
         return f"turned off by {ENV_OFF}=1"
     return _refused or _compiled()[1]
+
+
+def _sweep() -> None:
+    """The folders of grading processes that were killed before they could remove theirs."""
+    top = tempfile.gettempdir()
+    for name in os.listdir(top):
+        pid = name.split("-")[2] if name.startswith("attnkit-seccomp-") else ""
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(os.path.join(top, name), ignore_errors=True)
 
 
 def program_path() -> str | None:

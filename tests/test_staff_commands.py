@@ -159,7 +159,8 @@ def test_check_says_why_a_cell_failed(tmp_path):
 @pytest.mark.slow
 def test_check_prints_the_failure_message(tmp_path):
     """When a source notebook's solution is wrong, does ./kit check exit 1 and print, under the FAIL line,
-    the failing cell with its message?"""
+    the failing cell with its message (and, first, the sandbox line with the syscall filter's state)?"""
+    from attnkit import sandbox
     from attnkit.course import Course
 
     course = Course(ROOT).scratch_copy(parent=str(tmp_path), notebooks=[Q3])
@@ -171,6 +172,7 @@ def test_check_prints_the_failure_message(tmp_path):
     nbu.write(nb, path)
     out = kit(course.root, "check", "hw9")
     assert out.returncode == 1, out.stdout + out.stderr
+    assert sandbox.describe(sandbox.detect()) in out.stderr and "syscall filter: " in out.stderr
     lines = out.stdout.splitlines()
     fail = next(i for i, line in enumerate(lines) if line.startswith(f"FAIL source notebook as submitted: {Q3}"))
     assert "q3a_W_k" in lines[fail]

@@ -160,6 +160,17 @@ def test_unavailable_source_is_a_failure_never_a_pass(sources, why):
         checks.refuse_fused("(h)", k, cls, ["forward"])
 
 
+def test_a_method_of_a_base_class_in_the_notebook_is_read():
+    """Is torch's attention in a method the class inherits from a base class of the notebook caught, and a right one
+    there not?"""
+    for body, found in (("F.scaled_dot_product_attention(q, q, q)", ["forward"]), ("q.softmax(-1) @ q", [])):
+        src = ("import torch.nn as nn, torch.nn.functional as F\nclass Base(nn.Module):\n    def forward(self, q):\n"
+               f"        return {body}\nclass MultiHeadAttention(Base):\n    pass\n")
+        k = in_process(student(src, f"<cell-base-{len(found)}>"), [src])
+        cls = k.lookup({"MultiHeadAttention"})["MultiHeadAttention"]
+        assert checks.fused_attention_calls(k, cls, ["forward"]) == found
+
+
 def test_a_method_assigned_from_outside_the_class_is_read_too():
     """Is ``MultiHeadAttention.forward = f`` (f in another cell, calling torch's attention) caught?"""
     plain = "import torch.nn as nn\nclass MultiHeadAttention(nn.Module):\n    def forward(self, x):\n        return x\n"

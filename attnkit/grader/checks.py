@@ -359,36 +359,46 @@ def _uses_fused(tree) -> bool:
 def _notebook_methods(sources, cname):
     """{method name: [its definitions' AST nodes]} for class ``cname`` in the student's cells ``sources``
     (every ``class cname`` anywhere in them, and every ``cname.method = value``, a function of the notebook
-    named there counting as its body); None when no ``class cname`` is there. IPython syntax (magics) is
-    translated as the kernel does; a cell that does not parse defined nothing."""
+    named there counting as its body; a method it does not define, from its bases that the notebook
+    defines); None when no ``class cname`` is there. IPython syntax (magics) is translated as the kernel
+    does; a cell that does not parse defined nothing."""
     if not sources or not isinstance(cname, str):
         return None
     from IPython.core.inputtransformer2 import TransformerManager
-    trees = []
+    nodes = []
     for src in sources:
         try:
-            trees.append(ast.parse(TransformerManager().transform_cell(src)))
+            nodes += list(ast.walk(ast.parse(TransformerManager().transform_cell(src))))
         except (SyntaxError, ValueError):
             continue
-    functions = {n.name: n for t in trees for n in ast.walk(t) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
-    methods, defined = {}, False
-    for tree in trees:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef) and node.name == cname:
-                defined = True
-                for item in node.body:
-                    if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                        methods.setdefault(item.name, []).append(item)
-                    elif isinstance(item, ast.Assign):  # forward = some_function
-                        for target in item.targets:
-                            if isinstance(target, ast.Name):
-                                methods.setdefault(target.id, []).extend(_value_and_body(item.value, functions))
-            elif isinstance(node, ast.Assign):
+    functions = {n.name: n for n in nodes if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    classes: dict = {}
+    for node in nodes:
+        if isinstance(node, ast.ClassDef):
+            classes.setdefault(node.name, []).append(node)
+
+    def methods_of(name, seen):
+        methods = {}
+        for cdef in classes.get(name, ()):
+            for item in cdef.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    methods.setdefault(item.name, []).append(item)
+                elif isinstance(item, ast.Assign):  # forward = some_function
+                    for target in item.targets:
+                        if isinstance(target, ast.Name):
+                            methods.setdefault(target.id, []).extend(_value_and_body(item.value, functions))
+        for node in nodes:  # name.method = value, anywhere
+            if isinstance(node, ast.Assign):
                 for target in node.targets:
-                    if (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
-                            and target.value.id == cname):
+                    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == name:
                         methods.setdefault(target.attr, []).extend(_value_and_body(node.value, functions))
-    return methods if defined else None
+        bases = {b.id for cdef in classes.get(name, ()) for b in cdef.bases if isinstance(b, ast.Name)}
+        for base in sorted(bases - seen):
+            for method, defs in methods_of(base, seen | {name, base}).items():
+                methods.setdefault(method, defs)
+        return methods
+
+    return methods_of(cname, {cname}) if cname in classes else None
 
 
 def _value_and_body(value, functions) -> list:

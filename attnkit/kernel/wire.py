@@ -133,7 +133,7 @@ def decode(data, ref=None, limit=DEFAULT_LIMIT, values_only=False):
 
 def measure(data, limit=DEFAULT_LIMIT, max_values=MAX_REPLY_VALUES) -> int:
     """Check a parsed message from the kernel before anything is built from it: values only (no
-    ``$randn``, ``$generator``), at most ``max_values`` JSON values, nesting at most MAX_DEPTH, every
+    ``$randn``, ``$generator``), at most ``max_values`` JSON values, nesting within MAX_DEPTH levels, every
     container at most MAX_ITEMS, and the tensor bytes its shapes claim at most ``limit`` in all.
     Returns those bytes; WireError otherwise. Iterative: a deep message cannot exhaust the stack."""
     values, size, stack = 0, 0, [(data, 0)]

@@ -130,6 +130,9 @@ def submission_problems(folder) -> tuple[str, list[str], list[str]]:
 
 def _first_error(log: str) -> str:
     for line in log.splitlines():
+        if line.startswith("attnkit.grader.hidden.GraderOutOfMemory: ") or line.startswith("GraderOutOfMemory: "):
+            return line.partition(": ")[2].strip()[:300]
+    for line in log.splitlines():
         if "[ERROR]" in line or "Error" in line:
             return line.strip()[-300:]
     return log.strip().splitlines()[-1][-300:] if log.strip() else "unknown error"
@@ -257,7 +260,7 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
 
     Refuses (SandboxUnavailable) when no sandbox works here, unless ``allow_unsandboxed``."""
     from attnkit import sandbox
-    from attnkit.workers import RETRIES, Interrupted, run_batch
+    from attnkit.workers import GRADER_MEMORY_ENV, RETRIES, Interrupted, run_batch
 
     mode = sandbox.detect()
     if mode == "none" and not allow_unsandboxed:
@@ -300,7 +303,8 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
         return out.to_json()
 
     try:
-        results = run_batch(root, assignment, students, workers, {sandbox.ENV_MODE: mode}, on_result, notebooks,
+        env = {sandbox.ENV_MODE: mode, GRADER_MEMORY_ENV: str(grader_memory_mb(course))}
+        results = run_batch(root, assignment, students, workers, env, on_result, notebooks,
                             failed_result, ahead=lambda slot: start_ahead(root, assignment, slot),
                             limit=student_time_limit(course, assignment, notebooks)) if students else []
     except Interrupted as stop:
@@ -310,6 +314,15 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
     typed = sorted([StudentResult.from_json(r) for r in results] + refused, key=lambda r: r.student)
     save_report(course.root, assignment, typed)
     return typed
+
+
+def grader_memory_mb(course: Course) -> int:
+    """CourseExecute.grader_memory_mb as configured (the trait's default otherwise)."""
+    from attnkit.sandbox import CourseExecute
+
+    config = course.api().config
+    set_to = config.CourseExecute.get("grader_memory_mb") if "CourseExecute" in config else None
+    return int(CourseExecute.grader_memory_mb.default_value if set_to is None else set_to)
 
 
 def student_time_limit(course: Course, assignment: str, notebooks: list[str]) -> float:

@@ -1257,6 +1257,9 @@ class CourseExecute(Execute):
     student_timeout = Integer(0, help="Wall-clock seconds for all of one student's grading (attnkit.workers stops "
                               "it and scores what is left 0); 0 = the per-cell timeout x the code cells + "
                               "120 s per notebook.").tag(config=True)
+    grader_memory_mb = Integer(3072, help="RLIMIT_DATA (soft) of each grading process, MiB: what decoding a kernel's "
+                               "replies and running the hidden tests may take; over it the notebook fails as "
+                               "could-not-be-graded and the batch goes on. 0 = none.").tag(config=True)
     store_widget_state = Bool(False, help="Grading keeps no widget state (a notebook could flood it).")
     _caps = None   # CapOutputs, applied to each output as it arrives
     _cell_budget = None

@@ -24,6 +24,18 @@ import time
 from collections import deque
 
 RETRIES = 1  # a student whose grading process died is graded once more in a fresh one
+GRADER_MEMORY_ENV = "ATTNKIT_GRADER_MEMORY_MB"  # CourseExecute.grader_memory_mb, handed to each grading process
+
+
+def limit_own_memory(mb: int) -> None:
+    """RLIMIT_DATA of this grading process (soft only: the kernels it starts set their own, which may be higher).
+    Over it an allocation fails (MemoryError) instead of taking memory from the other workers."""
+    import resource
+
+    if mb > 0:
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        want = mb << 20
+        resource.setrlimit(resource.RLIMIT_DATA, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
 
 
 class Worker:
@@ -238,6 +250,7 @@ def main(argv=None) -> int:
     except Exception:
         pass
     out = os.fdopen(int(fd), "w", buffering=1)
+    limit_own_memory(int(os.environ.get(GRADER_MEMORY_ENV, "0") or 0))
     from attnkit.grading import start_ahead
     from attnkit.sandbox import adopt_handed
 

@@ -48,10 +48,13 @@ def run_notebook(path: Path, fill, log=print) -> tuple[int, int, dict]:
     nb = fill(path)
     ns: dict = {"__name__": "__main__"}
     passed = failed = 0
+    sources = []  # the student's cells so far, as grading hands them to the checks that read source
     for cell in nb.cells:
         if not _runs(cell):
             continue
         m = _meta(cell)
+        if not (m.get("grade") and not m.get("solution")):
+            sources.append(cell.source)
         src = "\n".join(l for l in cell.source.split("\n") if not l.lstrip().startswith(("%", "!")))
         t0 = time.perf_counter()
         out = io.StringIO()
@@ -69,7 +72,7 @@ def run_notebook(path: Path, fill, log=print) -> tuple[int, int, dict]:
                 traceback.print_exc()
         for region in regions if error is None else ():
             # the hidden tests as grading runs them (attnkit/grader/), the agent in this process
-            _, failure = hidden.run(region, in_process(ns), path.parent, {"meter": KernelMeter(root_pid=os.getpid())})
+            _, failure = hidden.run(region, in_process(ns, list(sources)), path.parent, {"meter": KernelMeter(root_pid=os.getpid())})
             if failure is not None:
                 error = f"{failure['ename']}: {failure['evalue']}".splitlines()[0][:300]
                 break

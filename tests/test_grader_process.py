@@ -355,8 +355,8 @@ def test_a_part_that_cannot_be_isolated_is_graded_with_the_whole_layer(tmp_path,
     region = (hidden.GRADER_LINE + "\npart = '(d)'\n\ndef _alone():\n"
               "    kernel.getattr(MultiHeadAttention, 'scaled_dot_product_attention')\n\n"
               "alone_or_whole(part, kernel, MultiHeadAttention, _alone)\n")
-    printed, error = hidden.run(region, in_process(student(LAYER.replace("{axis}", str(axis)), f"<cell-l{axis}>")),
-                                tmp_path)
+    src = LAYER.replace("{axis}", str(axis))
+    printed, error = hidden.run(region, in_process(student(src, f"<cell-l{axis}>"), [src]), tmp_path)
     assert (error is None) == passes, error
     if passes:
         assert "graded with your whole layer" in printed
@@ -400,7 +400,7 @@ def test_a_blank_in_a_method_that_is_still_there_is_not_rescued_by_the_layer(tmp
               "torch.ones(1, 1, 2, 4))\n\n"
               "alone_or_whole(part, kernel, MultiHeadAttention, _alone)\n")
     src = BLANK_SDPA.replace("{how}", how).replace("{attend}", attend)
-    printed, error = hidden.run(region, in_process(student(src, f"<cell-blank-{len(how)}>")), tmp_path)
+    printed, error = hidden.run(region, in_process(student(src, f"<cell-blank-{len(how)}>"), [src]), tmp_path)
     assert error is not None and "is still a blank" in str(error), (printed, error)
     assert "graded with your whole layer" not in printed
 
@@ -414,6 +414,6 @@ def test_a_layer_built_on_torchs_own_attention_earns_nothing_on_the_whole_path(t
     region = (hidden.GRADER_LINE + "\npart = '(d)'\n\ndef _alone():\n"
               "    kernel.getattr(MultiHeadAttention, 'scaled_dot_product_attention')\n\n"
               "alone_or_whole(part, kernel, MultiHeadAttention, _alone)\n")
-    printed, error = hidden.run(region, in_process(student(src, "<cell-fused-layer>")), tmp_path)
+    printed, error = hidden.run(region, in_process(student(src, "<cell-fused-layer>"), [src]), tmp_path)
     assert error is not None and "graded with your whole layer" not in printed
     assert "use torch's built-in attention; write your own" in printed

@@ -21,12 +21,13 @@ from nbformat import NotebookNode
 
 from attnkit.grader import hidden
 from attnkit.grader.meter import KernelMeter
-from attnkit.grader.remote import REPLY_MIME, Kernel, KernelDied, KernelGone, MAX_REPLY, RequestTimeout
+from attnkit.grader.remote import BadReply, Kernel, KernelDied, KernelGone, RequestTimeout
+from attnkit.kernel.wire import COMM_TARGET, MAX_REPLY, REPLY_MIME
+from attnkit.notebooks import is_test_cell
 
 PROFILE = os.environ.get("ATTNKIT_PROFILE_HIDDEN")   # a file: one line per hidden region (seconds, requests)
 AGENT_CALL = "__import__('attnkit.kernel.agent').kernel.agent.serve({!r})"
 LISTEN = "__import__('attnkit.kernel.agent').kernel.agent.listen()"
-COMM_TARGET = "attnkit.kernel.agent"   # attnkit.kernel.agent.COMM_TARGET
 
 
 async def _time_left(executor, msg_id, deadline) -> float:
@@ -51,7 +52,7 @@ async def _request(executor, kernel: Kernel | None, text: str | None, deadline: 
     kc, km = executor.kc, executor.km
     msg_id = kc.execute(code or AGENT_CALL.format(text), silent=False, store_history=False, allow_stdin=True,
                         stop_on_error=False)
-    payload, idle = None, False
+    payload, idle, replies = None, False, 0
     poller = zmq.asyncio.Poller()  # either socket: an input request (a callback) or an output
     poller.register(kc.stdin_channel.socket, zmq.POLLIN)
     poller.register(kc.iopub_channel.socket, zmq.POLLIN)
@@ -72,9 +73,10 @@ async def _request(executor, kernel: Kernel | None, text: str | None, deadline: 
         if msg.get("parent_header", {}).get("msg_id") != msg_id:
             continue
         kind, content = msg["msg_type"], msg.get("content", {})
-        if kind == "display_data" and REPLY_MIME in content.get("data", {}):
+        if kind == "display_data" and isinstance(content.get("data"), dict) and REPLY_MIME in content["data"]:
+            replies += 1  # one request, one reply: a second one (forged by the student's code) is kept by no one
             data = content["data"][REPLY_MIME]
-            payload = data if isinstance(data, str) and len(data) <= MAX_REPLY else ""
+            payload = data if replies == 1 and isinstance(data, str) and len(data) <= MAX_REPLY else ""
         elif kind == "status" and content.get("execution_state") == "idle":
             idle = True
     await _shell_reply(kc, msg_id, max(1.0, deadline - time.monotonic()))
@@ -82,6 +84,8 @@ async def _request(executor, kernel: Kernel | None, text: str | None, deadline: 
         return ""
     if payload is None:
         raise KernelGone("the kernel gave no answer to a hidden test's request")
+    if replies > 1:
+        raise BadReply(f"{replies} replies to one request")
     return payload
 
 
@@ -97,18 +101,27 @@ async def _comm_request(executor, text: str, deadline: float) -> str:
     msg = kc.session.msg("comm_msg", {"comm_id": opened[1], "data": {"request": text}})
     kc.shell_channel.send(msg)
     msg_id = msg["header"]["msg_id"]
-    while True:
+    payload, replies = None, 0
+    while True:  # until the kernel is idle after this request: one reply, and only one, must have come
         left = await _time_left(executor, msg_id, deadline)
         try:
             reply = await kc.get_iopub_msg(timeout=min(1.0, left))
         except Empty:
             await _alive(km)
             continue
-        if reply.get("parent_header", {}).get("msg_id") == msg_id and reply["msg_type"] == "comm_msg":
+        if reply.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        if reply["msg_type"] == "comm_msg":
+            replies += 1
             data = reply.get("content", {}).get("data", {})
-            payload = data.get("reply") if isinstance(data, dict) else None
+            payload = data.get("reply") if isinstance(data, dict) and replies == 1 else payload
             if not isinstance(payload, str) or len(payload) > MAX_REPLY:
                 raise KernelGone("the kernel's reply is not in the format")
+        elif reply["msg_type"] == "status" and reply.get("content", {}).get("execution_state") == "idle":
+            if payload is None:
+                raise KernelGone("the kernel gave no answer to a hidden test's request")
+            if replies > 1:
+                raise BadReply(f"{replies} replies to one request")
             return payload
 
 
@@ -137,6 +150,18 @@ async def _drain(kc, msg_id, timeout):
         await _until(kc.get_shell_msg, msg_id, 1)
 
 
+def student_sources(nb, cell) -> list[str]:
+    """The code cells of the submitted notebook before ``cell``, the course's test cells left out: the
+    student's source as the grader holds it (checks read it here, never through the kernel)."""
+    out = []
+    for c in nb.cells:
+        if c is cell:
+            break
+        if c.cell_type == "code" and not is_test_cell(c):
+            out.append(c.source if isinstance(c.source, str) else "".join(c.source))
+    return out
+
+
 def kernel_meter(executor) -> KernelMeter:
     """The meter of ``executor``'s kernel: its sandbox uid's processes, else its process tree."""
     uid = getattr(executor.km, "_uid", None)
@@ -160,6 +185,7 @@ async def run_hidden_regions(executor, cell, sources, folder) -> str | None:
         return asyncio.run_coroutine_threadsafe(request, loop).result()
 
     kernel = Kernel(send)
+    kernel.sources = student_sources(executor.nb, cell)
     started = time.perf_counter()
     for source in sources:
         printed, error = await asyncio.to_thread(hidden.run, source, kernel, folder, {"meter": kernel_meter(executor)})

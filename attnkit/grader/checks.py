@@ -326,27 +326,85 @@ FUSED_ATTENTION = ("scaled_dot_product_attention", "MultiheadAttention", "multi_
 def fused_attention_calls(kernel, cls, names=None) -> list:
     """The methods of the student's ``cls`` (``names``, or every one it defines) whose source uses torch's own
     attention (F.scaled_dot_product_attention, nn.MultiheadAttention, ...); ``self.scaled_dot_product_attention``,
-    the student's own method, does not count. Read from the source Python keeps (not a dispatch recorder): a
-    call hidden behind getattr or a helper outside the class is not seen."""
-    from attnkit.grader.remote import KernelGone, StudentError
-    getsource = kernel.module_attr("inspect", "getsource")
+    the student's own method, does not count. Read from the submitted notebook the grader holds
+    (``kernel.sources``), never through the kernel (whose inspect the student's code may have patched): every
+    definition of the class in the student's cells, and every ``Class.method = ...`` there. A method whose
+    source is not there cannot be checked: AssertionError (a failure, never a pass). A call hidden behind
+    getattr or a helper outside the class is not seen."""
+    cname = getattr(cls, "__name__", None)
+    methods = _notebook_methods(kernel.sources, cname)
+    if methods is None:
+        raise AssertionError(f"the source of {cname} is not in your notebook, so the rule against torch's "
+                             "own attention cannot be checked: define the class in the notebook's answer cell")
     found = []
-    for name in sorted(kernel.own(cls) if names is None else names):
-        try:
-            src = kernel.call(getsource, kernel.getattr(cls, name))
-            tree = ast.parse(textwrap.dedent(src)) if isinstance(src, str) else None
-        except KernelGone:
-            raise
-        except (StudentError, SyntaxError):
-            continue
-        for node in ast.walk(tree) if tree is not None else ():
-            attr = (node.attr if isinstance(node, ast.Attribute)
-                    and not (isinstance(node.value, ast.Name) and node.value.id == "self")
-                    else node.id if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) else None)
-            if attr in FUSED_ATTENTION:
-                found.append(name)
-                break
+    for name in sorted(methods) if names is None else names:
+        if name not in methods:
+            raise AssertionError(f"the source of {cname}.{name} is not in your notebook, so the rule against "
+                                 "torch's own attention cannot be checked: define it in the class")
+        if any(_uses_fused(node) for node in methods[name]):
+            found.append(name)
     return found
+
+
+def _uses_fused(tree) -> bool:
+    for node in ast.walk(tree):
+        attr = (node.attr if isinstance(node, ast.Attribute)
+                and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+                else node.id if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) else None)
+        if attr in FUSED_ATTENTION:
+            return True
+    return False
+
+
+def _notebook_methods(sources, cname):
+    """{method name: [its definitions' AST nodes]} for class ``cname`` in the student's cells ``sources``
+    (every ``class cname`` anywhere in them, and every ``cname.method = value``, a function of the notebook
+    named there counting as its body; a method it does not define, from its bases that the notebook
+    defines); None when no ``class cname`` is there. IPython syntax (magics) is translated as the kernel
+    does; a cell that does not parse defined nothing."""
+    if not sources or not isinstance(cname, str):
+        return None
+    from IPython.core.inputtransformer2 import TransformerManager
+    nodes = []
+    for src in sources:
+        try:
+            nodes += list(ast.walk(ast.parse(TransformerManager().transform_cell(src))))
+        except (SyntaxError, ValueError):
+            continue
+    functions = {n.name: n for n in nodes if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    classes: dict = {}
+    for node in nodes:
+        if isinstance(node, ast.ClassDef):
+            classes.setdefault(node.name, []).append(node)
+
+    def methods_of(name, seen):
+        methods = {}
+        for cdef in classes.get(name, ()):
+            for item in cdef.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    methods.setdefault(item.name, []).append(item)
+                elif isinstance(item, ast.Assign):  # forward = some_function
+                    for target in item.targets:
+                        if isinstance(target, ast.Name):
+                            methods.setdefault(target.id, []).extend(_value_and_body(item.value, functions))
+        for node in nodes:  # name.method = value, anywhere
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == name:
+                        methods.setdefault(target.attr, []).extend(_value_and_body(node.value, functions))
+        bases = {b.id for cdef in classes.get(name, ()) for b in cdef.bases if isinstance(b, ast.Name)}
+        for base in sorted(bases - seen):
+            for method, defs in methods_of(base, seen | {name, base}).items():
+                methods.setdefault(method, defs)
+        return methods
+
+    return methods_of(cname, {cname}) if cname in classes else None
+
+
+def _value_and_body(value, functions) -> list:
+    """An assigned value, and the notebook's function of that name if it names one."""
+    named = functions.get(value.id) if isinstance(value, ast.Name) else None
+    return [value] + ([named] if named is not None else [])
 
 
 def refuse_fused(part, kernel, cls, names=None):

@@ -110,6 +110,19 @@ def free_names(source: str) -> set[str]:
     return loaded - bound
 
 
+class GraderOutOfMemory(Exception):
+    """The grading process reached its own memory limit (CourseExecute.grader_memory_mb) in a hidden test."""
+
+    def __init__(self):
+        super().__init__("the grading process ran out of its memory limit (CourseExecute.grader_memory_mb) while "
+                         "a hidden test ran; this notebook could not be graded")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Is ``exc`` an allocation this process was refused (Python's MemoryError, torch's CPU allocator)?"""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
 def run(source: str, kernel: Kernel, folder, extras: dict | None = None) -> tuple[str, dict | None]:
     """(what the region printed, its error as ``{ename, evalue}`` or None). ``extras``: more names for the
     region (``meter``: the kernel's KernelMeter, for verdicts on time and memory)."""
@@ -138,6 +151,8 @@ def run(source: str, kernel: Kernel, folder, extras: dict | None = None) -> tupl
     except StudentError as exc:
         error = {"ename": type(exc).__name__, "evalue": f"your code raised {type(exc).__name__}: {exc}"}
     except Exception as exc:  # a hidden test that could not finish: reported, never a pass
+        if out_of_memory(exc):  # this process's own limit: the notebook cannot be graded (not only this test)
+            raise GraderOutOfMemory() from None
         error = {"ename": type(exc).__name__, "evalue": str(exc)}
     text = out.getvalue()
     if len(text) > MAX_STDOUT:

@@ -16,9 +16,7 @@ import torch
 
 from attnkit.kernel import wire
 
-REPLY_MIME = "text/vnd.attnkit.reply+json"   # the agent's display type (attnkit.kernel.agent.REPLY_MIME)
-CALLBACK_PROMPT = "\x00attnkit-callback:"     # attnkit.kernel.agent.CALLBACK_PROMPT
-MAX_REPLY = 64 << 20                          # bytes of one reply
+REPLY_MIME, CALLBACK_PROMPT, MAX_REPLY = wire.REPLY_MIME, wire.CALLBACK_PROMPT, wire.MAX_REPLY
 
 
 class StudentError(Exception):
@@ -54,6 +52,15 @@ class RequestTimeout(KernelGone):
     """A request ran past the cell's time (the kernel was interrupted)."""
 
 
+class BadReply(KernelGone):
+    """The kernel sent something that breaks the protocol (a reply or a callback's arguments that are not
+    values, too many of them, nested too deeply, two replies to one request): the test fails, never the grader."""
+
+    def __init__(self, why: str):
+        super().__init__(f"the kernel's reply broke the grading protocol ({why}); this test cannot pass. "
+                         "Replies carry values only: was the kit's agent changed in your notebook?")
+
+
 class Kernel:
     """Requests to one kernel's agent. ``send(text) -> reply text`` is the transport."""
 
@@ -61,16 +68,23 @@ class Kernel:
         self._send = send
         self._callbacks: list = []   # grader functions a test passed in, by number
         self.requests = self.callbacks = 0  # counts, for profiles
+        self.broken: str | None = None      # why a message from the kernel broke the protocol (then every request fails)
+        self.sources: list[str] | None = None  # the student's code cells, from the notebook the grader holds
 
     def request(self, **req):
+        if req.get("op") not in wire.REQUESTS:
+            raise ValueError(f"no request {req.get('op')!r} in the protocol (wire.REQUESTS)")
         self.requests += 1
         text = self._send(json.dumps(req, separators=(",", ":"), allow_nan=False))
-        if not isinstance(text, str) or len(text) > MAX_REPLY:
-            raise KernelGone("the kernel sent no reply, or one too large")
-        try:
-            reply = json.loads(text)
-        except ValueError:
-            raise KernelGone("the kernel's reply is not in the format") from None
+        if not isinstance(text, str):
+            raise KernelGone("the kernel sent no reply")
+        try:  # the whole reply checked (values only, counted) before any of it is built
+            reply = wire.parse_values(text)
+            wire.measure(reply, MAX_REPLY)
+        except wire.WireError as exc:
+            raise BadReply(str(exc)) from None
+        if self.broken:  # a callback's arguments broke the protocol during this request
+            raise BadReply(self.broken)
         if not isinstance(reply, dict) or "ok" not in reply:
             raise KernelGone("the kernel's reply is not in the format")
         if not reply["ok"]:
@@ -78,7 +92,10 @@ class Kernel:
         return reply.get("value")
 
     def value(self, data):
-        return wire.decode(data, self._remote, limit=MAX_REPLY)
+        try:
+            return wire.decode(data, self._remote, limit=MAX_REPLY, values_only=True)
+        except wire.WireError as exc:
+            raise BadReply(str(exc)) from None
 
     def _remote(self, data) -> "Remote":
         return Remote(self, data)
@@ -100,9 +117,13 @@ class Kernel:
         try:
             if not prompt.startswith(CALLBACK_PROMPT):
                 return json.dumps({"ok": False, "error": "no input is given while grading"})
-            body = json.loads(prompt[len(CALLBACK_PROMPT):])
+            try:  # the arguments are the kernel's: values only, counted before anything is built
+                body = wire.parse_values(prompt[len(CALLBACK_PROMPT):])
+                args = wire.decode(body["args"], limit=MAX_REPLY, values_only=True) if isinstance(body, dict) else None
+            except wire.WireError as exc:
+                self.broken = self.broken or f"a callback's arguments: {exc}"
+                raise
             fn = self._callbacks[int(body["callback"])]
-            args = wire.decode(body["args"], limit=MAX_REPLY)
             return json.dumps({"ok": True, "value": wire.encode(fn(*args))}, separators=(",", ":"), allow_nan=False)
         except Exception as exc:  # the student's input(), a malformed request, or arguments the function refuses
             return json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:200]})
@@ -302,9 +323,10 @@ def is_kind(obj, name: str) -> bool:
     return name in kind(obj)
 
 
-def in_process(namespace: dict) -> Kernel:
+def in_process(namespace: dict, sources=None) -> Kernel:
     """A Kernel whose agent runs in this process over ``namespace`` (benchmarks, unit tests): the same
-    requests and the same format, without a sandbox."""
+    requests and the same format, without a sandbox. ``sources``: the code that made ``namespace`` (as a
+    notebook's code cells), for the checks that read the student's source."""
     from attnkit.kernel import agent
 
     def send(text):
@@ -318,6 +340,7 @@ def in_process(namespace: dict) -> Kernel:
         return json.dumps(reply, separators=(",", ":"), allow_nan=False)
 
     kernel = Kernel(send)
+    kernel.sources = list(sources) if sources is not None else None
     return kernel
 
 

@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnkit.kernel import wire
 
-REPLY_MIME = "text/vnd.attnkit.reply+json"
+REPLY_MIME = wire.REPLY_MIME
 ERROR_BYTES = 300
 BLANK = "_____"
 _objects: dict[int, object] = {}   # reference number -> object handed to the grader
@@ -60,7 +60,7 @@ def _ref(obj) -> dict:
             "callable": callable(obj)}
 
 
-CALLBACK_PROMPT = "\x00attnkit-callback:"   # an input request that carries a callback's arguments
+CALLBACK_PROMPT = wire.CALLBACK_PROMPT   # an input request that carries a callback's arguments
 _ask = None   # how a callback reaches the grader: input() of the current request (set by serve)
 
 
@@ -308,6 +308,8 @@ def _setattr(obj, name, value):
 
 def handle(request: dict, namespace: dict | None = None):
     op = request.get("op")
+    if op not in wire.REQUESTS:
+        raise wire.WireError(f"unknown request {op!r}")
     if op == "module_attr":  # an attribute of a module the kernel imported (e.g. the course helper's elu map)
         module = sys.modules.get(str(request["module"]))
         if module is None:
@@ -425,7 +427,7 @@ def serve(text: str) -> None:
     publish_display_data({REPLY_MIME: payload})
 
 
-COMM_TARGET = "attnkit.kernel.agent"
+COMM_TARGET = wire.COMM_TARGET
 
 
 def listen() -> None:

@@ -15,12 +15,19 @@ grader's that a test passes in (a similarity function, a feature map): the kerne
 sending its arguments back by value and receiving the result by value (attnkit/agent.py). Nothing is ever unpickled, evaluated or imported
 from a message: ``decode`` builds tensors from raw bytes of an allowed dtype, checks every size against
 the bytes it got and against ``limit`` (bytes in all), and refuses anything else with WireError.
+
+Direction matters. Requests (grader -> kernel) may use the compact forms ``$randn`` and ``$generator``,
+which make the receiver compute. What comes FROM the kernel (replies, a callback's arguments) is read
+with ``loads_values`` / ``decode(values_only=True)``: values only, and the whole message (JSON values,
+nesting, tensor bytes) counted against its budget before anything is built, so a small reply cannot
+make the grader allocate more than it was sent.
 """
 from __future__ import annotations
 
 import base64
 import json
 import math
+import re
 
 import torch
 
@@ -33,6 +40,17 @@ MAX_ITEMS = 100_000     # items in one container
 MAX_STR = 1 << 20       # characters in one string
 DEFAULT_LIMIT = 64 << 20  # bytes of tensor data in one message
 MAX_RANDN = 1 << 26       # elements of one tensor drawn on arrival ($randn)
+
+# -- the protocol between the grader (attnkit/grader/remote.py, channel.py) and the agent (attnkit/kernel/agent.py)
+REPLY_MIME = "text/vnd.attnkit.reply+json"   # the display type of the agent's reply to an execute_request
+CALLBACK_PROMPT = "\x00attnkit-callback:"     # an input request that carries a callback's arguments
+COMM_TARGET = "attnkit.kernel.agent"           # the comm the agent listens on
+REQUESTS = ("module_attr", "noop", "lookup", "getattr", "get", "setattr", "update", "own", "new", "release", "keep",
+            "call")                            # the ``op`` of every request the agent serves
+MAX_REPLY = 64 << 20        # characters of one message from the kernel (a reply, a callback's arguments)
+MAX_REPLY_VALUES = 250_000  # JSON values in one such message (the largest honest reply, 4096 recorded
+                            # intermediates with their shapes, holds ~60,000)
+COMPUTED = ("$randn", "$generator")   # entries that make the receiver compute: never accepted from the kernel
 
 
 class Randn:
@@ -103,14 +121,71 @@ def encode(value, ref=None, _depth=0):
     return ref(value)
 
 
-def decode(data, ref=None, limit=DEFAULT_LIMIT):
+def decode(data, ref=None, limit=DEFAULT_LIMIT, values_only=False):
     """The value that ``encode`` made (checked). ``ref(dict) -> object`` resolves ``$ref`` entries
-    (None: a ``$ref`` is an error)."""
+    (None: a ``$ref`` is an error). ``values_only`` (whatever came from the kernel): no entry that makes
+    this process compute, and the whole of ``data`` measured (``measure``) before anything is built."""
+    if values_only:
+        measure(data, limit)
     budget = [int(limit)]
-    return _decode(data, ref, budget, 0)
+    return _decode(data, ref, budget, 0, values_only)
 
 
-def _decode(data, ref, budget, depth):
+def measure(data, limit=DEFAULT_LIMIT, max_values=MAX_REPLY_VALUES) -> int:
+    """Check a parsed message from the kernel before anything is built from it: values only (no
+    ``$randn``, ``$generator``), at most ``max_values`` JSON values, nesting within MAX_DEPTH levels, every
+    container at most MAX_ITEMS, and the tensor bytes its shapes claim at most ``limit`` in all.
+    Returns those bytes; WireError otherwise. Iterative: a deep message cannot exhaust the stack."""
+    values, size, stack = 0, 0, [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        values += 1
+        if values > max_values:
+            raise WireError(f"more than {max_values} values in one message")
+        if depth > 3 * MAX_DEPTH + 4:  # a ``$dict`` level is three JSON levels (tag, pairs, pair)
+            raise WireError("nested too deeply")
+        if isinstance(node, str):
+            if len(node) > MAX_STR:  # tensor data is not reached here: ``$tensor`` bodies are skipped
+                raise WireError("string too long")
+            continue
+        if isinstance(node, list):
+            if len(node) > MAX_ITEMS:
+                raise WireError("too many items")
+            stack.extend((v, depth + 1) for v in node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        if len(node) > MAX_ITEMS:
+            raise WireError("too many items")
+        computed = [k for k in COMPUTED if k in node]
+        if computed:
+            raise WireError(f"a {computed[0]} entry: what the kernel sends carries values only")
+        spec = node.get("$tensor")
+        if isinstance(spec, dict):
+            size += _tensor_bytes(spec)
+            if size > limit:
+                raise WireError("tensors larger than the message limit")
+            values += len(spec)
+            continue
+        for key, v in node.items():
+            if not isinstance(key, str):
+                raise WireError("bad entry")
+            stack.append((v, depth + 1))
+    return size
+
+
+def _tensor_bytes(spec) -> int:
+    """The bytes a ``$tensor`` entry's dtype and shape claim (WireError if they are not in the format)."""
+    if spec.get("dtype") not in DTYPES or not isinstance(spec.get("shape"), list):
+        raise WireError("bad tensor")
+    shape = spec["shape"]
+    if len(shape) > 16 or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 40 for n in shape):
+        raise WireError("bad tensor shape")
+    dtype = DTYPES[spec["dtype"]]
+    return math.prod(shape) * (1 if dtype == torch.bool else torch.empty((), dtype=dtype).element_size())
+
+
+def _decode(data, ref, budget, depth, values_only=False):
     if depth > MAX_DEPTH:
         raise WireError("nested too deeply")
     if data is None or isinstance(data, (bool, int, float)):
@@ -122,19 +197,19 @@ def _decode(data, ref, budget, depth):
     if isinstance(data, list):
         if len(data) > MAX_ITEMS:
             raise WireError("too many items")
-        return [_decode(v, ref, budget, depth + 1) for v in data]
+        return [_decode(v, ref, budget, depth + 1, values_only) for v in data]
     if not isinstance(data, dict) or len(data) < 1:
         raise WireError(f"unexpected {type(data).__name__}")
     if "$tensor" in data:
         return _tensor(data["$tensor"], budget)
     if "$tuple" in data and isinstance(data["$tuple"], list):
-        return tuple(_decode(data["$tuple"], ref, budget, depth))
+        return tuple(_decode(data["$tuple"], ref, budget, depth, values_only))
     if "$dict" in data and isinstance(data["$dict"], list):
         out = {}
         for pair in data["$dict"]:
             if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], (str, int))):
                 raise WireError("bad dict entry")
-            out[pair[0]] = _decode(pair[1], ref, budget, depth + 1)
+            out[pair[0]] = _decode(pair[1], ref, budget, depth + 1, values_only)
         return out
     if "$float" in data and data["$float"] in ("nan", "inf", "-inf"):
         return float(data["$float"])
@@ -142,6 +217,8 @@ def _decode(data, ref, budget, depth):
         return DTYPES[data["$dtype"]]
     if "$device" in data:
         return torch.device(_device(data["$device"]))
+    if values_only and any(k in data for k in COMPUTED):
+        raise WireError("an entry that makes the grader compute: what the kernel sends carries values only")
     if "$randn" in data and isinstance(data["$randn"], dict):
         spec = data["$randn"]
         shape = spec.get("shape")
@@ -167,14 +244,9 @@ def _decode(data, ref, budget, depth):
 
 
 def _tensor(spec, budget):
-    if not isinstance(spec, dict) or spec.get("dtype") not in DTYPES or not isinstance(spec.get("shape"), list):
+    if not isinstance(spec, dict):
         raise WireError("bad tensor")
-    shape = spec["shape"]
-    if len(shape) > 16 or not all(isinstance(n, int) and 0 <= n < 1 << 40 for n in shape):
-        raise WireError("bad tensor shape")
-    dtype = DTYPES[spec["dtype"]]
-    count = math.prod(shape)
-    size = count * (1 if dtype == torch.bool else torch.empty((), dtype=dtype).element_size())
+    size, shape, dtype = _tensor_bytes(spec), spec["shape"], DTYPES[spec["dtype"]]
     budget[0] -= size
     if budget[0] < 0:
         raise WireError("tensors larger than the message limit")
@@ -198,3 +270,36 @@ def loads(text: str, ref=None, limit=DEFAULT_LIMIT):
     if len(text) > 2 * limit + (1 << 20):
         raise WireError("message too large")
     return decode(json.loads(text), ref, limit)
+
+
+def parse_values(text, max_chars=MAX_REPLY, max_values=MAX_REPLY_VALUES):
+    """The JSON of a message from the kernel, parsed only when it is small enough to parse safely: at most
+    ``max_chars`` characters and ``max_values`` JSON values (counted from its text before parsing, so a
+    message of a million empty lists is refused before it becomes a million objects). WireError otherwise."""
+    if not isinstance(text, str) or len(text) > max_chars:
+        raise WireError(f"a message over {max_chars} characters")
+    values = _separators(text)
+    if values > max_values:  # an upper bound (strings may hold separators): counted exactly then, in place
+        values -= sum(_separators(text, m.start(), m.end()) - 1 for m in _STRINGS.finditer(text))
+        if values > max_values:
+            raise WireError(f"more than {max_values} values in one message")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise WireError("nested too deeply") from None
+    except ValueError:
+        raise WireError("not JSON") from None
+
+
+def loads_values(text, ref=None, limit=MAX_REPLY):
+    """A whole message from the kernel (a callback's arguments): ``parse_values`` then ``decode(values_only)``."""
+    return decode(parse_values(text, limit), ref, limit, values_only=True)
+
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _separators(text: str, start: int = 0, end: int | None = None) -> int:
+    """One more than the values a JSON text can hold, at most (every value but the first follows a , [ or :)."""
+    end = len(text) if end is None else end
+    return text.count(",", start, end) + text.count("[", start, end) + text.count(":", start, end) + 1

@@ -768,9 +768,13 @@ def task(run_dir: str, round_no: int) -> int:
     why = gpu_refusal(course)
     if not why and run.data["options"].get("gpus") and not has_cuda():
         why = f"the task asked for a GPU (--gpus-per-task) but torch sees none on {node}"
-    mode = sandbox.detect()
+    try:
+        mode = sandbox.detect()
+        said = sandbox.describe(mode)
+    except sandbox.SandboxUnavailable as exc:  # a forced mode that does not work on this node
+        mode, said = "none", str(exc)
     if not why and mode == "none" and not run.data["options"].get("unsandboxed"):
-        why = (f"node {node} cannot sandbox the kernels ({sandbox.describe(mode)}): bubblewrap needs unprivileged "
+        why = (f"node {node} cannot sandbox the kernels ({said}): bubblewrap needs unprivileged "
                f"user namespaces there (kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0); ask the "
                f"cluster's admins, or grade elsewhere")
     if why:

@@ -246,3 +246,25 @@ def test_a_student_whose_task_dies_twice_is_scored_zero_with_the_reason(cluster,
     assert note.startswith(f"could not be graded: Slurm task {second}_0 was cancelled"), out
     assert note.endswith("(tried 2 times); scored 0"), note
     assert scores(base, ASSIGNMENT)["students"]["doomed"]["q12_scaled_dot_product"]["score"] == 0
+
+
+def test_a_node_that_cannot_sandbox_refuses_its_shard_and_says_what_it_lacks(tmp_path):
+    """Run as Slurm would on a node where no sandbox works, does a task grade nothing, exit 2, and leave the
+    reason (user namespaces named) for its students' "could not be graded" line?"""
+    from attnkit.sandbox import ENV_MODE
+
+    course = _small_course(tmp_path)
+    course.path("submitted", "alice", "hw").mkdir(parents=True)
+    folder = course.path("slurm", "hw-test")
+    for sub in ("results", "tasks", "out", "shards"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"assignment": "hw", "students": ["alice"], "options": {"workers": 1},
+                                                 "rounds": [{"job": "41", "shards": [["alice"]]}]}))
+    (folder / "shards" / "0-0.json").write_text(json.dumps(["alice"]))
+    env = {**os.environ, ENV_MODE: "none", "SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "0"}
+    proc = subprocess.run([sys.executable, "-m", "attnkit.slurm", "task", str(folder), "0"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert not any((folder / "results").iterdir())
+    why = slurm.task_reason(slurm.Run(folder), "41", 0, ("FAILED", "exit code 2:0"))
+    assert "cannot sandbox the kernels" in why and "user namespaces" in why, why

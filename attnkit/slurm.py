@@ -220,10 +220,13 @@ def _expand(ids: str) -> list[int]:
     return out
 
 
-def task_states(job: str) -> dict[int, tuple[str, str]]:
-    """{array index: (state, reason)} of the array job's tasks that Slurm still knows about."""
+def task_states(job: str) -> dict[int, tuple[str, str]] | None:
+    """{array index: (state, reason)} of the array job's tasks that Slurm still knows about; None when the
+    controller did not answer (busy, restarting): not knowing is never taken for "ended"."""
     states: dict[int, tuple[str, str]] = {}
     proc = subprocess.run([_need("scontrol"), "-o", "show", "job", job], capture_output=True, text=True)
+    if proc.returncode != 0 and "invalid job id" not in proc.stderr.lower():
+        return None
     for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
         f = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
         if "ArrayTaskId" not in f:
@@ -296,6 +299,9 @@ def follow(run: Run, progress: bool = True, stream=sys.stderr) -> None:
         job = run.data["rounds"][rnd]["job"]
         count = len(run.data["rounds"][rnd]["shards"])
         states = task_states(job)
+        if states is None:
+            time.sleep(POLL)
+            continue
         done = len(run.graded())
         if progress:
             width = 30

@@ -268,3 +268,35 @@ def test_a_node_that_cannot_sandbox_refuses_its_shard_and_says_what_it_lacks(tmp
     assert not any((folder / "results").iterdir())
     why = slurm.task_reason(slurm.Run(folder), "41", 0, ("FAILED", "exit code 2:0"))
     assert "cannot sandbox the kernels" in why and "user namespaces" in why, why
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_nothing_and_the_same_command_resumes(cluster, tmp_path):
+    """Does Ctrl-C while waiting leave the job running (exit 130, said), and does the same command again pick
+    the run up (no second job) and merge the student's grade?"""
+    import signal
+
+    from attnkit.release import generate
+    from attnkit.reports import scores
+
+    base = Course(ROOT).scratch_copy(notebooks=["q12_scaled_dot_product"], parent=str(tmp_path))
+    generate(base, ASSIGNMENT)
+    dest = base.path("submitted", "patient", ASSIGNMENT)
+    dest.mkdir(parents=True)
+    shutil.copy2(base.path("release", ASSIGNMENT, "q12_scaled_dot_product.ipynb"), dest)
+    env = {**os.environ, **cluster.env, "ATTNKIT_SLURM_POLL": "1"}
+    argv = [sys.executable, "-m", "attnkit", "--root", str(base.root), "autograde", ASSIGNMENT, "--on", "slurm"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    index = base.path("slurm", "jobs")
+    end = time.monotonic() + 120
+    while not (index.is_dir() and any(index.iterdir())) and time.monotonic() < end:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "nothing was cancelled" in out, out
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming the unfinished cluster run" in again.stderr
+    assert len(list(index.iterdir())) == 1  # the first job finished the work: none submitted again
+    assert _statuses(base)["patient"][0][:2] == ("q12_scaled_dot_product", "graded")
+    assert "patient" in scores(base, ASSIGNMENT)["students"]

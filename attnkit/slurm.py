@@ -23,6 +23,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import stat
@@ -694,7 +695,7 @@ def _scratch_base() -> str:
 
 
 def _scratch_course(course: Course, assignment: str, students: list[str]) -> Course:
-    dest = Path(tempfile.mkdtemp(prefix="attnkit-slurm-", dir=_scratch_base()))
+    dest = Path(tempfile.mkdtemp(prefix="attnkit-slurm-task-", dir=_scratch_base()))
     for name in ("course_config.py", "nbgrader_config.py"):
         if course.path(name).is_file():
             shutil.copy2(course.path(name), dest / name)
@@ -791,6 +792,8 @@ def task(run_dir: str, round_no: int) -> int:
     devices = devices_here()
     print(f"task {job}_{index} on {node}: {len(todo)} of {len(shard)} students to grade; hidden tests on "
           f"{', '.join(devices)}", file=sys.stderr)
+    # scancel, preemption, --time: Slurm sends SIGTERM before SIGKILL; exiting runs the finally below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     scratch = _scratch_course(course, assignment, todo) if todo else None
     try:
         extra = {"devices": devices, "node": node, "task": f"{job}_{index}"}

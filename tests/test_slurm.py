@@ -186,7 +186,7 @@ def test_slurm_batch_scores_equal_the_local_batch_and_a_killed_task_is_resubmitt
     proc = subprocess.Popen([sys.executable, "-m", "attnkit", "--root", str(remote.root), "autograde", ASSIGNMENT,
                              "--on", "slurm", "--tasks", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={**os.environ, **env})
-    killed, run = None, None
+    killed, killed_of, run = None, None, None
     end = time.monotonic() + 600
     while killed is None and time.monotonic() < end and proc.poll() is None:
         runs = list(remote.path("slurm").glob(f"{ASSIGNMENT}-*/run.json")) if remote.path("slurm").is_dir() else []
@@ -194,7 +194,7 @@ def test_slurm_batch_scores_equal_the_local_batch_and_a_killed_task_is_resubmitt
         if run is not None and run.data["rounds"]:
             first, second = run.data["rounds"][0]["shards"][1]
             if (run.result_dir(first) / "result.json").is_file():  # task 1 graded one student of two: kill it
-                killed = f"{run.jobs()[0]}_1"
+                killed, killed_of = f"{run.jobs()[0]}_1", second
                 subprocess.run(["scancel", killed], env=cluster.env, check=True)
         time.sleep(0.2)
     out, _ = proc.communicate(timeout=900)
@@ -207,6 +207,9 @@ def test_slurm_batch_scores_equal_the_local_batch_and_a_killed_task_is_resubmitt
     assert _parts(remote) == _parts(local)
     assert _statuses(remote) == _statuses(local)
     assert sorted(_statuses(remote)) == sorted(students)
+    left = [p for p in Path(slurm._scratch_base()).glob("attnkit-slurm-task-*")
+            if (p / "submitted" / killed_of).exists()]
+    assert not left, left  # the killed task removed its node-local copy (SIGTERM before SIGKILL)
     for s in students:  # the feedback's input, as locally
         assert sorted(p.name for p in remote.path("autograded", s, ASSIGNMENT).glob("*.ipynb")) == \
             sorted(p.name for p in local.path("autograded", s, ASSIGNMENT).glob("*.ipynb"))

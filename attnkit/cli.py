@@ -51,6 +51,10 @@ def _sandbox_line(allow: bool, what: str) -> bool:
 
 
 def cmd_autograde(args) -> int:
+    if args.on == "slurm" or args.collect:
+        from attnkit.slurm import cli
+
+        return cli(args, _assignments)
     try:
         return _autograde(args)
     except KeyboardInterrupt as stop:  # Ctrl-C: grades already written stay; the same command finishes
@@ -66,6 +70,11 @@ def _autograde(args) -> int:
 
     course = Course(args.root)
     if not _sandbox_line(args.unsandboxed_i_accept_the_risk, "submissions"):
+        return 2
+    from attnkit.slurm import gpu_refusal
+
+    if gpu_refusal(course):  # c.Cluster.require_gpu: never a CPU-only grade
+        print(f"error: refusing to grade: {gpu_refusal(course)}", file=sys.stderr)
         return 2
     status = 0
     for assignment in _assignments(course, [args.assignment] if args.assignment else None):
@@ -292,6 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--unsandboxed-i-accept-the-risk", action="store_true",
                    help="grade even where no sandbox works: submitted code then runs with the grader's rights")
+    s.add_argument("--on", choices=("local", "slurm"), default="local",
+                   help="slurm: one sbatch --array job over shards of the students (README: Grading on a cluster)")
+    s.add_argument("--partition", help="with --on slurm: the partition (sbatch --partition)")
+    s.add_argument("--tasks", type=int, default=None, help="with --on slurm: array tasks (default: one per 8 students)")
+    s.add_argument("--gpus-per-task", type=int, default=0,
+                   help="with --on slurm: GPUs per task (--gres=gpu:G); the hidden tests then run their CUDA cases")
+    s.add_argument("--time", help="with --on slurm: each task's time limit (sbatch --time, e.g. 01:00:00)")
+    s.add_argument("--no-wait", action="store_true", help="with --on slurm: print the job id and return")
+    s.add_argument("--collect", metavar="JOBID",
+                   help="wait for a cluster run (its first job id) and merge its results into the gradebook")
     s.set_defaults(func=cmd_autograde)
 
     s = sub.add_parser("feedback", help="HTML feedback per student, without hidden tests")

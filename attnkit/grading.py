@@ -255,8 +255,9 @@ def ensure_assignment(course: Course, assignment: str) -> None:
 
 
 def autograde(course: Course, assignment: str, students: list[str] | None = None, workers: int | None = None,
-              progress: bool = True, allow_unsandboxed: bool = False) -> list[StudentResult]:
+              progress: bool = True, allow_unsandboxed: bool = False, on_result=None) -> list[StudentResult]:
     """Grade the given (default: all submitted) students; returns one result per student, by id.
+    ``on_result(result)``: each student's result (JSON data) as soon as it is in the gradebook.
 
     Refuses (SandboxUnavailable) when no sandbox works here, unless ``allow_unsandboxed``."""
     from attnkit import sandbox
@@ -284,9 +285,11 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
     bar = Progress(len(students)) if progress else None
     root = str(course.root)
 
-    def on_result(result):
+    def _on_result(result):
         if bar:
             bar.step(result["student"])
+        if on_result:
+            on_result(result)
 
     def failed_result(student, done, reason, tries=1 + RETRIES):
         out = StudentResult(student, assignment, [NotebookResult.from_json(n) for n in done])
@@ -304,7 +307,7 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
 
     try:
         env = {sandbox.ENV_MODE: mode, GRADER_MEMORY_ENV: str(grader_memory_mb(course))}
-        results = run_batch(root, assignment, students, workers, env, on_result, notebooks,
+        results = run_batch(root, assignment, students, workers, env, _on_result, notebooks,
                             failed_result, ahead=lambda slot: start_ahead(root, assignment, slot),
                             limit=student_time_limit(course, assignment, notebooks)) if students else []
     except Interrupted as stop:

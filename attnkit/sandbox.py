@@ -436,6 +436,9 @@ def bwrap_argv(inner: list[str], *, uid: int, workfiles: dict, run_dir: str | No
         a = ["/bin/sh", "-c", f'exec "$@" {fd}<"$0"', program, *a, "--seccomp", str(fd)]
     mounted = ["/usr"]
     a += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev"]
+    # a GPU node: the kernel runs the CUDA cases (--dev alone hides the GPU's device files)
+    for gpu in sorted(f"/dev/{n}" for n in os.listdir("/dev") if n.startswith("nvidia")):
+        a += ["--dev-bind-try", gpu, gpu]
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
             a += ["--symlink", os.readlink(top), top]

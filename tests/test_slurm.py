@@ -1,0 +1,305 @@
+"""Grading on Slurm (attnkit/slurm.py): shards, the faithful scratch copy, the merge's validation, the GPU-only
+refusal, and a real single-node Slurm (Debian's slurm-wlm and munge, brought up by the fixture) that grades the
+demo's samples and a hostile submission with the same per-part scores as the local batch, resubmits a killed
+task's students, and scores 0 with the reason a student whose task died twice."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from attnkit import slurm
+from attnkit.course import Course
+from harness import kit
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSIGNMENT = "hw9"
+
+
+def test_every_student_is_in_exactly_one_shard():
+    """Are the students split into at most ``tasks`` shards, each student in exactly one, none empty?"""
+    students = [f"s{i:02d}" for i in range(11)]
+    for tasks in (1, 2, 3, 4, 11, 50):
+        groups = slurm.shards(students, tasks)
+        assert len(groups) <= tasks and all(groups)
+        assert sorted(s for g in groups for s in g) == students
+
+
+def test_array_ranges_expand():
+    """Does a compressed array range from scontrol ('0-2,5%2') expand to its task indices?"""
+    assert slurm._expand("0-2,5%2") == [0, 1, 2, 5]
+    assert slurm._expand("3") == [3]
+
+
+def test_scratch_copy_keeps_links_fifos_and_big_files_as_they_are(tmp_path):
+    """Does the node-local copy of a submission keep a symlink a symlink (never followed), a FIFO a FIFO, and a
+    file over the size cap a file of that size without reading it, so grading refuses each the same way?"""
+    from attnkit.grading import MAX_FILE_BYTES, submission_problems
+
+    secret = tmp_path / "instructor.ipynb"
+    secret.write_text("SECRET")
+    src = tmp_path / "submitted" / "alice" / "hw"
+    src.mkdir(parents=True)
+    (src / "q1.ipynb").write_text("{}")
+    (src / "link.ipynb").symlink_to(secret)
+    os.mkfifo(src / "pipe")
+    with open(src / "huge.bin", "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)
+    dest = tmp_path / "scratch" / "submitted" / "alice" / "hw"
+    slurm.copy_submission(src, dest)
+    assert (dest / "q1.ipynb").read_text() == "{}"
+    assert os.readlink(dest / "link.ipynb") == str(secret)
+    assert (dest / "pipe").is_fifo()
+    assert (dest / "huge.bin").stat().st_size == MAX_FILE_BYTES + 1
+    assert submission_problems(dest) == submission_problems(src)
+
+
+def _small_course(tmp_path) -> Course:
+    from harness import small_assignment
+
+    root = tmp_path / "course"
+    (root / "source" / "hw").mkdir(parents=True)
+    shutil.copy2(ROOT / "course_config.py", root / "course_config.py")
+    course = Course(root)
+    with course.gradebook() as gb:
+        small_assignment(gb)
+    return course
+
+
+def _run_with(course: Course, student: str, data: dict) -> slurm.Run:
+    folder = course.path("slurm", "hw-test")
+    (folder / "results" / student).mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"assignment": "hw", "students": [student], "options": {},
+                                                 "rounds": []}))
+    (folder / "results" / student / "result.json").write_text(json.dumps(data))
+    return slurm.Run(folder)
+
+
+def _result(student, auto_a):
+    return {"student": student, "devices": ["cpu"], "node": "n1", "task": "7_0",
+            "result": {"student": student, "assignment": "hw", "seconds": 1.0,
+                       "notebooks": [{"notebook": "q1_first", "status": "graded", "message": "", "seconds": 1.0}]},
+            "gradebook": {"timestamp": None, "notebooks": {"q1_first": {
+                "flagged": False, "late_submission_penalty": None,
+                "grades": {"t_a": {"auto_score": auto_a, "manual_score": None, "extra_credit": None,
+                                   "needs_manual_grade": False},
+                           "t_b": {"auto_score": 3.0, "manual_score": None, "extra_credit": None,
+                                   "needs_manual_grade": False}},
+                "comments": {}}}}}
+
+
+def test_merge_writes_scores_and_refuses_a_score_above_the_maximum(tmp_path):
+    """Does a task's result merge into the gradebook as it was graded, and is a result claiming more than a
+    part's maximum refused (nothing written, the student listed as could not be graded)?"""
+    from attnkit.reports import scores
+    from attnkit.results import load_report
+
+    course = _small_course(tmp_path)
+    run = _run_with(course, "alice", _result("alice", 2.0))
+    assert slurm.merge(run) == ["alice"]
+    assert scores(course, "hw")["students"]["alice"]["q1_first"]["cells"]["t_a"] == (2.0, 2.0)
+    assert slurm.merge(run) == []  # merged once: nothing new
+
+    run = _run_with(course, "mallory", _result("mallory", 200.0))
+    slurm.merge(run)
+    assert "mallory" not in scores(course, "hw")["students"]
+    note = load_report(course.root, "hw")["mallory"].notebooks[0].message
+    assert note.startswith("could not be graded: its cluster result was unreadable")
+
+
+def test_a_gpu_only_course_refuses_to_grade_without_a_gpu(tmp_path):
+    """With c.Cluster.require_gpu, does --on slurm without --gpus-per-task refuse before submitting anything
+    (exit 2, the setting named), and the local batch too on this machine without CUDA?"""
+    course = _small_course(tmp_path)
+    with open(course.path("course_config.py"), "a") as f:
+        f.write("\nc.Cluster.require_gpu = True\n")
+    (course.path("submitted", "alice", "hw")).mkdir(parents=True)
+    proc = kit(course.root, "autograde", "hw", "--on", "slurm")
+    assert proc.returncode == 2 and "c.Cluster.require_gpu = True" in proc.stderr, proc.stderr
+    assert not course.path("slurm").exists()
+    if not slurm.has_cuda():
+        proc = kit(course.root, "autograde", "hw", "--unsandboxed-i-accept-the-risk")
+        assert proc.returncode == 2 and "has none that torch can use" in proc.stderr, proc.stderr
+
+
+# ---------------------------------------------------------------------------------------- a real Slurm
+@pytest.fixture(scope="module")
+def cluster():
+    from attnkit.fixtures import slurm_cluster
+
+    why = slurm_cluster.why_not()
+    if why:
+        pytest.skip(why)
+    slurm_cluster.install()
+    with slurm_cluster.Cluster() as c:
+        yield c
+
+
+def _courses(tmp_path_factory):
+    """Two copies of one course (Q3 only): the demo's three samples and one hostile submission in each."""
+    from attnkit.fixtures.grade import submission_for
+    from attnkit.fixtures.hostile import HOSTILE
+    from attnkit.fixtures.tamper import Q3
+    from attnkit.notebooks import write
+    from attnkit.release import generate
+    from attnkit.samples import place
+
+    base = Course(ROOT).scratch_copy(notebooks=[Q3], parent=str(tmp_path_factory.mktemp("slurm")))
+    generate(base, ASSIGNMENT)
+    students = place(base, ASSIGNMENT)
+    hostile = next(f for f in HOSTILE if f.student == "hostile-gradebook-write")
+    dest = base.path("submitted", hostile.student, ASSIGNMENT)
+    dest.mkdir(parents=True)
+    write(submission_for(hostile, base), dest / f"{hostile.notebook}.ipynb")
+    other = base.root.parent / "cluster"
+    shutil.copytree(base.root, other, symlinks=True)
+    return base, Course(other), students + [hostile.student]
+
+
+def _parts(course: Course) -> list[dict]:
+    out = course.path("grades.csv")
+    kit(course.root, "export", ASSIGNMENT, "-o", str(out), check=True)
+    with open(out) as f:
+        return list(csv.DictReader(f))
+
+
+def _statuses(course: Course) -> dict:
+    data = json.loads(course.path("reports", f"{ASSIGNMENT}-autograde.json").read_text())
+    return {d["student"]: [(n["notebook"], n["status"], n["message"]) for n in d["notebooks"]] for d in data}
+
+
+@pytest.mark.slow
+def test_slurm_batch_scores_equal_the_local_batch_and_a_killed_task_is_resubmitted(cluster, tmp_path_factory):
+    """Graded through a real single-node Slurm (2 array tasks, one killed while grading), does every student
+    get exactly the local batch's per-part scores, statuses and messages, after one resubmission?"""
+    local, remote, students = _courses(tmp_path_factory)
+    env = {**cluster.env, "ATTNKIT_CELL_TIMEOUT": "20", "ATTNKIT_SLURM_POLL": "1"}
+    kit(local.root, "autograde", ASSIGNMENT, "--workers", "2", env=env, check=True)
+
+    proc = subprocess.Popen([sys.executable, "-m", "attnkit", "--root", str(remote.root), "autograde", ASSIGNMENT,
+                             "--on", "slurm", "--tasks", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, **env})
+    killed, killed_of, run = None, None, None
+    end = time.monotonic() + 600
+    while killed is None and time.monotonic() < end and proc.poll() is None:
+        runs = list(remote.path("slurm").glob(f"{ASSIGNMENT}-*/run.json")) if remote.path("slurm").is_dir() else []
+        run = slurm.Run(runs[0].parent) if runs else None
+        if run is not None and run.data["rounds"]:
+            first, second = run.data["rounds"][0]["shards"][1]
+            if (run.result_dir(first) / "result.json").is_file():  # task 1 graded one student of two: kill it
+                killed, killed_of = f"{run.jobs()[0]}_1", second
+                subprocess.run(["scancel", killed], env=cluster.env, check=True)
+        time.sleep(0.2)
+    out, _ = proc.communicate(timeout=900)
+    assert killed, out + cluster.logs()
+    assert proc.returncode == 0, out[-4000:] + cluster.logs()
+    assert f"Slurm task {killed} was cancelled" in out and "resubmitting them once" in out, out
+    run = slurm.Run(run.dir)
+    assert run.data["rounds"][1]["shards"] == [[second]]  # only the student it had not finished
+    assert "ran on cpu (no GPU on the node: CUDA cases skipped)" in out or slurm.has_cuda(), out
+    assert _parts(remote) == _parts(local)
+    assert _statuses(remote) == _statuses(local)
+    assert sorted(_statuses(remote)) == sorted(students)
+    left = [p for p in Path(slurm._scratch_base()).glob("attnkit-slurm-task-*")
+            if (p / "submitted" / killed_of).exists()]
+    assert not left, left  # the killed task removed its node-local copy (SIGTERM before SIGKILL)
+    for s in students:  # the feedback's input, as locally
+        assert sorted(p.name for p in remote.path("autograded", s, ASSIGNMENT).glob("*.ipynb")) == \
+            sorted(p.name for p in local.path("autograded", s, ASSIGNMENT).glob("*.ipynb"))
+
+
+@pytest.mark.slow
+def test_a_student_whose_task_dies_twice_is_scored_zero_with_the_reason(cluster, tmp_path):
+    """If the task holding a student is cancelled, and so is its resubmission, is the student scored 0,
+    "could not be graded: <the task's reason> (tried 2 times)", and does --no-wait then --collect finish it?"""
+    from attnkit.reports import scores
+
+    base = Course(ROOT).scratch_copy(notebooks=["q12_scaled_dot_product"], parent=str(tmp_path))
+    from attnkit.release import generate
+
+    generate(base, ASSIGNMENT)
+    dest = base.path("submitted", "doomed", ASSIGNMENT)
+    dest.mkdir(parents=True)
+    shutil.copy2(base.path("release", ASSIGNMENT, "q12_scaled_dot_product.ipynb"), dest)
+    env = {**cluster.env, "ATTNKIT_SLURM_POLL": "1"}
+    # hold the job so that it is cancelled before it starts, both times
+    proc = kit(base.root, "autograde", ASSIGNMENT, "--on", "slurm", "--no-wait",
+               env={**env, "SBATCH_HOLD": "1"}, check=True)
+    job = proc.stdout.strip().splitlines()[-1]
+    subprocess.run(["scancel", job], env=cluster.env, check=True)
+    collect = subprocess.Popen([sys.executable, "-m", "attnkit", "--root", str(base.root), "autograde",
+                                "--collect", job], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, **env, "SBATCH_HOLD": "1"})
+    index = base.path("slurm", "jobs")
+    end = time.monotonic() + 120
+    while len(list(index.iterdir())) < 2 and time.monotonic() < end:
+        time.sleep(0.3)
+    second = str(max(int(p.name) for p in index.iterdir()))
+    subprocess.run(["scancel", second], env=cluster.env, check=True)
+    out, _ = collect.communicate(timeout=300)
+    assert collect.returncode == 1, out
+    note = _statuses(base)["doomed"][0][2]
+    assert note.startswith(f"could not be graded: Slurm task {second}_0 was cancelled"), out
+    assert note.endswith("(tried 2 times); scored 0"), note
+    assert scores(base, ASSIGNMENT)["students"]["doomed"]["q12_scaled_dot_product"]["score"] == 0
+
+
+def test_a_node_that_cannot_sandbox_refuses_its_shard_and_says_what_it_lacks(tmp_path):
+    """Run as Slurm would on a node where no sandbox works, does a task grade nothing, exit 2, and leave the
+    reason (user namespaces named) for its students' "could not be graded" line?"""
+    from attnkit.sandbox import ENV_MODE
+
+    course = _small_course(tmp_path)
+    course.path("submitted", "alice", "hw").mkdir(parents=True)
+    folder = course.path("slurm", "hw-test")
+    for sub in ("results", "tasks", "out", "shards"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"assignment": "hw", "students": ["alice"], "options": {"workers": 1},
+                                                 "rounds": [{"job": "41", "shards": [["alice"]]}]}))
+    (folder / "shards" / "0-0.json").write_text(json.dumps(["alice"]))
+    env = {**os.environ, ENV_MODE: "none", "SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "0"}
+    proc = subprocess.run([sys.executable, "-m", "attnkit.slurm", "task", str(folder), "0"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert not any((folder / "results").iterdir())
+    why = slurm.task_reason(slurm.Run(folder), "41", 0, ("FAILED", "exit code 2:0"))
+    assert "cannot sandbox the kernels" in why and "user namespaces" in why, why
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_nothing_and_the_same_command_resumes(cluster, tmp_path):
+    """Does Ctrl-C while waiting leave the job running (exit 130, said), and does the same command again pick
+    the run up (no second job) and merge the student's grade?"""
+    import signal
+
+    from attnkit.release import generate
+    from attnkit.reports import scores
+
+    base = Course(ROOT).scratch_copy(notebooks=["q12_scaled_dot_product"], parent=str(tmp_path))
+    generate(base, ASSIGNMENT)
+    dest = base.path("submitted", "patient", ASSIGNMENT)
+    dest.mkdir(parents=True)
+    shutil.copy2(base.path("release", ASSIGNMENT, "q12_scaled_dot_product.ipynb"), dest)
+    env = {**os.environ, **cluster.env, "ATTNKIT_SLURM_POLL": "1"}
+    argv = [sys.executable, "-m", "attnkit", "--root", str(base.root), "autograde", ASSIGNMENT, "--on", "slurm"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    index = base.path("slurm", "jobs")
+    end = time.monotonic() + 120
+    while not (index.is_dir() and any(index.iterdir())) and time.monotonic() < end:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "nothing was cancelled" in out, out
+    again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming the unfinished cluster run" in again.stderr
+    assert len(list(index.iterdir())) == 1  # the first job finished the work: none submitted again
+    assert _statuses(base)["patient"][0][:2] == ("q12_scaled_dot_product", "graded")
+    assert "patient" in scores(base, ASSIGNMENT)["students"]

@@ -270,8 +270,8 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
             f"(apt-get install -y bubblewrap) or pass --unsandboxed-i-accept-the-risk.")
     config = course.api().config
     kernels = config.CourseKernelManager if "CourseKernelManager" in config else {}
-    print(sandbox.describe_limits(mode, kernels.get("memory_limit_mb", 4096), kernels.get("cgroup_memory_mb", 0)),
-          file=sys.stderr)  # below the sandbox line
+    print(sandbox.describe_limits(mode, kernels.get("memory_limit_mb", 4096), kernels.get("cgroup_memory_mb", 0),
+                                  kernels.get("max_processes", 256)), file=sys.stderr)  # below the sandbox line
     if mode == "setpriv":  # the fallback's kernels run as another uid: take its rights off the secrets
         sandbox.protect(str(course.root), os.path.dirname(sandbox.KIT_DIR))
     sandbox.sweep()  # what killed grading processes left (kernels' cgroups, run folders' mounts)

@@ -106,7 +106,7 @@ def probe(mode: str) -> str | None:
                 seccomp.disable(f"its launcher failed: {err or rc}")
         # the kernel runs this Python as that uid, straight from the host's folders: each must be
         # readable by it (a venv under a 0700 folder such as mktemp -d's is not)
-        rc, err = _run([SETPRIV, *_setpriv_args(UID_BASE), "--", sys.executable, "-c", "import ipykernel"], timeout=60)
+        rc, err = _run([SETPRIV, *_setpriv_args(UID_BASE), "--", python_exe(), "-c", "import ipykernel"], timeout=60)
         return None if rc == 0 else (f"the Python environment ({sys.prefix}) cannot be run by an unprivileged uid: "
                                      f"{err or rc}")
     if not os.path.exists(BWRAP):
@@ -142,6 +142,10 @@ def describe(mode: str) -> str:
     why = (f"forced by {ENV_MODE}={mode}" if os.environ.get(ENV_MODE, "").strip() == mode
            else f"bwrap: {probe('bwrap')}" + ("" if mode == "setpriv" else f"; setpriv: {probe('setpriv')}"))
     if mode == "bwrap":
+        if os.geteuid() != 0:  # no uid of its own: the kernel is the grader's uid inside a user namespace
+            return ("sandbox: bubblewrap in an unprivileged user namespace (own PID/mount/network namespaces, "
+                    f"no view of the course; the kernel runs as the grader's own uid, not a uid of its own; "
+                    f"{seccomp.describe()})")
         return (f"sandbox: bubblewrap (own PID/mount/network namespaces, unprivileged uid, no view of the course; "
                 f"{seccomp.describe()})")
     if mode == "setpriv":
@@ -175,12 +179,98 @@ def _cgroup_v2_parent() -> str | None:
     return None
 
 
+def _own_cgroup_v2() -> str | None:
+    try:
+        with open("/proc/self/cgroup") as f:
+            return next(l.split("::", 1)[1].strip() for l in f if l.startswith("0::"))
+    except (OSError, StopIteration):
+        return None
+
+
+def _owned(folder: str, uid: int) -> bool:
+    """Was ``folder`` delegated to ``uid`` (systemd chowns the folder and the files that let it manage its subtree)?"""
+    try:
+        return all(os.stat(os.path.join(folder, n)).st_uid == uid for n in ("", "cgroup.procs", "cgroup.subtree_control"))
+    except OSError:
+        return False
+
+
+def delegated_subtree(root: str = CGROUP_V2, own: str | None = None, uid: int | None = None) -> tuple[str | None, str]:
+    """(top, "") of the cgroup v2 subtree delegated to ``uid`` that holds this process (``own``: its cgroup), where
+    systemd gives an ordinary user one (user@UID.service; ``systemd-run --user --scope -p Delegate=yes``) with
+    the memory controller; else (None, why not)."""
+    uid = os.geteuid() if uid is None else uid
+    if not os.path.exists(os.path.join(root, "cgroup.controllers")):
+        return None, "this host has cgroup v1, and only cgroup v2 delegates a subtree to an ordinary user"
+    own = _own_cgroup_v2() if own is None else own
+    if own is None:
+        return None, "this process is in no cgroup v2"
+    parts, top = [p for p in own.split("/") if p], None
+    for i in range(len(parts), 0, -1):  # up from its own cgroup while the user owns the folder: the subtree's top
+        if not _owned(os.path.join(root, *parts[:i]), uid):
+            break
+        top = os.path.join(root, *parts[:i])
+    if top is None:
+        return None, (f"its cgroup ({own}) is in no subtree delegated to uid {uid} (run the kit under "
+                      f"systemd-run --user --scope -p Delegate=yes)")
+    try:
+        with open(os.path.join(top, "cgroup.controllers")) as f:
+            controllers = f.read().split()
+    except OSError as exc:
+        return None, f"the delegated subtree {top}: {exc.strerror or exc}"
+    if "memory" not in controllers:
+        return None, (f"the subtree delegated to uid {uid} ({top}) has no memory controller "
+                      f"(cgroup.controllers: {' '.join(controllers) or 'none'})")
+    return top, ""
+
+
+def delegated_parent(top: str) -> str:
+    """The folder in a delegated subtree under which kernel cgroups go, with memory (and pids) enabled for its
+    children. cgroup v2 gives controllers only to children of a cgroup without processes of its own, so the
+    processes in ``top`` (the kit's own scope) first move to a leaf beside it, as container runtimes do."""
+    def enable(folder):
+        with open(os.path.join(folder, "cgroup.controllers")) as f:
+            have = f.read().split()
+        with open(os.path.join(folder, "cgroup.subtree_control")) as f:
+            on = f.read().split()
+        want = [f"+{c}" for c in ("memory", "pids") if c in have and c not in on]
+        if want:
+            with open(os.path.join(folder, "cgroup.subtree_control"), "w") as f:
+                f.write(" ".join(want))
+
+    with open(os.path.join(top, "cgroup.procs")) as f:
+        pids = f.read().split()
+    if pids:
+        leaf = os.path.join(top, "attnkit-grader")
+        os.makedirs(leaf, exist_ok=True)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError), open(os.path.join(leaf, "cgroup.procs"), "w") as f:
+                f.write(pid)
+    enable(top)
+    parent = os.path.join(top, "attnkit")
+    os.makedirs(parent, exist_ok=True)
+    enable(parent)
+    return parent
+
+
 @lru_cache(maxsize=None)
 def memory_cgroups() -> tuple[str | None, str]:
     """(kind, parent folder) where per-kernel memory cgroups can be made: kind "v2" (memory.max) or
-    "v1" (memory.limit_in_bytes); (None, why not) where the host offers neither writable."""
-    if not sys.platform.startswith("linux") or os.geteuid() != 0:
-        return None, "needs root on Linux"
+    "v1" (memory.limit_in_bytes); (None, why not) where the host offers neither writable. An ordinary
+    user gets them only in a cgroup v2 subtree delegated to them."""
+    if not sys.platform.startswith("linux"):
+        return None, "needs Linux"
+    if os.geteuid() != 0:
+        top, why = delegated_subtree()
+        if top is None:
+            return None, f"not root, and {why}"
+        try:
+            parent = delegated_parent(top)
+            KernelCgroup(64, "v2", parent).remove()
+            _sweep(parent)
+            return "v2", parent
+        except OSError as exc:
+            return None, f"not root, and the subtree delegated to uid {os.geteuid()} ({top}): {exc.strerror or exc}"
     tried = []
     parent = _cgroup_v2_parent() if os.path.exists(os.path.join(CGROUP_V2, "cgroup.controllers")) else None
     if parent:
@@ -228,7 +318,7 @@ def _sweep(parent: str) -> None:
 class KernelCgroup:
     """One kernel's memory cgroup: ``limit_mb`` for everything its processes hold."""
 
-    def __init__(self, limit_mb: int, kind: str, parent: str):
+    def __init__(self, limit_mb: int, kind: str, parent: str, pids: int = 0):
         global _cgroups_made
         _cgroups_made += 1
         self.kind = kind
@@ -239,6 +329,8 @@ class KernelCgroup:
             if kind == "v2":
                 self._write("memory.max", limit)
                 self._write("memory.swap.max", "0", optional=True)
+                if pids:  # processes and threads of the whole kernel, whatever its uid (RLIMIT_NPROC is per uid)
+                    self._write("pids.max", str(pids), optional=True)
             else:
                 self._write("memory.limit_in_bytes", limit)
                 self._write("memory.memsw.limit_in_bytes", limit, optional=True)  # no swapping past it
@@ -303,9 +395,10 @@ class KernelCgroup:
                 time.sleep(0.02)
 
 
-def describe_limits(mode: str, memory_mb: int = 4096, cgroup_mb: int = 0) -> str:
+def describe_limits(mode: str, memory_mb: int = 4096, cgroup_mb: int = 0, pids: int = 256) -> str:
     """One line: which memory limit is in force for a kernel, and where its IPC folder lives
-    (``cgroup_mb``: the cgroup's limit, 0 = CourseKernelManager's default for ``memory_mb``)."""
+    (``cgroup_mb``: the cgroup's limit, 0 = CourseKernelManager's default for ``memory_mb``; ``pids``: its
+    max_processes, also each kernel cgroup's pids.max where the cgroup has the pids controller)."""
     cgroup_mb = cgroup_mb or (memory_mb + 1024 if memory_mb > 0 else 0)
     if mode == "none":
         return f"memory: RLIMIT_DATA {memory_mb} MiB only (no cgroup: unsandboxed)"
@@ -316,7 +409,14 @@ def describe_limits(mode: str, memory_mb: int = 4096, cgroup_mb: int = 0) -> str
         return (f"memory: NO cgroup limit, only RLIMIT_DATA {memory_mb} MiB (memfd_create and shared memory are not "
                 f"counted): {where}; {ipc}")
     knob = "memory.max" if kind == "v2" else "memory.limit_in_bytes"
-    return (f"memory: cgroup {kind} {knob} = {cgroup_mb} MiB per kernel, all its processes (memfd and shared "
+    extra = ""
+    if kind == "v2":
+        with contextlib.suppress(OSError), open(os.path.join(where, "cgroup.subtree_control")) as f:
+            if "pids" in f.read().split():
+                extra += f", pids.max = {pids}"
+        if os.geteuid() != 0:
+            extra += f" (in the subtree delegated to uid {os.geteuid()}: {os.path.dirname(where)})"
+    return (f"memory: cgroup {kind} {knob} = {cgroup_mb} MiB per kernel{extra}, all its processes (memfd and shared "
             f"memory counted), RLIMIT_DATA {memory_mb} MiB per process; {ipc}")
 
 
@@ -396,6 +496,12 @@ def _setpriv_args(uid: int) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- the bwrap command
+def python_exe() -> str:
+    """This venv's interpreter with its folder resolved: the path the sandbox binds (``_python_roots``), whatever
+    symlinks the kit was reached through (the last link, venv/bin/python -> base, stays: it finds the venv)."""
+    return os.path.join(os.path.realpath(os.path.dirname(sys.executable)), os.path.basename(sys.executable))
+
+
 def _python_roots() -> list[str]:
     """The venv and the base interpreter it links to (read-only in the sandbox)."""
     roots = [sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))]
@@ -477,7 +583,7 @@ def bwrap_argv(inner: list[str], *, uid: int, workfiles: dict, run_dir: str | No
     for name, path in sorted(workfiles.items()):
         a += ["--ro-bind", path, f"{SANDBOX_HOME}/{name}"]
     a += ["--chdir", SANDBOX_HOME]
-    base = {"PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin", "HOME": SANDBOX_HOME,
+    base = {"PATH": f"{os.path.dirname(python_exe())}:/usr/bin:/bin", "HOME": SANDBOX_HOME,
             "TMPDIR": f"{SANDBOX_HOME}/.tmp", "LANG": "C.UTF-8", "PYTHONPATH": SANDBOX_KIT,
             "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1", "MPLCONFIGDIR": f"{SANDBOX_HOME}/.tmp"}
     for k, v in {**base, **env}.items():
@@ -614,7 +720,7 @@ class Zygote:
         ours, theirs = socket.socketpair()
         try:
             # the control channel is an inherited socket: nothing in the sandbox's files a notebook could replace
-            argv = bwrap_argv([sys.executable, "-m", "attnkit.kernel", "--zygote", str(theirs.fileno()),
+            argv = bwrap_argv([python_exe(), "-m", "attnkit.kernel", "--zygote", str(theirs.fileno()),
                                ",".join(preload)], uid=uid,
                               workfiles=files, run_dir=runs, env=env, scratch_mb=scratch_mb, zygote=True,
                               keep_fds=(theirs.fileno(),))
@@ -1072,7 +1178,7 @@ class CourseKernelManager(AsyncKernelManager):
         if os.environ.get("NBGRADER_EXECUTION"):
             env["NBGRADER_EXECUTION"] = os.environ["NBGRADER_EXECUTION"]
         # interrupts go over the control channel: a signal to bwrap would not reach the kernel
-        return KernelSpec(argv=[sys.executable, "-m", "attnkit.kernel", "-f", "{connection_file}"],
+        return KernelSpec(argv=[python_exe(), "-m", "attnkit.kernel", "-f", "{connection_file}"],
                           display_name=self.display_name, language="python", env=env,
                           interrupt_mode="message" if mode == "bwrap" else "signal")
 
@@ -1118,7 +1224,7 @@ class CourseKernelManager(AsyncKernelManager):
             self._drop_cgroup()
             kind, parent = memory_cgroups()
             if kind is not None and self.cgroup_limit() > 0:
-                self._cgroup = KernelCgroup(self.cgroup_limit(), kind, parent)
+                self._cgroup = KernelCgroup(self.cgroup_limit(), kind, parent, pids=self.max_processes)
                 kernel_cmd = self._cgroup.wrap(kernel_cmd)  # a forked (warm) kernel is moved in at launch
         return kernel_cmd, kw
 

@@ -204,7 +204,7 @@ def test_python_version_is_stated_one_way():
 
     tested = f"{sys.version_info[0]}.{sys.version_info[1]}"
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert re.search(r'requires-python = ">=(\d+\.\d+)"', pyproject).group(1) == tested
+    assert re.search(r'requires-python = ">=(\d+\.\d+)[,"]', pyproject).group(1) == tested
     readme = (ROOT / "README.md").read_text()
     stated = set(re.findall(r"Python (3\.\d+)", readme + bundle.README))
     assert stated == {tested}, stated

@@ -1229,6 +1229,9 @@ class CourseExecute(Execute):
                               "it and scores what is left 0); 0 = the per-cell timeout x the code cells + "
                               "120 s per notebook.").tag(config=True)
     store_widget_state = Bool(False, help="Grading keeps no widget state (a notebook could flood it).")
+    diagnoses = Bool(True, help="A failed part's message names the likely mistake (a known wrong variant its output "
+                     "matches); False leaves it out (some staff publish diagnoses after the deadline). Gradescope "
+                     "grades with the same configuration.").tag(config=True)
     _caps = None   # CapOutputs, applied to each output as it arrives
     _cell_budget = None
 

@@ -103,7 +103,11 @@ class Kernel:
             body = json.loads(prompt[len(CALLBACK_PROMPT):])
             fn = self._callbacks[int(body["callback"])]
             args = wire.decode(body["args"], limit=MAX_REPLY)
-            return json.dumps({"ok": True, "value": wire.encode(fn(*args))}, separators=(",", ":"), allow_nan=False)
+            kwargs = wire.decode(body["kwargs"], limit=MAX_REPLY) if "kwargs" in body else {}
+            if not isinstance(args, list) or not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+                raise TypeError("arguments not in the format")
+            return json.dumps({"ok": True, "value": wire.encode(fn(*args, **kwargs))}, separators=(",", ":"),
+                              allow_nan=False)
         except Exception as exc:  # the student's input(), a malformed request, or arguments the function refuses
             return json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:200]})
 

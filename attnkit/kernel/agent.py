@@ -71,11 +71,13 @@ class _Callback:
     def __init__(self, number: int):
         self.number = number
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):  # any call the API allows: positional or keyword (mask=mask)
         if _ask is None:
             raise RuntimeError("a grader function can be called only while the grader waits for it")
-        reply = _ask(CALLBACK_PROMPT + json.dumps({"callback": self.number, "args": wire.encode(list(args))},
-                                                  separators=(",", ":"), allow_nan=False))
+        message = {"callback": self.number, "args": wire.encode(list(args))}
+        if kwargs:
+            message["kwargs"] = wire.encode({str(k): v for k, v in kwargs.items()})
+        reply = _ask(CALLBACK_PROMPT + json.dumps(message, separators=(",", ":"), allow_nan=False))
         reply = json.loads(reply)
         if not isinstance(reply, dict) or not reply.get("ok"):
             why = reply.get("error") if isinstance(reply, dict) and isinstance(reply.get("error"), str) else "?"

@@ -404,6 +404,22 @@ def build_alone(part, label, cls, *args):
     return obj
 
 
+def own_instance(cls, d_model, num_heads):
+    """Your own instance ``cls(d_model, num_heads)``, built by your ``__init__`` with any statement of it that raises
+    (another blank) jumped over, so every attribute it sets exists; a bare one with the API's attributes (d_model,
+    num_heads, d_k) only when ``__init__`` cannot finish. Checks of one method run on it, as the grader's do."""
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
+    inits = [c.__dict__["__init__"] for c in cls.__mro__ if "__init__" in c.__dict__ and c is not torch.nn.Module
+             and c is not object]
+    obj = cls.__new__(cls)
+    try:
+        if run_lines(cls.__init__, obj, d_model, num_heads, functions=inits).error is None:
+            return obj
+    except Exception:  # noqa: BLE001 (then a bare instance)
+        pass
+    return bare(cls, d_model=d_model, num_heads=num_heads, d_k=d_model // num_heads)
+
+
 def whole_attention(part, fn, Q, K, V):
     """For a method rewritten so that its blanks cannot be found: the whole method, as the graded test does,
     against torch's own scaled dot-product attention (no mask)."""

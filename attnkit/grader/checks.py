@@ -16,7 +16,9 @@ import textwrap
 
 import torch
 
-from attention_checks import as_number, assert_close, blank_words, close, growth_exponents, tolerance  # noqa: F401  (one tolerance rule, written there)
+# one tolerance rule and one list of classic mistakes, written there
+from attention_checks import (as_number, assert_close, blank_words, close, growth_exponents, likely_mistake,  # noqa: F401
+                              mha_variants, tolerance)
 
 _Tensor = torch.Tensor
 
@@ -411,12 +413,41 @@ def alone_or_whole(part, kernel, cls, check):
     except KernelGone:
         raise
     except Exception as exc:  # noqa: BLE001 (a failed check, or the student's error: e.g. the method is gone)
-        if not (isinstance(exc, NotIsolable) or _methods_gone(kernel, cls, part)):
+        if "blank `_____`" in str(exc):  # a blank earns nothing, however right the rest is
             raise
+        if not (isinstance(exc, NotIsolable) or _methods_gone(kernel, cls, part)):
+            # graded alone and failed: isolation gives partial credit, it never takes points from a layer that
+            # is right as a whole and runs this part's method (the student's own layer, in its own shape)
+            if not (layer_right(kernel, cls) and _exercised(kernel, cls, part)):
+                raise
+            print(f"ok  {part}: graded with your whole layer (it matches torch.nn.MultiheadAttention and runs this "
+                  "part), as this part could not be graded on its own in your layer's shape")
+            return
         if not layer_right(kernel, cls):
             raise
         print(f"ok  {part}: graded with your whole layer (it matches torch.nn.MultiheadAttention), "
               "as this part could not be graded on its own")
+
+
+def _exercised(kernel, cls, part) -> bool:
+    """Does the student's own layer's forward run the method(s) of ``part`` (e.g. split_heads for (g))? forward
+    itself for (h), and the projections of (a)-(c), always."""
+    from attnkit.grader.remote import KernelGone, StudentError
+    names = {"(d)": "scaled_dot_product_attention", "(e)": "scaled_dot_product_attention",
+             "(f)": "scaled_dot_product_attention", "(g)": "split_heads"}
+    name = names.get(part.split()[0])
+    if name is None:
+        return True
+    try:
+        fn = kernel.getattr(cls, name)
+        m = cls(12, 3)
+        x = torch.randn(2, 4, 12, generator=torch.Generator().manual_seed(1827))
+        run = kernel.call_traced(m, x, x, x, functions=[fn])
+    except KernelGone:
+        raise
+    except StudentError:
+        return False
+    return run.error is None and name in run.entered
 
 
 def _methods_gone(kernel, cls, part) -> bool:
@@ -450,53 +481,15 @@ DIAGNOSES = _contextvars.ContextVar("diagnoses", default=True)   # the course's 
 
 
 def diagnosis(got, variants, rtol=None, atol=None) -> str:
-    """" (likely: <sentence>)" for the first of ``variants`` ({sentence: tensor}) that the student's output ``got``
-    matches; "" when none does, when ``got`` is no tensor, or when the course turned diagnoses off."""
-    if not DIAGNOSES.get() or not isinstance(got, _Tensor):
-        return ""
-    for sentence, value in variants.items():
-        if (isinstance(value, _Tensor) and tuple(value.shape) == tuple(got.shape)
-                and close(got, value.to(dtype=got.dtype, device=got.device), rtol, atol)):
-            return f" (likely: {sentence})"
-    return ""
+    """" (likely: <sentence>)" for the first of ``variants`` ({sentence: tensor} or [(sentence, tensor)]) that the
+    student's output ``got`` matches (attention_checks.likely_mistake); "" when none does, or when the course
+    turned diagnoses off."""
+    return likely_mistake(got, variants, rtol, atol) if DIAGNOSES.get() else ""
 
 
-def _mha(x, kv, mask, weights, h, *, scale="d_k", axis=-1, fill=-1e9, invert=False, split="transpose"):
-    """Multi-head attention in float64 with the layer's weights [W_q.weight, W_q.bias, ... W_o.bias], one mistake
-    switched on: the scores' scaling, the softmax axis, the mask's fill or sense, the heads' split."""
-    w = [t.double() for t in weights]
-    x, kv = x.double(), kv.double()
-    b, lq, d = x.shape
-    lk, dk = kv.shape[1], d // h
-    q, k, v = x @ w[0].T + w[1], kv @ w[2].T + w[3], kv @ w[4].T + w[5]
-
-    def heads(t, n):
-        if split == "view":  # (B, L, d) read as (B, h, L, d_k): the rows of the heads are mixed
-            return t.reshape(b, h, n, dk)
-        return t.reshape(b, n, h, dk).transpose(1, 2)  # (B, h, L, d_k)
-    s = heads(q, lq) @ heads(k, lk).transpose(-2, -1)
-    s = s / {"d_k": math.sqrt(dk), "d_model": math.sqrt(d), "none": 1.0}[scale]
-    if mask is not None:
-        s = s.masked_fill((mask != 0) if invert else (mask == 0), fill)
-    o = softmax_ref(s, axis) @ heads(v, lk)                       # (B, h, Lq, d_k)
-    o = o.reshape(b, lq, d) if split == "view" else o.transpose(1, 2).reshape(b, lq, d)
-    return o @ w[6].T + w[7]
-
-
-def layer_variants(x, kv, mask, weights, h) -> dict:
-    """{sentence: the output of a layer with that classic mistake}, for ``diagnosis``."""
-    out = {"the scores are QKᵀ without the 1/√d_k scaling": _mha(x, kv, mask, weights, h, scale="none"),
-           "the scores are divided by √d_model instead of √d_k": _mha(x, kv, mask, weights, h, scale="d_model"),
-           "the softmax normalises over the queries (axis -2) instead of the keys":
-               _mha(x, kv, mask, weights, h, axis=-2),
-           "the heads are split with view alone, without the transpose that puts the head axis first":
-               _mha(x, kv, mask, weights, h, split="view")}
-    if mask is not None:
-        out["the mask is inverted: the positions it keeps are the ones filled with -1e9"] = \
-            _mha(x, kv, mask, weights, h, invert=True)
-        out["masked scores are filled with a tiny number (about 0) instead of a large negative one (-1e9)"] = \
-            _mha(x, kv, mask, weights, h, fill=1e-9)
-    return out
+def layer_variants(x, kv, mask, weights, h) -> list:
+    """[(sentence, the output of a layer with that classic mistake)] (attention_checks.mha_variants), for ``diagnosis``."""
+    return mha_variants(x, kv, mask, weights, h)
 
 
 def assert_layer(got, want, *, part, what, x, kv, mask, weights, heads):

@@ -177,8 +177,11 @@ class Kernel:
         skipped = [{"line": s.get("line"), "assigns": s.get("assigns") if isinstance(s.get("assigns"), str) else None,
                     "error": student_error(s.get("error"))} for s in reply["skipped"][:8] if isinstance(s, dict)]
         error = student_error(reply["error"]) if reply.get("error") else None
-        return Trace(None if error else self.value(reply.get("value")), error,
-                     [(n, v) for n, v in history if isinstance(n, str)], skipped)
+        trace = Trace(None if error else self.value(reply.get("value")), error,
+                      [(n, v) for n, v in history if isinstance(n, str)], skipped)
+        entered = reply.get("entered")
+        trace.entered = {str(n)[:100] for n in entered[:64]} if isinstance(entered, list) else set()
+        return trace
 
     def call_recording(self, target, *args, limit=1024, **kwargs):
         """(value, error, tensors): the call's value (or the StudentError it raised) and the floating-point
@@ -239,6 +242,7 @@ class Trace:
 
     def __init__(self, value, error, history, skipped):
         self.value, self.error, self.history, self.skipped = value, error, history, skipped
+        self.entered = set()   # names of the traced functions that ran
 
     def first(self, name):
         """The first value bound to ``name``, or None."""

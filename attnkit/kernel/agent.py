@@ -148,6 +148,7 @@ class _Tracer:
         self.standins, self.limit = dict(standins or {}), limit
         self.replace = {n for n in replace if n in self.standins}
         self.history, self._last, self.elements, self._replaced = [], {}, 0, set()
+        self.entered = set()   # the names of the traced functions that ran (did forward call split_heads?)
 
     def __enter__(self):
         self.previous = sys.gettrace()
@@ -158,7 +159,10 @@ class _Tracer:
         sys.settrace(self.previous)
 
     def _global(self, frame, event, arg):
-        return self._local if frame.f_code in self.codes else None
+        if frame.f_code in self.codes:
+            self.entered.add(frame.f_code.co_name[:100])
+            return self._local
+        return None
 
     def _local(self, frame, event, arg):
         if event in ("line", "return") and self.watch:
@@ -367,7 +371,7 @@ def handle(request: dict, namespace: dict | None = None):
             tracer, value, error, skipped = _run(target, args, kwargs, spec)
             history = [[name, value] for name, value in tracer.history if _by_value(value)]
             return {"value": _out(value), "error": error, "history": wire.encode(history, _ref),
-                    "skipped": skipped}
+                    "skipped": skipped, "entered": sorted(tracer.entered)[:64]}
         intermediates = request.get("intermediates")
         if intermediates:  # every floating-point tensor torch computed during the call
             with _Intermediates(min(int(intermediates), 4096)) as rec:

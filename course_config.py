@@ -57,6 +57,9 @@ c.CourseExecute.student_timeout = int(os.environ.get("ATTNKIT_STUDENT_TIMEOUT", 
 # Every cell runs: no tag skips one (NormaliseSubmission already drops the submission's tags).
 c.Execute.skip_cells_with_tag = "attnkit: no cell is ever skipped"
 c.Execute.allow_error_names = []
+# A failed part's message names the likely mistake when its output matches a known wrong variant (never an input
+# or the answer); False leaves diagnoses out, e.g. until the deadline has passed. Gradescope follows this setting.
+c.CourseExecute.diagnoses = True
 c.CourseKernelManager.memory_limit_mb = 4096  # RLIMIT_DATA, per process
 # each kernel's memory cgroup, where the host offers one writable: all its processes, memfd included
 c.CourseKernelManager.cgroup_memory_mb = 5120

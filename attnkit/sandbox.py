@@ -1370,6 +1370,9 @@ class CourseExecute(Execute):
                                "replies and running the hidden tests may take; over it the notebook fails as "
                                "could-not-be-graded and the batch goes on. 0 = none.").tag(config=True)
     store_widget_state = Bool(False, help="Grading keeps no widget state (a notebook could flood it).")
+    diagnoses = Bool(True, help="A failed part's message names the likely mistake (a known wrong variant its output "
+                     "matches); False leaves it out (some staff publish diagnoses after the deadline). Gradescope "
+                     "grades with the same configuration.").tag(config=True)
     _caps = None   # CapOutputs, applied to each output as it arrives
     _cell_budget = None
 

@@ -188,7 +188,9 @@ async def run_hidden_regions(executor, cell, sources, folder) -> str | None:
     kernel.sources = student_sources(executor.nb, cell)
     started = time.perf_counter()
     for source in sources:
-        printed, error = await asyncio.to_thread(hidden.run, source, kernel, folder, {"meter": kernel_meter(executor)})
+        printed, error = await asyncio.to_thread(hidden.run, source, kernel, folder,
+                                               {"meter": kernel_meter(executor),
+                                                "diagnoses": bool(getattr(executor, "diagnoses", True))})
         if PROFILE:
             with open(PROFILE, "a") as log:
                 print(f"{cell.metadata.get('nbgrader', {}).get('grade_id')} {time.perf_counter() - started:.3f} "

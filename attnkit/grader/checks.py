@@ -16,7 +16,9 @@ import textwrap
 
 import torch
 
-from attention_checks import as_number, blank_words, close, growth_exponents, tolerance  # noqa: F401  (one tolerance rule, written there)
+# one tolerance rule and one list of classic mistakes, written there
+from attention_checks import (as_number, assert_close, blank_words, close, growth_exponents, likely_mistake,  # noqa: F401
+                              mha_variants, tolerance)
 
 _Tensor = torch.Tensor
 
@@ -223,7 +225,7 @@ def sdpa_ref(Q, K, V, mask=None):
 
 
 def sdpa_cases(kernel, cls, seed):
-    """(bare instance of the student's class, Q, K, V, mask or None, stand-ins, where) over devices, dtypes,
+    """(the student's own instance (own_instance), Q, K, V, mask or None, stand-ins, where) over devices, dtypes,
     3 shapes, with and without a mask. The stand-ins are random scores and random weights (rows that sum
     to 1): neutral values that take the place of a line that raised, never a reference value."""
     g = torch.Generator().manual_seed(seed)
@@ -237,9 +239,9 @@ def sdpa_cases(kernel, cls, seed):
                 mask[..., 0] = True
                 standins = {"attn_scores": torch.randn(b, h, lq, lk, generator=g, dtype=dtype).to(dev),
                             "attn_probs": softmax_ref(torch.randn(b, h, lq, lk, generator=g, dtype=dtype), -1).to(dev)}
+                m = own_instance(kernel, cls, h * dk, h, dtype=dtype, device=dev)
                 for use_mask in (False, True):
                     where = f"({'with' if use_mask else 'without'} a mask, {str(dtype)[6:]}, {dev})"
-                    m = kernel.bare(cls, d_model=h * dk, num_heads=h, d_k=dk)
                     yield m, Q, K, V, (mask if use_mask else None), standins, where
 
 
@@ -257,7 +259,50 @@ def sdpa_runs(kernel, cls, part, m, Q, K, V, mask, standins, replace=()):
         return True, plain, plain
     skipping = call(part, kernel.call_traced, fn, m, Q, K, V, mask, functions=[fn], watch=SDPA_LOCALS,
                     standins=standins, skip_failures=True, replace=replace)
+    outside = [s for s in skipping.skipped
+               if s["assigns"] not in SDPA_LOCALS and not (s["error"].blank or "_____" in str(s["error"]))]
+    if outside:  # a line of the student's own (a helper, an attribute) failed: this part cannot be isolated
+        err = outside[0]["error"]
+        raise NotIsolable(f"{part}: run alone, a line of scaled_dot_product_attention that is not this part's raised "
+                          f"{type(err).__name__}: {err}")
     return False, plain, skipping
+
+
+def own_instance(kernel, cls, d_model, num_heads, *, dtype=None, device=None):
+    """The student's own instance ``cls(d_model, num_heads)``, built by their ``__init__`` (a statement of it that
+    raises, e.g. another blank, jumped over as in (a)-(c)), so every attribute it sets (a temperature, a softmax
+    module, a submodule) exists; moved to ``dtype``/``device``. A bare instance given the API's attributes
+    (d_model, num_heads, d_k: the sizes the grader chose, never read off the student's object) only when
+    ``__init__`` cannot finish."""
+    from attnkit.grader.remote import KernelGone, StudentError
+    try:
+        init = kernel.getattr(cls, "__init__")
+        m = kernel.new(cls)
+        run = kernel.call_traced(init, m, d_model, num_heads, functions=[init], skip_failures=True)
+        if run.error is None:
+            if dtype is not None or device is not None:
+                kernel.call(kernel.getattr(m, "to"), device=device, dtype=dtype)
+            return m
+    except KernelGone:
+        raise
+    except StudentError:
+        pass
+    return kernel.bare(cls, d_model=d_model, num_heads=num_heads, d_k=d_model // num_heads)
+
+
+def isolated_call(part, fn, *args, **kwargs):
+    """``call`` for a part run with the other pieces replaced by stand-ins: a blank is named; any other error of
+    the student's code means the part cannot be graded on its own (NotIsolable), so the whole layer decides."""
+    from attnkit.grader.hidden import blank_words
+    from attnkit.grader.remote import Remote, StudentError
+    try:
+        return fn(*args, **kwargs)
+    except StudentError as exc:
+        if exc.blank or "_____" in str(exc):
+            raise AssertionError(blank_words(part, exc.blank)) from None
+        name = fn.__name__ if isinstance(fn, Remote) else getattr(fn, "__name__", "your code")
+        raise NotIsolable(f"{part}: {name}, run with the other pieces replaced by the grader's, raised "
+                          f"{type(exc).__name__}: {exc}") from None
 
 
 def line_failure(run, name, part, label):
@@ -426,12 +471,41 @@ def alone_or_whole(part, kernel, cls, check):
     except KernelGone:
         raise
     except Exception as exc:  # noqa: BLE001 (a failed check, or the student's error: e.g. the method is gone)
-        if not (isinstance(exc, NotIsolable) or _methods_gone(kernel, cls, part)):
+        if "blank `_____`" in str(exc):  # a blank earns nothing, however right the rest is
             raise
+        if not (isinstance(exc, NotIsolable) or _methods_gone(kernel, cls, part)):
+            # graded alone and failed: isolation gives partial credit, it never takes points from a layer that
+            # is right as a whole and runs this part's method (the student's own layer, in its own shape)
+            if not (layer_right(kernel, cls) and _exercised(kernel, cls, part)):
+                raise
+            print(f"ok  {part}: graded with your whole layer (it matches torch.nn.MultiheadAttention and runs this "
+                  "part), as this part could not be graded on its own in your layer's shape")
+            return
         if not layer_right(kernel, cls):
             raise
         print(f"ok  {part}: graded with your whole layer (it matches torch.nn.MultiheadAttention), "
               "as this part could not be graded on its own")
+
+
+def _exercised(kernel, cls, part) -> bool:
+    """Does the student's own layer's forward run the method(s) of ``part`` (e.g. split_heads for (g))? forward
+    itself for (h), and the projections of (a)-(c), always."""
+    from attnkit.grader.remote import KernelGone, StudentError
+    names = {"(d)": "scaled_dot_product_attention", "(e)": "scaled_dot_product_attention",
+             "(f)": "scaled_dot_product_attention", "(g)": "split_heads"}
+    name = names.get(part.split()[0])
+    if name is None:
+        return True
+    try:
+        fn = kernel.getattr(cls, name)
+        m = cls(12, 3)
+        x = torch.randn(2, 4, 12, generator=torch.Generator().manual_seed(1827))
+        run = kernel.call_traced(m, x, x, x, functions=[fn])
+    except KernelGone:
+        raise
+    except StudentError:
+        return False
+    return run.error is None and name in run.entered
 
 
 def _methods_gone(kernel, cls, part) -> bool:
@@ -455,3 +529,45 @@ def softmax_ref(scores, dim=-1):
     """Softmax written from its definition (max subtracted), in the scores' dtype."""
     e = torch.exp(scores - scores.amax(dim, keepdim=True))
     return e / e.sum(dim, keepdim=True)
+
+
+# ---- Diagnoses: a failed part's output compared with known wrong variants computed here, in the grader.
+# Only a sentence naming the mistake goes back to the student: never an input, a reference value or the answer.
+import contextvars as _contextvars
+
+DIAGNOSES = _contextvars.ContextVar("diagnoses", default=True)   # the course's setting (CourseExecute.diagnoses)
+
+
+def diagnosis(got, variants, rtol=None, atol=None) -> str:
+    """" (likely: <sentence>)" for the first of ``variants`` ({sentence: tensor} or [(sentence, tensor)]) that the
+    student's output ``got`` matches (attention_checks.likely_mistake); "" when none does, or when the course
+    turned diagnoses off."""
+    return likely_mistake(got, variants, rtol, atol) if DIAGNOSES.get() else ""
+
+
+def layer_variants(x, kv, mask, weights, h) -> list:
+    """[(sentence, the output of a layer with that classic mistake)] (attention_checks.mha_variants), for ``diagnosis``."""
+    return mha_variants(x, kv, mask, weights, h)
+
+
+def assert_layer(got, want, *, part, what, x, kv, mask, weights, heads):
+    """assert_close for a whole layer's output; on failure the message names a classic mistake the output matches."""
+    try:
+        assert_close(got, want, part=part, what=what, quiet=True)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}{diagnosis(got, layer_variants(x, kv, mask, weights, heads))}") from None
+
+
+def scores_diagnosis(s, Q, K) -> str:
+    """The likely mistake of a wrong (d): the student's first scores ``s`` against the classic variants."""
+    ref = Q.double() @ K.double().transpose(-2, -1)
+    return diagnosis(s, {"the scores are KQᵀ: keys and queries swapped": ref.transpose(-2, -1),
+                         "the scores are divided by d_k instead of √d_k": ref / Q.shape[-1],
+                         "the scores are QQᵀ or KKᵀ: one operand is used twice":
+                             Q.double() @ Q.double().transpose(-2, -1)})
+
+
+def split_diagnosis(got, x, h) -> str:
+    """The likely mistake of a wrong split_heads (g)."""
+    b, l, d = x.shape
+    return diagnosis(got, {"the heads are split with view alone, without the transpose": x.reshape(b, h, l, d // h)})

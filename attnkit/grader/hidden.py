@@ -128,6 +128,8 @@ def run(source: str, kernel: Kernel, folder, extras: dict | None = None) -> tupl
     region (``meter``: the kernel's KernelMeter, for verdicts on time and memory)."""
     ns = namespace(kernel, folder)
     ns.update(extras or {})
+    import attnkit.grader.checks as gc
+    gc.DIAGNOSES.set(bool((extras or {}).get("diagnoses", True)))  # this thread's context only (the course setting)
     out = io.StringIO()
     error = None
     try:

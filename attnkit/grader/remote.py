@@ -120,11 +120,16 @@ class Kernel:
             try:  # the arguments are the kernel's: values only, counted before anything is built
                 body = wire.parse_values(prompt[len(CALLBACK_PROMPT):])
                 args = wire.decode(body["args"], limit=MAX_REPLY, values_only=True) if isinstance(body, dict) else None
+                kwargs = ({} if not isinstance(body, dict) or "kwargs" not in body
+                          else wire.decode(body["kwargs"], limit=MAX_REPLY, values_only=True))
             except wire.WireError as exc:
                 self.broken = self.broken or f"a callback's arguments: {exc}"
                 raise
             fn = self._callbacks[int(body["callback"])]
-            return json.dumps({"ok": True, "value": wire.encode(fn(*args))}, separators=(",", ":"), allow_nan=False)
+            if not isinstance(args, list) or not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+                raise TypeError("arguments not in the format")
+            return json.dumps({"ok": True, "value": wire.encode(fn(*args, **kwargs))}, separators=(",", ":"),
+                              allow_nan=False)
         except Exception as exc:  # the student's input(), a malformed request, or arguments the function refuses
             return json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"[:200]})
 
@@ -194,8 +199,11 @@ class Kernel:
         skipped = [{"line": s.get("line"), "assigns": s.get("assigns") if isinstance(s.get("assigns"), str) else None,
                     "error": student_error(s.get("error"))} for s in reply["skipped"][:8] if isinstance(s, dict)]
         error = student_error(reply["error"]) if reply.get("error") else None
-        return Trace(None if error else self.value(reply.get("value")), error,
-                     [(n, v) for n, v in history if isinstance(n, str)], skipped)
+        trace = Trace(None if error else self.value(reply.get("value")), error,
+                      [(n, v) for n, v in history if isinstance(n, str)], skipped)
+        entered = reply.get("entered")
+        trace.entered = {str(n)[:100] for n in entered[:64]} if isinstance(entered, list) else set()
+        return trace
 
     def call_recording(self, target, *args, limit=1024, **kwargs):
         """(value, error, tensors): the call's value (or the StudentError it raised) and the floating-point
@@ -256,6 +264,7 @@ class Trace:
 
     def __init__(self, value, error, history, skipped):
         self.value, self.error, self.history, self.skipped = value, error, history, skipped
+        self.entered = set()   # names of the traced functions that ran
 
     def first(self, name):
         """The first value bound to ``name``, or None."""

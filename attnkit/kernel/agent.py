@@ -71,11 +71,13 @@ class _Callback:
     def __init__(self, number: int):
         self.number = number
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):  # any call the API allows: positional or keyword (mask=mask)
         if _ask is None:
             raise RuntimeError("a grader function can be called only while the grader waits for it")
-        reply = _ask(CALLBACK_PROMPT + json.dumps({"callback": self.number, "args": wire.encode(list(args))},
-                                                  separators=(",", ":"), allow_nan=False))
+        message = {"callback": self.number, "args": wire.encode(list(args))}
+        if kwargs:
+            message["kwargs"] = wire.encode({str(k): v for k, v in kwargs.items()})
+        reply = _ask(CALLBACK_PROMPT + json.dumps(message, separators=(",", ":"), allow_nan=False))
         reply = json.loads(reply)
         if not isinstance(reply, dict) or not reply.get("ok"):
             why = reply.get("error") if isinstance(reply, dict) and isinstance(reply.get("error"), str) else "?"
@@ -146,6 +148,7 @@ class _Tracer:
         self.standins, self.limit = dict(standins or {}), limit
         self.replace = {n for n in replace if n in self.standins}
         self.history, self._last, self.elements, self._replaced = [], {}, 0, set()
+        self.entered = set()   # the names of the traced functions that ran (did forward call split_heads?)
 
     def __enter__(self):
         self.previous = sys.gettrace()
@@ -156,7 +159,10 @@ class _Tracer:
         sys.settrace(self.previous)
 
     def _global(self, frame, event, arg):
-        return self._local if frame.f_code in self.codes else None
+        if frame.f_code in self.codes:
+            self.entered.add(frame.f_code.co_name[:100])
+            return self._local
+        return None
 
     def _local(self, frame, event, arg):
         if event in ("line", "return") and self.watch:
@@ -367,7 +373,7 @@ def handle(request: dict, namespace: dict | None = None):
             tracer, value, error, skipped = _run(target, args, kwargs, spec)
             history = [[name, value] for name, value in tracer.history if _by_value(value)]
             return {"value": _out(value), "error": error, "history": wire.encode(history, _ref),
-                    "skipped": skipped}
+                    "skipped": skipped, "entered": sorted(tracer.entered)[:64]}
         intermediates = request.get("intermediates")
         if intermediates:  # every floating-point tensor torch computed during the call
             with _Intermediates(min(int(intermediates), 4096)) as rec:

@@ -20,7 +20,7 @@ import zmq.asyncio
 from nbformat import NotebookNode
 
 from attnkit.grader import hidden
-from attnkit.grader.meter import KernelMeter
+from attnkit.grader.meter import CgroupMeter, KernelMeter
 from attnkit.grader.remote import REPLY_MIME, Kernel, KernelDied, KernelGone, MAX_REPLY, RequestTimeout
 
 PROFILE = os.environ.get("ATTNKIT_PROFILE_HIDDEN")   # a file: one line per hidden region (seconds, requests)
@@ -137,8 +137,12 @@ async def _drain(kc, msg_id, timeout):
         await _until(kc.get_shell_msg, msg_id, 1)
 
 
-def kernel_meter(executor) -> KernelMeter:
-    """The meter of ``executor``'s kernel: its sandbox uid's processes, else its process tree."""
+def kernel_meter(executor) -> KernelMeter | CgroupMeter:
+    """The meter of ``executor``'s kernel: its cgroup (every process counted), else its sandbox uid's
+    processes, else its process tree."""
+    found = CgroupMeter.of(getattr(executor.km, "_cgroup", None))
+    if found is not None:
+        return found
     uid = getattr(executor.km, "_uid", None)
     if uid is not None:
         return KernelMeter(uid=uid)

@@ -251,7 +251,7 @@ def test_a_linear_and_a_quadratic_function_get_their_verdicts_in_process():
     ns = student("import torch\ndef lin(x):\n    return x.sum()\ndef quad(x):\n    return (x @ x.T).sum()\n")
     k = in_process(ns)
     found = k.lookup({"lin", "quad"})
-    meter = KernelMeter(root_pid=__import__("os").getpid())
+    meter = KernelMeter(root_pid=__import__("os").getpid(), watch_forks=False)  # (the grader's own process)
     vector, rows = (lambda n: (wire.Randn((n,), n),)), (lambda n: (wire.Randn((n, 32), n),))
     assert growth.measure_time_growth(k, meter, found["lin"], vector, start=2 ** 14, max_n=2 ** 23)["verdict"] == "linear"
     assert growth.measure_time_growth(k, meter, found["quad"], rows, start=64, max_n=2 ** 12)["verdict"] == "quadratic"

@@ -68,6 +68,9 @@ def _fresh(values, rng):
     return out
 
 
+MAX_REFERENCE = 1 << 26   # input elements up to which the grader recomputes a measured call's value
+
+
 def _tolerance(dtype) -> float:
     return 1e4 * torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
 
@@ -110,17 +113,17 @@ class Measured:
         found = self.kernel.sample(kept, rows)
         if self.verify is not None:
             self.verify(values, {k: v for k, v in found.items() if k != "rows"})
-        if self.reference is None:
-            return
+        if self.reference is None or sum(math.prod(v.shape) for v in values if isinstance(v, (wire.Randn, torch.Tensor))) > MAX_REFERENCE:
+            return  # (the largest CUDA sizes: their shape is checked, their values would take GBs here)
         inputs = [v.tensor() if isinstance(v, wire.Randn) else v for v in values]
         want = self.reference(*inputs)
         got = found.get("rows")
         if list(found.get("shape") or []) != list(want.shape) or not isinstance(got, torch.Tensor):
             raise AssertionError(f"{self.part}: for N = {n} the output has shape {found.get('shape')}, expected "
                                  f"{list(want.shape)} (every call whose time or memory is measured is checked too)")
-        want = want.index_select(-2, torch.tensor(rows)).to(got.dtype)
-        tol = _tolerance(want.dtype)
-        if got.shape != want.shape or not torch.allclose(got, want, rtol=tol, atol=tol):
+        want = want.index_select(-2, torch.tensor(rows, device=want.device)).cpu().to(got.dtype)
+        tol = _tolerance(want.dtype)  # atol on the values' scale (averages over N rows are small)
+        if got.shape != want.shape or not torch.allclose(got, want, rtol=tol, atol=tol * float(want.abs().max())):
             raise AssertionError(f"{self.part}: for N = {n} a measured call returned wrong values (every call "
                                  "whose time or memory is measured is checked too)")
 
@@ -207,8 +210,8 @@ def _measure(m: Measured, *, start, floor_s, max_call_s, hard_call_s, max_n, dou
     return sizes, [best[s] for s in sizes], (a, b, k)
 
 
-def measure_time_growth(kernel, meter, fn, make_args, *, device="cpu", start=256, floor_s=1e-3, doublings=4, rounds=5,
-                        max_call_s=0.1, hard_call_s=1.0, max_n=2 ** 17, threshold=1.5, grey=0.15, share=0.5,
+def measure_time_growth(kernel, meter, fn, make_args, *, device="cpu", start=256, floor_s=1e-3, doublings=4, rounds=7,
+                        max_call_s=0.1, hard_call_s=1.0, max_n=2 ** 17, threshold=1.6, grey=0.2, share=0.5,
                         seed=None, verify=None, reference=None, part="", tries=2):
     """{sizes, times, fit (a, b, k), statistic k, verdict, seconds, clock}: see the module docstring.
     Raises Inconclusive (why) when ``tries`` measurements gave no verdict."""

@@ -14,8 +14,9 @@ the constant a being whatever a call costs whatever N is (the request, a slow se
 
 * sizes double from the first past the noise floor; at least three, and on past ``max_call_s`` while the
   N-dependent part b N^k is less than half the top size's time (a constant hides the growth below that);
-* interleaved rounds with fresh inputs, the least time per size, then the fit (k on a grid, a, b >= 0 by
-  weighted least squares); a k near the threshold doubles the rounds;
+* interleaved rounds with fresh inputs over the top ``max_sizes`` sizes, the least time per size, then the fit
+  (k on a grid, a, b >= 0 by weighted least squares); rounds stop after three once k is far from the threshold
+  (every call costs a draw of fresh inputs and a check), and a k near it doubles them;
 * a measurement whose N-dependent part stays small up to the size cap, or that a process started during a
   timed call spoiled (a meter that cannot count it), is inconclusive: measured again once, then the test fails
   saying why. No verdict comes from fewer than three sizes.
@@ -164,7 +165,7 @@ class Measured:
 
 
 def _measure(m: Measured, *, start, floor_s, max_call_s, hard_call_s, max_n, doublings, rounds, threshold, grey,
-             share):
+             share, max_sizes):
     floor_s = max(floor_s, 3 * m.overhead)
     n = start
     m.time(n)  # (first call: lazy imports, allocations)
@@ -187,6 +188,8 @@ def _measure(m: Measured, *, start, floor_s, max_call_s, hard_call_s, max_n, dou
         m_ = sizes[-1] * 2
         best[m_] = min(m.time(m_) for _ in range(1 if best[sizes[-1]] * 4 > max_call_s else 2))
         sizes.append(m_)
+        if len(sizes) > max_sizes:  # the smallest, where the constant is all there is, tell the fit least
+            sizes.pop(0)
     if len(sizes) < 3:
         raise Inconclusive(f"only {len(sizes)} sizes could be measured below the size cap N = {max_n}")
 
@@ -197,8 +200,13 @@ def _measure(m: Measured, *, start, floor_s, max_call_s, hard_call_s, max_n, dou
             for s in order:
                 best[s] = min(best[s], m.time(s))
 
-    run_rounds(rounds)
+    done = min(3, rounds)
+    run_rounds(done)
     a, b, k = fit_power(sizes, [best[s] for s in sizes])
+    while done < rounds and abs(k - threshold) < 2 * grey:  # more rounds until the verdict is clear
+        run_rounds(1)
+        done += 1
+        a, b, k = fit_power(sizes, [best[s] for s in sizes])
     if abs(k - threshold) < grey:
         run_rounds(rounds)
         a, b, k = fit_power(sizes, [best[s] for s in sizes])
@@ -212,7 +220,7 @@ def _measure(m: Measured, *, start, floor_s, max_call_s, hard_call_s, max_n, dou
 
 def measure_time_growth(kernel, meter, fn, make_args, *, device="cpu", start=256, floor_s=1e-3, doublings=4, rounds=7,
                         max_call_s=0.1, hard_call_s=1.0, max_n=2 ** 17, threshold=1.6, grey=0.2, share=0.5,
-                        seed=None, verify=None, reference=None, part="", tries=2):
+                        max_sizes=5, seed=None, verify=None, reference=None, part="", tries=2):
     """{sizes, times, fit (a, b, k), statistic k, verdict, seconds, clock}: see the module docstring.
     Raises Inconclusive (why) when ``tries`` measurements gave no verdict."""
     t_start = time.perf_counter()
@@ -222,7 +230,8 @@ def measure_time_growth(kernel, meter, fn, make_args, *, device="cpu", start=256
         try:
             sizes, times, fit = _measure(m, start=start, floor_s=floor_s, max_call_s=max_call_s,
                                          hard_call_s=hard_call_s, max_n=max_n, doublings=doublings,
-                                         rounds=rounds * (attempt + 1), threshold=threshold, grey=grey, share=share)
+                                         rounds=rounds * (attempt + 1), threshold=threshold, grey=grey, share=share,
+                                         max_sizes=max_sizes)
             break
         except Inconclusive:
             if attempt == tries - 1:

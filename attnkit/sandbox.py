@@ -159,6 +159,7 @@ def describe(mode: str) -> str:
 # kernel's processes hold (tmpfs pages they write included). One cgroup per kernel, removed with it.
 CGROUP_V1 = "/sys/fs/cgroup/memory"
 CGROUP_V2 = "/sys/fs/cgroup"
+CGROUP_V1_CPU = "/sys/fs/cgroup/cpuacct"
 RUN_DIR_MB = 16  # the tmpfs holding a kernel's connection file, IPC sockets and log (host disk otherwise)
 _cgroups_made = 0
 
@@ -324,6 +325,12 @@ class KernelCgroup:
         self.kind = kind
         self.path = os.path.join(parent, f"k{os.getpid()}-{_cgroups_made}-{time.monotonic_ns() % 10**9}")
         os.mkdir(self.path)
+        self.cpu_path = self._cpu_sibling(self.path)
+        if self.cpu_path is not None:
+            try:  # v1: CPU time in a cpuacct cgroup of the same name (the meters read it; grader/meter.py)
+                os.makedirs(self.cpu_path)
+            except OSError:
+                self.cpu_path = None
         try:
             limit = str(limit_mb * 1024 * 1024)
             if kind == "v2":
@@ -343,7 +350,15 @@ class KernelCgroup:
         self = cls.__new__(cls)
         self.path = path
         self.kind = "v1" if path.startswith(CGROUP_V1 + "/") else "v2"
+        self.cpu_path = cls._cpu_sibling(path)
         return self
+
+    @staticmethod
+    def _cpu_sibling(path: str) -> str | None:
+        """v1: the cpuacct cgroup beside the memory one (v2: the same cgroup has cpu.stat)."""
+        if not path.startswith(CGROUP_V1 + "/") or not os.path.exists(os.path.join(CGROUP_V1_CPU, "cpuacct.usage")):
+            return None
+        return os.path.join(CGROUP_V1_CPU, os.path.relpath(path, CGROUP_V1))
 
     def _write(self, name: str, value: str, optional: bool = False) -> None:
         try:
@@ -359,9 +374,15 @@ class KernelCgroup:
 
     def add(self, pid: int) -> None:
         self._write("cgroup.procs", str(pid))
+        if self.cpu_path is not None:
+            with open(os.path.join(self.cpu_path, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
 
     def wrap(self, argv: list[str]) -> list[str]:
         """``argv`` started inside this cgroup (it joins before exec, so every child is counted)."""
+        if self.cpu_path is not None:
+            return ["/bin/sh", "-c", 'echo $$ > "$0" && echo $$ > "$1" && shift && exec "$@"', self.procs,
+                    os.path.join(self.cpu_path, "cgroup.procs"), *argv]
         return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', self.procs, *argv]
 
     def oom_killed(self) -> bool:
@@ -377,6 +398,18 @@ class KernelCgroup:
 
     def remove(self) -> None:
         """Kill what is left in it, then remove it (retried while its processes exit)."""
+        self._remove()
+        if getattr(self, "cpu_path", None) is not None:
+            for _ in range(100):
+                try:
+                    os.rmdir(self.cpu_path)  # its processes were killed above (they were in both)
+                    return
+                except FileNotFoundError:
+                    return
+                except OSError:
+                    time.sleep(0.02)
+
+    def _remove(self) -> None:
         for _ in range(100):
             try:
                 with open(self.procs) as f:
@@ -407,7 +440,7 @@ def describe_limits(mode: str, memory_mb: int = 4096, cgroup_mb: int = 0, pids: 
            else "IPC folder on host disk (no tmpfs could be mounted)")
     if kind is None:
         return (f"memory: NO cgroup limit, only RLIMIT_DATA {memory_mb} MiB (memfd_create and shared memory are not "
-                f"counted): {where}; {ipc}")
+                f"counted): {where}; {ipc}; {describe_meters()}")
     knob = "memory.max" if kind == "v2" else "memory.limit_in_bytes"
     extra = ""
     if kind == "v2":
@@ -417,7 +450,32 @@ def describe_limits(mode: str, memory_mb: int = 4096, cgroup_mb: int = 0, pids: 
         if os.geteuid() != 0:
             extra += f" (in the subtree delegated to uid {os.geteuid()}: {os.path.dirname(where)})"
     return (f"memory: cgroup {kind} {knob} = {cgroup_mb} MiB per kernel{extra}, all its processes (memfd and shared "
-            f"memory counted), RLIMIT_DATA {memory_mb} MiB per process; {ipc}")
+            f"memory counted), RLIMIT_DATA {memory_mb} MiB per process; {ipc}; {describe_meters()}")
+
+
+@lru_cache(maxsize=None)
+def meter_cgroups() -> bool:
+    """Can a kernel's cgroup give the cost meters its CPU time and a resettable peak (grader/meter.py)?"""
+    from attnkit.grader.meter import CgroupMeter
+    kind, parent = memory_cgroups()
+    if kind is None:
+        return False
+    try:
+        probe_cg = KernelCgroup(64, kind, parent)
+    except OSError:
+        return False
+    try:
+        return CgroupMeter.of(probe_cg) is not None
+    finally:
+        probe_cg.remove()
+
+
+def describe_meters() -> str:
+    """Which meter the time and memory verdicts read (a per-kernel cgroup counts every process)."""
+    if meter_cgroups():
+        return "cost meters: the kernel's cgroup (CPU time and peak memory of all its processes, exited ones too)"
+    return ("cost meters: /proc only (no per-kernel cgroup: a process or thread started during a measured call "
+            "makes that measurement fail)")
 
 
 def _libc():

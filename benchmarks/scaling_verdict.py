@@ -170,11 +170,56 @@ def run_in_kernels(trials, condition, busy, threads, clock=None, seed0=0):
     return results
 
 
-def run_in_grader(trials, condition, busy, seed0=0):
-    """The verdicts as the hidden test now takes them (issue 17): both implementations defined in ONE
-    sandboxed grading kernel, the statistic computed in this process (attnkit/grader/growth.py) from the
-    kernel's CPU time read from outside it (attnkit/grader/meter.py), inputs drawn in the kernel from their
-    seeds, requests over the kernel's comm channel, as autograde sends them."""
+def _busy_ms(ms):
+    t = time.process_time()
+    while time.process_time() - t < ms / 1e3:
+        pass
+
+
+def linear_30ms(Q, K, V, feature_map=ac.elu_feature_map):
+    """A right linear attention with 30 ms of CPU in every call (a slow setup a real student may have)."""
+    _busy_ms(30)
+    return linear_attention(Q, K, V, feature_map)
+
+
+def impostor_1ms(Q, K, V, feature_map=ac.elu_feature_map):
+    _busy_ms(1)
+    return impostor_attention(Q, K, V, feature_map)
+
+
+def impostor_30ms(Q, K, V, feature_map=ac.elu_feature_map):
+    _busy_ms(30)
+    return impostor_attention(Q, K, V, feature_map)
+
+
+def impostor_100ms(Q, K, V, feature_map=ac.elu_feature_map):
+    _busy_ms(100)
+    return impostor_attention(Q, K, V, feature_map)
+
+
+_MEMO = {}
+
+
+def impostor_memoised(Q, K, V, feature_map=ac.elu_feature_map):
+    """The impostor, caching its results by the inputs' identity (hits if a call repeats its inputs)."""
+    key = (id(Q), id(K), id(V), Q.shape)
+    if key not in _MEMO:
+        _MEMO[key] = impostor_attention(Q, K, V, feature_map)
+    return _MEMO[key]
+
+
+# --where grader: every case, the verdict it must get
+GRADER_CASES = {"linear": (linear_attention, "linear"), "linear_30ms": (linear_30ms, "linear"),
+                "impostor": (impostor_attention, "quadratic"), "impostor_1ms": (impostor_1ms, "quadratic"),
+                "impostor_30ms": (impostor_30ms, "quadratic"), "impostor_100ms": (impostor_100ms, "quadratic"),
+                "impostor_memoised": (impostor_memoised, "quadratic")}
+
+
+def run_in_grader(trials, condition, busy, seed0=0, cases=None):
+    """The verdicts as the hidden test takes them: every case defined in ONE sandboxed grading kernel, the
+    statistic computed in this process (attnkit/grader/growth.py) from the kernel's CPU time read from its
+    cgroup (attnkit/grader/meter.py; /proc where there is none), fresh inputs drawn in the kernel for every
+    call and every call's value checked against linear_attention here, requests over the comm channel."""
     import inspect
     import shutil
     import tempfile
@@ -183,41 +228,65 @@ def run_in_grader(trials, condition, busy, seed0=0):
     import course_kernel  # benchmarks/
     from attnkit.kernel import wire
     from attnkit.grader import channel, growth
-    from attnkit.grader.meter import KernelMeter
     from attnkit.grader.remote import Kernel
 
+    cases = {k: GRADER_CASES[k] for k in (cases or GRADER_CASES)}
     workdir = tempfile.mkdtemp(prefix="attnkit-verdict-")
     os.chmod(workdir, 0o755)
     shutil.copy(Path(ac.__file__), workdir)
     os.chmod(os.path.join(workdir, "attention_checks.py"), 0o644)
-    sources = "import torch\nimport attention_checks as ac\n\n" + inspect.getsource(linear_attention) + "\n" + \
-        inspect.getsource(impostor_attention)
+    sources = "import time\nimport torch\nimport attention_checks as ac\n_MEMO = {}\n\n" + "\n".join(
+        inspect.getsource(f) for f in (linear_attention, impostor_attention, _busy_ms, linear_30ms, impostor_1ms,
+                                       impostor_30ms, impostor_100ms, impostor_memoised))
     ex, run = course_kernel.start(workdir)
     run(channel._request(ex, None, None, time.monotonic() + 60, code=sources))
     kernel = Kernel(lambda text: run(channel._comm_request(ex, text, time.monotonic() + 600)))
-    meter = KernelMeter(uid=ex.km._uid) if getattr(ex.km, "_uid", None) is not None else \
-        KernelMeter(root_pid=ex.km.provisioner.process.pid)
+    meter = channel.kernel_meter(ex)
     fm = kernel.module_attr("attention_checks", "elu_feature_map")
-    fns = kernel.lookup({"linear_attention", "impostor_attention"})
+    fns = kernel.lookup({fn.__name__ for fn, _ in cases.values()})
+    reference = lambda Q, K, V, _: linear_attention(Q, K, V)
     procs = _load(condition, busy)
-    results = {name: [] for name in IMPLEMENTATIONS}
+    results = {name: [] for name in cases}
     try:
         for trial in range(trials):
-            for name, (fn, truth) in IMPLEMENTATIONS.items():
-                seed = 11 + seed0 + trial
-                make = lambda n: tuple(wire.Randn((n, d), seed * 1000 + i * 100 + n.bit_length())
-                                       for i, d in enumerate((D, D, M))) + (fm,)
-                r = growth.measure_time_growth(kernel, meter, fns[fn.__name__], make, seed=seed, max_n=2 ** 15)
-                r = {**r, "truth": truth, "extended": False}
+            for name, (fn, truth) in cases.items():
+                make = lambda n: tuple(wire.Randn((n, d), 0) for d in (D, D, M)) + (fm,)
+                try:
+                    r = growth.measure_time_growth(kernel, meter, fns[fn.__name__], make, reference=reference,
+                                                   max_n=2 ** 14)
+                except growth.Inconclusive as exc:
+                    r = {"verdict": "inconclusive", "statistic": float("nan"), "sizes": [0], "seconds": 0.0,
+                         "why": str(exc), "tries": 2, "meter": "?", "clock": "kernel CPU"}
+                r = {**r, "truth": truth}
                 results[name].append(r)
-                print(f"  [{condition}, grader] trial {trial + 1:3d} {name:8s} verdict {r['verdict']:9s} "
-                      f"statistic {r['statistic']:.2f} N {r['sizes'][0]}..{r['sizes'][-1]} {r['seconds']:.2f} s",
-                      flush=True)
+                print(f"  [{condition}, grader, {r['meter']} meter] trial {trial + 1:3d} {name:17s} verdict "
+                      f"{r['verdict']:12s} k {r['statistic']:.2f} N {r['sizes'][0]}..{r['sizes'][-1]} "
+                      f"tries {r['tries']} {r['seconds']:.1f} s {r.get('why', '')}", flush=True)
     finally:
         _unload(procs)
         course_kernel.stop(ex, run)
         shutil.rmtree(workdir, ignore_errors=True)
     return results
+
+
+def confusion(condition, busy, results):
+    """The confusion table of --where grader: per case, its truth and the verdicts it got."""
+    load = f"{busy} busy-loop processes" if condition == "loaded" else "no extra load"
+    print(f"\n== {condition} ({load}; load average {os.getloadavg()[0]:.1f} at the end)")
+    print(f"   {'case':17s} {'truth':9s} {'linear':>6s} {'quadratic':>9s} {'no verdict':>10s}  k range      s/verdict")
+    wrong = 0
+    for name, rs in results.items():
+        truth = rs[0]["truth"]
+        got = {v: sum(r["verdict"] == v for r in rs) for v in ("linear", "quadratic", "inconclusive")}
+        wrong += sum(r["verdict"] not in (truth, "inconclusive") for r in rs)
+        ks = [r["statistic"] for r in rs if r["verdict"] != "inconclusive"]
+        span = f"{min(ks):.2f}-{max(ks):.2f}" if ks else "-"
+        print(f"   {name:17s} {truth:9s} {got['linear']:6d} {got['quadratic']:9d} {got['inconclusive']:10d}  "
+              f"{span:12s} {statistics.mean(r['seconds'] for r in rs):.1f}")
+    inconclusive_linear = sum(r["verdict"] == "inconclusive" for rs in results.values() for r in rs
+                              if r["truth"] == "linear")
+    print(f"   wrong verdicts: {wrong}; linear answers left without a verdict (they fail): {inconclusive_linear}")
+    return wrong + inconclusive_linear, 0
 
 
 def report(condition, busy, results):
@@ -253,6 +322,8 @@ def main(argv=None):
                     help="kernel: each trial in a grading kernel forked from the warm-start interpreter, "
                          "in the bwrap sandbox with its limits (CPU only); grader: the statistic in this "
                          "process on the kernel's CPU time read from outside (the hidden test since issue 17)")
+    ap.add_argument("--cases", nargs="*", choices=sorted(GRADER_CASES), default=None,
+                    help="--where grader: the cases to measure (default: all)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     conditions = ["quiet", "loaded"] if args.load == "both" else [args.load]
@@ -261,7 +332,9 @@ def main(argv=None):
         if args.where == "kernel":
             res = run_in_kernels(args.trials, cond, args.busy, args.threads, args.clock)
         elif args.where == "grader":
-            res = run_in_grader(args.trials, cond, args.busy)
+            res = run_in_grader(args.trials, cond, args.busy, cases=args.cases)
+            summary.append((cond, *confusion(cond, args.busy, res)))
+            continue
         else:
             res = run(args.trials, cond, args.busy, args.device, args.clock)
         summary.append((cond, *report(cond, args.busy, res)))

@@ -248,14 +248,126 @@ def test_the_meter_reads_another_processes_cpu_time():
 def test_a_linear_and_a_quadratic_function_get_their_verdicts_in_process():
     """Does the grader's time statistic call an O(N) function linear and an O(N^2) one quadratic?"""
     torch.set_num_threads(1)
-    ns = student("import torch\ndef lin(x):\n    return x.sum()\ndef quad(x):\n    return (x @ x.T).sum()\n")
+    ns = student("import torch\ndef lin(x):\n    return (x @ x[:64].T).sum()\ndef quad(x):\n    return (x @ x.T).sum()\n")
     k = in_process(ns)
     found = k.lookup({"lin", "quad"})
-    meter = KernelMeter(root_pid=__import__("os").getpid())
-    vector, rows = (lambda n: (wire.Randn((n,), n),)), (lambda n: (wire.Randn((n, 32), n),))
-    assert growth.measure_time_growth(k, meter, found["lin"], vector, start=2 ** 14, max_n=2 ** 23)["verdict"] == "linear"
+    meter = KernelMeter(root_pid=__import__("os").getpid(), watch_forks=False)  # (the grader's own process)
+    wide, rows = (lambda n: (wire.Randn((n, 64), n),)), (lambda n: (wire.Randn((n, 32), n),))
+    assert growth.measure_time_growth(k, meter, found["lin"], wide, start=2 ** 8, max_n=2 ** 17)["verdict"] == "linear"
     assert growth.measure_time_growth(k, meter, found["quad"], rows, start=64, max_n=2 ** 12)["verdict"] == "quadratic"
 
+
+
+def test_a_quadratic_function_with_a_30ms_constant_is_quadratic_in_process():
+    """Does 30 ms of busy work in every call, most of each small size's cost, leave an O(N^2) function quadratic?"""
+    torch.set_num_threads(1)
+    ns = student("import time, torch\ndef quad(x):\n    t = time.process_time()\n"
+                 "    while time.process_time() - t < 0.03:\n        pass\n    return (x @ x.T).sum()\n")
+    k = in_process(ns)
+    meter = KernelMeter(root_pid=__import__("os").getpid(), watch_forks=False)
+    r = growth.measure_time_growth(k, meter, k.lookup({"quad"})["quad"], lambda n: (wire.Randn((n, 32), n),),
+                                   start=64, max_n=2 ** 13)
+    assert r["verdict"] == "quadratic" and len(r["sizes"]) >= 3, r
+
+
+def test_the_fit_finds_the_growth_under_a_constant_larger_than_it():
+    """Does the fit a + b N^k give k = 1 and k = 2 back when 30 ms of every size's cost is a constant?"""
+    sizes = [256 * 2 ** i for i in range(6)]
+    for k in (1.0, 2.0):
+        b = 0.02 / sizes[-1] ** k  # 20 ms at the top size: less than the constant
+        a_, b_, k_ = growth.fit_power(sizes, [0.03 + b * n ** k for n in sizes])
+        assert abs(k_ - k) <= 0.02 and abs(a_ - 0.03) < 1e-3, (k, a_, b_, k_)
+
+
+MEASURED = dict(meter=KernelMeter(root_pid=__import__("os").getpid(), watch_forks=False),
+                make_args=lambda n: (wire.Randn((n, 4), 1),), reference=lambda x: x * 2, part="part")
+
+
+def test_measured_calls_get_inputs_no_call_saw_before():
+    """Does every measured call get new inputs (new objects, new values), so a cache of earlier calls never hits?"""
+    ns = student("seen, values, hits = [], set(), []\ndef memo(x):\n    key = tuple(x[0].tolist())\n"
+                 "    if any(x is s for s in seen) or key in values:\n        hits.append(1)\n"
+                 "    seen.append(x)\n    values.add(key)\n    return x * 2\n")
+    k = in_process(ns)
+    m = growth.Measured(k, fn=k.lookup({"memo"})["memo"], **MEASURED)
+    for n in (64, 64, 64, 128, 128):
+        m.time(n)
+    m.peak(64)
+    assert len(ns["seen"]) == 6 and ns["hits"] == []
+
+
+@pytest.mark.parametrize("timed, message", [("None", "the output has shape None"), ("x * 3", "wrong values")])
+def test_a_function_that_behaves_only_when_checked_fails_its_timed_calls(timed, message):
+    """Does a function that finds it is timed (the request it serves) and returns something else fail there?"""
+    ns = student(f"import sys\ndef sly(x):\n    f = sys._getframe(1)\n    while f is not None:\n"
+                 f"        r = f.f_locals.get('request')\n"
+                 f"        if isinstance(r, dict) and (r.get('keep') or r.get('discard')):\n"
+                 f"            return {timed}\n        f = f.f_back\n    return x * 2\n")
+    k = in_process(ns)
+    sly = k.lookup({"sly"})["sly"]
+    assert torch.equal(sly(torch.ones(3, 4)), torch.full((3, 4), 2.0))  # an ordinary call: the right value
+    with pytest.raises(AssertionError, match=re.escape(message) + ".*every call whose time or memory is measured"):
+        growth.Measured(k, fn=sly, **MEASURED).time(64)
+
+
+def test_a_fork_during_a_measured_call_fails_the_measurement_where_no_cgroup_counts_it():
+    """Without a cgroup, is a measured call that starts a process a failed measurement (never free)?"""
+    ns = student("import os\ndef forks(x):\n    pid = os.fork()\n    if pid == 0:\n        os._exit(0)\n"
+                 "    os.waitpid(pid, 0)\n    return x * 2\n")
+    k = in_process(ns)
+    meter = KernelMeter(root_pid=__import__("os").getpid())  # forks watched (this process: the host's count)
+    m = growth.Measured(k, fn=k.lookup({"forks"})["forks"], **{**MEASURED, "meter": meter})
+    with pytest.raises(growth.Inconclusive, match="a process or thread was started during every try"):
+        m.time(64)
+    with pytest.raises(growth.Inconclusive):
+        m.peak(64)
+
+
+GRANDCHILD = """
+import os, sys, time
+print("ready", flush=True)
+sys.stdin.readline()
+r, w = os.pipe()
+if os.fork() == 0:
+    if os.fork() == 0:  # the grandchild: reparented when its parent exits, 256 MiB written and 0.3 s of CPU
+        os.close(r)
+        block = b"x" * (256 << 20)
+        t = time.process_time()
+        while time.process_time() - t < 0.3:
+            pass
+        os._exit(0)
+    os._exit(0)
+os.close(w)
+os.wait()
+os.read(r, 1)  # EOF: the grandchild has exited
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.skipif(not __import__("attnkit.sandbox").sandbox.meter_cgroups(), reason="no per-kernel cgroup here")
+def test_the_cgroup_meter_counts_a_reparented_grandchild_that_has_exited():
+    """Does the kernel's cgroup meter count the CPU time and peak memory of a grandchild that was reparented and
+    has exited by the time the meter is read?"""
+    from attnkit import sandbox
+    from attnkit.grader.meter import CgroupMeter
+    kind, parent = sandbox.memory_cgroups()
+    cg = sandbox.KernelCgroup(2048, kind, parent)
+    proc = subprocess.Popen(cg.wrap([sys.executable, "-c", GRANDCHILD]), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        meter = CgroupMeter.of(cg)
+        base, before = meter.reset_peak(), meter.cpu_ns()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "done\n"
+        cpu, peak = (meter.cpu_ns() - before) / 1e9, meter.peak_bytes() - base
+        assert cpu >= 0.29 and peak >= 250 << 20, (cpu, peak / 2 ** 20)
+    finally:
+        proc.kill()
+        proc.wait()
+        cg.remove()
 
 # ---------------------------------------------------------------------------- issue 19: isolation that never punishes
 INIT = '''

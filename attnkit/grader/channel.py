@@ -20,7 +20,7 @@ import zmq.asyncio
 from nbformat import NotebookNode
 
 from attnkit.grader import hidden
-from attnkit.grader.meter import KernelMeter
+from attnkit.grader.meter import CgroupMeter, KernelMeter
 from attnkit.grader.remote import BadReply, Kernel, KernelDied, KernelGone, RequestTimeout
 from attnkit.kernel.wire import COMM_TARGET, MAX_REPLY, REPLY_MIME
 from attnkit.notebooks import is_test_cell
@@ -162,8 +162,12 @@ def student_sources(nb, cell) -> list[str]:
     return out
 
 
-def kernel_meter(executor) -> KernelMeter:
-    """The meter of ``executor``'s kernel: its sandbox uid's processes, else its process tree."""
+def kernel_meter(executor) -> KernelMeter | CgroupMeter:
+    """The meter of ``executor``'s kernel: its cgroup (every process counted), else its sandbox uid's
+    processes, else its process tree."""
+    found = CgroupMeter.of(getattr(executor.km, "_cgroup", None))
+    if found is not None:
+        return found
     uid = getattr(executor.km, "_uid", None)
     if uid is not None:
         return KernelMeter(uid=uid)

@@ -1,13 +1,25 @@
 """How the cost of the student's function grows with N, measured from outside the kernel.
 
-Grader process only. The kernel computes; the grader reads its CPU time and peak memory from /proc
-(grader/meter.py) around each call, so nothing the student's process does to its own clocks, counters
-or torch's FLOP counter moves a verdict. Inputs are sent once and kept in the kernel; timed calls send
-references and keep their result in the kernel, so a timed call carries no data.
+Grader process only. The kernel computes; the grader reads its CPU time and peak memory (grader/meter.py:
+the kernel's cgroup, else /proc) around each call, so nothing the student's process does to its own clocks,
+counters or torch's FLOP counter moves a verdict.
 
-The time statistic is attention_checks.measure_growth's, designed on measurements
-(benchmarks/scaling_verdict.py): sizes past the per-call overhead, interleaved rounds, the minimum per
-size, the median of the per-doubling exponents, a grey zone that doubles the rounds.
+Every measured call is the same request (Kernel.call_keeping): fresh inputs drawn in the kernel from seeds
+chosen now (never inputs a call saw before, so nothing can be cached by identity or value), the value kept in
+the kernel and then checked here (its shape, and random rows against ``reference``). A timed call and a
+checked call are one and the same, so the student's code cannot behave differently when timed.
+
+The time statistic (designed on measurements: benchmarks/scaling_verdict.py) fits the cost as a + b N^k,
+the constant a being whatever a call costs whatever N is (the request, a slow setup of the student's):
+
+* sizes double from the first past the noise floor; at least three, and on past ``max_call_s`` while the
+  N-dependent part b N^k is less than half the top size's time (a constant hides the growth below that);
+* interleaved rounds with fresh inputs over the top ``max_sizes`` sizes, the least time per size, then the fit
+  (k on a grid, a, b >= 0 by weighted least squares); rounds stop after three once k is far from the threshold
+  (every call costs a draw of fresh inputs and a check), and a k near it doubles them;
+* a measurement whose N-dependent part stays small up to the size cap, or that a process started during a
+  timed call spoiled (a meter that cannot count it), is inconclusive: measured again once, then the test fails
+  saying why. No verdict comes from fewer than three sizes.
 """
 from __future__ import annotations
 
@@ -15,139 +27,250 @@ import math
 import random
 import time
 
+import torch
 
-def _median(values):
-    v = sorted(values) or [0.0]
-    return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
-
-
-def _exponents(sizes, costs):
-    return [math.log2(max(costs[i + 1], 1e-12) / max(costs[i], 1e-12)) / math.log2(sizes[i + 1] / sizes[i])
-            for i in range(len(sizes) - 1)]
+from attnkit.kernel import wire
 
 
-class Timer:
-    """Seconds of one call of the student's ``fn`` on kept inputs: the kernel's CPU time (CPU) or the
-    wall clock around a synchronised call (CUDA), less ``overhead``: the least of five readings of a request
-    that does nothing (the agent's and ipykernel's own work). Sizes start where a call takes three times
-    that, so what is left of the overhead's variation is small against the call."""
+class Inconclusive(Exception):
+    """A measurement that gives no verdict (why in the message)."""
 
-    def __init__(self, kernel, meter, fn, device="cpu"):
-        self.kernel, self.meter, self.fn, self.cuda = kernel, meter, fn, str(device).startswith("cuda")
-        self.calls, self.pids, self.overhead = 0, [], 0.0
-        self.overhead = min(self._raw(None, ()) for _ in range(5))  # (read before any subtraction)
 
-    def _raw(self, fn, args):
-        call = (lambda: self.kernel.request(op="noop")) if fn is None else \
-            (lambda: self.kernel.call_discarding(fn, *args, sync=self.cuda))
+def fit_power(sizes, costs):
+    """(a, b, k): the a + b N^k (a, b >= 0, k in [0.25, 3.5]) nearest ``costs`` in relative terms."""
+    best = None
+    for step in range(0, 326):
+        k = 0.25 + step / 100
+        x = [n ** k for n in sizes]
+        w = [1 / max(c, 1e-12) ** 2 for c in costs]
+        sw, sx, st = sum(w), sum(wi * xi for wi, xi in zip(w, x)), sum(wi * ti for wi, ti in zip(w, costs))
+        sxx = sum(wi * xi * xi for wi, xi in zip(w, x))
+        sxt = sum(wi * xi * ti for wi, xi, ti in zip(w, x, costs))
+        det = sw * sxx - sx * sx
+        b = (sw * sxt - sx * st) / det if det > 0 else -1
+        a = (st - b * sx) / sw
+        if a < 0 or b < 0 or det <= 0:  # a = 0: a pure power
+            a, b = 0.0, sxt / sxx
+        resid = sum(wi * (a + b * xi - ti) ** 2 for wi, xi, ti in zip(w, x, costs))
+        if best is None or resid < best[0] - 1e-15:
+            best = (resid, a, b, k)
+    return best[1], best[2], best[3]
+
+
+def _fresh(values, rng):
+    """The same kind of inputs, never seen before: every Randn redrawn from a new seed, every tensor a copy."""
+    out = []
+    for v in values:
+        if isinstance(v, wire.Randn):
+            v = wire.Randn(v.shape, rng.getrandbits(40), v.dtype, v.device)
+        elif isinstance(v, torch.Tensor):
+            v = v.clone()
+        out.append(v)
+    return out
+
+
+MAX_REFERENCE = 1 << 26   # input elements up to which the grader recomputes a measured call's value
+
+
+def _tolerance(dtype) -> float:
+    return 1e4 * torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+
+
+class Measured:
+    """Measured calls of the student's ``fn``: each on fresh inputs, its value checked afterwards.
+
+    ``reference(*inputs) -> tensor`` (the grader's, on the same inputs drawn here; functions among the
+    inputs are passed as they are) gives the rows each call is checked against; ``verify(values, found)``
+    checks what the call returned ({"shape", "dtype", "device"}). Time: the kernel's CPU time (CPU) or the
+    wall clock around a synchronised call (CUDA), less ``overhead``, the least of five readings of a request
+    that does nothing."""
+
+    def __init__(self, kernel, meter, fn, make_args, *, device="cpu", reference=None, verify=None, part="",
+                 rng=None, samples=4):
+        self.kernel, self.meter, self.fn, self.make_args = kernel, meter, fn, make_args
+        self.cuda, self.reference, self.verify, self.part = str(device).startswith("cuda"), reference, verify, part
+        self.rng, self.samples = rng or random.SystemRandom(), samples
+        self.calls, self.pids, self.forked = 0, [], 0
+        self.overhead = 0.0
+        self.overhead = min(self._clock(lambda: kernel.request(op="noop")) for _ in range(5))
+
+    def _cpu(self) -> float:
+        self.calls += 1
+        if self.calls % 16 == 1:  # the kernel's processes, looked up again now and then (a scan costs ms)
+            self.pids = self.meter.pids()
+        return self.meter.cpu_ns(self.pids)
+
+    def _clock(self, call):
         if self.cuda:
             t = time.perf_counter()
             call()
             return time.perf_counter() - t
-        self.calls += 1
-        if self.calls % 16 == 1:  # the kernel's processes, looked up again now and then (a scan costs ms)
-            self.pids = self.meter.pids()
-        before = self.meter.cpu_ns(self.pids)
+        before = self._cpu()
         call()
-        return (self.meter.cpu_ns(self.pids) - before) / 1e9
+        return (self._cpu() - before) / 1e9
 
-    def __call__(self, args) -> float:
-        return max(self._raw(self.fn, args) - self.overhead, 1e-9)
+    def _check(self, values, kept, n):
+        rows = sorted(self.rng.sample(range(n), min(self.samples, n)))
+        found = self.kernel.sample(kept, rows)
+        if self.verify is not None:
+            self.verify(values, {k: v for k, v in found.items() if k != "rows"})
+        if self.reference is None or sum(math.prod(v.shape) for v in values if isinstance(v, (wire.Randn, torch.Tensor))) > MAX_REFERENCE:
+            return  # (the largest CUDA sizes: their shape is checked, their values would take GBs here)
+        inputs = [v.tensor() if isinstance(v, wire.Randn) else v for v in values]
+        want = self.reference(*inputs)
+        got = found.get("rows")
+        if list(found.get("shape") or []) != list(want.shape) or not isinstance(got, torch.Tensor):
+            raise AssertionError(f"{self.part}: for N = {n} the output has shape {found.get('shape')}, expected "
+                                 f"{list(want.shape)} (every call whose time or memory is measured is checked too)")
+        want = want.index_select(-2, torch.tensor(rows, device=want.device)).cpu().to(got.dtype)
+        tol = _tolerance(want.dtype)  # atol on the values' scale (averages over N rows are small)
+        if got.shape != want.shape or not torch.allclose(got, want, rtol=tol, atol=tol * float(want.abs().max())):
+            raise AssertionError(f"{self.part}: for N = {n} a measured call returned wrong values (every call "
+                                 "whose time or memory is measured is checked too)")
+
+    def _call(self, n, read):
+        """One measured call at size n: ``read(call) -> number`` around it, then its value checked."""
+        values = _fresh(self.make_args(n), self.rng)
+        kept = self.kernel.keep(*(v for v in values if not callable(v)))
+        refs = list(kept)
+        args = [refs.pop(0) if not callable(v) else v for v in values]
+        out = []
+        try:
+            for _ in range(3):
+                forks = self.meter.forks()
+                reading = read(lambda: out.append(self.kernel.call_keeping(self.fn, *args, sync=self.cuda)))
+                if forks is None or self.meter.forks() == forks:
+                    break
+                self.forked += 1  # a process or thread started meanwhile: this meter cannot count it
+                self.kernel.release(*out)
+                out.clear()
+            else:
+                raise Inconclusive(f"a process or thread was started during every try of a measured call at "
+                                   f"N = {n}, and this host gives the kernel no cgroup to count it in")
+            self._check(values, out[-1], n)
+            return reading
+        finally:
+            self.kernel.release(*kept, *out)
+
+    def time(self, n) -> float:
+        return max(self._call(n, self._clock) - self.overhead, 1e-9)
+
+    def peak(self, n) -> int:
+        """Bytes the kernel's peak memory rose during one call above what it held before."""
+        def read(call):
+            base = self.meter.reset_peak()
+            call()
+            return max(self.meter.peak_bytes() - base, 1)
+        return self._call(n, read)
 
 
-def measure_time_growth(kernel, meter, fn, make_args, *, device="cpu", start=256, floor_s=1e-3, doublings=4, rounds=7,
-                        max_call_s=0.1, max_n=2 ** 17, threshold=1.6, grey=0.25, seed=0, verify=None):
-    """{sizes, times, exponents, statistic, verdict, seconds}: see the module docstring. ``verify(args, found)``
-    checks what one (untimed) call at each size returns (kernel.describe): a function that is fast because
-    it computes something smaller fails there."""
-    t_start = time.perf_counter()
-    rng = random.Random(seed)
-    timed = Timer(kernel, meter, fn, device)
-    floor_s = max(floor_s, 3 * timed.overhead)
-    best = {}
-
-    kept = []  # references this measurement made (released at the end), not the ones it was given
-
-    def keep(n):
-        values = make_args(n)
-        refs = kernel.keep(*(v for v in values if not callable(v)))
-        kept.extend(refs)
-        refs = [refs.pop(0) if not callable(v) else v for v in values]
-        if verify is not None:  # one untimed call, what it returns checked (shape, dtype)
-            verify(values, kernel.describe(fn, *refs))
-        return refs
-
+def _measure(m: Measured, *, start, floor_s, max_call_s, hard_call_s, max_n, doublings, rounds, threshold, grey,
+             share, max_sizes):
+    floor_s = max(floor_s, 3 * m.overhead)
     n = start
-    args = keep(n)
-    timed(args)
+    m.time(n)  # (first call: lazy imports, allocations)
     while True:  # past the overheads
-        t = min(timed(args) for _ in range(3))
+        t = min(m.time(n) for _ in range(2))
         if t >= floor_s or n * 2 > max_n:
             break
         n *= 2
-        args = keep(n)
-        timed(args)
-    sizes, inputs, best[n] = [n], {n: args}, t
-    for _ in range(doublings):
-        if best[sizes[-1]] > max_call_s or sizes[-1] * 2 > max_n:
+    sizes, best = [n], {n: t}
+
+    def dominant():
+        if len(sizes) < 3:
+            return False
+        a, b, k = fit_power(sizes, [best[s] for s in sizes])
+        return b * sizes[-1] ** k >= share * best[sizes[-1]]
+
+    while sizes[-1] * 2 <= max_n and best[sizes[-1]] < hard_call_s:
+        if len(sizes) >= 3 and (len(sizes) > doublings or best[sizes[-1]] > max_call_s) and dominant():
             break
-        m = sizes[-1] * 2
-        inputs[m] = keep(m)
-        best[m] = min(timed(inputs[m]) for _ in range(1 if best[sizes[-1]] * 2 > max_call_s else 3))
-        sizes.append(m)
-        if best[m] > max_call_s and len(sizes) > 3:
-            sizes.pop()
-            break
+        m_ = sizes[-1] * 2
+        best[m_] = min(m.time(m_) for _ in range(1 if best[sizes[-1]] * 4 > max_call_s else 2))
+        sizes.append(m_)
+        if len(sizes) > max_sizes:  # the smallest, where the constant is all there is, tell the fit least
+            sizes.pop(0)
+    if len(sizes) < 3:
+        raise Inconclusive(f"only {len(sizes)} sizes could be measured below the size cap N = {max_n}")
 
     def run_rounds(k):
         for _ in range(k):
             order = list(sizes)
-            rng.shuffle(order)
-            for m in order:
-                best[m] = min(best[m], timed(inputs[m]))
+            m.rng.shuffle(order)
+            for s in order:
+                best[s] = min(best[s], m.time(s))
 
-    try:
+    done = min(3, rounds)
+    run_rounds(done)
+    a, b, k = fit_power(sizes, [best[s] for s in sizes])
+    while done < rounds and abs(k - threshold) < 2 * grey:  # more rounds until the verdict is clear
+        run_rounds(1)
+        done += 1
+        a, b, k = fit_power(sizes, [best[s] for s in sizes])
+    if abs(k - threshold) < grey:
         run_rounds(rounds)
-        exps = _exponents(sizes, [best[m] for m in sizes])
-        stat = _median(exps)
-        if abs(stat - threshold) < grey:
-            run_rounds(rounds)
-            exps = _exponents(sizes, [best[m] for m in sizes])
-            stat = _median(exps)
-    finally:
-        kernel.release(*kept)
-    return {"sizes": sizes, "times": [best[m] for m in sizes], "exponents": exps, "statistic": stat,
-            "verdict": "linear" if stat < threshold else "quadratic", "threshold": threshold,
-            "seconds": time.perf_counter() - t_start, "clock": "wall" if timed.cuda else "kernel CPU"}
+        a, b, k = fit_power(sizes, [best[s] for s in sizes])
+    top = best[sizes[-1]]
+    grown = b * sizes[-1] ** k
+    if grown < share * top and (sizes[-1] * 2 <= max_n and top < hard_call_s or grown < 0.2 * top):
+        raise Inconclusive(f"up to N = {sizes[-1]} a constant {a * 1e3:.1f} ms of every call hides how the rest "
+                           f"grows ({grown * 1e3:.1f} ms at N = {sizes[-1]})")
+    return sizes, [best[s] for s in sizes], (a, b, k)
+
+
+def measure_time_growth(kernel, meter, fn, make_args, *, device="cpu", start=256, floor_s=1e-3, doublings=4, rounds=7,
+                        max_call_s=0.1, hard_call_s=1.0, max_n=2 ** 17, threshold=1.6, grey=0.2, share=0.5,
+                        max_sizes=5, seed=None, verify=None, reference=None, part="", tries=2):
+    """{sizes, times, fit (a, b, k), statistic k, verdict, seconds, clock}: see the module docstring.
+    Raises Inconclusive (why) when ``tries`` measurements gave no verdict."""
+    t_start = time.perf_counter()
+    rng = random.Random(seed) if seed is not None else random.SystemRandom()
+    m = Measured(kernel, meter, fn, make_args, device=device, reference=reference, verify=verify, part=part, rng=rng)
+    for attempt in range(tries):
+        try:
+            sizes, times, fit = _measure(m, start=start, floor_s=floor_s, max_call_s=max_call_s,
+                                         hard_call_s=hard_call_s, max_n=max_n, doublings=doublings,
+                                         rounds=rounds * (attempt + 1), threshold=threshold, grey=grey, share=share,
+                                         max_sizes=max_sizes)
+            break
+        except Inconclusive:
+            if attempt == tries - 1:
+                raise
+    return {"sizes": sizes, "times": times, "fit": fit, "statistic": fit[2], "threshold": threshold,
+            "verdict": "linear" if fit[2] < threshold else "quadratic", "tries": attempt + 1,
+            "seconds": time.perf_counter() - t_start, "clock": "wall" if m.cuda else "kernel CPU",
+            "meter": "cgroup" if getattr(meter, "counts_children", False) else "/proc"}
 
 
 def check_linear_time(kernel, meter, fn, make_args, *, part, device="cpu", **kwargs):
     """Fail unless the kernel's time for fn grows linearly in N (measure_time_growth)."""
-    r = measure_time_growth(kernel, meter, fn, make_args, device=device, **kwargs)
+    try:
+        r = measure_time_growth(kernel, meter, fn, make_args, device=device, part=part, **kwargs)
+    except Inconclusive as exc:
+        raise AssertionError(f"{part}: on {device} no verdict on how the time grows, measured twice: {exc}") from None
     table = ", ".join(f"N={n}: {t * 1e3:.2f} ms" for n, t in zip(r["sizes"], r["times"]))
-    exps = ", ".join(f"{e:.2f}" for e in r["exponents"])
+    a, b, k = r["fit"]
+    fit = f"fitted as {a * 1e3:.2f} ms + c N^{k:.2f}"
     if r["verdict"] != "linear":
-        raise AssertionError(f"{part}: on {device} the {r['clock']} time grows like N^{r['statistic']:.2f} (per-doubling "
-                             f"exponents {exps}; {table}) -- that is quadratic, not linear in N")
-    print(f"ok  {part}: on {device} the {r['clock']} time grows like N^{r['statistic']:.2f} (median of per-doubling "
-          f"exponents {exps}; {table}; linear below N^{r['threshold']:g}; {r['seconds']:.1f} s)")
+        raise AssertionError(f"{part}: on {device} the {r['clock']} time grows like N^{k:.2f} ({fit}; {table}) -- that "
+                             "is quadratic, not linear in N")
+    print(f"ok  {part}: on {device} the {r['clock']} time grows like N^{k:.2f} ({fit}; {table}; linear below "
+          f"N^{r['threshold']:g}; {r['seconds']:.1f} s)")
     return r
 
 
-def check_linear_memory(kernel, meter, fn, make_args, sizes, *, part, floor_mb=8.0, limit=1.5):
+def check_linear_memory(kernel, meter, fn, make_args, sizes, *, part, floor_mb=8.0, limit=1.5, reference=None,
+                        verify=None, seed=None):
     """Fail if the kernel's peak memory during one call grows faster than N^limit while reaching at least
-    ``floor_mb`` MB above its resident set before the call (an N x N matrix, however it is built)."""
-    peaks = []
-    for n in sizes:
-        values = make_args(n)
-        kept = kernel.keep(*(v for v in values if not callable(v)))
-        refs = list(kept)
-        args = [refs.pop(0) if not callable(v) else v for v in values]
-        base = meter.reset_peak()
-        kernel.call_discarding(fn, *args)
-        peaks.append(max(meter.peak_bytes() - base, 1))
-        kernel.release(*kept)
-    exps = _exponents(sizes, peaks)
+    ``floor_mb`` MB above what the kernel held before the call (an N x N matrix, however it is built).
+    Each call on fresh inputs, its value checked (``reference``, ``verify``: see Measured)."""
+    rng = random.Random(seed) if seed is not None else random.SystemRandom()
+    m = Measured(kernel, meter, fn, make_args, reference=reference, verify=verify, part=part, rng=rng)
+    try:
+        peaks = [m.peak(n) for n in sizes]
+    except Inconclusive as exc:
+        raise AssertionError(f"{part}: no verdict on the memory one call takes: {exc}") from None
+    exps = [math.log2(peaks[i + 1] / peaks[i]) / math.log2(sizes[i + 1] / sizes[i]) for i in range(len(sizes) - 1)]
     table = ", ".join(f"N={n}: {p / 2 ** 20:.1f} MB" for n, p in zip(sizes, peaks))
     if exps[-1] > limit and peaks[-1] >= floor_mb * 2 ** 20:
         raise AssertionError(f"{part}: the memory one call takes grows like N^{exps[-1]:.2f} when N doubles ({table}): "

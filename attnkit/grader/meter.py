@@ -12,12 +12,20 @@ reports about itself, so the grader reads the kernel's processes from /proc:
 * memory: the sum of their peak resident sets (VmHWM), which ``reset_peak`` sets back to the current
   resident set (writing 5 to /proc/<pid>/clear_refs), so a peak is that of one call.
 
-Not covered: CPU time of a child process that ended unreaped by the kernel's processes, or that left
-the uid; CPU time of reaped children counts in clock ticks only; memory that is not resident (swapped
-out) or shared with processes outside the kernel.
+Where the kernel has a cgroup of its own (attnkit/sandbox.py: KernelCgroup), ``CgroupMeter`` reads it
+instead: the cgroup's CPU time (v1 cpuacct.usage, v2 cpu.stat usage_usec) and peak memory (v1
+memory.max_usage_in_bytes, v2 memory.peak), reset before each measured call. A cgroup counts every process
+that was ever in it, so a child that exits, stays unreaped or is reparented still counts.
+
+Without one, ``KernelMeter`` reads /proc; it cannot see a child process that ended unreaped or left the
+uid, nor an ended child's peak memory. So it counts the processes and threads started during a measured
+call (``forks``: the kernel's PID namespace's last PID, else the host's fork count) and a measurement
+during which one started is a failed one (grader/growth.py retries it, then fails the test saying why):
+on this path a fork is never free.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -35,10 +43,10 @@ def _read(path: str) -> str | None:
 class KernelMeter:
     """Reads one kernel's processes: by ``uid`` (sandboxed) or as the tree under ``root_pid``."""
 
-    def __init__(self, uid: int | None = None, root_pid: int | None = None):
+    def __init__(self, uid: int | None = None, root_pid: int | None = None, watch_forks: bool = True):
         if uid is None and root_pid is None:
             raise ValueError("a uid or a process to measure")
-        self.uid, self.root_pid = uid, root_pid
+        self.uid, self.root_pid, self.watch_forks = uid, root_pid, watch_forks
 
     def pids(self) -> list[int]:
         if self.uid is not None:
@@ -93,3 +101,108 @@ class KernelMeter:
     def peak_bytes(self) -> int:
         """The sum of the processes' peak resident sets since the last ``reset_peak``."""
         return sum(self._status(pid, "VmHWM") for pid in self.pids())
+
+    # -- processes started during a measured call (this meter cannot count what they do)
+    counts_children = False
+
+    def forks(self) -> int | None:
+        """A number that grows with every process or thread the kernel starts: the last PID of the kernel's
+        own PID namespace (read through one of its processes' root), else the host's fork count (which other
+        processes move too: a false alarm fails a measurement, never passes one). None: not watched (a
+        meter of the grader's own process, in unit tests and benchmarks: no student code forks there)."""
+        if not self.watch_forks:
+            return None
+        ours = _ns("self")
+        for pid in self.pids()[:8]:
+            if _ns(str(pid)) not in (None, ours):
+                text = _read(f"/proc/{pid}/root/proc/sys/kernel/ns_last_pid")
+                if text and text.strip().isdigit():
+                    return int(text)
+        for line in (_read("/proc/stat") or "").splitlines():
+            if line.startswith("processes "):
+                return int(line.split()[1])
+        return None
+
+
+def _ns(pid: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+class CgroupMeter:
+    """Reads one kernel's cgroup (sandbox.KernelCgroup): every process that was ever in it counts.
+
+    ``cpu`` is the folder with cpuacct.usage (v1) or cpu.stat (v2); ``memory`` the one with
+    memory.max_usage_in_bytes (v1) or memory.peak (v2), or None where the peak cannot be reset."""
+
+    counts_children = True
+
+    def __init__(self, kind: str, cpu: str | None, memory: str | None):
+        self.kind, self.cpu, self.memory = kind, cpu, memory
+
+    @classmethod
+    def of(cls, cgroup) -> "CgroupMeter | None":
+        """The meter of a KernelCgroup, or None where its CPU time or its peak cannot be read and reset."""
+        if cgroup is None:
+            return None
+        if cgroup.kind == "v1":
+            cpu = cgroup.cpu_path if cgroup.cpu_path and _read(os.path.join(cgroup.cpu_path, "cpuacct.usage")) else None
+            memory = cgroup.path if _read(os.path.join(cgroup.path, "memory.max_usage_in_bytes")) else None
+        else:
+            cpu = cgroup.path if _read(os.path.join(cgroup.path, "cpu.stat")) else None
+            memory = cgroup.path
+            try:  # a reset peak needs Linux 6.12 or later: a write resets the peak read through that open file
+                fd = os.open(os.path.join(cgroup.path, "memory.peak"), os.O_RDWR)
+                os.write(fd, b"reset")
+            except OSError:
+                memory = None
+        if cpu is None or memory is None:
+            return None
+        self = cls(cgroup.kind, cpu, memory)
+        if cgroup.kind == "v2":
+            self._peak_fd = fd
+        return self
+
+    _peak_fd = None
+
+    def __del__(self):
+        if self._peak_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._peak_fd)
+
+    def pids(self) -> list[int]:
+        return []  # (growth.Timer's lookups: a cgroup needs none)
+
+    def cpu_ns(self, pids=None) -> float:
+        """CPU time of every process that was ever in the cgroup, in nanoseconds."""
+        if self.kind == "v1":
+            return float(int(_read(os.path.join(self.cpu, "cpuacct.usage")) or 0))
+        for line in (_read(os.path.join(self.cpu, "cpu.stat")) or "").splitlines():
+            if line.startswith("usage_usec "):
+                return float(int(line.split()[1]) * 1000)
+        return 0.0
+
+    def _usage(self) -> int:
+        name = "memory.usage_in_bytes" if self.kind == "v1" else "memory.current"
+        return int((_read(os.path.join(self.memory, name)) or "0").strip() or 0)
+
+    def reset_peak(self) -> int:
+        """The cgroup's peak back to its current usage; returns that usage (bytes)."""
+        if self.kind == "v1":
+            with open(os.path.join(self.memory, "memory.max_usage_in_bytes"), "w") as f:
+                f.write("0")
+        else:
+            os.write(self._peak_fd, b"reset")
+        return self._usage()
+
+    def peak_bytes(self) -> int:
+        """The cgroup's peak memory since the last ``reset_peak`` (every process, exited ones too)."""
+        if self.kind == "v1":
+            return int((_read(os.path.join(self.memory, "memory.max_usage_in_bytes")) or "0").strip() or 0)
+        text = os.pread(self._peak_fd, 64, 0).decode(errors="replace").split()
+        return int(text[0]) if text and text[0].isdigit() else 0
+
+    def forks(self) -> None:
+        return None  # everything is counted: nothing to watch

@@ -175,6 +175,23 @@ class Kernel:
             raise KernelGone("bad reply")
         return found
 
+    def call_keeping(self, target, *args, sync=False) -> "Remote":
+        """A measured call (time, memory): its value stays in the kernel; returns a reference to it, for
+        ``sample`` once the meter is read. Every measured call has this one form, timed or checked."""
+        found = self.value(self.request(op="call", target=self.send(target), args=self.send(list(args)),
+                                        kwargs={"$dict": []}, keep=True, sync=bool(sync)))
+        if not isinstance(found, Remote):
+            raise KernelGone("bad reply")
+        return found
+
+    def sample(self, kept: "Remote", rows) -> dict:
+        """What a kept value is ({"shape", "dtype", "device"} for a tensor, else {"type"}) and its rows
+        ``rows`` along dim -2 (a tensor, under "rows"; None where there are none)."""
+        found = self.value(self.request(op="sample", target=self.send(kept), rows=[int(i) for i in rows]))
+        if not isinstance(found, dict):
+            raise KernelGone("bad reply")
+        return found
+
     def call_discarding(self, target, *args, sync=False, **kwargs) -> None:
         """A call whose value stays in the kernel and is dropped (for timing and memory readings)."""
         self.request(op="call", target=self.send(target), args=self.send(list(args)), kwargs=self.send(kwargs),

@@ -109,7 +109,6 @@ def report(nb, name: str, log=print) -> int:
     for i, cell in enumerate(nb.cells):
         m = _meta(cell)
         gid = m.get("grade_id") or f"cell {i}"
-        gid = f"{labels[gid]} [{gid}]" if gid in labels else gid
         if m.get("solution"):
             if cell.cell_type == "markdown":
                 if m.get("grade") and unanswered(cell):
@@ -124,8 +123,9 @@ def report(nb, name: str, log=print) -> int:
         text = "\n".join(_text(o) for o in outputs)
         if errors:
             first = errors[0]
-            words = untouched(labels.get(m.get("grade_id"), gid), first.get("ename", ""), first.get("evalue", ""))
-            failed.append(f"{words}  [{m.get('grade_id')}]" if words else f"{gid}: {(_text(first).splitlines() or [''])[0]}")
+            words = untouched(labels.get(gid, gid), first.get("ename", ""), first.get("evalue", ""))
+            text = f"AssertionError: {words}" if words else (_text(first).splitlines() or [""])[0]
+            failed.append(f"{gid}: {text}")  # the message grading gives (transforms.NameUntouchedParts)
         elif m.get("grade"):
             note = next((line.strip() for line in text.splitlines() if NOT_CHECKED in line), None)
             if note is None and any(b in text for b in BLANK_MARKERS):  # it ran into a blank but did not raise

@@ -1056,7 +1056,8 @@ def _notebook_frames(exc):
     out, tb = [], exc.__traceback__
     while tb is not None:
         fname = tb.tb_frame.f_code.co_filename
-        if fname != __file__ and not fname.startswith("<") and "-packages" not in fname and "/lib/python" not in fname:
+        if fname != __file__ and (not fname.startswith("<") or fname.startswith("<ipython-input")) \
+                and "-packages" not in fname and "/lib/python" not in fname:
             out.append((fname, tb.tb_lineno, tb.tb_frame.f_code.co_name))
         tb = tb.tb_next
     return out

@@ -165,6 +165,8 @@ class NameUntouchedParts(NbGraderPreprocessor):
 
     def preprocess(self, nb, resources):
         self._labels = self._source_labels(resources)
+        if self._labels:  # the formgrader's page names the parts too (attnkit/templates/formgrade/index.html.j2)
+            nb.metadata["attnkit"] = NotebookNode(parts=NotebookNode(self._labels))
         return super().preprocess(nb, resources)
 
     def _source_labels(self, resources) -> dict:

@@ -272,6 +272,10 @@ def test_formgrader_submission_page_runs_no_student_script_and_boxes_the_mark_sc
             assert box.count() >= 1 and "Mark scheme (graders only)" in box.first.inner_text()
             assert "BEGIN MARK SCHEME" not in page.inner_text("body")
             assert page.locator("input.score#q3b_explanation").is_visible()   # the grader can still grade
+            # each graded cell's heading names the part as the homework does, beside its grade id
+            heading = page.locator(".panel-heading", has=page.locator("input.score#q3b_W_v")).inner_text()
+            assert "Q3(a) blank (b): size of W_v" in heading and "q3b_W_v" in heading, heading
+            assert "Student's answer: Q3(b) written" in page.inner_text("body")
             browser.close()
     finally:
         stop(proc)

@@ -2,7 +2,7 @@
 # (./kit, python -m attnkit) loads this file itself; nbgrader_config.py loads it too, for
 # nbgrader's own CLI and the formgrader.
 from attnkit.transforms import (CapOutputs, CheckCellMetadataOnce, ClearSolutionsWithStubs, DropDuplicateIds,
-                                NormaliseSubmission, ScoreOnlyErrors, ScrubTestOutputs)
+                                NameUntouchedParts, NormaliseSubmission, ScoreOnlyErrors, ScrubTestOutputs)
 from attnkit.sandbox import CourseExecute
 from attnkit.sanitise import SanitiseNotebook
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
@@ -44,7 +44,7 @@ c.Autograde.sanitize_preprocessors = [
 ]
 c.Autograde.autograde_preprocessors = [
     CourseExecute, CapOutputs, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SanitiseNotebook,
-    ScoreOnlyErrors, SaveAutoGrades, AssignLatePenalties, CheckCellMetadataOnce,
+    ScoreOnlyErrors, NameUntouchedParts, SaveAutoGrades, AssignLatePenalties, CheckCellMetadataOnce,
 ]
 import os  # noqa: E402
 

@@ -34,8 +34,9 @@ Work in JupyterLab:
     .venv/bin/jupyter lab
 
 Open each notebook, fill in the blanks `_____` (or replace `raise NotImplementedError()`), and
-before you submit run Kernel -> Restart & Run All. Do not delete or edit the locked test cells:
-they are put back before grading anyway.
+before you submit run Kernel -> Restart & Run All. It runs every cell, and each test cell ends with
+one line for its part: `ok`, `FAIL` (what is wrong), `BLANK` (a blank `_____` still there) or `TODO`
+(not written yet). Do not delete or edit the locked test cells: they are put back before grading anyway.
 
 Self-check (exit status 0 when every visible test passes, no graded blank is left and every
 written answer is filled in; it lists what is missing):

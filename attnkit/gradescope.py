@@ -250,6 +250,7 @@ def results_for(course: Course, assignment: str, settings: dict, matching, finis
         source_nb = nbu.read(course.path("source", assignment, f"{notebook}.ipynb"))
         autograded = course.path("autograded", STUDENT, assignment, f"{notebook}.ipynb")
         test_ids = {nbu.grade_id(c) for c in source_nb.cells if nbu.is_test_cell(c)}
+        labels = nbu.part_labels(source_nb)
         cells = graded.get(notebook, {}).get("cells", {})
         # Without autograde's report (it was stopped), a notebook counts as graded only if every test cell got a score.
         done = autograded.exists() and all(cells.get(gid, (None,))[0] is not None for gid in test_ids)
@@ -270,7 +271,7 @@ def results_for(course: Course, assignment: str, settings: dict, matching, finis
             if not nbu.meta(cell).get("grade"):
                 continue
             points = float(nbu.meta(cell).get("points", 0))
-            name = f"{notebook}: {gid}"
+            name = labels.get(gid) or f"{notebook}: {gid}"  # as the homework names the part
             if nbu.is_manual_cell(cell):
                 # Not a test: Gradescope shows every test as passed (green) or failed (red), one
                 # without a score as failed too; a written answer is neither yet (see _written_lines).

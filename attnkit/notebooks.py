@@ -150,3 +150,14 @@ def answer_texts(nb) -> list[tuple[str, str]]:
 def points(nb) -> dict[str, float]:
     """grade_id -> points of every graded cell."""
     return {grade_id(c): float(meta(c).get("points", 0)) for c in nb.cells if meta(c).get("grade")}
+
+
+def part_labels(nb) -> dict[str, str]:
+    """grade_id -> the part's name as the homework says it ("Q3(a) blank (b): size of W_v"), declared once in the
+    source notebook's metadata (``attnkit.parts``); a part without one keeps its grade id."""
+    parts = (nb.get("metadata", {}).get("attnkit") or {}).get("parts") or {}
+    return {str(k): str(v) for k, v in parts.items() if isinstance(v, str)}
+
+
+def part_label(labels: dict, gid: str) -> str:
+    return labels.get(gid) or gid

@@ -84,8 +84,12 @@ def csv_text(value) -> str:
     return "'" + text if text.startswith(FORMULA_START) or head.startswith(FORMULA_START) else text
 
 
+LABEL_ROW = "(part)"  # first cell of the CSV's second row: each column's part as the homework names it (no id has "(")
+
+
 def export(course: Course, assignment: str, path: Path) -> Path:
-    """CSV: one row per student, one column per graded part, notebook totals and the total."""
+    """CSV: one row per student, one column per graded part, notebook totals and the total. The header keeps the
+    grade ids; the row below it (``LABEL_ROW``) names each part as the homework does."""
     data = scores(course, assignment)
     parts = []
     with course.gradebook() as gb:
@@ -95,7 +99,10 @@ def export(course: Course, assignment: str, path: Path) -> Path:
                 parts.append((nb.name, cell.name, cell.max_score))
     header = ["student"] + [f"{nb}:{gid} (/{_fmt(mx)})" for nb, gid, mx in parts]
     header += [f"{nb} total" for nb in data["notebooks"]] + ["total", "max", "manual grading pending"]
-    rows = []
+    names = {nb: source_labels(course, assignment, nb) for nb in {p[0] for p in parts}}
+    label_row = [LABEL_ROW] + [nbu.part_label(names[nb], gid) for nb, gid, _ in parts]
+    label_row += [""] * (len(header) - len(label_row))
+    rows = [[csv_text(x) for x in label_row]]
     for sid in sorted(data["students"]):
         per = data["students"][sid]
         row = [csv_text(sid)]
@@ -110,6 +117,15 @@ def export(course: Course, assignment: str, path: Path) -> Path:
     with open(path, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([[csv_text(h) for h in header]] + rows)
     return path
+
+
+def source_labels(course: Course, assignment: str, notebook: str) -> dict:
+    """grade_id -> the part's name as the homework says it, from the source notebook ({} if it has none)."""
+    path = course.path("source", assignment, f"{notebook}.ipynb")
+    try:
+        return nbu.part_labels(nbu.read(path))
+    except (OSError, ValueError):
+        return {}
 
 
 def failures(autograded_nb) -> dict:
@@ -178,11 +194,13 @@ body > div.container > div.panel > div.panel-heading{display:none}  /* nbgrader'
 """
 
 
-def _summary_html(notebook, autograded_nb, cells, redact, written=None) -> str:
+def _summary_html(notebook, autograded_nb, cells, redact, written=None, labels=None) -> str:
     """The page's head: the notebook's total, then one row per graded part (score, points lost, status,
-    message), each part linked to its cell; hidden-test lines in messages are redacted."""
+    message), each part named as the homework names it (``labels``, from the source notebook) and linked to
+    its cell; hidden-test lines in messages are redacted."""
     fails = failures(autograded_nb)
     written = written or {}
+    labels = labels or {}
     rows, total, total_max, pending = [], 0.0, 0.0, 0.0
     for cell in autograded_nb.cells:
         gid = nbu.grade_id(cell)
@@ -211,7 +229,7 @@ def _summary_html(notebook, autograded_nb, cells, redact, written=None) -> str:
         anchor = html.escape(gid, quote=True)
         lost_txt = f"<span class='lost'>&minus;{_fmt(lost)}</span>" if lost > 0 else ""
         # the badge links to the part's cell (nbgrader's feedback template anchors each grade cell by its id)
-        rows.append(f"<tr class='{status.split()[0].lower()}'><td>{html.escape(gid)}</td>"
+        rows.append(f"<tr class='{status.split()[0].lower()}'><td title='{anchor}'>{html.escape(nbu.part_label(labels, gid))}</td>"
                     f"<td class='num'>{shown}</td><td class='num'>{lost_txt}</td>"
                     f"<td><a class='badge' href='#{anchor}' title='go to the cell'>{status}</a></td>"
                     f"<td>{f'<code>{html.escape(msg)}</code>' if msg else ''}</td></tr>")
@@ -305,7 +323,8 @@ def feedback(course: Course, assignment: str, students: list[str] | None = None,
             autograded_nb = nbu.read(graded)
             with course.gradebook() as gb:
                 states = written_states(gb, assignment, sid, nb_name, autograded_nb)
-            summary = _summary_html(nb_name, autograded_nb, per["cells"], secret, states)
+            labels = source_labels(course, assignment, nb_name)
+            summary = _summary_html(nb_name, autograded_nb, per["cells"], secret, states, labels)
             page = feedback_page(html_path.read_text(), summary, f"../../{MATHJAX_DIR}/tex-svg-full.js")
             found = leaks(page, secret)
             if found:

@@ -24,6 +24,29 @@ HIDDEN_MARKER = " ".join(("BEGIN", "HIDDEN", "TESTS"))
 CELL_TIMEOUT = 120
 
 
+BLANK_WORDS = "still a blank `_____`: fill it in"
+TODO_WORDS = "not written yet: replace `raise NotImplementedError()` by your code"
+
+
+def untouched(part: str, ename: str, evalue: str) -> str | None:
+    """The one message for a part whose code is still as released, whatever raised on the way: "<part>: still a
+    blank `_____`: fill it in" or "<part>: not written yet: ..."; None for any other failure (its own message)."""
+    text = f"{ename}: {evalue}"
+    if "still a blank" in text or "not written yet" in text or "still has a blank" in text:
+        return None  # the check's own message already says which blank or function
+    if "_____" in text:
+        return f"{part}: {BLANK_WORDS}"
+    if "NotImplementedError" in text:
+        return f"{part}: {TODO_WORDS}"
+    return None
+
+
+def part_labels(nb) -> dict:
+    """grade_id -> the part's name as the homework says it (the notebook's ``attnkit.parts`` metadata)."""
+    parts = (nb.get("metadata", {}).get("attnkit") or {}).get("parts") or {}
+    return {str(k): str(v) for k, v in parts.items() if isinstance(v, str)}
+
+
 def _meta(cell) -> dict:
     return cell.get("metadata", {}).get("nbgrader", {})
 
@@ -82,6 +105,7 @@ def report(nb, name: str, log=print) -> int:
     too (``./kit validate`` runs them as grading does): the summary says so."""
     failed, unchecked, passed, hidden, blanks, optional, written = [], [], 0, 0, [], [], []
     source = any(_is_test(c) and HIDDEN_MARKER in c.source for c in nb.cells)
+    labels = part_labels(nb)
     for i, cell in enumerate(nb.cells):
         m = _meta(cell)
         gid = m.get("grade_id") or f"cell {i}"
@@ -98,7 +122,10 @@ def report(nb, name: str, log=print) -> int:
         errors = [o for o in outputs if o.get("output_type") == "error"]
         text = "\n".join(_text(o) for o in outputs)
         if errors:
-            failed.append((gid, _text(errors[0])))
+            first = errors[0]
+            words = untouched(labels.get(gid, gid), first.get("ename", ""), first.get("evalue", ""))
+            text = f"AssertionError: {words}" if words else (_text(first).splitlines() or [""])[0]
+            failed.append(f"{gid}: {text}")  # the message grading gives (transforms.NameUntouchedParts)
         elif m.get("grade"):
             note = next((line.strip() for line in text.splitlines() if NOT_CHECKED in line), None)
             if note is None and any(b in text for b in BLANK_MARKERS):  # it ran into a blank but did not raise
@@ -112,8 +139,8 @@ def report(nb, name: str, log=print) -> int:
         log(f"BLANK    {gid}: still has a blank (_____ or NotImplementedError) to fill in")
     for gid, points in written:
         log(f"WRITTEN  {gid}: written answer ({points:g} points) not answered yet (graded by hand)")
-    for gid, msg in failed:
-        log(f"FAIL     {gid}: {msg.splitlines()[0] if msg else ''}")
+    for line in failed:
+        log(f"FAIL     {line}")
     for gid, note in unchecked:
         log(f"UNCHECKED {gid}: not counted as passed: {note}")
     for gid in optional:
@@ -138,7 +165,7 @@ def run(path: str, timeout: int = CELL_TIMEOUT):
     client = NotebookClient(nb, timeout=timeout, allow_errors=True, kernel_name="python3",
                             resources={"metadata": {"path": folder}},
                             extra_arguments=["--IPKernelApp.log_level=ERROR"])  # no TCP notice on every run
-    client.execute()
+    client.execute(env={**os.environ, "ATTNKIT_CHECKS": "raise"})  # every check raises, as at grading
     return nb
 
 

@@ -254,12 +254,17 @@ def test_formgrader_submission_page_runs_no_student_script_and_boxes_the_mark_sc
             browser = launch(p)
             page = browser.new_page()
             watch = Watch(page, allowed_origin=url)
+            missing = []  # MathJax served whole: no font or font data it asks for may 404
+            page.on("response", lambda r: missing.append(f"{r.status} {r.url}") if r.status >= 400 else None)
             page.goto(f"{url}/formgrader/submissions/{sub_id}/?token=attnkit-test-token")
             page.wait_for_timeout(1000)
             watch.assert_nothing_ran(page)
             # MathJax 2 from jupyter_server_mathjax on the same server
             page.wait_for_selector(".MathJax, .MathJax_SVG, .MathJax_CHTML", timeout=30000, state="attached")
+            page.wait_for_timeout(2000)  # the fonts load after the first typeset
             watch.assert_nothing_ran(page)
+            assert not [m for m in missing if "mathjax" in m.lower()], missing
+            assert not [c for c in watch.console if "404" in c and "mathjax" in c.lower()], watch.console
             assert page.locator("p", has_text="The output projection:").is_visible()
             assert page.locator("img[alt='a plot']").evaluate("i => i.complete && i.naturalWidth") == 4
             assert page.locator(".output_html td", has_text="kept cell").is_visible()
@@ -267,6 +272,10 @@ def test_formgrader_submission_page_runs_no_student_script_and_boxes_the_mark_sc
             assert box.count() >= 1 and "Mark scheme (graders only)" in box.first.inner_text()
             assert "BEGIN MARK SCHEME" not in page.inner_text("body")
             assert page.locator("input.score#q3b_explanation").is_visible()   # the grader can still grade
+            # each graded cell's heading names the part as the homework does, beside its grade id
+            heading = page.locator(".panel-heading", has=page.locator("input.score#q3b_W_v")).inner_text()
+            assert "Q3(a) blank (b): size of W_v" in heading and "q3b_W_v" in heading, heading
+            assert "Student's answer: Q3(b) written" in page.inner_text("body")
             browser.close()
     finally:
         stop(proc)

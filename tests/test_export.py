@@ -191,6 +191,7 @@ def test_demo_runs_in_its_own_course_folder():
             assert (demo / what).exists(), what
         assert sorted(p.name for p in (demo / "submitted").iterdir()) == sorted(SAMPLES)
         rows = {r["student"]: r for r in csv.DictReader(open(demo / "grades-hw9.csv"))}
+        assert rows.pop("(part)")["q3_multihead_attention:q3b_W_v (/1)"] == "Q3(a) blank (b): size of W_v"
         assert sorted(rows) == sorted(SAMPLES) and rows["sample-solution"]["total"] == "17"
         canvas = kit(c.root, "export", "hw9", "--format", "canvas", "-o", str(c.path("canvas.csv")))
         assert canvas.returncode == 1 and "nothing graded for hw9" in canvas.stderr  # no samples to export

@@ -79,6 +79,16 @@ def by_name(res: dict) -> dict:
     return {t["name"]: t for t in res["tests"]}
 
 
+def part(nb: str, gid: str) -> str:
+    """A part's name on Gradescope: as the homework names it (the source notebook's labels)."""
+    return nbu.part_label(nbu.part_labels(nbu.read(SOURCE / f"{nb}.ipynb")), gid)
+
+
+def of(nb: str) -> set:
+    """The names of every graded part of notebook ``nb``."""
+    return {part(nb, nbu.grade_id(c)) for c in nbu.read(SOURCE / f"{nb}.ipynb").cells if nbu.meta(c).get("grade")}
+
+
 def written_parts(stem=NB) -> dict:
     """grade_id -> points of the written answers (manually graded cells) of a source notebook."""
     nb = nbu.read(SOURCE / f"{stem}.ipynb")
@@ -254,14 +264,14 @@ def test_renamed_upload_is_graded_like_kit_autograde(renamed, kit_scores):
     for nb in STEMS:
         for gid, (score, mx) in kit_scores[nb]["cells"].items():
             if gid in written_parts(nb):
-                assert f"{nb}: {gid}" not in tests  # listed in the output instead (below)
+                assert part(nb, gid) not in tests  # listed in the output instead (below)
                 continue
-            t = tests[f"{nb}: {gid}"]
+            t = tests[part(nb, gid)]
             assert t["max_score"] == mx
             assert t["score"] == (score or 0), (gid, t, score)
             compared += 1
     assert compared == len(renamed["tests"])
-    q3 = [t for n, t in tests.items() if n.startswith(NB) and "(written" not in n]
+    q3 = [t for n, t in tests.items() if n in of(NB)]
     assert {t["status"] for t in q3} == {"passed", "failed"}  # a half-done notebook: both kinds
     assert "Q3_MultiHead_Attention (1).ipynb -> q3_multihead_attention.ipynb" in renamed["output"]
     assert "Ignored (not a notebook of this assignment): notes.txt" in renamed["output"]
@@ -271,7 +281,7 @@ def test_renamed_upload_is_graded_like_kit_autograde(renamed, kit_scores):
 def test_failures_show_messages_not_hidden_tests(renamed):
     """Does a failed part show 'ename: evalue' (no traceback, no hidden-test line) and a passed one 'passed'?"""
     for t in renamed["tests"]:
-        if t["name"].startswith(NB) and "(written" not in t["name"]:
+        if t["name"] in of(NB):
             if t["status"] == "failed":
                 assert t["output"].split(": ", 1)[0].isidentifier() and "Traceback" not in t["output"], t
             else:
@@ -284,16 +294,16 @@ def test_other_notebooks_score_zero_not_submitted(renamed):
     notebook's written answers listed, as not yet graded, in the output rather than as tests?"""
     others = [nb for nb in STEMS if nb != NB]
     for nb in others:
-        parts = [t for t in renamed["tests"] if t["name"].startswith(nb + ":")]
+        parts = [t for t in renamed["tests"] if t["name"] in of(nb)]
         assert parts and all(t["score"] == 0 and "not submitted" in t["output"] for t in parts)
-        assert not any(f"{nb}: {gid}" in renamed["output"] for gid in written_parts(nb))
+        assert not any(part(nb, gid) in renamed["output"] for gid in written_parts(nb))
     assert "Not uploaded, so scored 0: " + ", ".join(f"{nb}.ipynb" for nb in others) in renamed["output"]
     assert "Could not be graded" not in renamed["output"]  # not uploaded is the student's choice, not a failure
     # the half-done Q3 leaves its written answer as released
     assert written_parts() and "Written answers, not yet graded (%g points" % sum(written_parts().values()) \
         in renamed["output"]
     for gid, pts in written_parts().items():
-        assert f"  {NB}: {gid} ({pts:g} points): not answered" in renamed["output"]
+        assert f"  {part(NB, gid)} ({pts:g} points): not answered" in renamed["output"]
     assert sum(t["max_score"] for t in renamed["tests"]) == sum(sum(auto_points(nb).values()) for nb in STEMS)
 
 
@@ -318,7 +328,7 @@ def test_zipped_folder_with_a_malformed_notebook(zipped):
     tests = by_name(zipped)
     points = auto_points()
     for gid, pts in points.items():
-        assert tests[f"{NB}: {gid}"]["score"] == pts, tests[f"{NB}: {gid}"]
+        assert tests[part(NB, gid)]["score"] == pts, tests[part(NB, gid)]
     assert zipped["score"] == sum(points.values())
     q12 = [t for n, t in tests.items() if n.startswith("q12_")]
     assert q12 and all(t["score"] == 0 and "not a valid notebook" in t["output"] for t in q12)
@@ -353,12 +363,12 @@ def test_perfect_submission_shows_no_failed_test(perfect_relative):
     """Does a perfect Q3 show every Q3 test passed, and its written answer as not yet graded in the
     output (which Gradescope shows neutrally), not as a red failed test?"""
     _, res = perfect_relative
-    q3 = [t for t in res["tests"] if t["name"].startswith(NB + ":")]
+    q3 = [t for t in res["tests"] if t["name"] in of(NB)]
     assert q3 and {t["status"] for t in q3} == {"passed"}
-    failed = {t["name"].split(":")[0] for t in res["tests"] if t["status"] == "failed"}
+    failed = {nb for nb in STEMS for t in res["tests"] if t["status"] == "failed" and t["name"] in of(nb)}
     assert failed == set(STEMS) - {NB}  # only the notebooks not uploaded
     for gid, pts in written_parts().items():
-        assert f"  {NB}: {gid} ({pts:g} points): awaiting grading" in res["output"]
+        assert f"  {part(NB, gid)} ({pts:g} points): awaiting grading" in res["output"]
     assert "not in the autograded score" in res["output"]
 
 
@@ -414,12 +424,12 @@ def test_hostile_submission_cannot_read_the_solutions(hostile):
     control, is right only if the same kind of read of the helper beside the notebook works."""
     check_schema(hostile)
     tests = by_name(hostile)
-    assert tests[f"{NB}: q3b_W_v"]["status"] == "passed", tests[f"{NB}: q3b_W_v"]
-    assert tests[f"{NB}: q3a_W_k"]["status"] == "failed", "the submission read the instructor's notebooks"
+    assert tests[part(NB, "q3b_W_v")]["status"] == "passed", tests[part(NB, "q3b_W_v")]
+    assert tests[part(NB, "q3a_W_k")]["status"] == "failed", "the submission read the instructor's notebooks"
     # a wrong (a) also breaks the whole layer as written (its own graded part)
     others = {gid for gid in auto_points() if gid not in ("q3a_W_k", "q3b_W_v", "q3_whole_layer_check")}
-    assert tests[f"{NB}: q3_whole_layer_check"]["status"] == "failed"
-    assert all(tests[f"{NB}: {gid}"]["status"] == "passed" for gid in others)
+    assert tests[part(NB, "q3_whole_layer_check")]["status"] == "failed"
+    assert all(tests[part(NB, gid)]["status"] == "passed" for gid in others)
 
 
 # -- setup.sh ----------------------------------------------------------------------------------
@@ -588,7 +598,7 @@ def test_time_budget_still_gives_a_result(tmp_path, kitzip):
             os.environ["ATTNKIT_GRADESCOPE_BUDGET"] = env_budget
     check_schema(res)
     assert "Grading stopped after 2 s" in res["output"] and res["score"] == 0
-    q3 = [t for t in res["tests"] if t["name"].startswith(NB)]
+    q3 = [t for t in res["tests"] if t["name"] in of(NB)]
     assert q3 and all("time limit" in t["output"] for t in q3)
 
 

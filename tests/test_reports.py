@@ -51,6 +51,8 @@ def test_export_has_a_column_per_part_and_totals(course, tmp_path):
     assert rows["alice"]["q1_first:t_b (/3)"] == "3" and rows["bob"]["q1_first:t_a (/2)"] == "0"
     assert rows["alice"]["total"] == "6.5" and rows["alice"]["max"] == "7"
     assert rows["bob"]["manual grading pending"] == "yes" and rows["alice"]["manual grading pending"] == "no"
+    # the row under the header names each part (here no source notebook declares names: the grade ids)
+    assert rows["(part)"]["q1_first:t_b (/3)"] == "t_b" and rows["(part)"]["total"] == ""
 
 
 def test_report_store_merges_students_and_keeps_types(course):
@@ -288,8 +290,18 @@ def test_summary_gives_total_points_lost_and_links_failed_parts():
                          ["wrong size"], {"essay": BY_HAND})
     assert "<div class='total'>1.5 / 4" in page
     row = re.search(r"<tr class='failed'>.*?</tr>", page).group()
-    assert "<td>t_a</td>" in row and "href='#t_a'" in row and "&minus;2" in row and "FAILED" in row
+    assert "<td title='t_a'>t_a</td>" in row and "href='#t_a'" in row and "&minus;2" in row and "FAILED" in row
     assert "(a) [hidden test]" in row and "wrong size" not in row
+
+
+def test_summary_names_parts_as_the_homework_does():
+    """Given the source notebook's part names, does each row name its part that way (the grade id kept as the
+    cell's title and in its link), escaped, and does a part without a name keep its grade id?"""
+    page = _summary_html("q1_first", _essay_nb("x"), {"essay": (1.5, 2), "t_a": (0.0, 2)}, [], {"essay": BY_HAND},
+                         {"t_a": "Q1(a) code: <first>"})
+    row = re.search(r"<tr class='failed'>.*?</tr>", page).group()
+    assert "<td title='t_a'>Q1(a) code: &lt;first&gt;</td>" in row and "href='#t_a'" in row
+    assert "<td title='essay'>essay</td>" in page
 
 
 def test_feedback_page_is_cleaned_and_points_at_local_mathjax():

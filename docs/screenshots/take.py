@@ -5,6 +5,9 @@ closing note of issue 20:
 * formgrader.png  - the formgrader's grading view of a written answer (math typeset by the local MathJax)
 * formgrader-markscheme.png - the question's mark scheme, shown to graders as a labelled box
 * student-lab.png - the student's JupyterLab (from ./kit bundle) after Restart & Run All on a released notebook
+* student-lab-untouched-end.png - the same run at its last parts: every cell ran, each part says its line
+* student-lab-partial.png - Restart & Run All on a partly filled Q3 (the demo's sample-partial): ok and BLANK lines
+* feedback-partial.png - the feedback page of that partly filled Q3 (parts named as the homework names them)
 
     .venv/bin/python docs/screenshots/take.py          # about two minutes; writes docs/screenshots/*.png
 
@@ -30,6 +33,7 @@ from test_browser import ASSIGNMENT, NB, Watch, launch, start_jupyter, stop  # n
 from attnkit import notebooks as nbu  # noqa: E402
 from attnkit.course import Course  # noqa: E402
 from attnkit.release import generate  # noqa: E402
+from attnkit.samples import partial  # noqa: E402
 
 OUT = Path(__file__).resolve().parent
 TOKEN = "attnkit-screenshots"
@@ -54,6 +58,9 @@ def graded_course(parent: Path) -> Course:
     dest = course.path("submitted", "student-a", ASSIGNMENT)
     dest.mkdir(parents=True)
     nbu.write(nb, dest / f"{NB}.ipynb")
+    dest = course.path("submitted", "sample-partial", ASSIGNMENT)
+    dest.mkdir(parents=True)
+    nbu.write(partial(nbu.read(course.path("source", ASSIGNMENT, f"{NB}.ipynb"))), dest / f"{NB}.ipynb")
     kit(course.root, "autograde", ASSIGNMENT, "--quiet", "--unsandboxed-i-accept-the-risk", check=True)
     kit(course.root, "feedback", ASSIGNMENT, check=True)
     return course
@@ -66,6 +73,10 @@ def feedback_shot(browser, course: Course):
     page.wait_for_selector("mjx-container", timeout=60000)
     watch.assert_nothing_ran(page)
     page.screenshot(path=str(OUT / "feedback.png"))
+    page.goto(course.path("feedback", "sample-partial", ASSIGNMENT, f"{NB}.html").as_uri())
+    page.wait_for_selector("mjx-container", timeout=60000)
+    watch.assert_nothing_ran(page)
+    page.screenshot(path=str(OUT / "feedback-partial.png"), full_page=True)
     page.close()
 
 
@@ -126,6 +137,27 @@ def student_lab_shot(browser, course: Course, scratch: Path):
         target.scroll_into_view_if_needed()
         page.wait_for_timeout(800)
         page.screenshot(path=str(OUT / "student-lab.png"))
+        page.locator(".jp-Cell", has_text="graded without the blanks").first.scroll_into_view_if_needed()
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(OUT / "student-lab-untouched-end.png"))
+        page.close()
+        # the same notebook half filled (the demo's sample-partial), run again
+        nbu.write(partial(nbu.read(course.path("source", ASSIGNMENT, f"{NB}.ipynb"))),
+                  student / ASSIGNMENT / f"partial_{NB}.ipynb")
+        page = browser.new_page(viewport={"width": 1280, "height": 860})
+        page.goto(f"{url}/lab/tree/{ASSIGNMENT}/partial_{NB}.ipynb?token={TOKEN}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120000)
+        page.wait_for_timeout(3000)
+        page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").click()
+        page.locator(".lm-Menu-itemLabel", has_text="Restart Kernel and Run All Cells").click()
+        page.locator(".jp-Dialog button.jp-mod-accept").click()
+        page.wait_for_timeout(3000)
+        page.wait_for_function("() => ![...document.querySelectorAll('.jp-InputPrompt')]"
+                               ".some(p => p.textContent.includes('*'))", timeout=300000)
+        page.wait_for_timeout(1500)
+        page.locator(".jp-Cell", has_text="(f) The output: (batch, heads").first.scroll_into_view_if_needed()
+        page.wait_for_timeout(800)
+        page.screenshot(path=str(OUT / "student-lab-partial.png"))
         page.close()
     finally:
         stop(proc)
@@ -141,7 +173,8 @@ def main():
             formgrader_shot(browser, course)
             student_lab_shot(browser, course, scratch)
             browser.close()
-        for name in ("feedback.png", "formgrader.png", "formgrader-markscheme.png", "student-lab.png"):
+        for name in ("feedback.png", "feedback-partial.png", "formgrader.png", "formgrader-markscheme.png",
+                     "student-lab.png", "student-lab-untouched-end.png", "student-lab-partial.png"):
             print(f"wrote docs/screenshots/{name} ({(OUT / name).stat().st_size // 1024} KiB)")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -495,8 +495,8 @@ def answer(namespace, name, *, part, what="your answer"):
     """
     __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     if name not in namespace:
-        raise AssertionError(f"Part {part}: `{name}` is not defined -- write {what} in the answer cell above "
-                             f"(replace `{_BLANK}`) and run that cell first")
+        raise AssertionError(f"{part}: `{name}` is still a blank `{_BLANK}` (or its cell has not run): fill it in "
+                             f"({what}) and run that cell")
     return namespace[name]
 
 
@@ -1096,3 +1096,163 @@ def likely_mistake(got, variants, rtol=None, atol=None):
         except Exception:  # noqa: BLE001 (a value that cannot be compared is no match)
             continue
     return ""
+
+
+# ==== In your JupyterLab: every check says its one line and Restart & Run All goes on ====
+#
+# When this file is imported in a notebook kernel that is NOT grading (grading sets NBGRADER_EXECUTION; so does
+# ``./kit validate``, and selfcheck.py sets ATTNKIT_CHECKS=raise), a failed check, a blank ``_____`` or a stub's
+# NotImplementedError ends its cell with one line (FAIL / BLANK / TODO) instead of an error, so that the next cells
+# still run and every part shows its state. Any other error of your own code stops the run as usual. At grading
+# nothing here is installed: a failing check fails its cell exactly as the line says.
+
+_RUN_ON_NAME = "_attention_checks_run_on"
+
+
+def checks_raise():
+    """True where a failing check must raise (grading, ``./kit validate``, selfcheck.py)."""
+    import os
+    return bool(os.environ.get("NBGRADER_EXECUTION")) or os.environ.get("ATTNKIT_CHECKS", "") == "raise"
+
+
+def _cell_name(filename):
+    """'Cell In[3]' for a notebook cell's code (IPython's own name for it), else the file's name."""
+    try:
+        from IPython import get_ipython
+        name = get_ipython().compile.format_code_name(filename)
+        if name:
+            return f"{name[0]} {name[1]}"
+    except Exception:  # noqa: BLE001 (an older IPython, or none)
+        pass
+    return filename.rsplit("/", 1)[-1]
+
+
+def _notebook_frames(exc):
+    """(file, line) of every frame of ``exc``'s traceback in notebook code (not this file, not a library)."""
+    out, tb = [], exc.__traceback__
+    while tb is not None:
+        fname = tb.tb_frame.f_code.co_filename
+        if fname != __file__ and (not fname.startswith("<") or fname.startswith("<ipython-input")) \
+                and "-packages" not in fname and "/lib/python" not in fname:
+            out.append((fname, tb.tb_lineno, tb.tb_frame.f_code.co_name))
+        tb = tb.tb_next
+    return out
+
+
+def _place(exc):
+    """(file, line, function) of the innermost notebook line that raised, looked for first in the error that
+    ``call`` re-raised as a check's message (its context); and the file of the running cell. (None, None)."""
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen and len(chain) < 8:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__context__
+    running = next((f[0][0] for f in map(_notebook_frames, chain[:1]) if f), None)
+    for e in reversed(chain):
+        frames = _notebook_frames(e)
+        if frames:
+            return frames[-1], running
+    return None, running
+
+
+def _where(exc, other_cells_only=False):
+    """'Cell In[3], line 27: <the line>' (see _place); with ``other_cells_only``, None when that line is in the cell
+    that is running (the message already says what failed there)."""
+    place, running = _place(exc)
+    if place is None or (other_cells_only and place[0] == running):
+        return None
+    fname, lineno, _ = place
+    return f"{_cell_name(fname)}, line {lineno}: {_linecache.getline(fname, lineno).strip()}"
+
+
+def _named(exc):
+    """(what: the function of yours whose line raised, else the check's part, else "this cell"; where: its line)."""
+    place, running = _place(exc)
+    text = str(exc)
+    if place is None:
+        return (text.split(": ", 1)[0] if isinstance(exc, AssertionError) else "this cell"), ""
+    fname, lineno, func = place
+    line = _linecache.getline(fname, lineno).strip()
+    if fname != running and func != "<module>":
+        return func, f" ({_cell_name(fname)}, line {lineno}: {line})"
+    if isinstance(exc, AssertionError):  # the line is the check's own call in this cell: its message names the part
+        return text.split(": ", 1)[0], ""
+    return ("this cell", f" (line {lineno}: {line})") if fname == running else (_cell_name(fname), f" (line {lineno}: {line})")
+
+
+def run_on_line(exc):
+    """The line a cell ends with in your JupyterLab for ``exc``, or None when it must raise as usual: BLANK (a blank
+    ``_____`` still there), TODO (a ``raise NotImplementedError()`` still there) or FAIL (a check's message)."""
+    text = str(exc).strip()
+    checked = isinstance(exc, AssertionError)
+    if not (checked or isinstance(exc, NotImplementedError)
+            or (isinstance(exc, (NameError, AttributeError)) and _BLANK in text)):
+        return None
+    if "still a blank" in text or "still has a blank" in text:
+        return f"BLANK {text}"
+    if "not written yet" in text:
+        return f"TODO  {text}"
+    what, where = _named(exc)
+    if _BLANK in text:
+        return f"BLANK {what}: still a blank `{_BLANK}`: fill it in{where}"
+    if isinstance(exc, NotImplementedError) or "NotImplementedError" in text:
+        return f"TODO  {what}: not written yet: replace `raise NotImplementedError()` by your code{where}"
+    return f"FAIL  {text or type(exc).__name__}"
+
+
+def _report(exc):
+    """Called by a cell that raised (see _RunOn): print the part's one line; False to let it raise."""
+    line = run_on_line(exc)
+    if line is None:
+        return False
+    where = _where(exc, other_cells_only=True) if line.startswith("FAIL") else None
+    print(line + (f"\n      your code: {where}" if where else ""), file=_sys.stderr)
+    return True
+
+
+def _show(value):
+    """What IPython does with a cell's last expression (shows it unless None), for a cell wrapped by _RunOn."""
+    _sys.displayhook(value)
+
+
+class _RunOn(_ast.NodeTransformer):
+    """Every cell runs inside ``try: ... except Exception as e: if not report(e): raise``; its last expression, if any,
+    is still shown (through the display hook, as IPython shows it). A cell with a ``__future__`` import is left as
+    it is."""
+
+    def visit_Module(self, node):
+        body = node.body
+        if not body or any(isinstance(n, _ast.ImportFrom) and n.module == "__future__" for n in body):
+            return node
+        if isinstance(body[-1], _ast.Expr):
+            last = body[-1]
+            body[-1] = _ast.Expr(value=_ast.Call(func=_ast.Name(id=_RUN_ON_NAME + "_show", ctx=_ast.Load()),
+                                                 args=[last.value], keywords=[]))
+            _ast.copy_location(body[-1], last)
+        exc = "_attention_checks_exc"
+        test = _ast.UnaryOp(op=_ast.Not(), operand=_ast.Call(
+            func=_ast.Name(id=_RUN_ON_NAME, ctx=_ast.Load()), args=[_ast.Name(id=exc, ctx=_ast.Load())], keywords=[]))
+        handler = _ast.ExceptHandler(type=_ast.Name(id="Exception", ctx=_ast.Load()), name=exc,
+                                     body=[_ast.If(test=test, body=[_ast.Raise()], orelse=[])])
+        node.body = [_ast.Try(body=body, handlers=[handler], orelse=[], finalbody=[])]
+        return _ast.fix_missing_locations(node)
+
+
+def _install_run_on():
+    """In a notebook kernel that is not grading: cells that end in a check's failure say so and the run goes on."""
+    if checks_raise():
+        return
+    try:
+        from IPython import get_ipython
+        shell = get_ipython()
+    except ImportError:
+        return
+    if shell is None or not hasattr(shell, "ast_transformers"):
+        return
+    shell.user_ns[_RUN_ON_NAME] = _report
+    shell.user_ns[_RUN_ON_NAME + "_show"] = _show
+    shell.ast_transformers[:] = [t for t in shell.ast_transformers if type(t).__name__ != "_RunOn"]
+    shell.ast_transformers.append(_RunOn())
+
+
+_install_run_on()

@@ -18,9 +18,10 @@ the bytes it got and against ``limit`` (bytes in all), and refuses anything else
 
 Direction matters. Requests (grader -> kernel) may use the compact forms ``$randn`` and ``$generator``,
 which make the receiver compute. What comes FROM the kernel (replies, a callback's arguments) is read
-with ``loads_values`` / ``decode(values_only=True)``: values only, and the whole message (JSON values,
-nesting, tensor bytes) counted against its budget before anything is built, so a small reply cannot
-make the grader allocate more than it was sent.
+with ``parse_values`` (its JSON values counted from the text before it is parsed), ``measure`` and
+``decode(values_only=True)``: values only, and the whole message (JSON values, nesting, tensor bytes)
+counted against its budget before anything is built, so a small reply cannot make the grader allocate
+more than it was sent.
 """
 from __future__ import annotations
 
@@ -289,11 +290,6 @@ def parse_values(text, max_chars=MAX_REPLY, max_values=MAX_REPLY_VALUES):
         raise WireError("nested too deeply") from None
     except ValueError:
         raise WireError("not JSON") from None
-
-
-def loads_values(text, ref=None, limit=MAX_REPLY):
-    """A whole message from the kernel (a callback's arguments): ``parse_values`` then ``decode(values_only)``."""
-    return decode(parse_values(text, limit), ref, limit, values_only=True)
 
 
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')

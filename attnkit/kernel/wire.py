@@ -47,7 +47,7 @@ REPLY_MIME = "text/vnd.attnkit.reply+json"   # the display type of the agent's r
 CALLBACK_PROMPT = "\x00attnkit-callback:"     # an input request that carries a callback's arguments
 COMM_TARGET = "attnkit.kernel.agent"           # the comm the agent listens on
 REQUESTS = ("module_attr", "noop", "lookup", "getattr", "get", "setattr", "update", "own", "new", "release", "keep",
-            "call")                            # the ``op`` of every request the agent serves
+            "call", "sample")                  # the ``op`` of every request the agent serves
 MAX_REPLY = 64 << 20        # characters of one message from the kernel (a reply, a callback's arguments)
 MAX_REPLY_VALUES = 250_000  # JSON values in one such message (the largest honest reply, 4096 recorded
                             # intermediates with their shapes, holds ~60,000)

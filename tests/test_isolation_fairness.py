@@ -70,7 +70,7 @@ def kernel_of(src=LAYER, name="<cell-iso>"):
     linecache.cache[name] = (len(src), None, src.splitlines(True), name)
     ns: dict = {}
     exec(compile(src, name, "exec"), ns)
-    return in_process(ns)
+    return in_process(ns, [src])
 
 
 def test_a_grader_function_takes_keyword_arguments_from_the_students_code():

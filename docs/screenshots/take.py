@@ -76,7 +76,7 @@ def feedback_shot(browser, course: Course):
     page.goto(course.path("feedback", "sample-partial", ASSIGNMENT, f"{NB}.html").as_uri())
     page.wait_for_selector("mjx-container", timeout=60000)
     watch.assert_nothing_ran(page)
-    page.screenshot(path=str(OUT / "feedback-partial.png"), full_page=True)
+    page.screenshot(path=str(OUT / "feedback-partial.png"))
     page.close()
 
 
@@ -116,6 +116,9 @@ def student_lab_shot(browser, course: Course, scratch: Path):
     (config / "jupyter_server_config.json").write_text(json.dumps({"ServerApp": {"jpserver_extensions": {
         f"nbgrader.server_extensions.{x}": False for x in ("formgrader", "validate_assignment", "assignment_list",
                                                             "course_list")}}}))
+    tracker = config / "lab" / "user-settings" / "@jupyterlab" / "notebook-extension"  # every cell in the page
+    tracker.mkdir(parents=True)
+    (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     news = config / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"   # no "Jupyter news?" toast
     news.mkdir(parents=True)
     (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))

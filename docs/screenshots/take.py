@@ -158,7 +158,9 @@ def student_lab_shot(browser, course: Course, scratch: Path):
         page.wait_for_function("() => ![...document.querySelectorAll('.jp-InputPrompt')]"
                                ".some(p => p.textContent.includes('*'))", timeout=300000)
         page.wait_for_timeout(1500)
-        page.locator(".jp-Cell", has_text="(f) The output: (batch, heads").first.scroll_into_view_if_needed()
+        # (the first run's notebook is still open in a hidden tab: look in the one shown)
+        page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell",
+                     has_text="(f) The output: (batch, heads").first.scroll_into_view_if_needed()
         page.wait_for_timeout(800)
         page.screenshot(path=str(OUT / "student-lab-partial.png"))
         page.close()

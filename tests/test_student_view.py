@@ -68,6 +68,12 @@ def test_in_jupyterlab_a_failing_check_ends_its_cell_with_one_line_and_the_run_g
     shell.run_cell("def f(x):\n    raise NotImplementedError()")
     ran = shell.run_cell("from attention_checks import call\ncall('Q9 f', f, 1)")
     assert ran.success and "TODO  Q9 f: not written yet" in capsys.readouterr().err
+    # a check whose call of the student's code raised: the message first, then the student's own line
+    shell.run_cell("def g(x):\n    return x.view(3)", store_history=True)
+    ran = shell.run_cell("import torch\ncall('(g) split_heads', g, torch.zeros(2))", store_history=True)
+    err = capsys.readouterr().err.splitlines()
+    assert ran.success and err[0].startswith("FAIL  (g) split_heads: g raised RuntimeError: shape '[3]' is invalid")
+    assert err[1].startswith("      your code: ") and err[1].endswith(", line 2: return x.view(3)"), err
     ran = shell.run_cell("1 / 0")
     assert not ran.success and isinstance(ran.error_in_exec, ZeroDivisionError)
     ran = shell.run_cell("40 + 2")

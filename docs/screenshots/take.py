@@ -76,7 +76,7 @@ def feedback_shot(browser, course: Course):
     page.goto(course.path("feedback", "sample-partial", ASSIGNMENT, f"{NB}.html").as_uri())
     page.wait_for_selector("mjx-container", timeout=60000)
     watch.assert_nothing_ran(page)
-    page.screenshot(path=str(OUT / "feedback-partial.png"), full_page=True)
+    page.screenshot(path=str(OUT / "feedback-partial.png"))
     page.close()
 
 
@@ -116,6 +116,9 @@ def student_lab_shot(browser, course: Course, scratch: Path):
     (config / "jupyter_server_config.json").write_text(json.dumps({"ServerApp": {"jpserver_extensions": {
         f"nbgrader.server_extensions.{x}": False for x in ("formgrader", "validate_assignment", "assignment_list",
                                                             "course_list")}}}))
+    tracker = config / "lab" / "user-settings" / "@jupyterlab" / "notebook-extension"  # every cell in the page
+    tracker.mkdir(parents=True)
+    (tracker / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     news = config / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"   # no "Jupyter news?" toast
     news.mkdir(parents=True)
     (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
@@ -155,7 +158,9 @@ def student_lab_shot(browser, course: Course, scratch: Path):
         page.wait_for_function("() => ![...document.querySelectorAll('.jp-InputPrompt')]"
                                ".some(p => p.textContent.includes('*'))", timeout=300000)
         page.wait_for_timeout(1500)
-        page.locator(".jp-Cell", has_text="(f) The output: (batch, heads").first.scroll_into_view_if_needed()
+        # (the first run's notebook is still open in a hidden tab: look in the one shown)
+        page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell",
+                     has_text="(f) The output: (batch, heads").first.scroll_into_view_if_needed()
         page.wait_for_timeout(800)
         page.screenshot(path=str(OUT / "student-lab-partial.png"))
         page.close()

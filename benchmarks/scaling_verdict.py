@@ -253,7 +253,7 @@ def run_in_grader(trials, condition, busy, seed0=0, cases=None):
                 make = lambda n: tuple(wire.Randn((n, d), 0) for d in (D, D, M)) + (fm,)
                 try:
                     r = growth.measure_time_growth(kernel, meter, fns[fn.__name__], make, reference=reference,
-                                                   max_n=2 ** 14)
+                                                   max_n=2 ** 13)
                 except growth.Inconclusive as exc:
                     r = {"verdict": "inconclusive", "statistic": float("nan"), "sizes": [0], "seconds": 0.0,
                          "why": str(exc), "tries": 2, "meter": "?", "clock": "kernel CPU"}
@@ -262,6 +262,8 @@ def run_in_grader(trials, condition, busy, seed0=0, cases=None):
                 print(f"  [{condition}, grader, {r['meter']} meter] trial {trial + 1:3d} {name:17s} verdict "
                       f"{r['verdict']:12s} k {r['statistic']:.2f} N {r['sizes'][0]}..{r['sizes'][-1]} "
                       f"tries {r['tries']} {r['seconds']:.1f} s {r.get('why', '')}", flush=True)
+                if r["verdict"] != truth:
+                    print("      ms:", ", ".join(f"{n}: {t * 1e3:.2f}" for n, t in zip(r["sizes"], r.get("times", []))))
     finally:
         _unload(procs)
         course_kernel.stop(ex, run)

@@ -271,12 +271,14 @@ def test_a_quadratic_function_with_a_30ms_constant_is_quadratic_in_process():
 
 
 def test_the_fit_finds_the_growth_under_a_constant_larger_than_it():
-    """Does the fit a + b N^k give k = 1 and k = 2 back when 30 ms of every size's cost is a constant?"""
-    sizes = [256 * 2 ** i for i in range(6)]
-    for k in (1.0, 2.0):
-        b = 0.02 / sizes[-1] ** k  # 20 ms at the top size: less than the constant
-        a_, b_, k_ = growth.fit_power(sizes, [0.03 + b * n ** k for n in sizes])
-        assert abs(k_ - k) <= 0.02 and abs(a_ - 0.03) < 1e-3, (k, a_, b_, k_)
+    """Does the fit a + b1 N + b2 N^2 call a linear cost 1 and a quadratic one (with a linear part) near 2 when 30 ms
+    of every size's cost is a constant?"""
+    sizes = [256 * 2 ** i for i in range(5)]
+    top = sizes[-1]
+    linear = growth.fit_cost(sizes, [0.03 + 0.02 * n / top for n in sizes])
+    quadratic = growth.fit_cost(sizes, [0.03 + 0.005 * n / top + 0.02 * (n / top) ** 2 for n in sizes])
+    assert abs(linear[0] - 0.03) < 1e-4 and growth.growth_exponent(linear, top) < 1.01, linear
+    assert abs(quadratic[0] - 0.03) < 1e-4 and abs(growth.growth_exponent(quadratic, top) - 1.8) < 0.01, quadratic
 
 
 MEASURED = dict(meter=KernelMeter(root_pid=__import__("os").getpid(), watch_forks=False),

@@ -404,6 +404,22 @@ def build_alone(part, label, cls, *args):
     return obj
 
 
+def own_instance(cls, d_model, num_heads):
+    """Your own instance ``cls(d_model, num_heads)``, built by your ``__init__`` with any statement of it that raises
+    (another blank) jumped over, so every attribute it sets exists; a bare one with the API's attributes (d_model,
+    num_heads, d_k) only when ``__init__`` cannot finish. Checks of one method run on it, as the grader's do."""
+    __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
+    inits = [c.__dict__["__init__"] for c in cls.__mro__ if "__init__" in c.__dict__ and c is not torch.nn.Module
+             and c is not object]
+    obj = cls.__new__(cls)
+    try:
+        if run_lines(cls.__init__, obj, d_model, num_heads, functions=inits).error is None:
+            return obj
+    except Exception:  # noqa: BLE001 (then a bare instance)
+        pass
+    return bare(cls, d_model=d_model, num_heads=num_heads, d_k=d_model // num_heads)
+
+
 def whole_attention(part, fn, Q, K, V):
     """For a method rewritten so that its blanks cannot be found: the whole method, as the graded test does,
     against torch's own scaled dot-product attention (no mask)."""
@@ -1020,6 +1036,66 @@ def attention_inputs(D, M, *, device="cpu", dtype=torch.float32, batch=(), seed=
         g = torch.Generator(device=dev).manual_seed(seed + n)
         return tuple(torch.randn(*batch, n, d, generator=g, dtype=dtype, device=dev) for d in (D, D, M))
     return make_args
+
+
+# ==== Likely mistakes: a wrong output compared with the classic wrong variants (the grader does the same) ====
+
+def _mha_variant(x, kv, mask, weights, h, *, scale="d_k", axis=-1, fill=-1e9, invert=False, split="transpose",
+                 combine="transpose"):
+    """Multi-head attention in float64 with a layer's weights [W_q.weight, W_q.bias, ..., W_o.bias] and ``h`` heads,
+    one mistake switched on: the scores' scaling, the softmax axis, the mask's fill or sense, the heads' split."""
+    w = [t.detach().double() for t in weights]
+    x, kv = x.double(), kv.double()
+    b, lq, d = x.shape
+    lk, dk = kv.shape[1], d // h
+    q, k, v = x @ w[0].T + w[1], kv @ w[2].T + w[3], kv @ w[4].T + w[5]
+
+    def heads(t, n):
+        if split == "view":  # (B, L, d) read as (B, h, L, d_k): rows of different positions mixed into a head
+            return t.reshape(b, h, n, dk)
+        return t.reshape(b, n, h, dk).transpose(1, 2)   # (B, h, L, d_k)
+    s = heads(q, lq) @ heads(k, lk).transpose(-2, -1)    # (B, h, Lq, Lk)
+    s = s / {"d_k": math.sqrt(dk), "d_model": math.sqrt(d), "none": 1.0}[scale]
+    if mask is not None:
+        s = s.masked_fill((mask != 0) if invert else (mask == 0), fill)
+    e = torch.exp(s - s.amax(axis, keepdim=True))
+    o = (e / e.sum(axis, keepdim=True)) @ heads(v, lk)  # (B, h, Lq, d_k)
+    o = o.reshape(b, lq, d) if combine == "view" else o.transpose(1, 2).reshape(b, lq, d)
+    return o @ w[6].T + w[7]
+
+
+def mha_variants(x, kv, mask, weights, h):
+    """[(sentence, a layer's output with that classic mistake)] for ``likely_mistake``: x the queries' input, kv the
+    keys' and values' input, weights [W_q.weight, W_q.bias, ..., W_o.bias], h heads."""
+    view = "the heads are split with view alone, without the transpose that puts the head axis first"
+    out = [("the scores are QKᵀ without the 1/√d_k scaling", _mha_variant(x, kv, mask, weights, h, scale="none")),
+           ("the scores are divided by √d_model instead of √d_k",
+            _mha_variant(x, kv, mask, weights, h, scale="d_model")),
+           ("the softmax normalises over the queries (axis -2) instead of the keys",
+            _mha_variant(x, kv, mask, weights, h, axis=-2)),
+           (view, _mha_variant(x, kv, mask, weights, h, split="view", combine="view")),
+           (view, _mha_variant(x, kv, mask, weights, h, split="view"))]
+    if mask is not None:
+        out += [("the mask is inverted: the positions it keeps are the ones filled with -1e9",
+                 _mha_variant(x, kv, mask, weights, h, invert=True)),
+                ("masked scores are filled with a tiny number (about 0) instead of a large negative one (-1e9)",
+                 _mha_variant(x, kv, mask, weights, h, fill=1e-9))]
+    return out
+
+
+def likely_mistake(got, variants, rtol=None, atol=None):
+    """" (likely: <sentence>)" for the first of ``variants`` ({sentence: tensor} or [(sentence, tensor)]) that ``got``
+    matches, "" when none does. Only the sentence is shown: never an input or an expected value."""
+    if not isinstance(got, _Tensor):
+        return ""
+    for sentence, value in (variants.items() if isinstance(variants, dict) else variants):
+        value = value.to(dtype=got.dtype, device=got.device) if isinstance(value, _Tensor) else value
+        try:
+            if isinstance(value, _Tensor) and tuple(value.shape) == tuple(got.shape) and close(got.detach(), value, rtol, atol):
+                return f" (likely: {sentence})"
+        except Exception:  # noqa: BLE001 (a value that cannot be compared is no match)
+            continue
+    return ""
 
 
 # ==== In your JupyterLab: every check says its one line and Restart & Run All goes on ====

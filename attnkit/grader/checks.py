@@ -293,16 +293,9 @@ def own_instance(kernel, cls, d_model, num_heads, *, dtype=None, device=None):
 def isolated_call(part, fn, *args, **kwargs):
     """``call`` for a part run with the other pieces replaced by stand-ins: a blank is named; any other error of
     the student's code means the part cannot be graded on its own (NotIsolable), so the whole layer decides."""
-    from attnkit.grader.hidden import blank_words
-    from attnkit.grader.remote import Remote, StudentError
-    try:
-        return fn(*args, **kwargs)
-    except StudentError as exc:
-        if exc.blank or "_____" in str(exc):
-            raise AssertionError(blank_words(part, exc.blank)) from None
-        name = fn.__name__ if isinstance(fn, Remote) else getattr(fn, "__name__", "your code")
-        raise NotIsolable(f"{part}: {name}, run with the other pieces replaced by the grader's, raised "
-                          f"{type(exc).__name__}: {exc}") from None
+    from attnkit.grader.hidden import run_student
+    return run_student(part, fn, args, kwargs, lambda name, exc: NotIsolable(
+        f"{part}: {name}, run with the other pieces replaced by the grader's, raised {type(exc).__name__}: {exc}"))
 
 
 def line_failure(run, name, part, label):

@@ -59,15 +59,22 @@ def load_helpers(folder) -> dict:
     return mods
 
 
-def call(part, fn, *args, **kwargs):
-    """attention_checks.call for the kernel's objects: an exception names the part (and the blank)."""
+def run_student(part, fn, args, kwargs, failure):
+    """``fn(*args, **kwargs)``; a blank it meets is named for ``part``; any other error of the student's code
+    raises ``failure(name of fn, the error)``."""
     try:
         return fn(*args, **kwargs)
     except StudentError as exc:
         if exc.blank or "_____" in str(exc):
             raise AssertionError(blank_words(part, exc.blank)) from None
         name = fn.__name__ if isinstance(fn, Remote) else getattr(fn, "__name__", "your code")
-        raise AssertionError(f"{part}: {name} raised {type(exc).__name__}: {exc}") from None
+        raise failure(name, exc) from None
+
+
+def call(part, fn, *args, **kwargs):
+    """attention_checks.call for the kernel's objects: an exception names the part (and the blank)."""
+    return run_student(part, fn, args, kwargs,
+                       lambda name, exc: AssertionError(f"{part}: {name} raised {type(exc).__name__}: {exc}"))
 
 
 def blank_words(part, label=None) -> str:

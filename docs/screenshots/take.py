@@ -104,6 +104,19 @@ def formgrader_shot(browser, course: Course):
         stop(proc)
 
 
+def restart_and_run_all(page):
+    """Kernel > Restart Kernel and Run All Cells, as a student does it, then wait until no cell is running."""
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120000)
+    page.wait_for_timeout(3000)
+    page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").click()
+    page.locator(".lm-Menu-itemLabel", has_text="Restart Kernel and Run All Cells").click()
+    page.locator(".jp-Dialog button.jp-mod-accept").click()
+    page.wait_for_timeout(3000)
+    page.wait_for_function("() => ![...document.querySelectorAll('.jp-InputPrompt')]"
+                           ".some(p => p.textContent.includes('*'))", timeout=300000)
+    page.wait_for_timeout(1500)
+
+
 def student_lab_shot(browser, course: Course, scratch: Path):
     kit(course.root, "bundle", ASSIGNMENT, check=True)
     student = scratch / "student"
@@ -126,15 +139,7 @@ def student_lab_shot(browser, course: Course, scratch: Path):
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 860})
         page.goto(f"{url}/lab/tree/{ASSIGNMENT}/{NB}.ipynb?token={TOKEN}")
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120000)
-        page.wait_for_timeout(3000)
-        page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").click()
-        page.locator(".lm-Menu-itemLabel", has_text="Restart Kernel and Run All Cells").click()
-        page.locator(".jp-Dialog button.jp-mod-accept").click()
-        page.wait_for_timeout(3000)
-        page.wait_for_function("() => ![...document.querySelectorAll('.jp-InputPrompt')]"
-                               ".some(p => p.textContent.includes('*'))", timeout=300000)
-        page.wait_for_timeout(1500)
+        restart_and_run_all(page)
         # the first graded part and its visible check, after the run
         target = page.locator(".jp-Cell", has_text="(a) W_k is an nn.Linear").first
         target.scroll_into_view_if_needed()
@@ -149,15 +154,7 @@ def student_lab_shot(browser, course: Course, scratch: Path):
                   student / ASSIGNMENT / f"partial_{NB}.ipynb")
         page = browser.new_page(viewport={"width": 1280, "height": 860})
         page.goto(f"{url}/lab/tree/{ASSIGNMENT}/partial_{NB}.ipynb?token={TOKEN}")
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120000)
-        page.wait_for_timeout(3000)
-        page.locator(".lm-MenuBar-itemLabel", has_text="Kernel").click()
-        page.locator(".lm-Menu-itemLabel", has_text="Restart Kernel and Run All Cells").click()
-        page.locator(".jp-Dialog button.jp-mod-accept").click()
-        page.wait_for_timeout(3000)
-        page.wait_for_function("() => ![...document.querySelectorAll('.jp-InputPrompt')]"
-                               ".some(p => p.textContent.includes('*'))", timeout=300000)
-        page.wait_for_timeout(1500)
+        restart_and_run_all(page)
         # (the first run's notebook is still open in a hidden tab: look in the one shown)
         page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Cell",
                      has_text="(f) The output: (batch, heads").first.scroll_into_view_if_needed()

@@ -248,12 +248,14 @@ def test_the_meter_reads_another_processes_cpu_time():
 def test_a_linear_and_a_quadratic_function_get_their_verdicts_in_process():
     """Does the grader's time statistic call an O(N) function linear and an O(N^2) one quadratic?"""
     torch.set_num_threads(1)
-    ns = student("import torch\ndef lin(x):\n    return (x @ x[:64].T).sum()\ndef quad(x):\n    return (x @ x.T).sum()\n")
+    ns = student("import torch\ndef lin(x):\n    return torch.tanh(x).sum()\ndef quad(x):\n    return (x @ x.T).sum()\n")
     k = in_process(ns)
     found = k.lookup({"lin", "quad"})
     meter = KernelMeter(root_pid=__import__("os").getpid(), watch_forks=False)  # (the grader's own process)
-    wide, rows = (lambda n: (wire.Randn((n, 64), n),)), (lambda n: (wire.Randn((n, 32), n),))
-    assert growth.measure_time_growth(k, meter, found["lin"], wide, start=2 ** 8, max_n=2 ** 17)["verdict"] == "linear"
+    vector, rows = (lambda n: (wire.Randn((n,), n),)), (lambda n: (wire.Randn((n, 32), n),))
+    # (1 MB at most: past 2 MB, fresh allocations in every call here cost page faults that grow faster than N)
+    r = growth.measure_time_growth(k, meter, found["lin"], vector, start=2 ** 12, max_n=2 ** 18, floor_s=1e-4)
+    assert r["verdict"] == "linear", r
     assert growth.measure_time_growth(k, meter, found["quad"], rows, start=64, max_n=2 ** 12)["verdict"] == "quadratic"
 
 

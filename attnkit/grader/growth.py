@@ -195,6 +195,9 @@ def _measure(m: Measured, *, start, floor_s, max_call_s, hard_call_s, max_n, dou
         if t >= floor_s or n * 2 > max_n:
             break
         n *= 2
+    if n * 4 > max_n and max_n // 4 >= start:  # three sizes up to the cap even where load puts the floor late:
+        n = max_n // 4                         # the fit's constant takes what lies below the floor
+        t = min(m.time(n) for _ in range(2))
     sizes, best = [n], {n: t}
 
     def grown(fit):  # the part of the top size's cost that depends on N

@@ -139,7 +139,7 @@ def test_feedback_names_every_failed_part_and_why(graded, pages):
         page = html.unescape(pages[(fx.student, fx.notebook)].read_text())
         summary = page[page.index("attnkit-summary"):page.index("</table>", page.index("attnkit-summary"))]
         for gid, score in fx.expected.items():
-            row = re.search(rf"<tr class='(\w+)'><td>{re.escape(gid)}</td>(.*?)</tr>", summary, re.S)
+            row = re.search(rf"<tr class='(\w+)'><td title='{re.escape(gid)}'>[^<]*</td>(.*?)</tr>", summary, re.S)
             assert row, f"{fx.student}: {gid} missing from the feedback table"
             assert row.group(1) == "failed", f"{fx.student}: {gid} shown as {row.group(1)}"
             why = graded.messages[fx.student].get(gid, "")

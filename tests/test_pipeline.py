@@ -68,7 +68,7 @@ def test_autograde_scores_and_reports_broken_submissions(course):
     assert "not submitted" in out.stdout
     from attnkit.reports import scores
     data = scores(course, "hw9")["students"]
-    auto_max = 17.0  # issue 10: the whole-layer part (2)
+    auto_max = 17.0  # with the whole-layer part (2)
     assert data["sample-solution"][NB]["score"] == auto_max
     assert data["Zoë_Müller"][NB]["score"] == auto_max
     assert data["sample-untouched"][NB]["score"] == 0

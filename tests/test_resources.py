@@ -1,4 +1,4 @@
-"""Grading-path resource limits (issue 18): output floods read with bounded memory, a memory cgroup per
+"""Grading-path resource limits: output floods read with bounded memory, a memory cgroup per
 kernel (memfd_create counted), the IPC folder on a small tmpfs, only regular files graded, a per-student
 wall-clock limit. The resource bank (attnkit/fixtures/resources.py) is graded in ONE batch through the
 CLI; the pieces are also checked on their own, fast."""

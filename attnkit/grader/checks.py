@@ -308,7 +308,7 @@ def line_failure(run, name, part, label):
     return AssertionError(f"{part}: line {label} raised {type(err).__name__}: {err}")
 
 
-# ---- The rule for a part that cannot be graded alone: the student's whole layer decides (issue 19)
+# ---- The rule for a part that cannot be graded alone: the student's whole layer decides
 LAYER_CASES = [(2, 5, 7, 12, 3), (1, 3, 3, 6, 1), (2, 4, 6, 32, 4)]   # batch, queries, keys, d_model, heads
 
 

@@ -1,4 +1,4 @@
-"""The grading process's peak memory while it reads an output flood (issue 18).
+"""The grading process's peak memory while it reads an output flood.
 
     .venv/bin/python benchmarks/flood_memory.py [print|image]
 

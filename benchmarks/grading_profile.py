@@ -1,4 +1,4 @@
-"""Where a submission's grading time goes, notebook by notebook (issue 12's profile).
+"""Where a submission's grading time goes, notebook by notebook (the warm-start work's profile).
 
 Grades ``--students`` solved submissions with one worker through the CLI (the kit here, or the
 kit at ``--base REF``), then splits each notebook's seconds (from the grading report) into:

@@ -1,4 +1,4 @@
-"""Seconds per submission, side by side in one run on the same submissions (issue 12):
+"""Seconds per submission, side by side in one run on the same submissions:
 
 * plain ``nbgrader autograde`` (nbgrader's own CLI with course_config.py; one process);
 * the kit with the warm start off (``ATTNKIT_WARM_START=0``: every notebook's kernel starts cold
@@ -9,7 +9,7 @@
 
 with 1 worker (``--students1`` submissions) and 2 workers (``--students2``), variants interleaved
 round by round (the machine is shared: only ratios from one run mean much); one submission alone
-(an ``autograde()`` call for one student with 1 worker, the figure issue 12 started from); and the
+(an ``autograde()`` call for one student with 1 worker, the figure the warm-start work started from); and the
 start-up floor: bwrap + python, + ``import torch`` (a cold kernel's start), and a warm kernel
 (fork from the interpreter until the kernel answers). Every variant must give the same verdicts.
 
@@ -214,7 +214,7 @@ def main() -> None:
         for name, secs in alone.items():
             print(f"{name:30s} {statistics.median(secs):9.2f} s")
         one, two = statistics.median(alone["kit now"]), statistics.median(got[(ref, 2)])
-        print(f"\ngoals (issue 12, 2 cores): one submission <= 7 s with 1 worker: {one:.2f} s "
+        print(f"\ngoals (the warm-start work, 2 cores): one submission <= 7 s with 1 worker: {one:.2f} s "
               f"({'met' if one <= 7 else 'NOT met'}); <= 3.5 s per submission with 2 workers on a batch of 16: "
               f"{two:.2f} s on a batch of {args.students2} ({'met' if two <= 3.5 else 'NOT met'})")
     finally:

@@ -23,7 +23,7 @@ Seen on the 2-core development machine (shared with other jobs, load average 3-9
 CPU clock, 50 + 50 trials quiet and 50 + 50 under 2 busy loops: 0 wrong verdicts; linear
 statistic 1.00-1.18, impostor 1.86-2.07; 0.46 s (quiet) / 1.56 s (loaded) per verdict.
 4 busy loops, 20 + 20: 0 wrong. Wall clock, 20 + 20 each: 1 false fail quiet, 1 loaded.
---where grader (the hidden test since issue 17: the kernel's CPU time read from outside, less a request's
+--where grader (the hidden test since the grader process: the kernel's CPU time read from outside, less a request's
 own cost), 15 + 15 quiet and 15 + 15 under 2 busy loops: 0 wrong; loaded, linear 0.92-1.26, impostor
 1.73-2.19; about 2 s per verdict. (Without subtracting a request's own cost the impostor's statistic fell to
 1.53-1.95: 13 false passes in 30.)
@@ -329,7 +329,7 @@ def main(argv=None):
     ap.add_argument("--where", choices=["process", "kernel", "grader"], default="process",
                     help="kernel: each trial in a grading kernel forked from the warm-start interpreter, "
                          "in the bwrap sandbox with its limits (CPU only); grader: the statistic in this "
-                         "process on the kernel's CPU time read from outside (the hidden test since issue 17)")
+                         "process on the kernel's CPU time read from outside (the hidden test since the grader process)")
     ap.add_argument("--cases", nargs="*", choices=sorted(GRADER_CASES), default=None,
                     help="--where grader: the cases to measure (default: all)")
     args = ap.parse_args(argv)

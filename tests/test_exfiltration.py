@@ -1,4 +1,4 @@
-"""Hidden tests out of reach (issue 17): the exfiltration and re-patching bank through the real CLI.
+"""Hidden tests out of reach (since the grader process): the exfiltration and re-patching bank through the real CLI.
 
 The bank (attnkit/fixtures/exfiltrate.py) is graded in one batch with ``kit autograde`` in the sandbox,
 then ``kit feedback``. Every case must score exactly what its answers deserve, and no text a student

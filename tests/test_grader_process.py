@@ -373,7 +373,7 @@ def test_the_cgroup_meter_counts_a_reparented_grandchild_that_has_exited():
         proc.wait()
         cg.remove()
 
-# ---------------------------------------------------------------------------- issue 19: isolation that never punishes
+# ---------------------------------------------------------------------------- isolation that never punishes
 INIT = '''
 import torch
 import torch.nn as nn

@@ -1,4 +1,4 @@
-"""Q4's input helper hands out no answer (issue 19): the student gives the weight shapes, and the visible checks
+"""Q4's input helper hands out no answer: the student gives the weight shapes, and the visible checks
 try every option's shape (fast tier, no grading)."""
 from __future__ import annotations
 

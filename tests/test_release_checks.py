@@ -116,7 +116,7 @@ def test_bare_expression_test_cell_is_found():
     assert bare_expression_cells(nb) == []
 
 
-# ---- Give-aways a program can find: the options run on the inputs the release hands out (issue 19) ----
+# ---- Give-aways a program can find: the options run on the inputs the release hands out ----
 
 import shutil
 from pathlib import Path

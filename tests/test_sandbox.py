@@ -1,4 +1,4 @@
-"""The grading sandbox (issue 9): the hostile bank through the real CLI, in one batch, and the
+"""The grading sandbox: the hostile bank through the real CLI, in one batch, and the
 machine checked afterwards; a grading process that dies; refusing to grade unsandboxed; the
 setpriv fallback."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Warm start (issue 12): the kernels of a grading process fork from one pre-imported interpreter
+"""Warm start: the kernels of a grading process fork from one pre-imported interpreter
 (kept from student to student, or with ``sandbox_per_student`` a new sandbox per student, started
 ahead), yet each notebook still starts from a clean interpreter and a clean sandbox, as far as its
 code can tell. A first notebook poisons what it can; the next one, and the next student's, check."""

@@ -1,5 +1,5 @@
 """Screenshots in a real browser (Chromium through Playwright, no network), for the README and the
-closing note of issue 20:
+closing note of the feedback-page work:
 
 * feedback.png    - a student's feedback page (./kit feedback), opened from disk
 * formgrader.png  - the formgrader's grading view of a written answer (math typeset by the local MathJax)

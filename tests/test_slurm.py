@@ -1,4 +1,4 @@
-"""Grading on Slurm (attnkit/slurm.py): shards, the faithful scratch copy, the merge's validation, the GPU-only
+"""Grading on Slurm (attnkit/slurm/): shards, the faithful scratch copy, the merge's validation, the GPU-only
 refusal, and a real single-node Slurm (Debian's slurm-wlm and munge, brought up by the fixture) that grades the
 demo's samples and a hostile submission with the same per-part scores as the local batch, resubmits a killed
 task's students, and scores 0 with the reason a student whose task died twice."""

@@ -58,7 +58,8 @@ KIT_DIR = os.path.dirname(os.path.abspath(__file__))
 # Only these kit modules are visible to a kernel: the package will hold fixture banks with right answers.
 # The kit's files a kernel can see: its start-up, the agent hidden tests reach it through, their data format.
 # Nothing of the grader (hidden tests, references, attnkit/grader/) is ever bound in.
-KERNEL_MODULES = ("__init__.py", "kernel/__init__.py", "kernel/__main__.py", "kernel/agent.py", "kernel/wire.py")
+KERNEL_MODULES = ("__init__.py", "kernel/__init__.py", "kernel/__main__.py", "kernel/agent.py", "kernel/wire.py",
+                  "kernel/seal.py")
 SANDBOX_KIT = "/opt/attnkit"          # the kernel's PYTHONPATH entry holding attnkit/<KERNEL_MODULES>
 SANDBOX_HOME = "/home/student"        # the kernel's working folder (tmpfs)
 UID_BASE = 2_000_000                  # far above real users and the usual subuid ranges
@@ -472,10 +473,23 @@ def meter_cgroups() -> bool:
 
 def describe_meters() -> str:
     """Which meter the time and memory verdicts read (a per-kernel cgroup counts every process)."""
-    if meter_cgroups():
+    if meter_cgroups() and os.environ.get("ATTNKIT_COST_METER", "auto") != "proc":
         return "cost meters: the kernel's cgroup (CPU time and peak memory of all its processes, exited ones too)"
-    return ("cost meters: /proc only (no per-kernel cgroup: a process or thread started during a measured call "
-            "makes that measurement fail)")
+    if _no_processes_loads():
+        return ("cost meters: /proc only (no per-kernel cgroup), and the kernel may start threads but no process "
+                "(a second syscall filter refuses fork): nothing it runs escapes them")
+    return ("cost meters: /proc only (no per-kernel cgroup, no syscall filter to refuse new processes: a process or "
+            "thread started anywhere on the host during a measured call makes that measurement fail)")
+
+
+@lru_cache(maxsize=None)
+def _no_processes_loads() -> bool:
+    """Can a process load the filter that refuses new processes (libseccomp present)?"""
+    try:
+        import pyseccomp  # noqa: F401
+        return True
+    except (ImportError, OSError):
+        return False
 
 
 def _libc():
@@ -1198,7 +1212,16 @@ class CourseKernelManager(AsyncKernelManager):
     scratch_mb = Integer(256, help="Size of the kernel's writable working folder (tmpfs), MiB.").tag(config=True)
     cpu_seconds = Integer(900, help="RLIMIT_CPU of each kernel process (on top of the per-cell timeout).").tag(config=True)
     threads = Integer(1, help="Torch/BLAS threads in a grading kernel (0 = library default).").tag(config=True)
+    cost_meter = Unicode("auto", help="What the time and memory verdicts read: auto (the kernel's cgroup where "
+                         "the host gives one, else /proc, and then the kernel may start no process) or proc "
+                         "(/proc and no processes even where a cgroup could count them: to test that path). "
+                         "Default: ATTNKIT_COST_METER, else auto."
+                         ).tag(config=True)
     display_name = Unicode("Python 3 (attention kit)").tag(config=True)
+
+    @default("cost_meter")
+    def _cost_meter_default(self):
+        return os.environ.get("ATTNKIT_COST_METER", "auto")  # (worker processes inherit it)
     warm_start = Bool(True, help="Inside a warm_start() scope (bwrap as root), fork kernels from a pre-imported "
                                  "interpreter (ATTNKIT_WARM_START=0 turns it off).").tag(config=True)
     sandbox_per_student = Bool(False, help="Warm start: a new sandbox for every student (started ahead) instead "
@@ -1231,6 +1254,8 @@ class CourseKernelManager(AsyncKernelManager):
         if mode != "none":  # never on a student's own machine: NPROC counts all their processes
             env.update(ATTNKIT_KERNEL_NPROC=str(self.max_processes), ATTNKIT_KERNEL_FSIZE_MB=str(self.max_file_mb),
                        ATTNKIT_KERNEL_CPU_S=str(self.cpu_seconds))
+        if mode != "none" and self.meters_proc():  # nothing a process did would be counted once it ended
+            env[seccomp.ENV_NO_PROCESSES] = "1"
         if self.threads:
             env.update({k: str(self.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
         if os.environ.get("NBGRADER_EXECUTION"):
@@ -1239,6 +1264,15 @@ class CourseKernelManager(AsyncKernelManager):
         return KernelSpec(argv=[python_exe(), "-m", "attnkit.kernel", "-f", "{connection_file}"],
                           display_name=self.display_name, language="python", env=env,
                           interrupt_mode="message" if mode == "bwrap" else "signal")
+
+    def meters_proc(self) -> bool:
+        """Do this kernel's cost meters read /proc (no cgroup of its own counts its processes)?"""
+        return self.cost_meter == "proc" or not meter_cgroups()
+
+    def sealed_filters(self) -> int:
+        """How many seccomp filters the kernel runs under once it refuses new processes: the grader's own
+        (a container's profile), the sandbox's, that one."""
+        return seccomp.filters_of("self") + (1 if seccomp.program_path() else 0) + 1
 
     async def _async_pre_start_kernel(self, **kw):
         mode = self.mode()

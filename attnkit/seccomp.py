@@ -127,6 +127,20 @@ def _compiled() -> tuple[str | None, str]:
     return path, ""
 
 
+# Where no cgroup of its own counts a kernel's processes, the kernel loads a second filter itself, before any
+# cell runs (attnkit/kernel/seal.py: inside the sandbox, where this module is not bound).
+ENV_NO_PROCESSES = "ATTNKIT_KERNEL_NO_PROCESSES"
+
+
+def filters_of(pid="self") -> int:
+    """How many seccomp filters a process runs under (/proc: the kernel's count, which no process can lower)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return int(next((line.split()[1] for line in f if line.startswith("Seccomp_filters:")), "0"))
+    except (OSError, ValueError):
+        return 0
+
+
 ENV_OFF = "ATTNKIT_SECCOMP_OFF"  # 1: no syscall filter (for the benchmark's comparison, and diagnosis)
 _refused = ""  # why the sandbox could not start with the filter (sandbox.probe), where it could without
 

@@ -533,3 +533,32 @@ def test_a_layer_built_on_torchs_own_attention_earns_nothing_on_the_whole_path(t
     printed, error = hidden.run(region, in_process(student(src, "<cell-fused-layer>"), [src]), tmp_path)
     assert error is not None and "graded with your whole layer" not in printed
     assert "use torch's built-in attention; write your own" in printed
+
+
+SEALED = """
+import sys
+from attnkit.kernel.seal import load_no_processes
+if sys.argv[1:] == ["seal"]:
+    load_no_processes()
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_kernel_that_can_start_no_process_is_not_watched_for_forks():
+    """Where the kernel loaded the filter that refuses new processes (as it does where no cgroup counts them), does
+    the /proc meter see it from outside (its count of filters) and stop watching the host's fork count, whose
+    moves by other processes would fail every measurement on a busy host; and without it, does it still watch?"""
+    from attnkit import seccomp
+    if seccomp.unavailable():
+        pytest.skip(seccomp.unavailable())
+    for how, watched in (("seal", False), ("plain", True)):
+        proc = subprocess.Popen([sys.executable, "-c", SEALED, how], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            meter = KernelMeter(root_pid=proc.pid, sealed_filters=seccomp.filters_of("self") + 1)
+            assert meter.sealed() is not watched and (meter.forks() is not None) is watched, how
+        finally:
+            proc.kill()
+            proc.wait()

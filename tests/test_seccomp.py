@@ -149,3 +149,47 @@ def test_honest_work_runs_under_the_filter(graded):
     for line in ("torch threads 4 True", "numpy 3.0", "matplotlib saved", "fork process 42", "subprocess 42",
                  "Seccomp: 2", "honest work done"):
         assert line in text, f"{line!r} missing:\n{text[-3000:]}"
+
+
+SEALED_PROBE = """
+import os, subprocess, threading, torch
+print("filters", next(l.split()[1] for l in open("/proc/self/status") if l.startswith("Seccomp_filters:")))
+for name, start in (("fork", lambda: os.waitpid(os.fork() or os._exit(0), 0)),
+                    ("subprocess", lambda: subprocess.run(["/bin/true"]))):
+    try:
+        start()
+        print(name, "started")
+    except OSError as exc:
+        print(name, type(exc).__name__)
+t = threading.Thread(target=lambda: print("thread ran"))
+t.start()
+t.join()
+torch.set_num_threads(2)
+print("torch", float(torch.ones(256, 256).matmul(torch.ones(256, 256)).sum()))
+"""
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "setpriv"])
+def test_where_no_cgroup_counts_its_processes_a_kernel_starts_threads_but_no_process(tmp_path, monkeypatch, mode):
+    """Where the cost meters read /proc (no cgroup of the kernel's own: ATTNKIT_COST_METER=proc stands in for such a
+    host), is a new process refused with EPERM (fork, subprocess) while threads and torch's own threads run, under
+    the filter count the grader checks from outside; and where a cgroup counts them, may the kernel still fork?"""
+    why = sandbox.probe(mode)
+    if why:
+        pytest.skip(f"{mode} cannot run here: {why}")
+    if seccomp.unavailable():
+        pytest.skip(seccomp.unavailable())
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(workdir, 0o755)
+    monkeypatch.setenv("ATTNKIT_COST_METER", "proc")
+    out, _ = asyncio.run(sandbox.run_source(str(workdir), SEALED_PROBE, timeout=120, sandbox=mode))
+    want = sandbox.CourseKernelManager().sealed_filters()
+    for line in (f"filters {want}", "fork PermissionError", "subprocess PermissionError", "thread ran", "torch 16777216.0"):
+        assert line in out, f"{line!r} missing: {out}"
+    assert "cost meters: /proc only" in sandbox.describe_meters() and "no process" in sandbox.describe_meters()
+    if sandbox.meter_cgroups():
+        monkeypatch.setenv("ATTNKIT_COST_METER", "auto")
+        out, _ = asyncio.run(sandbox.run_source(str(workdir), SEALED_PROBE, timeout=120, sandbox=mode))
+        assert f"filters {want - 1}" in out and "fork started" in out and "subprocess started" in out, out

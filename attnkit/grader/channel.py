@@ -165,13 +165,16 @@ def student_sources(nb, cell) -> list[str]:
 def kernel_meter(executor) -> KernelMeter | CgroupMeter:
     """The meter of ``executor``'s kernel: its cgroup (every process counted), else its sandbox uid's
     processes, else its process tree."""
-    found = CgroupMeter.of(getattr(executor.km, "_cgroup", None))
+    km = executor.km
+    proc = getattr(km, "meters_proc", lambda: True)()
+    found = None if proc else CgroupMeter.of(getattr(km, "_cgroup", None))
     if found is not None:
         return found
-    uid = getattr(executor.km, "_uid", None)
+    sealed = km.sealed_filters() if proc and hasattr(km, "sealed_filters") else 0
+    uid = getattr(km, "_uid", None)
     if uid is not None:
-        return KernelMeter(uid=uid)
-    return KernelMeter(root_pid=executor.km.provisioner.process.pid)
+        return KernelMeter(uid=uid, sealed_filters=sealed)
+    return KernelMeter(root_pid=km.provisioner.process.pid, sealed_filters=sealed)
 
 
 async def run_hidden_regions(executor, cell, sources, folder) -> str | None:

@@ -18,10 +18,13 @@ memory.max_usage_in_bytes, v2 memory.peak), reset before each measured call. A c
 that was ever in it, so a child that exits, stays unreaped or is reparented still counts.
 
 Without one, ``KernelMeter`` reads /proc; it cannot see a child process that ended unreaped or left the
-uid, nor an ended child's peak memory. So it counts the processes and threads started during a measured
-call (``forks``: the kernel's PID namespace's last PID, else the host's fork count) and a measurement
-during which one started is a failed one (grader/growth.py retries it, then fails the test saying why):
-on this path a fork is never free.
+uid, nor an ended child's peak memory. So on this path the kernel starts no process at all: it loads a
+second syscall filter before any cell runs (attnkit.seccomp.NO_PROCESSES; threads stay, and a thread's CPU
+time and memory are its process's), and the meter checks from outside that it is in force (``sealed``).
+Where it is not (no libseccomp), the meter counts the processes and threads started during a measured
+call (``forks``: the host's fork count, which every process on the host moves) and a measurement during
+which one started is a failed one (grader/growth.py retries it, then fails the test saying why): on this
+path a fork is never free, and on a busy host a measurement may fail for another process's fork.
 """
 from __future__ import annotations
 
@@ -43,10 +46,12 @@ def _read(path: str) -> str | None:
 class KernelMeter:
     """Reads one kernel's processes: by ``uid`` (sandboxed) or as the tree under ``root_pid``."""
 
-    def __init__(self, uid: int | None = None, root_pid: int | None = None, watch_forks: bool = True):
+    def __init__(self, uid: int | None = None, root_pid: int | None = None, watch_forks: bool = True,
+                 sealed_filters: int = 0):
         if uid is None and root_pid is None:
             raise ValueError("a uid or a process to measure")
         self.uid, self.root_pid, self.watch_forks = uid, root_pid, watch_forks
+        self.sealed_filters, self._sealed = sealed_filters, False
 
     def pids(self) -> list[int]:
         if self.uid is not None:
@@ -106,29 +111,34 @@ class KernelMeter:
     counts_children = False
 
     def forks(self) -> int | None:
-        """A number that grows with every process or thread the kernel starts: the last PID of the kernel's
-        own PID namespace (read through one of its processes' root), else the host's fork count (which other
-        processes move too: a false alarm fails a measurement, never passes one). None: not watched (a
-        meter of the grader's own process, in unit tests and benchmarks: no student code forks there)."""
-        if not self.watch_forks:
+        """A number that grows with every process or thread the kernel starts: the host's fork count (which
+        other processes move too: a false alarm fails a measurement, never passes one; a PID namespace's own
+        last PID cannot be read from outside it, /proc/sys answers for the reader's namespace). None: not
+        watched: the kernel can start no process (``sealed``), or a meter of the grader's own process (unit
+        tests and benchmarks: no student code forks there)."""
+        if not self.watch_forks or self.sealed():
             return None
-        ours = _ns("self")
-        for pid in self.pids()[:8]:
-            if _ns(str(pid)) not in (None, ours):
-                text = _read(f"/proc/{pid}/root/proc/sys/kernel/ns_last_pid")
-                if text and text.strip().isdigit():
-                    return int(text)
         for line in (_read("/proc/stat") or "").splitlines():
             if line.startswith("processes "):
                 return int(line.split()[1])
         return None
 
-
-def _ns(pid: str) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/pid")
-    except OSError:
-        return None
+    def sealed(self) -> bool:
+        """Does the kernel run under the filter that refuses new processes (attnkit.seccomp.NO_PROCESSES)?
+        Then it can start threads only, whose CPU time and memory are its own process's: nothing to watch.
+        Read from /proc (the kernel's own count of a process's filters, which no process can lower): a
+        process of the kernel under ``sealed_filters`` filters or more, loaded before any cell ran."""
+        if self.sealed_filters and not self._sealed:
+            for pid in self.pids():
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        line = next((ln for ln in f if ln.startswith("Seccomp_filters:")), "")
+                except OSError:
+                    continue
+                if line.split()[1:2] and int(line.split()[1]) >= self.sealed_filters:
+                    self._sealed = True
+                    break
+        return self._sealed
 
 
 class CgroupMeter:

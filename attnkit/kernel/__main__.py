@@ -6,7 +6,8 @@ the notebook cannot raise them). No hidden test runs here: the grader process (a
 reaches the kernel only through the agent (attnkit/kernel/agent.py), with data.
 
 * memory (RLIMIT_DATA): a notebook that asks for too much gets an error in its own cell;
-* processes (RLIMIT_NPROC, of the sandbox's uid): a fork bomb stops at the limit;
+* processes (RLIMIT_NPROC, of the sandbox's uid): a fork bomb stops at the limit; where no cgroup of its
+  own counts them (ATTNKIT_KERNEL_NO_PROCESSES), none at all: a syscall filter refuses fork, threads stay;
 * file size (RLIMIT_FSIZE): a 10 GB file fails with "File too large";
 * CPU seconds (RLIMIT_CPU): per kernel process, on top of the per-cell timeout.
 """
@@ -35,6 +36,12 @@ def _limit(nproc: bool = True) -> None:
         # in the sandbox the hard limit too (the notebook cannot raise it); on a student's own
         # machine (./kit validate) only the soft memory limit, as a courtesy
         resource.setrlimit(which, (limit, limit if sandboxed else hard))
+    if nproc and os.environ.pop("ATTNKIT_KERNEL_NO_PROCESSES", "") == "1":
+        try:  # threads only from here on (the grader checks from outside that the filter is in force)
+            from attnkit.kernel.seal import load_no_processes
+            load_no_processes()
+        except Exception as exc:  # the grader then fails any measurement during which a process started
+            print(f"attnkit.kernel: processes not refused: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------- warm start (zygote)

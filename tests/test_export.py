@@ -174,16 +174,19 @@ def test_demo_never_empties_a_folder_it_did_not_make(tmp_path):
 @pytest.mark.slow
 def test_demo_runs_in_its_own_course_folder():
     """Does ./kit demo grade its three samples in demo/ (own gradebook, submitted/, feedback/, CSV), say where,
-    and leave the real course's submitted/, gradebook and Canvas export without them?"""
+    print the very table the README shows, and leave the real course's submitted/, gradebook and Canvas export
+    without them?"""
     import shutil
     from pathlib import Path
 
     from attnkit.samples import SAMPLES
     root = Path(__file__).resolve().parents[1]
     assert "demo/" in (root / ".gitignore").read_text().split()
-    c = Course(root).scratch_copy(notebooks=["q3_multihead_attention"])
+    from test_where_courses_live import _table, readme_table
+    c = Course(root).scratch_copy()
     try:
         out = kit(c.root, "demo", "--workers", "2", check=True).stdout
+        assert _table(out) == readme_table()
         demo = c.path("demo")
         assert f"demo course in {demo}" in out and "demo/grades-hw9.csv" in out
         for what in ("submitted", "autograded", "feedback", "gradebook.db", "release", "grades-hw9.csv"):
@@ -192,7 +195,7 @@ def test_demo_runs_in_its_own_course_folder():
         assert sorted(p.name for p in (demo / "submitted").iterdir()) == sorted(SAMPLES)
         rows = {r["student"]: r for r in csv.DictReader(open(demo / "grades-hw9.csv"))}
         assert rows.pop("(part)")["q3_multihead_attention:q3b_W_v (/1)"] == "Q3(a) blank (b): size of W_v"
-        assert sorted(rows) == sorted(SAMPLES) and rows["sample-solution"]["total"] == "17"
+        assert sorted(rows) == sorted(SAMPLES) and rows["sample-solution"]["total"] == "113"
         canvas = kit(c.root, "export", "hw9", "--format", "canvas", "-o", str(c.path("canvas.csv")))
         assert canvas.returncode == 1 and "nothing graded for hw9" in canvas.stderr  # no samples to export
         assert not c.path("canvas.csv").exists()

@@ -33,6 +33,29 @@ def _ensure_tools_on_path() -> None:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
+def alembic_head_in_process() -> None:
+    """How does a new gradebook get its schema version without a second Python? nbgrader stamps it with its
+    migrations' head revision by running the `alembic` executable (a whole interpreter start: 1-10 s on a busy
+    host, once per new gradebook: every demo, every scratch course, every Gradescope submission). The head is
+    read here, in-process and once, from the same migration scripts (tests/test_pipeline.py: the same value)."""
+    import nbgrader
+    import nbgrader.api as api
+
+    if getattr(api.get_alembic_version, "in_process", False):
+        return
+    scripts = os.path.join(os.path.dirname(nbgrader.__file__), "alembic")
+    found = []
+
+    def get_alembic_version() -> str:
+        if not found:
+            from alembic.script import ScriptDirectory
+            found.append(ScriptDirectory(scripts).get_current_head())
+        return found[0]
+
+    get_alembic_version.in_process = True
+    api.get_alembic_version = get_alembic_version
+
+
 class Course:
     """A course root: source/, release/, submitted/, autograded/, feedback/, gradebook.db."""
 
@@ -77,6 +100,7 @@ class Course:
         from nbgrader.apps import NbGraderAPI
         from nbgrader.coursedir import CourseDirectory
 
+        alembic_head_in_process()
         cfg = self.config()
         coursedir = CourseDirectory(config=cfg)
         api = NbGraderAPI(coursedir=coursedir, config=cfg)
@@ -85,6 +109,7 @@ class Course:
     def gradebook(self):
         from nbgrader.api import Gradebook
 
+        alembic_head_in_process()
         return Gradebook(self.db_url, course_id=self.config().CourseDirectory.course_id or "default_course")
 
     # -- scratch copies ------------------------------------------------------------------

@@ -36,8 +36,11 @@ from nbformat import NotebookNode
 
 from attnkit import markup
 from attnkit import notebooks as nbu
+from attnkit.course import alembic_head_in_process
 from attnkit.notebooks import is_test_cell
 from attnkit.results import error_message
+
+alembic_head_in_process()  # (every nbgrader app loads the course config, which imports this module)
 
 
 class ClearSolutionsWithStubs(ClearSolutions):

@@ -322,21 +322,38 @@ def test_a_node_that_cannot_sandbox_refuses_its_shard_and_says_what_it_lacks(tmp
     reason (user namespaces named) for its students' "could not be graded" line?"""
     from attnkit.sandbox import ENV_MODE
 
+    why = _task_refusal(tmp_path, {"workers": 1}, {ENV_MODE: "none"})
+    assert "cannot sandbox the kernels" in why and "user namespaces" in why, why
+
+
+def _task_refusal(tmp_path, options: dict, env: dict) -> str:
+    """Run one array task over one student as Slurm would (no Slurm): it must grade nothing and exit 2; the
+    reason its student's "could not be graded" line will give."""
     course = _small_course(tmp_path)
     course.path("submitted", "alice", "hw").mkdir(parents=True)
     folder = course.path("slurm", "hw-test")
     for sub in ("results", "tasks", "out", "shards"):
         (folder / sub).mkdir(parents=True)
-    (folder / "run.json").write_text(json.dumps({"assignment": "hw", "students": ["alice"], "options": {"workers": 1},
+    (folder / "run.json").write_text(json.dumps({"assignment": "hw", "students": ["alice"], "options": options,
                                                  "rounds": [{"job": "41", "shards": [["alice"]]}]}))
     (folder / "shards" / "0-0.json").write_text(json.dumps(["alice"]))
-    env = {**os.environ, ENV_MODE: "none", "SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "0"}
+    env = {**os.environ, **env, "SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "0"}
     proc = subprocess.run([sys.executable, "-m", "attnkit.slurm", "task", str(folder), "0"], capture_output=True,
                           text=True, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert not any((folder / "results").iterdir())
-    why = slurm.task_reason(slurm.Run(folder), "41", 0, ("FAILED", "exit code 2:0"))
-    assert "cannot sandbox the kernels" in why and "user namespaces" in why, why
+    return slurm.task_reason(slurm.Run(folder), "41", 0, ("FAILED", "exit code 2:0"))
+
+
+@pytest.mark.slow
+def test_a_task_given_gpus_on_a_node_where_torch_sees_none_refuses_its_shard(tmp_path):
+    """A task of a run with --gpus-per-task 1 (a course not GPU-only) on a node where torch sees no GPU, as
+    CUDA_VISIBLE_DEVICES from Slurm says there is one: does it grade nothing on the CPU alone, exit 2, and give
+    the missing GPU as its students' reason?"""
+    if slurm.has_cuda():
+        pytest.skip("torch sees a GPU here: the refusal is for a node without one")
+    why = _task_refusal(tmp_path, {"workers": 1, "gpus": 1}, {"CUDA_VISIBLE_DEVICES": "0"})
+    assert why.startswith("the task asked for a GPU (--gpus-per-task) but torch sees none on "), why
 
 
 @pytest.mark.slow

@@ -4,10 +4,12 @@ demo's samples and a hostile submission with the same per-part scores as the loc
 task's students, and scores 0 with the reason a student whose task died twice."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -130,6 +132,9 @@ def test_a_gpu_only_course_refuses_to_grade_without_a_gpu(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- a real Slurm
+CELL_TIMEOUT = {"ATTNKIT_CELL_TIMEOUT": "20"}  # every batch compared below grades with the same per-cell timeout
+
+
 @pytest.fixture(scope="module")
 def cluster():
     from attnkit.fixtures import slurm_cluster
@@ -138,12 +143,19 @@ def cluster():
     if why:
         pytest.skip(why)
     slurm_cluster.install()
-    with slurm_cluster.Cluster() as c:
+    with slurm_cluster.Cluster(gpu=True) as c:  # a GPU Slurm schedules and torch cannot see
         yield c
 
 
-def _courses(tmp_path_factory):
-    """Two copies of one course (Q3 only): the demo's three samples and one hostile submission in each."""
+def _copy(course: Course, dest: Path) -> Course:
+    shutil.copytree(course.root, dest, symlinks=True)
+    return Course(dest)
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    """One course (Q3 only) with the demo's three samples and one hostile submission: a copy no one grades (each
+    way of grading below grades a copy of it), the copy the local batch graded, and the students."""
     from attnkit.fixtures.grade import submission_for
     from attnkit.fixtures.hostile import HOSTILE
     from attnkit.fixtures.tamper import Q3
@@ -151,16 +163,16 @@ def _courses(tmp_path_factory):
     from attnkit.release import generate
     from attnkit.samples import place
 
-    base = Course(ROOT).scratch_copy(notebooks=[Q3], parent=str(tmp_path_factory.mktemp("slurm")))
-    generate(base, ASSIGNMENT)
-    students = place(base, ASSIGNMENT)
+    pristine = Course(ROOT).scratch_copy(notebooks=[Q3], parent=str(tmp_path_factory.mktemp("slurm")))
+    generate(pristine, ASSIGNMENT)
+    students = place(pristine, ASSIGNMENT)
     hostile = next(f for f in HOSTILE if f.student == "hostile-gradebook-write")
-    dest = base.path("submitted", hostile.student, ASSIGNMENT)
+    dest = pristine.path("submitted", hostile.student, ASSIGNMENT)
     dest.mkdir(parents=True)
-    write(submission_for(hostile, base), dest / f"{hostile.notebook}.ipynb")
-    other = base.root.parent / "cluster"
-    shutil.copytree(base.root, other, symlinks=True)
-    return base, Course(other), students + [hostile.student]
+    write(submission_for(hostile, pristine), dest / f"{hostile.notebook}.ipynb")
+    local = _copy(pristine, pristine.root.parent / "local")
+    kit(local.root, "autograde", ASSIGNMENT, "--workers", "2", env=CELL_TIMEOUT, check=True)
+    return pristine, local, students + [hostile.student]
 
 
 def _parts(course: Course) -> list[dict]:
@@ -176,13 +188,14 @@ def _statuses(course: Course) -> dict:
 
 
 @pytest.mark.slow
-def test_slurm_batch_scores_equal_the_local_batch_and_a_killed_task_is_resubmitted(cluster, tmp_path_factory):
+def test_slurm_batch_scores_equal_the_local_batch_and_a_killed_task_is_resubmitted(cluster, samples,
+                                                                                    tmp_path_factory):
     """Graded through a real single-node Slurm (2 array tasks, one killed while grading), does every student
-    get exactly the local batch's per-part scores, statuses and messages, after one resubmission?"""
-    local, remote, students = _courses(tmp_path_factory)
-    env = {**cluster.env, "ATTNKIT_CELL_TIMEOUT": "20", "ATTNKIT_SLURM_POLL": "1"}
-    kit(local.root, "autograde", ASSIGNMENT, "--workers", "2", env=env, check=True)
-
+    get exactly the local batch's per-part scores, statuses and messages, after one resubmission, and does the
+    report say per student that the CUDA cases were skipped on this node without a GPU?"""
+    pristine, local, students = samples
+    remote = _copy(pristine, tmp_path_factory.mktemp("cluster") / "course")
+    env = {**cluster.env, **CELL_TIMEOUT, "ATTNKIT_SLURM_POLL": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "attnkit", "--root", str(remote.root), "autograde", ASSIGNMENT,
                              "--on", "slurm", "--tasks", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env={**os.environ, **env})
@@ -203,7 +216,9 @@ def test_slurm_batch_scores_equal_the_local_batch_and_a_killed_task_is_resubmitt
     assert f"Slurm task {killed} was cancelled" in out and "resubmitting them once" in out, out
     run = slurm.Run(run.dir)
     assert run.data["rounds"][1]["shards"] == [[second]]  # only the student it had not finished
-    assert "ran on cpu (no GPU on the node: CUDA cases skipped)" in out or slurm.has_cuda(), out
+    if not slurm.has_cuda():
+        for s in students:
+            assert f"  {s}: q3_multihead_attention ran on cpu (no GPU on the node: CUDA cases skipped)" in out, out
     assert _parts(remote) == _parts(local)
     assert _statuses(remote) == _statuses(local)
     assert sorted(_statuses(remote)) == sorted(students)
@@ -213,6 +228,57 @@ def test_slurm_batch_scores_equal_the_local_batch_and_a_killed_task_is_resubmitt
     for s in students:  # the feedback's input, as locally
         assert sorted(p.name for p in remote.path("autograded", s, ASSIGNMENT).glob("*.ipynb")) == \
             sorted(p.name for p in local.path("autograded", s, ASSIGNMENT).glob("*.ipynb"))
+
+
+def _run_autograder(root: Path, zipped: Path, upload: Path) -> dict:
+    """Gradescope's run for one submission: the zip unpacked in <root>/source, the upload's files in
+    <root>/submission, run_autograder as Gradescope runs it (tests/test_gradescope.py); its results.json."""
+    import zipfile
+
+    with zipfile.ZipFile(zipped) as zf:
+        zf.extractall(root / "source")
+    (root / "results").mkdir()
+    shutil.copytree(upload, root / "submission")
+    (root / "submission_metadata.json").write_text(json.dumps({
+        "id": 1, "created_at": "2024-03-01T10:00:00.0-08:00", "users": [{"name": "A Student", "sid": "1"}]}))
+    env = {**os.environ, **CELL_TIMEOUT, "AUTOGRADER_ROOT": str(root), "KIT_PREFIX": sys.prefix}
+    proc = subprocess.run(["bash", str(root / "source" / "run_autograder")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((root / "results" / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_gradescope_gives_every_part_the_local_batchs_score(samples, tmp_path):
+    """The same course's Gradescope autograder (./kit gradescope, run_autograder as Gradescope runs it, one
+    submission each), does it give each of the demo's samples and the hostile submission exactly the local
+    batch's score and maximum in every autograded part (the Slurm batch equals the local one, above)?"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from attnkit import notebooks as nbu
+    from attnkit.reports import scores
+
+    pristine, local, students = samples
+    zipped = tmp_path / f"{ASSIGNMENT}-gradescope.zip"
+    kit(pristine.root, "gradescope", ASSIGNMENT, "-o", str(zipped), check=True)
+    with ThreadPoolExecutor(2) as pool:  # two submissions at a time, as the local batch's two workers
+        got = dict(zip(students, pool.map(
+            lambda s: _run_autograder(tmp_path / s, zipped, pristine.path("submitted", s, ASSIGNMENT)), students)))
+    want = scores(local, ASSIGNMENT)["students"]
+    for s in students:
+        tests = {t["name"]: t for t in got[s]["tests"]}
+        names = []
+        for stem in pristine.notebooks(ASSIGNMENT):
+            nb = nbu.read(pristine.path("source", ASSIGNMENT, f"{stem}.ipynb"))
+            labels = nbu.part_labels(nb)
+            for gid in (nbu.grade_id(c) for c in nb.cells if nbu.is_test_cell(c)):
+                score, most = want[s][stem]["cells"][gid]
+                name = nbu.part_label(labels, gid)
+                names.append(name)
+                assert (tests[name]["score"], tests[name]["max_score"]) == ((score or 0), most), (s, name)
+        assert sorted(tests) == sorted(names), s  # no part more on Gradescope, none fewer
+        assert got[s]["score"] == pytest.approx(sum(t["score"] for t in tests.values()))
+    assert any(t["score"] for t in got["sample-solution"]["tests"])  # not all zeros: something was graded
 
 
 @pytest.mark.slow
@@ -256,21 +322,38 @@ def test_a_node_that_cannot_sandbox_refuses_its_shard_and_says_what_it_lacks(tmp
     reason (user namespaces named) for its students' "could not be graded" line?"""
     from attnkit.sandbox import ENV_MODE
 
+    why = _task_refusal(tmp_path, {"workers": 1}, {ENV_MODE: "none"})
+    assert "cannot sandbox the kernels" in why and "user namespaces" in why, why
+
+
+def _task_refusal(tmp_path, options: dict, env: dict) -> str:
+    """Run one array task over one student as Slurm would (no Slurm): it must grade nothing and exit 2; the
+    reason its student's "could not be graded" line will give."""
     course = _small_course(tmp_path)
     course.path("submitted", "alice", "hw").mkdir(parents=True)
     folder = course.path("slurm", "hw-test")
     for sub in ("results", "tasks", "out", "shards"):
         (folder / sub).mkdir(parents=True)
-    (folder / "run.json").write_text(json.dumps({"assignment": "hw", "students": ["alice"], "options": {"workers": 1},
+    (folder / "run.json").write_text(json.dumps({"assignment": "hw", "students": ["alice"], "options": options,
                                                  "rounds": [{"job": "41", "shards": [["alice"]]}]}))
     (folder / "shards" / "0-0.json").write_text(json.dumps(["alice"]))
-    env = {**os.environ, ENV_MODE: "none", "SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "0"}
+    env = {**os.environ, **env, "SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": "0"}
     proc = subprocess.run([sys.executable, "-m", "attnkit.slurm", "task", str(folder), "0"], capture_output=True,
                           text=True, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert not any((folder / "results").iterdir())
-    why = slurm.task_reason(slurm.Run(folder), "41", 0, ("FAILED", "exit code 2:0"))
-    assert "cannot sandbox the kernels" in why and "user namespaces" in why, why
+    return slurm.task_reason(slurm.Run(folder), "41", 0, ("FAILED", "exit code 2:0"))
+
+
+@pytest.mark.slow
+def test_a_task_given_gpus_on_a_node_where_torch_sees_none_refuses_its_shard(tmp_path):
+    """A task of a run with --gpus-per-task 1 (a course not GPU-only) on a node where torch sees no GPU, as
+    CUDA_VISIBLE_DEVICES from Slurm says there is one: does it grade nothing on the CPU alone, exit 2, and give
+    the missing GPU as its students' reason?"""
+    if slurm.has_cuda():
+        pytest.skip("torch sees a GPU here: the refusal is for a node without one")
+    why = _task_refusal(tmp_path, {"workers": 1, "gpus": 1}, {"CUDA_VISIBLE_DEVICES": "0"})
+    assert why.startswith("the task asked for a GPU (--gpus-per-task) but torch sees none on "), why
 
 
 @pytest.mark.slow
@@ -303,3 +386,129 @@ def test_ctrl_c_cancels_nothing_and_the_same_command_resumes(cluster, tmp_path):
     assert len(list(index.iterdir())) == 1  # the first job finished the work: none submitted again
     assert _statuses(base)["patient"][0][:2] == ("q12_scaled_dot_product", "graded")
     assert "patient" in scores(base, ASSIGNMENT)["students"]
+
+
+# ------------------------------------------------------------------------------------ a GPU, an ordinary user
+def _one_student_course(tmp_path, student: str) -> Course:
+    from attnkit.release import generate
+
+    base = Course(ROOT).scratch_copy(notebooks=["q12_scaled_dot_product"], parent=str(tmp_path))
+    generate(base, ASSIGNMENT)
+    dest = base.path("submitted", student, ASSIGNMENT)
+    dest.mkdir(parents=True)
+    shutil.copy2(base.path("release", ASSIGNMENT, "q12_scaled_dot_product.ipynb"), dest)
+    return base
+
+
+@pytest.mark.slow
+def test_a_gpu_only_course_asks_slurm_for_gpus_and_a_node_where_torch_sees_none_refuses(cluster, tmp_path):
+    """A GPU-only course (c.Cluster.require_gpu) graded with --gpus-per-task 1 on a node Slurm gives a GPU that
+    torch cannot see: does the array job carry --gres=gpu:1 and get it, and does the task refuse its student
+    (not resubmitted: scored 0, the missing GPU named) instead of grading on the CPU only?"""
+    from attnkit.reports import scores
+
+    if slurm.has_cuda():
+        pytest.skip("torch sees a GPU here: the refusal is for a node without one")
+    base = _one_student_course(tmp_path, "gpuless")
+    with open(base.path("course_config.py"), "a") as f:
+        f.write("\nc.Cluster.require_gpu = True\n")
+    env = {**cluster.env, "ATTNKIT_SLURM_POLL": "1"}
+    proc = kit(base.root, "autograde", ASSIGNMENT, "--on", "slurm", "--gpus-per-task", "1", env=env, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (folder,) = base.path("slurm").glob(f"{ASSIGNMENT}-*")
+    run = slurm.Run(folder)
+    assert "#SBATCH --gres=gpu:1" in (folder / "round-0.sbatch").read_text().splitlines()
+    job = subprocess.run(["scontrol", "-o", "show", "job", run.jobs()[0]], env=cluster.env, capture_output=True,
+                         text=True).stdout
+    assert "gres/gpu=1" in job or "gres:gpu:1" in job, job  # Slurm gave the task the GPU it asked for
+    assert len(run.data["rounds"]) == 1  # a node that refuses is not tried again
+    note = _statuses(base)["gpuless"][0][2]
+    assert note.startswith("could not be graded: this course grades on a GPU "
+                           "(course_config.py: c.Cluster.require_gpu = True) and "), note
+    assert "has none that torch can use" in note and note.endswith("(tried 1 time); scored 0"), note
+    assert scores(base, ASSIGNMENT)["students"]["gpuless"]["q12_scaled_dot_product"]["score"] == 0
+
+
+@pytest.fixture(scope="module")
+def ordinary_user(cluster):
+    """An ordinary user made for the test (useradd, home under /home), removed with its home afterwards."""
+    import pwd
+
+    if not shutil.which("useradd") or not shutil.which("runuser"):
+        pytest.skip("needs useradd and runuser to make an ordinary user and act as that user")
+    name = f"attnkit-sl{os.getpid()}"
+    made = subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", name], capture_output=True,
+                          text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", "--remove", name], capture_output=True, timeout=120)
+
+
+@contextlib.contextmanager
+def _traversable(paths):
+    """o+x (to pass through, not to list) on each folder above ``paths`` that lacks it, put back after: on a
+    cluster the kit and its Python are on a file system every user reaches; here they may be under /root."""
+    changed: dict[Path, int] = {}
+    try:
+        for p in paths:
+            for d in Path(p).resolve().parents:
+                mode = stat.S_IMODE(d.stat().st_mode)
+                if not mode & stat.S_IXOTH and d not in changed:
+                    changed[d] = mode
+                    os.chmod(d, mode | stat.S_IXOTH)
+        yield
+    finally:
+        for d, mode in changed.items():
+            os.chmod(d, mode)
+
+
+@pytest.mark.slow
+def test_an_ordinary_users_batch_is_sandboxed_and_scored_as_the_local_batch(cluster, samples, ordinary_user):
+    """Submitted by an ordinary user, whose tasks Slurm runs as that user (bubblewrap in a user namespace; no
+    cgroup of the kernels' own, so the cost meters read /proc behind the kernel's no-process filter), does the
+    batch give exactly the local batch's per-part scores, statuses and messages? Where the node gives that user
+    no user namespace, is every student refused instead, the user namespaces named?"""
+    pristine, local, students = samples
+    user, home, uid = ordinary_user.pw_name, Path(ordinary_user.pw_dir), ordinary_user.pw_uid
+    env = ["env", "-i", f"HOME={home}", "PATH=/usr/bin:/bin", "LANG=C.UTF-8", f"SLURM_CONF={cluster.env['SLURM_CONF']}",
+           *(f"{k}={v}" for k, v in CELL_TIMEOUT.items()), "ATTNKIT_SLURM_POLL=1"]
+    with _traversable([os.path.realpath(sys.executable), sys.prefix, sys.base_prefix, str(ROOT)]):
+        reach = subprocess.run(["runuser", "-u", user, "--", *env, sys.executable, "-c", "import attnkit, torch"],
+                               capture_output=True, text=True, timeout=120, cwd="/")
+        if reach.returncode != 0:
+            pytest.skip(f"an ordinary user cannot run this kit's Python ({sys.executable}): "
+                        f"{(reach.stderr.strip().splitlines() or ['?'])[-1]}")
+        _graded_as(user, uid, home, env, cluster, pristine, local, students)
+
+
+def _graded_as(user, uid, home, env, cluster, pristine, local, students) -> None:
+    from attnkit import sandbox
+
+    course = _copy(pristine, home / "course")
+    subprocess.run(["chown", "-R", f"{user}:{user}", str(course.root)], check=True, timeout=120)
+    proc = subprocess.run(["runuser", "-u", user, "--", *env, sys.executable, "-m", "attnkit", "--root",
+                           str(course.root), "autograde", ASSIGNMENT, "--on", "slurm", "--tasks", "2"],
+                          capture_output=True, text=True, timeout=900, cwd="/")
+    said = proc.stdout[-3000:] + proc.stderr[-3000:]
+    (folder,) = course.path("slurm").glob(f"{ASSIGNMENT}-*")
+    logs = sorted((folder / "out").glob("*.out"))
+    assert logs and all(p.stat().st_uid == uid for p in logs), said  # Slurm ran every task as the user
+    text = "\n".join(p.read_text() for p in logs)
+    userns = subprocess.run(["runuser", "-u", user, "--", sandbox.BWRAP, "--unshare-user", "--ro-bind", "/", "/",
+                             "true"], capture_output=True, timeout=60).returncode == 0
+    if not userns:  # the refusal, with what the node lacks
+        assert proc.returncode == 1, said
+        for s in students:
+            note = _statuses(course)[s][0][2]
+            assert "cannot sandbox the kernels" in note and "user namespaces" in note, note
+        return
+    assert proc.returncode == 0, said + text[-3000:]
+    assert f"as uid {uid}:" in text and "sandbox: bubblewrap in an unprivileged user namespace" in text, text
+    if not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):  # cgroup v1: no cgroup of the user's own
+        assert "cost meters: /proc only (no per-kernel cgroup), and the kernel may start threads but no process" \
+            in text, text
+    assert all(p.stat().st_uid == uid for p in (folder / "results").iterdir())
+    assert _parts(course) == _parts(local)
+    assert _statuses(course) == _statuses(local)

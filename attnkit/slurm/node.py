@@ -157,8 +157,8 @@ def task(run_dir: str, round_no: int) -> int:
         return 2
     todo = [s for s in shard if not (run.result_dir(s) / "result.json").is_file()]  # a requeued task resumes
     devices = devices_here()
-    print(f"task {job}_{index} on {node}: {len(todo)} of {len(shard)} students to grade; hidden tests on "
-          f"{', '.join(devices)}", file=sys.stderr)
+    print(f"task {job}_{index} on {node} as uid {os.geteuid()}: {len(todo)} of {len(shard)} students to grade; "
+          f"hidden tests on {', '.join(devices)}\n{said}", file=sys.stderr)  # the limits line follows (autograde)
     # scancel, preemption, --time: Slurm sends SIGTERM before SIGKILL; exiting runs the finally below
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     scratch = _scratch_course(course, assignment, todo) if todo else None

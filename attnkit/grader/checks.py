@@ -554,10 +554,13 @@ def assert_layer(got, want, *, part, what, x, kv, mask, weights, heads):
 def scores_diagnosis(s, Q, K) -> str:
     """The likely mistake of a wrong (d): the student's first scores ``s`` against the classic variants."""
     ref = Q.double() @ K.double().transpose(-2, -1)
-    return diagnosis(s, {"the scores are KQᵀ: keys and queries swapped": ref.transpose(-2, -1),
-                         "the scores are divided by d_k instead of √d_k": ref / Q.shape[-1],
-                         "the scores are QQᵀ or KKᵀ: one operand is used twice":
-                             Q.double() @ Q.double().transpose(-2, -1)})
+    twice = "the scores are QQᵀ or KKᵀ: one operand is used twice"
+    return diagnosis(s, [("the scores are KQᵀ: keys and queries swapped", ref.transpose(-2, -1)),
+                         ("the scores are divided by d_k instead of √d_k", ref / Q.shape[-1]),
+                         (twice, Q.double() @ Q.double().transpose(-2, -1)),
+                         (twice, K.double() @ K.double().transpose(-2, -1))]
+                     + ([("the scores are divided by √d_model instead of √d_k",   # Q: (B, h, L, d_k)
+                          ref / math.sqrt(Q.shape[1] * Q.shape[-1]))] if Q.dim() == 4 else []))
 
 
 def split_diagnosis(got, x, h) -> str:

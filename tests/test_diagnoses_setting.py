@@ -1,6 +1,6 @@
 """The course's diagnoses setting (c.CourseExecute.diagnoses) reaches every place a student reads a check's message:
 the hidden tests, the visible checks run by the grading kernel (Gradescope's output), and the released helpers in
-the student's own JupyterLab."""
+the student's own JupyterLab (slow: a release, and one Q3 notebook graded through run_autograder)."""
 from __future__ import annotations
 
 import json
@@ -51,6 +51,7 @@ def released_hint(release_dir) -> str:
     return proc.stdout.strip()
 
 
+@pytest.mark.slow
 def test_release_writes_the_setting_into_the_helpers_students_run(tmp_path):
     """With diagnoses off, does ./kit release hand out helpers whose likely_mistake stays silent in a student's own
     kernel, while the kit's release (diagnoses on) names the missing 1/sqrt(d_k)?"""

@@ -43,6 +43,22 @@ def generate(course: Course, assignment: str) -> None:
         raise ReleaseError(f"generate_assignment {assignment} failed; release/{assignment} left as it was.{hint}\n{log[-3000:]}")
     for junk in dest.rglob("__pycache__"):
         shutil.rmtree(junk)
+    write_diagnoses_setting(course, dest)
+
+
+DIAGNOSES_LINE = "DIAGNOSES = True\n"   # in attention_checks.py: the course's setting, as released
+
+
+def write_diagnoses_setting(course: Course, dest: Path) -> None:
+    """The released helpers carry the course's c.CourseExecute.diagnoses, so that with diagnoses off no visible
+    check names a likely mistake in a student's own JupyterLab either (grading sets ATTNKIT_DIAGNOSES)."""
+    from attnkit.sandbox import diagnoses_setting
+    if diagnoses_setting(course.config()):
+        return
+    for py in sorted(dest.glob("*.py")):
+        text = py.read_text()
+        if DIAGNOSES_LINE in text:
+            py.write_text(text.replace(DIAGNOSES_LINE, "DIAGNOSES = False\n", 1))
 
 
 def bare_expression_cells(nb) -> list[str]:

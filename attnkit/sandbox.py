@@ -1260,6 +1260,8 @@ class CourseKernelManager(AsyncKernelManager):
             env.update({k: str(self.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
         if os.environ.get("NBGRADER_EXECUTION"):
             env["NBGRADER_EXECUTION"] = os.environ["NBGRADER_EXECUTION"]
+        # the visible checks' hints follow the course's setting, as the grader's diagnoses do (attention_checks)
+        env["ATTNKIT_DIAGNOSES"] = "1" if diagnoses_setting(self.config) else "0"
         # interrupts go over the control channel: a signal to bwrap would not reach the kernel
         return KernelSpec(argv=[python_exe(), "-m", "attnkit.kernel", "-f", "{connection_file}"],
                           display_name=self.display_name, language="python", env=env,
@@ -1449,6 +1451,12 @@ async def run_source(workdir: str, source: str, timeout: float = 300, **traits) 
         return "".join(out), km.provisioner.process
     finally:
         await km.shutdown_kernel(now=True)
+
+
+def diagnoses_setting(config) -> bool:
+    """c.CourseExecute.diagnoses as configured (the trait's default otherwise)."""
+    set_to = config.CourseExecute.get("diagnoses") if "CourseExecute" in config else None
+    return bool(CourseExecute.diagnoses.default_value if set_to is None else set_to)
 
 
 class CourseExecute(Execute):

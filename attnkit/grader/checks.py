@@ -18,7 +18,7 @@ import torch
 
 # one tolerance rule and one list of classic mistakes, written there
 from attention_checks import (as_number, assert_close, blank_words, close, growth_exponents, likely_mistake,  # noqa: F401
-                              mha_variants, tolerance)
+                              matching_mistake, mha_variants, tolerance)
 
 _Tensor = torch.Tensor
 
@@ -533,9 +533,9 @@ DIAGNOSES = _contextvars.ContextVar("diagnoses", default=True)   # the course's 
 
 def diagnosis(got, variants, rtol=None, atol=None) -> str:
     """" (likely: <sentence>)" for the first of ``variants`` ({sentence: tensor} or [(sentence, tensor)]) that the
-    student's output ``got`` matches (attention_checks.likely_mistake); "" when none does, or when the course
+    student's output ``got`` matches (attention_checks.matching_mistake); "" when none does, or when the course
     turned diagnoses off."""
-    return likely_mistake(got, variants, rtol, atol) if DIAGNOSES.get() else ""
+    return matching_mistake(got, variants, rtol, atol) if DIAGNOSES.get() else ""
 
 
 def layer_variants(x, kv, mask, weights, h) -> list:
@@ -554,13 +554,136 @@ def assert_layer(got, want, *, part, what, x, kv, mask, weights, heads):
 def scores_diagnosis(s, Q, K) -> str:
     """The likely mistake of a wrong (d): the student's first scores ``s`` against the classic variants."""
     ref = Q.double() @ K.double().transpose(-2, -1)
-    return diagnosis(s, {"the scores are KQᵀ: keys and queries swapped": ref.transpose(-2, -1),
-                         "the scores are divided by d_k instead of √d_k": ref / Q.shape[-1],
-                         "the scores are QQᵀ or KKᵀ: one operand is used twice":
-                             Q.double() @ Q.double().transpose(-2, -1)})
+    twice = "the scores are QQᵀ or KKᵀ: one operand is used twice"
+    return diagnosis(s, [("the scores are KQᵀ: keys and queries swapped", ref.transpose(-2, -1)),
+                         ("the scores are divided by d_k instead of √d_k", ref / Q.shape[-1]),
+                         (twice, Q.double() @ Q.double().transpose(-2, -1)),
+                         (twice, K.double() @ K.double().transpose(-2, -1))]
+                     + ([("the scores are divided by √d_model instead of √d_k",   # Q: (B, h, L, d_k)
+                          ref / math.sqrt(Q.shape[1] * Q.shape[-1]))] if Q.dim() == 4 else []))
 
 
 def split_diagnosis(got, x, h) -> str:
     """The likely mistake of a wrong split_heads (g)."""
     b, l, d = x.shape
     return diagnosis(got, {"the heads are split with view alone, without the transpose": x.reshape(b, h, l, d // h)})
+
+
+# ---- Q4: one decoding step with a classic mistake, computed here for the diagnoses of a wrong step.
+def _q4_variant_step(x, prev_K, prev_V, W_q, W_k, W_v, W_o, *, scale=1.0, axis=-1, new=True):
+    """One step in float64 (shared cache when W_k is [d, k], per-head when [h, d, k]) with one mistake switched
+    on: the logits multiplied by ``scale``, the softmax over ``axis`` of [b, h, n+1], or (new=False) the new
+    token's key and value left out of the attention (they are still appended to the returned cache)."""
+    x, W_q, W_k, W_v, W_o = (t.double() for t in (x, W_q, W_k, W_v, W_o))
+    heads = W_k.dim() == 3
+    q = torch.einsum("bd,hdk->bhk", x, W_q)
+    k = torch.einsum("bd,hdk->bhk" if heads else "bd,dk->bk", x, W_k)
+    v = torch.einsum("bd,hdv->bhv" if heads else "bd,dv->bv", x, W_v)
+    K = torch.cat([prev_K.double(), k.unsqueeze(-2)], dim=-2)   # (b, [h,] n+1, k)
+    V = torch.cat([prev_V.double(), v.unsqueeze(-2)], dim=-2)
+    Ka, Va = (K, V) if new else (prev_K.double(), prev_V.double())
+    logits = torch.einsum("bhk,bhnk->bhn" if heads else "bhk,bnk->bhn", q, Ka) * scale
+    e = torch.exp(logits - logits.amax(axis, keepdim=True))
+    w = e / e.sum(axis, keepdim=True)
+    o = torch.einsum("bhn,bhnv->bhv" if heads else "bhn,bnv->bhv", w, Va)
+    return torch.einsum("bhv,hvd->bd", o, W_o), K, V
+
+
+def _q4_mistakes(k, d):
+    """[(sentence, keyword arguments of _q4_variant_step)]: the classic mistakes of a decoding step."""
+    return [("the logits are divided by √k; the homework's step (the paper's pseudocode) leaves them unscaled",
+             dict(scale=k ** -0.5)),
+            ("the logits are divided by √d (the model width); the homework's step leaves them unscaled",
+             dict(scale=d ** -0.5)),
+            ("the softmax normalises over the heads (axis 1) instead of the n+1 cached positions", dict(axis=1)),
+            ("the new token's key and value are left out of the attention (it attends over prev_K and prev_V only)",
+             dict(new=False))]
+
+
+def q4_variants(x, prev_K, prev_V, W_q, W_k, W_v, W_o) -> list:
+    """[(sentence, the output y of one step with that classic mistake)] for ``diagnosis`` of a wrong y."""
+    k, d = W_q.shape[-1], x.shape[-1]
+    out = []
+    for sentence, kw in _q4_mistakes(k, d):
+        if kw.get("new") is False and prev_K.shape[-2] == 0:
+            continue  # no old position to attend to
+        out.append((sentence, _q4_variant_step(x, prev_K, prev_V, W_q, W_k, W_v, W_o, **kw)[0]))
+    return out
+
+
+def q4_decode_variants(X, K0, V0, W_q, W_k, W_v, W_o) -> list:
+    """[(sentence, the outputs [b, T, d] of decoding X [b, T, d] from the cache (K0, V0) with that mistake)]."""
+    k, d = W_q.shape[-1], X.shape[-1]
+    out = []
+    for sentence, kw in _q4_mistakes(k, d):
+        if kw.get("new") is False:
+            continue  # the first step from an empty cache has nothing to attend to
+        K, V, ys = K0, V0, []
+        for t in range(X.shape[1]):
+            y, K, V = _q4_variant_step(X[:, t], K, V, W_q, W_k, W_v, W_o, **kw)
+            ys.append(y)
+        out.append((sentence, torch.stack(ys, dim=1)))
+    return out
+
+
+def assert_q4(got, want, *, part, what, variants, extra=None):
+    """assert_close for a Q4 output; on failure the message names a classic mistake the output matches
+    (``variants``: a function returning q4_variants' list, computed only when needed; ``extra``: a function
+    returning another diagnosis, tried when no variant matches)."""
+    try:
+        assert_close(got, want, part=part, what=what, quiet=True)
+    except AssertionError as exc:
+        hint = diagnosis(got, variants()) if DIAGNOSES.get() else ""
+        if not hint and extra is not None and DIAGNOSES.get():
+            hint = extra()
+        raise AssertionError(f"{exc}{hint}") from None
+
+
+def assert_q4_cache(got, want, h, *, part, what):
+    """assert_close for a multi-query cache; on failure the message says when it is a per-head copy."""
+    try:
+        assert_close(got, want, part=part, what=what, quiet=True)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}{q4_cache_diagnosis(got, want, h)}") from None
+
+
+_PER_HEAD_CACHE = ("your cache keeps a copy of the shared keys and values for every head (a per-head cache, as in "
+                   "multi-head attention); multi-query attention keeps one [b, n+1, k] cache that all heads share")
+
+
+def q4_cache_diagnosis(got, ref, h) -> str:
+    """The likely mistake of a multi-query cache ``got`` that is not ``ref`` [b, n+1, k]: the shared cache
+    repeated once per head, with the head axis anywhere (the cache of repeat_kv, or of multi-head attention)."""
+    if not (DIAGNOSES.get() and isinstance(got, _Tensor) and got.dim() == ref.dim() + 1 and h > 1):
+        return ""
+    for axis in range(got.dim()):
+        if got.shape[axis] != h:
+            continue
+        copies = got.movedim(axis, 0)
+        if tuple(copies.shape[1:]) == tuple(ref.shape) and all(close(c, ref) for c in copies):
+            return f" (likely: {_PER_HEAD_CACHE})"
+    return ""
+
+
+# The known wrong options of Q4 (A)-(E) (../shared/HOMEWORK.md), each with what is wrong with it in words.
+Q4_OPTION_MISTAKES = {
+    ("A", 2): "[d, q] is one query projection for all heads: the heads keep their own queries in MQA",
+    ("A", 3): "[h, q] has no input axis d, so it cannot project x",
+    ("B", 1): "[h, d, k] is one key projection per head, as in multi-head attention: MQA shares one among the heads",
+    ("B", 3): "[h, k] has no input axis d, so it cannot project x",
+    ("C", 1): "its output has the head axis h, which no input has: einsum raises",
+    ("C", 3): "x is [b, d]: it has no head axis",
+    ("D", 2): "it gives per-head keys [b, h, k], which need a 3-D W_k and no longer fit the shared [b, n, k] cache",
+    ("D", 3): "its output has the head axis h, which no input has: einsum raises",
+    ("E", 1): "it gives per-head values [b, h, v], which need a 3-D W_v and no longer fit the shared [b, n, v] cache",
+    ("E", 2): "its output has the head axis h, which no input has: einsum raises",
+}
+
+
+def q4_option_diagnosis(part, option) -> str:
+    """What is wrong with a known wrong option of Q4 (A)-(E), in words; "" when diagnoses are off."""
+    try:
+        sentence = Q4_OPTION_MISTAKES.get((part, int(option))) if DIAGNOSES.get() else None
+    except (TypeError, ValueError):  # not a number: the format check names that
+        sentence = None
+    return f" (likely: {sentence})" if sentence else ""

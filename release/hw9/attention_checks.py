@@ -1083,7 +1083,39 @@ def mha_variants(x, kv, mask, weights, h):
     return out
 
 
+# The course's setting (c.CourseExecute.diagnoses in course_config.py): ./kit release writes it here, and grading
+# passes it to the kernel as ATTNKIT_DIAGNOSES, so that a check names a likely mistake only where the course allows.
+DIAGNOSES = True
+
+
+def diagnoses_on():
+    """May a check name the likely mistake? ATTNKIT_DIAGNOSES (0 or 1) where grading set it, else DIAGNOSES."""
+    import os
+    value = os.environ.get("ATTNKIT_DIAGNOSES")
+    return DIAGNOSES if value is None else value != "0"
+
+
 def likely_mistake(got, variants, rtol=None, atol=None):
+    """" (likely: <sentence>)" for the first of ``variants`` ({sentence: tensor} or [(sentence, tensor)]) that ``got``
+    matches, "" when none does or the course turned diagnoses off (``diagnoses_on``)."""
+    return matching_mistake(got, variants, rtol, atol) if diagnoses_on() else ""
+
+
+def q4_cache_hint(new_K, h):
+    """" (likely: ...)" when a multi-query cache ``new_K`` holds one identical copy per head (an extra axis of size
+    ``h``): the cache of repeat_kv or of multi-head attention, not the one [b, n+1, k] cache all heads share."""
+    if not (diagnoses_on() and isinstance(new_K, _Tensor) and new_K.dim() == 4 and h > 1):
+        return ""
+    for axis in range(4):
+        copies = new_K.movedim(axis, 0)
+        if new_K.shape[axis] == h and all(close(c, copies[0]) for c in copies[1:]):
+            return (" (likely: your cache keeps a copy of the shared keys and values for every head (a per-head "
+                    "cache, as in multi-head attention); multi-query attention keeps one [b, n+1, k] cache that all "
+                    "heads share)")
+    return ""
+
+
+def matching_mistake(got, variants, rtol=None, atol=None):
     """" (likely: <sentence>)" for the first of ``variants`` ({sentence: tensor} or [(sentence, tensor)]) that ``got``
     matches, "" when none does. Only the sentence is shown: never an input or an expected value."""
     if not isinstance(got, _Tensor):

@@ -88,10 +88,8 @@ os.wait()
 """
 
 
-@pytest.mark.parametrize("mode", ["bwrap", "setpriv"])
-def test_a_cold_kernel_s_children_run_under_the_filter(tmp_path, mode):
-    """A kernel started cold (no warm-start interpreter) in bwrap and in the setpriv fallback: does its
-    child process run under the filter, and get EPERM for a user namespace, io_uring and the keyring?"""
+def _cold_kernel_folder(tmp_path, mode):
+    """A working folder a cold kernel of ``mode``'s uid may read; skips where ``mode`` or the filter cannot run."""
     why = sandbox.probe(mode)
     if why:
         pytest.skip(f"{mode} cannot run here: {why}")
@@ -101,6 +99,14 @@ def test_a_cold_kernel_s_children_run_under_the_filter(tmp_path, mode):
     workdir.mkdir()
     os.chmod(tmp_path, 0o755)
     os.chmod(workdir, 0o755)
+    return workdir
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "setpriv"])
+def test_a_cold_kernel_s_children_run_under_the_filter(tmp_path, mode):
+    """A kernel started cold (no warm-start interpreter) in bwrap and in the setpriv fallback: does its
+    child process run under the filter, and get EPERM for a user namespace, io_uring and the keyring?"""
+    workdir = _cold_kernel_folder(tmp_path, mode)
     out, _ = asyncio.run(sandbox.run_source(str(workdir), CHILD_PROBE, timeout=120, sandbox=mode))
     assert "Seccomp 2" in out, out
     for name in ("unshare", "io_uring_setup", "keyctl"):
@@ -174,15 +180,7 @@ def test_where_no_cgroup_counts_its_processes_a_kernel_starts_threads_but_no_pro
     """Where the cost meters read /proc (no cgroup of the kernel's own: ATTNKIT_COST_METER=proc stands in for such a
     host), is a new process refused with EPERM (fork, subprocess) while threads and torch's own threads run, under
     the filter count the grader checks from outside; and where a cgroup counts them, may the kernel still fork?"""
-    why = sandbox.probe(mode)
-    if why:
-        pytest.skip(f"{mode} cannot run here: {why}")
-    if seccomp.unavailable():
-        pytest.skip(seccomp.unavailable())
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    os.chmod(tmp_path, 0o755)
-    os.chmod(workdir, 0o755)
+    workdir = _cold_kernel_folder(tmp_path, mode)
     monkeypatch.setenv("ATTNKIT_COST_METER", "proc")
     out, _ = asyncio.run(sandbox.run_source(str(workdir), SEALED_PROBE, timeout=120, sandbox=mode))
     want = sandbox.CourseKernelManager().sealed_filters()

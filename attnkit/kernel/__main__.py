@@ -9,7 +9,8 @@ reaches the kernel only through the agent (attnkit/kernel/agent.py), with data.
 * processes (RLIMIT_NPROC, of the sandbox's uid): a fork bomb stops at the limit; where no cgroup of its
   own counts them (ATTNKIT_KERNEL_NO_PROCESSES), none at all: a syscall filter refuses fork, threads stay;
 * file size (RLIMIT_FSIZE): a 10 GB file fails with "File too large";
-* CPU seconds (RLIMIT_CPU): per kernel process, on top of the per-cell timeout.
+* CPU seconds (RLIMIT_CPU): per kernel process, on top of the per-cell timeout;
+* allocations: glibc's mmap threshold fixed, so a call costs the same whatever came before (the time verdicts).
 """
 import os
 import resource

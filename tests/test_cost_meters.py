@@ -1,14 +1,15 @@
-"""The kernel's cost meters (attnkit/grader/meter.py): a cgroup v2 folder stood in for by files, and a real cgroup
-where this host gives one."""
+"""The kernel's cost meters (attnkit/grader/meter.py: a cgroup v2 folder stood in for by files, and a real cgroup
+where this host gives one) and the sizes the time statistic measures (attnkit/grader/growth.py, on scripted costs)."""
 from __future__ import annotations
 
-import os
+import random
 import subprocess
 import sys
 
 import pytest
 
 from attnkit import sandbox
+from attnkit.grader import growth
 from attnkit.grader.meter import CgroupMeter
 
 
@@ -98,3 +99,38 @@ def test_a_reset_peak_forgets_what_the_kernel_held_before():
         proc.kill()
         proc.wait()
         cg.remove()
+
+
+class Scripted:
+    """What growth._measure reads of growth.Measured, with the cost of a call at size n given by ``cost(n)``."""
+
+    def __init__(self, cost):
+        self.cost, self.overhead, self.rng, self.sizes = cost, 0.0, random.Random(0), []
+
+    def time(self, n):
+        self.sizes.append(n)
+        return self.cost(n)
+
+
+SCHEDULE = dict(start=256, floor_s=1e-3, max_call_s=0.1, hard_call_s=1.0, max_n=8192, doublings=4, rounds=7,
+                threshold=1.5, grey=0.15, share=0.5, max_sizes=5)
+
+
+def test_a_statistic_not_far_from_the_threshold_is_measured_one_size_further():
+    """An N x N matrix built in a forked child costs, as measured, about 17 ms + 12.7 us N + 7.4 ns N^2: from a top
+    size of 4096 the statistic reads 1.70; is the next size measured (where a call still costs under a second), so
+    the verdict comes from 8192, at 1.83, and is no size past the cap measured?"""
+    cost = lambda n: 0.017 + 1.27e-5 * n + 7.4e-9 * n * n
+    m = Scripted(cost)
+    sizes, _times, fit, k = growth._measure(m, **SCHEDULE)
+    assert sizes[-1] == 8192 and 8192 in m.sizes and k > 1.8, (sizes, k)
+    capped = Scripted(cost)
+    assert growth._measure(capped, **{**SCHEDULE, "max_n": 4096})[0][-1] == 4096 and max(capped.sizes) == 4096
+
+
+def test_a_statistic_far_from_the_threshold_measures_no_size_more():
+    """Does a plain linear cost (1 ms + 4 us N) get its verdict from the sizes the schedule reached, with no size
+    measured past them?"""
+    m = Scripted(lambda n: 0.001 + 4e-6 * n)
+    sizes, _times, _fit, k = growth._measure(m, **{**SCHEDULE, "max_n": 2 ** 16})
+    assert k < 1.01 and max(m.sizes) == sizes[-1], (sizes, k)

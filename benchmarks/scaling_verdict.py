@@ -42,12 +42,13 @@ in others (up to 7136 faults at N = 8192): the same linear answer cost 3.98 ms a
 with the moving threshold the fit found them a linear part of 30-50 ms at N = 4096 (statistic 1.66-1.81, one
 from a top size of 2048; likely the children writing into copy-on-write pages of the parent's heap, where they now
 get fresh mappings); a statistic within 0.3 of the threshold now first measures the next size.
-Since then (load average 7-12 from other jobs on the 2 cores, the busy loops on top), 0 wrong verdicts:
-quiet, 1 trial of each of the 9 cases (the forked ones added); beside 2 busy loops, 1 trial of each, then 4 more of
-linear and linear_30ms and 2 more of impostor_forked, impostor_double_fork and impostor_30ms. Linear 1.00-1.04
-(before, beside 2 busy loops on the same machine: 1.17-1.33, and 1 of 3 verdicts needed its second measurement),
-linear + 30 ms 1.00-1.07, every linear verdict from its first measurement; quadratics 1.79-2.00 (forked 1.87-1.94,
-double fork 1.79-1.91). 3-17 s a linear verdict, 9-38 s a quadratic one (two measurements).
+Since then, 0 wrong verdicts: quiet, 2 trials of each of the 9 cases (the forked ones added; load average 7-9
+from other jobs on the 2 cores in the first, 3.6 in the second); beside 2 busy loops (load average 7-12), 1 trial
+of each, then 4 more of linear and linear_30ms and 2 more of impostor_forked, impostor_double_fork and
+impostor_30ms. Linear 1.00-1.04 (before, beside 2 busy loops on the same machine: 1.17-1.33, and 1 of 3 verdicts
+needed its second measurement), linear + 30 ms 1.00-1.07, every linear verdict from its first measurement;
+quadratics 1.79-2.00 (forked 1.81-1.94, double fork 1.79-1.91). At load 3.6: 2-3 s a linear verdict, 6-12 s a
+quadratic one (two measurements); at load 7-12: 3-17 s and 9-38 s.
 """
 from __future__ import annotations
 

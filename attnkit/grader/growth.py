@@ -19,9 +19,11 @@ add a linear part, fitted k = 1.60 at the threshold.)
 * sizes double from the first past the noise floor; at least three, and on past ``max_call_s`` while the
   N-dependent part is less than half the top size's time (a constant hides the growth below that);
 * interleaved rounds with fresh inputs over the top ``max_sizes`` sizes, the least time per size, then the fit
-  (weighted least squares, coefficients >= 0); rounds stop after four once the statistic is far from the
-  threshold (every call costs a draw of fresh inputs and a check), and one near it adds a size where a call
-  there stays under ``hard_call_s``, and doubles the rounds;
+  (weighted least squares, coefficients >= 0); rounds stop after four once the statistic is 2 ``grey`` or more
+  from the threshold (every call costs a draw of fresh inputs and a check); one nearer first adds the next size
+  where a call there stays under ``hard_call_s`` (a quadratic part grows four times as fast there: an N x N
+  matrix built in a forked child, whose fork and pickling cost a constant and a linear part, was judged N^1.66
+  from a top size of 2048, N^1.98 from 8192), then takes more rounds, and within ``grey`` as many again;
 * a quadratic verdict is measured again and stands only if the second says so too (load spoils a linear
   answer's top size now and then: once, rarely twice);
 * a measurement whose N-dependent part stays small up to the size cap, or that a process started during a
@@ -231,15 +233,18 @@ def _measure(m: Measured, *, start, floor_s, max_call_s, hard_call_s, max_n, dou
     done = min(4, rounds)
     run_rounds(done)
     fit, k = fitted()
+    n2 = sizes[-1] * 2  # not far from the threshold: one size more where it can be afforded (a quadratic part grows
+    if abs(k - threshold) < 2 * grey and n2 <= max_n and best[sizes[-1]] * 4 < hard_call_s:  # four times as fast)
+        best[n2] = min(m.time(n2) for _ in range(2))
+        sizes.append(n2)
+        if len(sizes) > max_sizes:
+            sizes.pop(0)
+        fit, k = fitted()
     while done < rounds and abs(k - threshold) < 2 * grey:  # more rounds until the verdict is clear
         run_rounds(1)
         done += 1
         fit, k = fitted()
-    if abs(k - threshold) < grey:  # near it: one size more where it can be afforded (a quadratic part grows
-        n2 = sizes[-1] * 2         # four times as fast there), and more rounds
-        if n2 <= max_n and best[sizes[-1]] * 4 < hard_call_s:
-            best[n2] = m.time(n2)
-            sizes.append(n2)
+    if abs(k - threshold) < grey:  # still near it: as many rounds again
         run_rounds(rounds)
         fit, k = fitted()
     top = best[sizes[-1]]

@@ -9,7 +9,8 @@ reaches the kernel only through the agent (attnkit/kernel/agent.py), with data.
 * processes (RLIMIT_NPROC, of the sandbox's uid): a fork bomb stops at the limit; where no cgroup of its
   own counts them (ATTNKIT_KERNEL_NO_PROCESSES), none at all: a syscall filter refuses fork, threads stay;
 * file size (RLIMIT_FSIZE): a 10 GB file fails with "File too large";
-* CPU seconds (RLIMIT_CPU): per kernel process, on top of the per-cell timeout.
+* CPU seconds (RLIMIT_CPU): per kernel process, on top of the per-cell timeout;
+* allocations: glibc's mmap threshold fixed, so a call costs the same whatever came before (the time verdicts).
 """
 import os
 import resource
@@ -21,7 +22,20 @@ _LIMITS = (("ATTNKIT_KERNEL_MEMORY_MB", resource.RLIMIT_DATA, 1024 * 1024),
            ("ATTNKIT_KERNEL_CPU_S", resource.RLIMIT_CPU, 1))
 
 
+def _steady_allocations() -> None:
+    """glibc's mmap threshold fixed at its starting 128 KiB: every allocation from there up is mapped fresh and
+    given back when freed, so a call's cost is the same whatever calls came before. (The threshold glibc moves by
+    itself made fresh 1-4 MB tensors cost page faults in some calls and none in others: a right linear attention
+    cost 3.4x per doubling of N where the faults began, and was judged quadratic.)"""
+    try:
+        import ctypes
+        ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD (a set value also stops the trim threshold moving)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _limit(nproc: bool = True) -> None:
+    _steady_allocations()
     sandboxed = bool(os.environ.get("ATTNKIT_KERNEL_NPROC"))
     for var, which, unit in _LIMITS:
         if which == resource.RLIMIT_NPROC and not nproc:

@@ -1,0 +1,136 @@
+"""The kernel's cost meters (attnkit/grader/meter.py: a cgroup v2 folder stood in for by files, and a real cgroup
+where this host gives one) and the sizes the time statistic measures (attnkit/grader/growth.py, on scripted costs)."""
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+
+import pytest
+
+from attnkit import sandbox
+from attnkit.grader import growth
+from attnkit.grader.meter import CgroupMeter
+
+
+def _v2_folder(tmp_path, usage_usec=1500, current=3 << 20, peak=7 << 20):
+    """A folder with a v2 cgroup's files as the kernel shows them (cpu.stat, memory.current, memory.peak)."""
+    folder = tmp_path / "k1"
+    folder.mkdir()
+    (folder / "cpu.stat").write_text(f"usage_usec {usage_usec}\nuser_usec 1000\nsystem_usec 500\n")
+    (folder / "memory.current").write_text(f"{current}\n")
+    (folder / "memory.peak").write_text(f"{peak}\n")
+    return folder
+
+
+def test_the_v2_meter_reads_cpu_stat_and_resets_the_peak_through_the_file_it_holds(tmp_path):
+    """On cgroup v2, does the meter take the CPU time from cpu.stat's usage_usec, reset the peak by writing "reset"
+    to memory.peak through the one file it holds open (Linux resets the peak that file then reads), return
+    memory.current as the base, and read the peak through that same file?"""
+    folder = _v2_folder(tmp_path)
+    cg = sandbox.KernelCgroup.adopt(str(folder))
+    assert cg.kind == "v2" and cg.cpu_path is None
+    meter = CgroupMeter.of(cg)
+    assert meter is not None and meter.kind == "v2" and meter.counts_children and meter.forks() is None
+    assert (folder / "memory.peak").read_text().startswith("reset")  # opening it is the first reset
+    assert meter.cpu_ns() == 1500 * 1000
+    (folder / "cpu.stat").write_text("usage_usec 2750\nuser_usec 2000\nsystem_usec 750\n")
+    assert meter.cpu_ns() == 2750 * 1000
+
+    (folder / "memory.peak").write_text("")  # (what the kernel shows that file is its business: see what is written)
+    (folder / "memory.current").write_text(f"{5 << 20}\n")
+    assert meter.reset_peak() == 5 << 20
+    assert "reset" in (folder / "memory.peak").read_text(errors="replace")
+    with open(folder / "memory.peak", "r+") as f:  # the kernel: this file's peak since the reset
+        f.write(f"{9 << 20}\n".ljust(16, " "))
+    assert meter.peak_bytes() == 9 << 20
+
+
+@pytest.mark.parametrize("missing", ["cpu.stat", "memory.peak"])
+def test_the_v2_meter_is_refused_where_the_cpu_time_or_a_resettable_peak_is_missing(tmp_path, missing):
+    """Where cpu.stat or memory.peak is missing (memory.peak came with Linux 5.19, its reset with 6.12), is there no
+    cgroup meter (the kernel is then measured through /proc and refused new processes), rather than one that reads
+    zeros?"""
+    folder = _v2_folder(tmp_path)
+    (folder / missing).unlink()
+    if missing == "memory.peak":
+        (folder / missing).mkdir()  # (present but not writable: opening it for writing fails, as on a kernel < 6.12)
+    assert CgroupMeter.of(sandbox.KernelCgroup.adopt(str(folder))) is None
+
+
+HOLD = r"""
+import sys
+block = bytearray(200 << 20)  # 200 MB, touched, then given back
+for i in range(0, len(block), 4096):
+    block[i] = 1
+del block
+print("freed", flush=True)
+sys.stdin.readline()
+small = bytearray(40 << 20)
+for i in range(0, len(small), 4096):
+    small[i] = 1
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.skipif(not sandbox.meter_cgroups(), reason="no per-kernel cgroup here")
+def test_a_reset_peak_forgets_what_the_kernel_held_before():
+    """After 200 MB were used and given back, does resetting the kernel's cgroup peak (v1 max_usage_in_bytes, v2
+    memory.peak) make the next reading show only the 40 MB that came after, not the 200 MB before?"""
+    kind, parent = sandbox.memory_cgroups()
+    cg = sandbox.KernelCgroup(1024, kind, parent)
+    proc = subprocess.Popen(cg.wrap([sys.executable, "-c", HOLD]), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline() == "freed\n"
+        meter = CgroupMeter.of(cg)
+        if meter is None:
+            pytest.skip(f"this host's {kind} cgroup cannot reset a peak (cgroup v2 before Linux 6.12)")
+        assert meter.peak_bytes() >= 200 << 20  # (the peak before the reset: the 200 MB)
+        base = meter.reset_peak()
+        assert meter.peak_bytes() - base < 8 << 20
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "held\n"
+        rise = meter.peak_bytes() - base
+        assert 38 << 20 <= rise < 120 << 20, rise / 2 ** 20
+    finally:
+        proc.kill()
+        proc.wait()
+        cg.remove()
+
+
+class Scripted:
+    """What growth._measure reads of growth.Measured, with the cost of a call at size n given by ``cost(n)``."""
+
+    def __init__(self, cost):
+        self.cost, self.overhead, self.rng, self.sizes = cost, 0.0, random.Random(0), []
+
+    def time(self, n):
+        self.sizes.append(n)
+        return self.cost(n)
+
+
+SCHEDULE = dict(start=256, floor_s=1e-3, max_call_s=0.1, hard_call_s=1.0, max_n=8192, doublings=4, rounds=7,
+                threshold=1.5, grey=0.15, share=0.5, max_sizes=5)
+
+
+def test_a_statistic_not_far_from_the_threshold_is_measured_one_size_further():
+    """An N x N matrix built in a forked child costs, as measured, about 17 ms + 12.7 us N + 7.4 ns N^2: from a top
+    size of 4096 the statistic reads 1.70; is the next size measured (where a call still costs under a second), so
+    the verdict comes from 8192, at 1.83, and is no size past the cap measured?"""
+    cost = lambda n: 0.017 + 1.27e-5 * n + 7.4e-9 * n * n
+    m = Scripted(cost)
+    sizes, _times, fit, k = growth._measure(m, **SCHEDULE)
+    assert sizes[-1] == 8192 and 8192 in m.sizes and k > 1.8, (sizes, k)
+    capped = Scripted(cost)
+    assert growth._measure(capped, **{**SCHEDULE, "max_n": 4096})[0][-1] == 4096 and max(capped.sizes) == 4096
+
+
+def test_a_statistic_far_from_the_threshold_measures_no_size_more():
+    """Does a plain linear cost (1 ms + 4 us N) get its verdict from the sizes the schedule reached, with no size
+    measured past them?"""
+    m = Scripted(lambda n: 0.001 + 4e-6 * n)
+    sizes, _times, _fit, k = growth._measure(m, **{**SCHEDULE, "max_n": 2 ** 16})
+    assert k < 1.01 and max(m.sizes) == sizes[-1], (sizes, k)

@@ -79,13 +79,16 @@ def profile(course, students: list[str]) -> tuple[dict, dict]:
 
 
 ROLES = (("attnkit.workers", "grading process"), ("--zygote", "warm-start interpreter (zygote)"),
-         ("attnkit.kernel", "kernel"), ("-m attnkit", "CLI (batch) process"), ("bwrap", "bwrap"))
+         ("attnkit.kernel", "kernel"), ("-m attnkit", "CLI (batch) process"))
 
 
 def role(cmdline: str, parent_role: str) -> str:
+    exe = cmdline.split(" ")[0].rsplit("/", 1)[-1]
+    if exe in ("bwrap", "setpriv"):  # their argv names the interpreter they start
+        return exe
     if parent_role.startswith("warm-start") and "--zygote" in cmdline:
         return "kernel (fork of the zygote)"
-    return next((name for key, name in ROLES if key in cmdline), cmdline.split(" ")[0].rsplit("/", 1)[-1] or "?")
+    return next((name for key, name in ROLES if key in cmdline), exe or "?")
 
 
 class TreeSampler(threading.Thread):

@@ -79,7 +79,8 @@ def profile(course, students: list[str]) -> tuple[dict, dict]:
 
 
 ROLES = (("attnkit.workers", "grading process"), ("--zygote", "warm-start interpreter (zygote)"),
-         ("attnkit.kernel", "kernel"), ("-m attnkit", "CLI (batch) process"))
+         ("attnkit.kernel", "kernel"), ("attnkit.gradescope", "Gradescope runner"),
+         ("-m attnkit", "CLI (batch) process"))
 
 
 def role(cmdline: str, parent_role: str) -> str:

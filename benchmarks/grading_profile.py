@@ -89,7 +89,8 @@ def role(cmdline: str, parent_role: str) -> str:
         return exe
     if parent_role.startswith("warm-start") and "--zygote" in cmdline:
         return "kernel (fork of the zygote)"
-    return next((name for key, name in ROLES if key in cmdline), exe or "?")
+    other = " ".join([exe, *cmdline.split(" ")[1:3]])[:50]  # unknown: its first words
+    return next((name for key, name in ROLES if key in cmdline), other or "?")
 
 
 class TreeSampler(threading.Thread):

@@ -163,6 +163,12 @@ def main() -> int:
                   f"{at_peak['rss'] / 2**20:.0f} MB, page cache {at_peak['cache'] / 2**20:.0f} MB "
                   f"(of it mapped files: {at_peak['mapped_file'] / 2**20:.0f} MB)")
     print(f"score: {res['score']:g} / {auto_max:g} autograded points")
+    rows = [("run_autograder, s", seconds, 20.0)]
+    if cg is not None:
+        rows.append(("cgroup peak, MB", max_usage / 2**20, 600.0))
+    for name, figure, target in rows:
+        print(f"target: {name} {figure:.1f} <= {target:g} (ratio {figure / target:.2f}): "
+              f"{'met' if figure <= target else 'NOT met'}")
     problems = [t["name"] + ": " + t["output"] for t in res["tests"]
                 if t["status"] == "failed"]
     if problems:

@@ -54,7 +54,7 @@ def alembic_head() -> str | None:
 
 
 def _known_alembic_head(api) -> None:
-    """nbgrader starts ``alembic heads`` (a process: 0.5-1 s, 110 MB) for every new gradebook to learn a constant
+    """nbgrader starts ``alembic heads`` (a process: about 0.5 s, 110 MB) for every new gradebook to learn a constant
     of its own files: read it from them once instead (nbgrader asks alembic as before where they cannot say)."""
     if getattr(api.get_alembic_version, "attnkit_head", None):
         return

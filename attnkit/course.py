@@ -37,7 +37,8 @@ def alembic_head_in_process() -> None:
     """How does a new gradebook get its schema version without a second Python? nbgrader stamps it with its
     migrations' head revision by running the `alembic` executable (a whole interpreter start: 1-10 s on a busy
     host, once per new gradebook: every demo, every scratch course, every Gradescope submission). The head is
-    read here, in-process and once, from the same migration scripts (tests/test_pipeline.py: the same value)."""
+    read here, in-process and once, with alembic's own reader of the same migration scripts (tests: the same value,
+    and no process started)."""
     import nbgrader
     import nbgrader.api as api
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attnkit import notebooks as nbu  # noqa: E402
 
@@ -111,16 +112,32 @@ def main() -> int:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=enter_cgroup)
     peak = [0]
 
+    at_peak: dict = {}  # the cgroup's memory.stat when its usage was highest (what the peak is made of)
+
     def sample():
         while proc.poll() is None:
             peak[0] = max(peak[0], tree_rss_kb(proc.pid))
+            if cg is not None:
+                try:
+                    usage = int((cg / "memory.usage_in_bytes").read_text())
+                    if usage > at_peak.get("usage", 0):
+                        stat = dict(l.split() for l in (cg / "memory.stat").read_text().splitlines())
+                        at_peak.update(usage=usage, **{k: int(stat.get(k, 0)) for k in ("rss", "cache", "mapped_file")})
+                except (OSError, ValueError):
+                    pass
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    from grading_profile import TreeSampler
+
+    procs = TreeSampler(proc.pid)  # each process's own peak, by role
+    procs.start()
     log, _ = proc.communicate()
     seconds = time.perf_counter() - t0
     sampler.join()
+    procs.done.set()
+    procs.join()
     res = json.loads((root / "results" / "results.json").read_text())
     auto_max = sum(t["max_score"] for t in res["tests"])  # every test is an autograded part (written answers are not tests)
     print(f"mode: {mode} ({args.memory_mb} MB{' for the whole tree' if mode == 'cgroup' else ' per process' if mode == 'as' else ', not enforced'}), "
@@ -128,6 +145,12 @@ def main() -> int:
     print(f"run_autograder: {seconds:.1f} s wall, exit {proc.returncode}; results.json execution_time "
           f"{res['execution_time']} s")
     print(f"peak RSS of the process tree (sampled every 0.1 s): {peak[0] / 1024:.0f} MB")
+    by_role: dict = {}
+    for name, kb in procs.procs.values():
+        by_role.setdefault(name, []).append(kb)
+    print("  each process's own peak (VmHWM, shared pages in each): " + "; ".join(
+        f"{name} {max(kbs) / 1024:.0f} MB" + (f" (x{len(kbs)})" if len(kbs) > 1 else "")
+        for name, kbs in sorted(by_role.items(), key=lambda kv: -max(kv[1])) if max(kbs) > 8 << 10))
     if cg is not None:
         max_usage = int((cg / "memory.max_usage_in_bytes").read_text())
         failcnt = int((cg / "memory.failcnt").read_text())
@@ -135,7 +158,17 @@ def main() -> int:
         kills = oom[oom.index("oom_kill") + 1] if "oom_kill" in oom else "?"
         print(f"cgroup peak usage (RSS + page cache): {max_usage / 2**20:.0f} MB; limit hits {failcnt}; "
               f"OOM kills {kills}")
+        if at_peak:
+            print(f"at the largest sampled usage ({at_peak['usage'] / 2**20:.0f} MB): anonymous (rss) "
+                  f"{at_peak['rss'] / 2**20:.0f} MB, page cache {at_peak['cache'] / 2**20:.0f} MB "
+                  f"(of it mapped files: {at_peak['mapped_file'] / 2**20:.0f} MB)")
     print(f"score: {res['score']:g} / {auto_max:g} autograded points")
+    rows = [("run_autograder, s", seconds, 20.0)]
+    if cg is not None:
+        rows.append(("cgroup peak, MB", max_usage / 2**20, 600.0))
+    for name, figure, target in rows:
+        print(f"target: {name} {figure:.1f} <= {target:g} (ratio {figure / target:.2f}): "
+              f"{'met' if figure <= target else 'NOT met'}")
     problems = [t["name"] + ": " + t["output"] for t in res["tests"]
                 if t["status"] == "failed"]
     if problems:

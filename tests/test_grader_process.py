@@ -562,3 +562,28 @@ def test_a_kernel_that_can_start_no_process_is_not_watched_for_forks():
         finally:
             proc.kill()
             proc.wait()
+
+
+def test_a_grading_process_loads_torch_before_its_first_student():
+    """Does a grading process load the hidden tests' torch while it waits for its first student (not at its first
+    test cell, with the kernel idle), and still exit cleanly when no student comes?"""
+    import os
+
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "attnkit.workers", "/nonexistent-course", "hw9", str(write_fd)],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            pass_fds=(write_fd,), cwd=ROOT, text=True)
+    os.close(write_fd)
+    try:
+        deadline, loaded = time.monotonic() + 90, False
+        while not loaded and time.monotonic() < deadline and proc.poll() is None:
+            with open(f"/proc/{proc.pid}/maps") as maps:
+                loaded = "libtorch" in maps.read()
+            time.sleep(0.2)
+        assert loaded, "no student sent, and torch not loaded after 90 s"
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()[-2000:]
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(read_fd)

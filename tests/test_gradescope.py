@@ -233,6 +233,28 @@ def test_staff_log_names_the_sandbox_that_grades(tmp_path):
         assert "bubblewrap" in lines[0]
 
 
+def test_the_runner_holds_no_grading_module_while_a_submission_is_graded(tmp_path):
+    """Does the Gradescope runner name the sandbox without importing nbgrader or the sandbox itself (55 MB it would
+    hold while the submission is graded, under Gradescope's 768 MB)?"""
+    from attnkit import sandbox
+
+    root = tmp_path / "ag"
+    (root / "source").mkdir(parents=True)  # settings without notebooks: the run stops after the log line
+    (root / "source" / "gradescope.json").write_text(json.dumps({"assignment": "hw9", "notebooks": STEMS}))
+    code = ("import sys; from pathlib import Path; from attnkit import gradescope\n"
+            "lines = []; gradescope.run(Path(sys.argv[1]), log=lines.append)\n"
+            "print(lines[0]); print(sorted(m for m in ('nbgrader', 'zmq', 'torch', 'attnkit.sandbox') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, held = proc.stdout.splitlines()[:2]
+    try:
+        expected = sandbox.describe(sandbox.detect())
+    except sandbox.SandboxUnavailable as exc:
+        expected = f"sandbox: unavailable ({exc})"
+    assert expected in first and held == "[]", proc.stdout
+
+
 # -- graded submissions ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def renamed(tmp_path_factory, kitzip):

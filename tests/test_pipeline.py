@@ -136,25 +136,3 @@ def test_bare_expression_test_cell_is_refused(tmp_path):
     cell.source += "\n1 == 2"
     assert bare_expression_cells(nb) == [nbu.grade_id(cell)]
 
-
-def test_a_new_gradebook_is_stamped_with_nbgraders_own_head_revision(tmp_path):
-    """Is the schema version the kit stamps a new gradebook with, read in-process, the very head revision that
-    nbgrader's own way (the `alembic heads` executable) gives, so `nbgrader db upgrade` and nbgrader's checks
-    see a gradebook of the current schema?"""
-    import sqlite3
-    import subprocess
-    import sys
-
-    from nbgrader.dbutil import _temp_alembic_ini
-
-    with _temp_alembic_ini(f"sqlite:///{tmp_path / 'unused.db'}") as ini:
-        theirs = subprocess.run([str(Path(sys.executable).parent / "alembic"), "-c", ini, "heads"], capture_output=True,
-                                text=True, timeout=120, check=True).stdout.split()[0]
-    c = Course(ROOT).scratch_copy(notebooks=[NB], parent=str(tmp_path))
-    try:
-        c.gradebook().close()
-        with sqlite3.connect(c.path("gradebook.db")) as db:
-            ours = db.execute("SELECT version_num FROM alembic_version").fetchall()
-        assert ours == [(theirs,)], (ours, theirs)
-    finally:
-        shutil.rmtree(c.root, ignore_errors=True)

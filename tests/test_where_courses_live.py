@@ -323,3 +323,30 @@ def test_an_ordinary_user_runs_the_demo_with_debians_python_through_a_symlink(or
         "this host has cgroup v1" if v1 else f"in no subtree delegated to uid {ordinary_user.pw_uid}") in memory, memory
     # the table of the root run: the README's, which tests/test_export.py checks against a root demo
     assert _table(theirs.stdout) == readme_table()
+
+
+def test_a_new_gradebook_records_the_migration_head_alembic_names(tmp_path, monkeypatch):
+    """Does a gradebook the kit creates record the revision `alembic heads` prints (read from nbgrader's migration
+    files, without starting alembic)?"""
+    import sqlite3
+    import types
+
+    import nbgrader.api
+    from nbgrader.dbutil import _temp_alembic_ini
+
+    from attnkit.course import Course
+
+    with _temp_alembic_ini(f"sqlite:///{tmp_path / 'unused.db'}") as ini:
+        said = subprocess.run([str(Path(sys.executable).with_name("alembic")), "-c", ini, "heads"],
+                              capture_output=True, text=True, check=True).stdout.split()[0]
+
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"started {args}")
+
+    monkeypatch.setattr(nbgrader.api, "sp", types.SimpleNamespace(check_output=no_process))
+    (tmp_path / "course").mkdir()
+    shutil.copy2(Path(__file__).resolve().parents[1] / "course_config.py", tmp_path / "course" / "course_config.py")
+    with Course(tmp_path / "course").gradebook():
+        pass
+    with sqlite3.connect(tmp_path / "course" / "gradebook.db") as db:
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(said,)]

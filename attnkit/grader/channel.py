@@ -201,7 +201,8 @@ async def run_hidden_regions(executor, cell, sources, folder) -> str | None:
         if PROFILE:
             with open(PROFILE, "a") as log:
                 print(f"{cell.metadata.get('nbgrader', {}).get('grade_id')} {time.perf_counter() - started:.3f} "
-                      f"requests={kernel.requests} callbacks={kernel.callbacks}", file=log)
+                      f"requests={kernel.requests} callbacks={kernel.callbacks} waited={kernel.waited:.3f} "
+                      f"growth={kernel.growth:.3f}", file=log)
         if printed:
             cell.outputs.append(NotebookNode(output_type="stream", name="stdout", text=printed))
         if error is not None:

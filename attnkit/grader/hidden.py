@@ -20,6 +20,7 @@ import importlib.util
 import io
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -97,8 +98,21 @@ def namespace(kernel: Kernel, folder) -> dict:
     from attnkit.kernel import wire
     from attnkit.grader import growth
     ns.update(wire=wire, kernel=kernel, kind=kind, is_kind=is_kind, StudentError=StudentError, call=call,
-              check_linear_time=growth.check_linear_time, check_linear_memory=growth.check_linear_memory)
+              check_linear_time=_timed(kernel, growth.check_linear_time),
+              check_linear_memory=_timed(kernel, growth.check_linear_memory))
     return ns
+
+
+def _timed(kernel: Kernel, check):
+    """``check`` adding the seconds it takes to ``kernel.growth`` (the profile's cost-growth figure)."""
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return check(*args, **kwargs)
+        finally:
+            kernel.growth += time.perf_counter() - t0
+    timed.__name__, timed.__doc__ = check.__name__, check.__doc__
+    return timed
 
 
 def free_names(source: str) -> set[str]:

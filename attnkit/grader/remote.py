@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import torch
 
@@ -68,6 +69,7 @@ class Kernel:
         self._send = send
         self._callbacks: list = []   # grader functions a test passed in, by number
         self.requests = self.callbacks = 0  # counts, for profiles
+        self.waited = self.growth = 0.0     # seconds waiting on the kernel's replies; in cost-growth checks (profiles)
         self.broken: str | None = None      # why a message from the kernel broke the protocol (then every request fails)
         self.sources: list[str] | None = None  # the student's code cells, from the notebook the grader holds
 
@@ -75,7 +77,9 @@ class Kernel:
         if req.get("op") not in wire.REQUESTS:
             raise ValueError(f"no request {req.get('op')!r} in the protocol (wire.REQUESTS)")
         self.requests += 1
+        t0 = time.perf_counter()
         text = self._send(json.dumps(req, separators=(",", ":"), allow_nan=False))
+        self.waited += time.perf_counter() - t0
         if not isinstance(text, str):
             raise KernelGone("the kernel sent no reply")
         try:  # the whole reply checked (values only, counted) before any of it is built

@@ -107,6 +107,7 @@ def export_base(ref: str) -> Path | None:
     for name in sandbox.KERNEL_MODULES + ("",):  # the sandbox binds them: readable by its uid
         os.chmod(dest / "attnkit" / name, 0o755 if not name else 0o644) if (dest / "attnkit" / name).exists() else None
     os.chmod(dest, 0o755)
+    os.chmod(dest / "source", 0o700)  # the solutions: never readable by a kernel's uid (the setpriv fallback's)
     return dest
 
 

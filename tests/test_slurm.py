@@ -472,14 +472,21 @@ def test_an_ordinary_users_batch_is_sandboxed_and_scored_as_the_local_batch(clus
     no user namespace, is every student refused instead, the user namespaces named?"""
     pristine, local, students = samples
     user, home, uid = ordinary_user.pw_name, Path(ordinary_user.pw_dir), ordinary_user.pw_uid
+    # the user's own copy of the kit's package (this checkout's is closed to other users while a fallback kernel
+    # could run: sandbox.protect), on the interpreter and packages every user of the cluster reaches
+    kit = home / "kit"
+    shutil.copytree(ROOT / "attnkit", kit / "attnkit", ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["chown", "-R", f"{user}:{user}", str(kit)], check=True, timeout=120)
     env = ["env", "-i", f"HOME={home}", "PATH=/usr/bin:/bin", "LANG=C.UTF-8", f"SLURM_CONF={cluster.env['SLURM_CONF']}",
-           *(f"{k}={v}" for k, v in CELL_TIMEOUT.items()), "ATTNKIT_SLURM_POLL=1"]
-    with _traversable([os.path.realpath(sys.executable), sys.prefix, sys.base_prefix, str(ROOT)]):
-        reach = subprocess.run(["runuser", "-u", user, "--", *env, sys.executable, "-c", "import attnkit, torch"],
+           *(f"{k}={v}" for k, v in CELL_TIMEOUT.items()), "ATTNKIT_SLURM_POLL=1", f"PYTHONPATH={kit}"]
+    with _traversable([os.path.realpath(sys.executable), sys.prefix, sys.base_prefix]):
+        reach = subprocess.run(["runuser", "-u", user, "--", *env, sys.executable, "-c",
+                                "import attnkit, torch; print(attnkit.__file__)"],
                                capture_output=True, text=True, timeout=120, cwd="/")
         if reach.returncode != 0:
             pytest.skip(f"an ordinary user cannot run this kit's Python ({sys.executable}): "
                         f"{(reach.stderr.strip().splitlines() or ['?'])[-1]}")
+        assert reach.stdout.strip() == str(kit / "attnkit" / "__init__.py"), reach.stdout
         _graded_as(user, uid, home, env, cluster, pristine, local, students)
 
 

@@ -49,6 +49,10 @@ impostor_30ms. Linear 1.00-1.04 (before, beside 2 busy loops on the same machine
 needed its second measurement), linear + 30 ms 1.00-1.07, every linear verdict from its first measurement;
 quadratics 1.79-2.00 (forked 1.81-1.94, double fork 1.79-1.91). At load 3.6: 2-3 s a linear verdict, 6-12 s a
 quadratic one (two measurements); at load 7-12: 3-17 s and 9-38 s.
+Then on the merged tree, 6 trials of each case quiet and 6 beside 2 busy loops (load average 2-3): 1 wrong verdict
+in 108, impostor_forked beside the loops judged linear (first measurement quadratic, the second stopped at N = 2048
+with k 1.13: a quadratic verdict needs two that agree); right answers never wrong (linear 1.00-1.08, linear + 30 ms
+1.00-1.12, each from its first measurement); every other quadratic 1.75-2.00. Not yet 0 wrong.
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ def find_root(start: str | os.PathLike | None = None) -> Path:
 
 
 def _ensure_tools_on_path() -> None:
-    # nbgrader runs the `alembic` executable when it creates a gradebook.
+    # nbgrader runs the `alembic` executable to upgrade a gradebook (a new one's version is read in-process below).
     bindir = str(Path(sys.executable).parent)
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")

@@ -134,3 +134,48 @@ def test_a_statistic_far_from_the_threshold_measures_no_size_more():
     m = Scripted(lambda n: 0.001 + 4e-6 * n)
     sizes, _times, _fit, k = growth._measure(m, **{**SCHEDULE, "max_n": 2 ** 16})
     assert k < 1.01 and max(m.sizes) == sizes[-1], (sizes, k)
+
+
+def test_a_linear_looking_measurement_stopped_early_by_an_expensive_call_measures_on():
+    """An N x N matrix built in a forked child once looked linear up to 2048 beside two busy loops (its fork's
+    cost hid the N^2 below it), and the doubling stopped there because a call passed ``max_call_s``. Is the next
+    size measured, where the N^2 shows, so the verdict is quadratic?"""
+    cost = lambda n: 0.02 + 4e-5 * n + (3e-8 if n > 2048 else 1e-9) * n * n
+    m = Scripted(cost)
+    sizes, _times, _fit, k = growth._measure(m, **SCHEDULE)
+    assert sizes[-1] >= 4096 and k > 1.5, (sizes, k)
+
+
+def test_an_expensive_linear_answer_measures_on_only_while_a_call_stays_affordable():
+    """A right linear answer with a 150 ms constant: is its verdict linear, and is no size measured where the fit
+    says a call would pass ``hard_call_s``?"""
+    m = Scripted(lambda n: 0.15 + 1e-4 * n)
+    sizes, _times, _fit, k = growth._measure(m, **{**SCHEDULE, "max_n": 2 ** 16})
+    assert k < 1.1 and max(m.sizes) == sizes[-1] and 0.15 + 1e-4 * sizes[-1] < 1.0, (sizes, k)
+
+
+class _Votes:
+    """measure_time_growth with each measurement's statistic given in turn (no kernel)."""
+
+    def __init__(self, monkeypatch, statistics):
+        self.left, self.taken = list(statistics), 0
+        monkeypatch.setattr(growth, "Measured", lambda *a, **k: type("M", (), {"cuda": False})())
+
+        def measure(_m, **_kw):
+            self.taken += 1
+            k = self.left.pop(0)
+            return [1024, 2048, 4096], [0.01, 0.02, 0.04], (0.0, 1e-5, 0.0), k
+        monkeypatch.setattr(growth, "_measure", measure)
+
+
+@pytest.mark.parametrize("statistics, verdict, taken", [
+    ([1.02], "linear", 1),
+    ([1.9, 1.95], "quadratic", 2),
+    ([1.9, 1.1, 1.92], "quadratic", 3),   # one spoiled measurement of a quadratic does not pass it
+    ([1.6, 1.05, 1.03], "linear", 3),     # nor does one of a linear answer fail it
+])
+def test_a_quadratic_verdict_needs_two_of_at_most_three_measurements(monkeypatch, statistics, verdict, taken):
+    """Is the verdict the one two measurements agree on, taking a third only where the first two disagree?"""
+    votes = _Votes(monkeypatch, statistics)
+    r = growth.measure_time_growth(None, None, None, None, seed=0)
+    assert (r["verdict"], votes.taken, r["tries"]) == (verdict, taken, taken)

@@ -24,8 +24,11 @@ add a linear part, fitted k = 1.60 at the threshold.)
   where a call there stays under ``hard_call_s`` (a quadratic part grows four times as fast there: an N x N
   matrix built in a forked child, whose fork and pickling cost a constant and a linear part, was judged N^1.66
   from a top size of 2048, N^1.98 from 8192), then takes more rounds, and within ``grey`` as many again;
-* a quadratic verdict is measured again and stands only if the second says so too (load spoils a linear
-  answer's top size now and then: once, rarely twice);
+* a linear verdict from a top size below the cap, where a call passed ``max_call_s`` and so stopped the
+  doubling, adds sizes while the fit says a call stays under ``hard_call_s`` (an N x N matrix built in a
+  forked child, its fork's cost a constant and a linear part, stopped at 2048 beside two busy loops: N^1.13);
+* a quadratic verdict is measured again and stands only if two of at most three measurements say so (load
+  spoils a linear answer's top size now and then: once, rarely twice);
 * a measurement whose N-dependent part stays small up to the size cap, or that a process started during a
   timed call spoiled (a meter that cannot count it), is inconclusive: measured again once, then the test fails
   saying why. No verdict comes from fewer than three sizes.
@@ -247,6 +250,16 @@ def _measure(m: Measured, *, start, floor_s, max_call_s, hard_call_s, max_n, dou
     if abs(k - threshold) < grey:  # still near it: as many rounds again
         run_rounds(rounds)
         fit, k = fitted()
+    while k < threshold and sizes[-1] * 2 <= max_n and best[sizes[-1]] > max_call_s:  # an expensive call stopped
+        n2 = sizes[-1] * 2  # the doubling below the cap: on while the fit says a call there stays under hard_call_s
+        if sum(c * n2 ** j for j, c in enumerate(fit)) >= hard_call_s:  # (a forked child's N x N hid below its
+            break                                                       # fork's cost)
+        best[n2] = min(m.time(n2) for _ in range(2))
+        sizes.append(n2)
+        if len(sizes) > max_sizes:
+            sizes.pop(0)
+        run_rounds(1)
+        fit, k = fitted()
     top = best[sizes[-1]]
     if grown(fit) < share * top and (sizes[-1] * 2 <= max_n and top < hard_call_s or grown(fit) < 0.2 * top):
         raise Inconclusive(f"up to N = {sizes[-1]} a constant {fit[0] * 1e3:.1f} ms of every call hides how the rest "
@@ -264,7 +277,7 @@ def measure_time_growth(kernel, meter, fn, make_args, *, device="cpu", start=256
     rng = random.Random(seed) if seed is not None else random.SystemRandom()
     m = Measured(kernel, meter, fn, make_args, device=device, reference=reference, verify=verify, part=part, rng=rng)
     failed, found = 0, []
-    while True:  # quadratic only if two measurements in a row say so (a linear one spoiled by load says so once)
+    while True:  # quadratic only if two of at most three measurements say so (load spoils one now and then)
         try:
             found.append(_measure(m, start=start, floor_s=floor_s, max_call_s=max_call_s, hard_call_s=hard_call_s,
                                   max_n=max_n, doublings=doublings, rounds=rounds * (failed + 1), threshold=threshold,
@@ -274,9 +287,11 @@ def measure_time_growth(kernel, meter, fn, make_args, *, device="cpu", start=256
             if failed >= tries:
                 raise
             continue
-        if found[-1][3] < threshold or len(found) >= 2:
+        quadratic = sum(f[3] >= threshold for f in found)
+        if quadratic == 0 or quadratic >= 2 or len(found) - quadratic >= 2:
             break
-    sizes, times, fit, k = found[-1]
+    quadratic = sum(f[3] >= threshold for f in found) >= 2
+    sizes, times, fit, k = next(f for f in reversed(found) if (f[3] >= threshold) == quadratic)
     attempt = failed + len(found) - 1
     return {"sizes": sizes, "times": times, "fit": fit, "statistic": k, "threshold": threshold,
             "verdict": "linear" if k < threshold else "quadratic", "tries": attempt + 1,

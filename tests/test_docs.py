@@ -1,5 +1,5 @@
-"""The README and docs/: the README stays task-sized, every figure names its benchmark, and no file points
-to a tracker number that nothing in the repository explains."""
+"""The README and docs/: the README stays task-sized, every figure names its benchmark, every path they name
+exists, and no file points to a tracker number that nothing in the repository explains."""
 from __future__ import annotations
 
 import os
@@ -61,3 +61,17 @@ def test_every_benchmark_is_listed_with_its_figure():
     listed = (ROOT / "docs" / "performance.md").read_text()
     missing = [p.name for p in sorted((ROOT / "benchmarks").glob("*.py")) if f"benchmarks/{p.name}" not in listed]
     assert not missing, missing
+
+
+def test_every_path_the_docs_name_exists():
+    """Does every file or folder of the repository that the README or docs/ names (in backticks) exist, so
+    a moved module cannot leave the docs pointing at nothing?"""
+    named = re.compile(r"`((?:attnkit|tests|benchmarks|source|release|docs|\.ci)/[^`\s]*)`")
+    missing = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for path in named.findall(page.read_text()):
+            path = path.split("::")[0].rstrip(":,")
+            if any(c in path for c in "<*{") or (ROOT / path).exists():
+                continue  # a pattern (feedback/<student>/...), or there
+            missing.append(f"{page.relative_to(ROOT)}: {path}")
+    assert not missing, "\n".join(missing)

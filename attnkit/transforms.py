@@ -1,4 +1,4 @@
-"""nbgrader preprocessors that close nbgrader's grading traps (docs/nbgrader-traps.md).
+"""nbgrader preprocessors that close nbgrader's grading traps (README: "How grading avoids nbgrader's traps").
 
 * ClearSolutionsWithStubs - a solution region may carry its own stub (``### STUB: ...``
   lines), so students see the homework's skeleton with labelled blanks instead of a bare

@@ -1,7 +1,7 @@
 """attnkit: course tooling for the autograded attention homework (EECS 182 HW9).
 
 The CLI (``python -m attnkit`` / ``./kit``) wraps nbgrader with fixes for its grading traps
-(docs/nbgrader-traps.md). The helper students receive lives in
+(README, "How grading avoids nbgrader's traps"). The helper students receive lives in
 ``source/hw9/attention_checks.py``. Which process a module runs in: attnkit/grader/ in the grader
 (never bound into the sandbox); attnkit/kernel/ in the student's kernel (sandbox.KERNEL_MODULES, readable
 by students); everything else in the instructor's or grading process.

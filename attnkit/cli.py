@@ -302,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--unsandboxed-i-accept-the-risk", action="store_true",
                    help="grade even where no sandbox works: submitted code then runs with the grader's rights")
     s.add_argument("--on", choices=("local", "slurm"), default="local",
-                   help="slurm: one sbatch --array job over shards of the students (README: Grading on a cluster)")
+                   help="slurm: one sbatch --array job over shards of the students (docs/running-a-course.md)")
     s.add_argument("--partition", help="with --on slurm: the partition (sbatch --partition)")
     s.add_argument("--tasks", type=int, default=None, help="with --on slurm: array tasks (default: one per 8 students)")
     s.add_argument("--gpus-per-task", type=int, default=0,

@@ -1,4 +1,4 @@
-"""Peak memory of `./kit collect` on zip bombs (a figure, not a test; the README quotes it).
+"""Peak memory of `./kit collect` on zip bombs (a figure, not a test; docs/running-a-course.md quotes it).
 
 A Canvas download of about 0.6 MB: student 1001 uploads two notebooks of 300 MB of zeros each, student
 1002 a zip of two zips of four 45 MB notebooks (360 MB), student 1004 a zip four levels deep, student

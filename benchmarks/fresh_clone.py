@@ -1,4 +1,4 @@
-"""The README's "two commands" figures, from a fresh clone (a figure, not a test).
+"""The two commands' figures (README, docs/performance.md), from a fresh clone (a figure, not a test).
 
 Clones this repository's HEAD (committed work only) into a temporary folder and times, there:
 

@@ -1,4 +1,4 @@
-"""The small costs the README quotes (a figure, not a test): imports, and the grader's requests.
+"""The small costs docs/ quotes (a figure, not a test): imports, and the grader's requests.
 
 1. Imports, each in a fresh interpreter (median of ``--repeats``): ``import torch`` (seconds and
    the resident memory it adds: what the grading process pays once for running hidden tests),

@@ -364,7 +364,7 @@ def test_zipped_folder_with_a_malformed_notebook(zipped):
 
 @pytest.fixture(scope="module")
 def perfect_relative(tmp_path_factory, kitzip):
-    """Q3 solved (the other notebooks not uploaded), run as the README's local run does: AUTOGRADER_ROOT
+    """Q3 solved (the other notebooks not uploaded), run as the docs' local run does: AUTOGRADER_ROOT
     and KIT_PREFIX relative to the folder it is started from."""
     tmp = tmp_path_factory.mktemp("gs-relative")
     root = gradescope_root(tmp / "R", kitzip, {f"{NB}.ipynb": nb_bytes(solved())})
@@ -373,7 +373,7 @@ def perfect_relative(tmp_path_factory, kitzip):
 
 @pytest.mark.slow
 def test_relative_paths_grade_and_write_results(perfect_relative):
-    """With AUTOGRADER_ROOT and KIT_PREFIX relative (the README's local run), does the kit itself grade
+    """With AUTOGRADER_ROOT and KIT_PREFIX relative (the docs' local run), does the kit itself grade
     (not the fallback) and write <root>/results/results.json?"""
     proc, res = perfect_relative
     check_schema(res)

@@ -140,7 +140,12 @@ def test_a_linear_looking_measurement_stopped_early_by_an_expensive_call_measure
     """An N x N matrix built in a forked child once looked linear up to 2048 beside two busy loops (its fork's
     cost hid the N^2 below it), and the doubling stopped there because a call passed ``max_call_s``. Is the next
     size measured, where the N^2 shows, so the verdict is quadratic?"""
-    cost = lambda n: 0.02 + 4e-5 * n + (3e-8 if n > 2048 else 1e-9) * n * n
+    seen = []
+
+    def cost(n):  # the first two calls at 2048 pass max_call_s; the rounds' later calls there do not
+        seen.append(n)
+        slow = n == 2048 and seen.count(2048) <= 2
+        return 0.02 + 3.5e-5 * n + (3e-8 if n > 2048 else 1e-9) * n * n + (0.02 if slow else 0.0)
     m = Scripted(cost)
     sizes, _times, _fit, k = growth._measure(m, **SCHEDULE)
     assert sizes[-1] >= 4096 and k > 1.5, (sizes, k)

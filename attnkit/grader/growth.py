@@ -211,8 +211,10 @@ def _measure(m: Measured, *, start, floor_s, max_call_s, hard_call_s, max_n, dou
     def dominant():
         return len(sizes) >= 3 and grown(fit_cost(sizes, [best[s] for s in sizes])) >= share * best[sizes[-1]]
 
-    while sizes[-1] * 2 <= max_n and best[sizes[-1]] < hard_call_s:
-        if len(sizes) >= 3 and (len(sizes) > doublings or best[sizes[-1]] > max_call_s) and dominant():
+    expensive = False  # whether a call's cost stopped the doubling below the cap
+    while sizes[-1] * 2 <= max_n:
+        expensive = best[sizes[-1]] > max_call_s
+        if best[sizes[-1]] >= hard_call_s or len(sizes) >= 3 and (len(sizes) > doublings or expensive) and dominant():
             break
         m_ = sizes[-1] * 2
         best[m_] = min(m.time(m_) for _ in range(1 if best[sizes[-1]] * 4 > max_call_s else 2))
@@ -250,10 +252,10 @@ def _measure(m: Measured, *, start, floor_s, max_call_s, hard_call_s, max_n, dou
     if abs(k - threshold) < grey:  # still near it: as many rounds again
         run_rounds(rounds)
         fit, k = fitted()
-    while k < threshold and sizes[-1] * 2 <= max_n and best[sizes[-1]] > max_call_s:  # an expensive call stopped
-        n2 = sizes[-1] * 2  # the doubling below the cap: on while the fit says a call there stays under hard_call_s
-        if sum(c * n2 ** j for j, c in enumerate(fit)) >= hard_call_s:  # (a forked child's N x N hid below its
-            break                                                       # fork's cost)
+    while k < threshold and sizes[-1] * 2 <= max_n and expensive:  # an expensive call stopped the doubling below
+        n2 = sizes[-1] * 2  # the cap: on while the fit says a call there stays under hard_call_s (not the least
+        if sum(c * n2 ** j for j, c in enumerate(fit)) >= hard_call_s:  # time after the rounds, which may fall
+            break                                                       # under max_call_s)
         best[n2] = min(m.time(n2) for _ in range(2))
         sizes.append(n2)
         if len(sizes) > max_sizes:

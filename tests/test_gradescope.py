@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
-from attnkit.samples import partial
+from attnkit.authoring.samples import partial
 from harness import kit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,7 +215,8 @@ def test_results_json_is_written_before_the_kit_runs(tmp_path, kitzip):
 def test_staff_log_names_the_sandbox_that_grades(tmp_path):
     """Does the Gradescope staff log name the isolation ./kit autograde reports (attnkit.sandbox's
     detection), not a probe of its own (which said 'NO mount namespace' while bubblewrap ran)?"""
-    from attnkit import gradescope, sandbox
+    from attnkit.lms import gradescope
+    from attnkit import sandbox
 
     root = tmp_path / "ag"
     (root / "source").mkdir(parents=True)  # the zip's settings, but not its notebooks: the run fails after the log line

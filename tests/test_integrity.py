@@ -16,10 +16,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from attnkit import notebooks as nbu
-from attnkit.grading import autograde
+from attnkit.authoring import notebooks as nbu
+from attnkit.batch.driver import autograde
 from attnkit.reports import feedback, scores
-from attnkit.results import Problem
+from attnkit.batch.results import Problem
 from attnkit.fixtures.tamper import NOTEBOOKS, Q3, Q3_TESTS, TAMPER
 from harness import ASSIGNMENT, assert_fixture, cleanup, grade_fixtures
 

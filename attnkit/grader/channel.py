@@ -23,7 +23,7 @@ from attnkit.grader import hidden
 from attnkit.grader.meter import CgroupMeter, KernelMeter
 from attnkit.grader.remote import BadReply, Kernel, KernelDied, KernelGone, RequestTimeout
 from attnkit.kernel.wire import COMM_TARGET, MAX_REPLY, REPLY_MIME
-from attnkit.notebooks import is_test_cell
+from attnkit.authoring.notebooks import is_test_cell
 
 PROFILE = os.environ.get("ATTNKIT_PROFILE_HIDDEN")   # a file: one line per hidden region (seconds, requests)
 AGENT_CALL = "__import__('attnkit.kernel.agent').kernel.agent.serve({!r})"

@@ -19,7 +19,7 @@ that was ever in it, so a child that exits, stays unreaped or is reparented stil
 
 Without one, ``KernelMeter`` reads /proc; it cannot see a child process that ended unreaped or left the
 uid, nor an ended child's peak memory. So on this path the kernel starts no process at all: it loads a
-second syscall filter before any cell runs (attnkit.seccomp.NO_PROCESSES; threads stay, and a thread's CPU
+second syscall filter before any cell runs (attnkit.sandbox.seccomp.NO_PROCESSES; threads stay, and a thread's CPU
 time and memory are its process's), and the meter checks from outside that it is in force (``sealed``).
 Where it is not (no libseccomp), the meter counts the processes and threads started during a measured
 call (``forks``: the host's fork count, which every process on the host moves) and a measurement during
@@ -124,7 +124,7 @@ class KernelMeter:
         return None
 
     def sealed(self) -> bool:
-        """Does the kernel run under the filter that refuses new processes (attnkit.seccomp.NO_PROCESSES)?
+        """Does the kernel run under the filter that refuses new processes (attnkit.sandbox.seccomp.NO_PROCESSES)?
         Then it can start threads only, whose CPU time and memory are its own process's: nothing to watch.
         Read from /proc (the kernel's own count of a process's filters, which no process can lower): a
         process of the kernel under ``sealed_filters`` filters or more, loaded before any cell ran."""

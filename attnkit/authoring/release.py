@@ -10,8 +10,8 @@ import ast
 import copy
 import re
 
-from attnkit import markup
-from attnkit import notebooks as nbu
+from attnkit.authoring import markup
+from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
 
 
@@ -52,7 +52,7 @@ DIAGNOSES_LINE = "DIAGNOSES = True\n"   # in attention_checks.py: the course's s
 def write_diagnoses_setting(course: Course, dest: Path) -> None:
     """The released helpers carry the course's c.CourseExecute.diagnoses, so that with diagnoses off no visible
     check names a likely mistake in a student's own JupyterLab either (grading sets ATTNKIT_DIAGNOSES)."""
-    from attnkit.sandbox import diagnoses_setting
+    from attnkit.sandbox.manager import diagnoses_setting
     if diagnoses_setting(course.config()):
         return
     for py in sorted(dest.glob("*.py")):
@@ -436,7 +436,7 @@ def runnable_giveaways(course: Course, assignment: str, release_dir: Path) -> li
     if not inputs:  # nothing handed out that an option or a graded shape names: no need to start torch
         return []
     job = {"release_dir": str(release_dir), "helpers": helpers, "parts": parts, "shapes": shapes, "inputs": inputs}
-    proc = subprocess.run([sys.executable, "-c", "from attnkit.release import _giveaway_worker; _giveaway_worker()"],
+    proc = subprocess.run([sys.executable, "-c", "from attnkit.authoring.release import _giveaway_worker; _giveaway_worker()"],
                           input=json.dumps(job), capture_output=True, text=True, timeout=300, cwd=release_dir)
     if proc.returncode != 0:
         return [f"the give-away check could not run the released inputs: {proc.stderr.strip()[-500:]}"]

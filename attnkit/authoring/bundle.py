@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 from attnkit.course import Course
-from attnkit.release import problems, secret_scan
+from attnkit.authoring.release import problems, secret_scan
 
 # What a student's environment needs: the notebooks' imports, JupyterLab, the self-check.
 STUDENT_PACKAGES = ("torch", "numpy", "matplotlib", "jupyterlab", "ipykernel", "nbformat", "nbclient")
@@ -68,7 +68,7 @@ def requirements_text(course: Course) -> tuple[str, str]:
     """(requirements.txt, constraints.txt) of the student environment."""
     # the course's pins, or (a scratch course) those of the kit it runs on
     path = course.path("requirements.txt")
-    pins = _pins(path if path.exists() else Path(__file__).resolve().parents[1] / "requirements.txt")
+    pins = _pins(path if path.exists() else Path(__file__).resolve().parents[2] / "requirements.txt")
     missing = [p for p in STUDENT_PACKAGES if p not in pins]
     if missing:
         raise SystemExit(f"error: requirements.txt pins no version of {', '.join(missing)}")
@@ -89,7 +89,7 @@ def bundle(course: Course, assignment: str, log=print) -> Path:
     try:
         folder = stage / assignment
         shutil.copytree(release_dir, folder, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
-        shutil.copy2(Path(__file__).with_name("selfcheck.py"), folder / "selfcheck.py")
+        shutil.copy2(Path(__file__).parents[1] / "student" / "selfcheck.py", folder / "selfcheck.py")
         reqs, constraints = requirements_text(course)
         (folder / "requirements.txt").write_text(reqs)
         (folder / "constraints.txt").write_text(constraints)

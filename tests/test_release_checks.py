@@ -121,7 +121,7 @@ def test_bare_expression_test_cell_is_found():
 import shutil
 from pathlib import Path
 
-from attnkit.authoring.release import runnable_giveaways
+from attnkit.authoring.giveaways import runnable_giveaways
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -336,7 +336,7 @@ def _written_lines(written) -> list[str]:
 
 def run(root: Path, budget_s: float | None = None, log=print) -> dict:
     """Grade ``<root>/submission`` and write ``<root>/results/results.json``, whatever happens."""
-    from attnkit.lms.collect import match_uploads, place, uploads_in
+    from attnkit.lms.matching import match_uploads, place, uploads_in
 
     t0 = time.time()
     root = Path(root).resolve()

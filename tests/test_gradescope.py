@@ -151,7 +151,7 @@ def test_zip_layout(kitzip):
         modes = {i.filename: (i.external_attr >> 16) & 0o777 for i in zf.infolist()}
         settings = json.loads(zf.read("gradescope.json"))
     assert {"setup.sh", "run_autograder", "course_config.py", "requirements.txt", "pyproject.toml",
-            "attnkit/gradescope.py", "attnkit/grading.py", "attnkit/kernel/__main__.py", "attnkit/grader/hidden.py"} <= names
+            "attnkit/lms/gradescope.py", "attnkit/batch/driver.py", "attnkit/kernel/__main__.py", "attnkit/grader/hidden.py"} <= names
     assert modes["setup.sh"] == modes["run_autograder"] == 0o755
     assert {n for n in names if n.startswith("source/")} == {
         f"source/hw9/{p.name}" for p in SOURCE.iterdir() if p.is_file()}

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "source" / "hw9"
 
 # tamper-gradebook-write, -gradebook-hunt and -source-hunt need the grading sandbox
-# (attnkit/sandbox.py): they are ordinary cases, and fail where grading is not sandboxed.
+# (attnkit/sandbox/): they are ordinary cases, and fail where grading is not sandboxed.
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The syscall filter on every process of a student's kernel (attnkit/seccomp.py): the deny list as
+"""The syscall filter on every process of a student's kernel (attnkit/sandbox/seccomp.py): the deny list as
 compiled, the sandbox line that names it, and, in the real sandbox, every denied call refused from a
 child of a graded kernel while honest work still runs."""
 from __future__ import annotations

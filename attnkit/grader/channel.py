@@ -1,6 +1,6 @@
 """The grader's line to the kernel during autograding: hidden regions run here, their requests go there.
 
-Grader process only. ``run_hidden_regions`` is called by CourseExecute (attnkit/sandbox.py) for a test
+Grader process only. ``run_hidden_regions`` is called by CourseExecute (attnkit/preprocessors/execute.py) for a test
 cell after the cell's visible part ran in the kernel. Each hidden region runs in a worker thread of this
 process (attnkit/grader/hidden.py); each request it makes to the student's kernel becomes one
 execute_request for the agent (attnkit/kernel/agent.py), sent from the executor's event loop, and its reply is

@@ -4,7 +4,7 @@ Grader process only. Timing and memory verdicts must not rest on numbers the stu
 reports about itself, so the grader reads the kernel's processes from /proc:
 
 * which processes: every process of the kernel's uid (the sandbox's slot uid, which only this
-  notebook's kernel and its children hold; attnkit/sandbox.py), else the kernel's process tree;
+  notebook's kernel and its children hold; attnkit/sandbox/limits.py), else the kernel's process tree;
 * CPU: each process's CPU-time clock, read from outside (clock_gettime on the process's clock id:
   every thread, ended ones too, to the nanosecond; /proc/<pid>/schedstat lags a running thread by up
   to a scheduler tick), plus the CPU time of children they reaped (/proc/<pid>/stat cutime + cstime,
@@ -12,7 +12,7 @@ reports about itself, so the grader reads the kernel's processes from /proc:
 * memory: the sum of their peak resident sets (VmHWM), which ``reset_peak`` sets back to the current
   resident set (writing 5 to /proc/<pid>/clear_refs), so a peak is that of one call.
 
-Where the kernel has a cgroup of its own (attnkit/sandbox.py: KernelCgroup), ``CgroupMeter`` reads it
+Where the kernel has a cgroup of its own (attnkit/sandbox/limits.py: KernelCgroup), ``CgroupMeter`` reads it
 instead: the cgroup's CPU time (v1 cpuacct.usage, v2 cpu.stat usage_usec) and peak memory (v1
 memory.max_usage_in_bytes, v2 memory.peak), reset before each measured call. A cgroup counts every process
 that was ever in it, so a child that exits, stays unreaped or is reparented still counts.

@@ -255,7 +255,7 @@ def _drop_next() -> None:
 @contextlib.contextmanager
 def warm_start(prestart: bool = False):
     """Within: the kernels fork from one pre-imported interpreter (one sandbox), not started cold.
-    grading.py opens one per student; outside, every kernel is cold.
+    batch/student.py opens one per student; outside, every kernel is cold.
 
     ``prestart``: more students follow in this process. By default the sandbox then outlives the
     scope and the next student's kernels fork from it too: it is emptied before every kernel,

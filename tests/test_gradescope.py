@@ -242,9 +242,10 @@ def test_the_runner_holds_no_grading_module_while_a_submission_is_graded(tmp_pat
     root = tmp_path / "ag"
     (root / "source").mkdir(parents=True)  # settings without notebooks: the run stops after the log line
     (root / "source" / "gradescope.json").write_text(json.dumps({"assignment": "hw9", "notebooks": STEMS}))
-    code = ("import sys; from pathlib import Path; from attnkit import gradescope\n"
+    code = ("import sys; from pathlib import Path; from attnkit.lms import gradescope\n"
             "lines = []; gradescope.run(Path(sys.argv[1]), log=lines.append)\n"
-            "print(lines[0]); print(sorted(m for m in ('nbgrader', 'zmq', 'torch', 'attnkit.sandbox') if m in sys.modules))")
+            "print(lines[0]); print(sorted(m for m in ('nbgrader', 'zmq', 'torch', 'jupyter_client',\n"
+            "                                          'attnkit.sandbox.manager') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=120,
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -320,7 +320,7 @@ def test_a_student_whose_task_dies_twice_is_scored_zero_with_the_reason(cluster,
 def test_a_node_that_cannot_sandbox_refuses_its_shard_and_says_what_it_lacks(tmp_path):
     """Run as Slurm would on a node where no sandbox works, does a task grade nothing, exit 2, and leave the
     reason (user namespaces named) for its students' "could not be graded" line?"""
-    from attnkit.sandbox.detect import ENV_MODE
+    from attnkit.sandbox.detection import ENV_MODE
 
     why = _task_refusal(tmp_path, {"workers": 1}, {ENV_MODE: "none"})
     assert "cannot sandbox the kernels" in why and "user namespaces" in why, why

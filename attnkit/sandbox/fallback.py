@@ -6,7 +6,7 @@ import os
 import tempfile
 
 from attnkit.sandbox.bwrap import SETPRIV, _setpriv_args
-from attnkit.sandbox.detect import _run
+from attnkit.sandbox.detection import _run
 from attnkit.sandbox.slots import UID_BASE, UID_SLOTS
 
 

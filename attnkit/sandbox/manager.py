@@ -20,7 +20,7 @@ from attnkit.sandbox import seccomp
 from attnkit.sandbox import warm as _ws
 from attnkit.sandbox.bwrap import (KERNEL_MODULES, KIT_DIR, SETPRIV, _host_pid, _setpriv_args, bwrap_argv, python_exe,
                                    workdir_files)
-from attnkit.sandbox.detect import detect, probe
+from attnkit.sandbox.detection import detect, probe
 from attnkit.sandbox.fallback import kill_uid
 from attnkit.sandbox.limits import KernelCgroup, memory_cgroups, meter_cgroups, mount_small_tmpfs, remove_dir
 from attnkit.sandbox.slots import SandboxUnavailable, claim_slot, uid_slot

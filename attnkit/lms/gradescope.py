@@ -27,8 +27,8 @@ from pathlib import Path
 import attnkit
 from attnkit.sandbox import seccomp
 from attnkit.course import CONFIG_FILE, Course
+from attnkit.package import kit_dir, pins_text
 
-KIT_ROOT = Path(attnkit.__file__).resolve().parents[1]
 SETTINGS = "gradescope.json"
 STUDENT = "gradescope-submission"
 WRITTEN_CHOICES = ("pending", "omit")
@@ -130,10 +130,12 @@ def build(course: Course, assignment: str, out: Path | None = None, written: str
         (SETTINGS, json.dumps(settings, indent=1) + "\n", 0o644),
         (CONFIG_FILE, course.path(CONFIG_FILE), 0o644),
     ]
-    for name in ("requirements.txt", "pyproject.toml"):
-        found = course.path(name) if course.path(name).is_file() else KIT_ROOT / name
-        files.append((name, found, 0o644))
-    kit = KIT_ROOT / "attnkit"  # the kit's modules and subpackages (the grader process's among them), no fixture banks
+    # the course's pins, or (a course folder without them) those the installed kit declares
+    files.append(("requirements.txt", course.path("requirements.txt") if course.path("requirements.txt").is_file()
+                  else pins_text(), 0o644))
+    if course.path("pyproject.toml").is_file():
+        files.append(("pyproject.toml", course.path("pyproject.toml"), 0o644))
+    kit = kit_dir()  # the kit's modules and subpackages (the grader process's among them), no fixture banks
     files += [(f"attnkit/{p.relative_to(kit).as_posix()}", p, 0o644) for p in sorted(kit.rglob("*.py"))
               if "fixtures" not in p.relative_to(kit).parts and "__pycache__" not in p.parts]
     for p in sorted(src.rglob("*")):

@@ -8,11 +8,12 @@ import sys
 import tempfile
 from functools import lru_cache
 
+from attnkit.package import kit_dir
 from attnkit.sandbox import seccomp
 
 
 BWRAP, SETPRIV = shutil.which("bwrap") or "/usr/bin/bwrap", shutil.which("setpriv") or "/usr/bin/setpriv"
-KIT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # attnkit/
+KIT_DIR = str(kit_dir())  # the installed attnkit package (a wheel's or a checkout's)
 # Only these kit modules are visible to a kernel: the package will hold fixture banks with right answers.
 # The kit's files a kernel can see: its start-up, the agent hidden tests reach it through, their data format.
 # Nothing of the grader (hidden tests, references, attnkit/grader/) is ever bound in.

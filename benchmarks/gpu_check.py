@@ -44,7 +44,7 @@ def run_notebook(path: Path, fill, log=print) -> tuple[int, int, dict]:
     from attnkit.authoring import markup
     from attnkit.grader import hidden
     from attnkit.grader.meter import KernelMeter
-    from attnkit.grader.remote import in_process
+    from attnkit.inprocess import in_process
     nb = fill(path)
     ns: dict = {"__name__": "__main__"}
     passed = failed = 0

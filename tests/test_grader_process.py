@@ -1,5 +1,5 @@
 """The two processes, alone (fast tier): the data format, the kernel's agent and the grader's view of it,
-the hidden-region runner, the outside meter. The agent runs in this process here (remote.in_process): the
+the hidden-region runner, the outside meter. The agent runs in this process here (attnkit.inprocess): the
 same requests and replies as through a kernel, without the kernel."""
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from attnkit.kernel import agent, wire
 from attnkit.authoring import notebooks as nbu
 from attnkit.grader import growth, hidden
 from attnkit.grader.meter import KernelMeter
-from attnkit.grader.remote import Remote, StudentError, in_process
+from attnkit.grader.remote import Remote, StudentError
+from attnkit.inprocess import in_process
 from attnkit.authoring.release import hidden_regions_outside_grader
 
 ROOT = Path(__file__).resolve().parents[1]

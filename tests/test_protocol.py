@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from attnkit.grader import hidden
-from attnkit.grader.remote import BadReply, Kernel, in_process
+from attnkit.grader.remote import BadReply, Kernel
+from attnkit.inprocess import in_process
 from attnkit.kernel import agent, wire
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,7 +187,7 @@ OVER_LIMIT = textwrap.dedent('''
     import sys, resource
     from attnkit.batch.workers import limit_own_memory
     from attnkit.grader import hidden
-    from attnkit.grader.remote import in_process
+    from attnkit.inprocess import in_process
     data_kb = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmData:")))
     limit_own_memory(data_kb // 1024 + 256)   # 256 MiB above what this process holds now
     region = hidden.GRADER_LINE + "\\nx = torch.ones(2 ** 28)\\n"   # 1 GiB: a decoding bug's allocation

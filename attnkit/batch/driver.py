@@ -17,6 +17,7 @@ import nbformat
 from attnkit import ids
 from attnkit.batch.student import _zero, start_ahead
 from attnkit.course import Course
+from attnkit.sandbox.limits import KernelLimits
 from attnkit.batch.progress import Progress
 from attnkit.batch.results import NotebookResult, save_report, Status, StudentResult
 
@@ -48,10 +49,9 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
         raise sandbox.SandboxUnavailable(
             f"{sandbox.describe(mode)}. Refusing to grade submissions unsandboxed: install bubblewrap "
             f"(apt-get install -y bubblewrap) or pass --unsandboxed-i-accept-the-risk.")
-    config = course.api().config
-    kernels = config.CourseKernelManager if "CourseKernelManager" in config else {}
-    print(sandbox.describe_limits(mode, kernels.get("memory_limit_mb", 4096), kernels.get("cgroup_memory_mb", 0),
-                                  kernels.get("max_processes", 256)), file=sys.stderr)  # below the sandbox line
+    limits = KernelLimits.configured(course.api().config)
+    print(sandbox.describe_limits(mode, limits.memory_limit_mb, limits.cgroup_memory_mb, limits.max_processes),
+          file=sys.stderr)  # below the sandbox line
     if mode == "setpriv":  # the fallback's kernels run as another uid: take its rights off the secrets
         sandbox.protect(str(course.root), os.path.dirname(sandbox.KIT_DIR))
     sandbox.sweep()  # what killed grading processes left (kernels' cgroups, run folders' mounts)

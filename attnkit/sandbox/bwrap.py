@@ -10,6 +10,7 @@ from functools import lru_cache
 
 from attnkit.package import kit_dir
 from attnkit.sandbox import seccomp
+from attnkit.sandbox.limits import LIMITS
 
 
 BWRAP, SETPRIV = shutil.which("bwrap") or "/usr/bin/bwrap", shutil.which("setpriv") or "/usr/bin/setpriv"
@@ -53,7 +54,7 @@ def bwrap_has(option: str) -> bool:
 
 
 def bwrap_argv(inner: list[str], *, uid: int, workfiles: dict, run_dir: str | None, env: dict,
-               scratch_mb: int = 256, zygote: bool = False, keep_fds: tuple = ()) -> list[str]:
+               scratch_mb: int = LIMITS.scratch_mb, zygote: bool = False, keep_fds: tuple = ()) -> list[str]:
     """The full command: bwrap (as root: no user namespace, so the uid below is a real host uid)
     then setpriv to the slot's uid, then ``inner``. ``workfiles``: name -> host file bound
     read-only into the working folder; ``run_dir``: the host folder with the connection file

@@ -8,7 +8,29 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, fields
 from functools import lru_cache
+
+
+@dataclass(frozen=True)
+class KernelLimits:
+    """A kernel's resource limits, declared once: the defaults of CourseKernelManager's traits of the same names
+    (c.CourseKernelManager.memory_limit_mb = ... in the course config), and what the limits line reports."""
+    memory_limit_mb: int = 4096   # RLIMIT_DATA of every kernel process, MiB; 0 = none
+    cgroup_memory_mb: int = 0     # each kernel's memory cgroup, MiB; 0 = memory_limit_mb + 1024
+    max_processes: int = 256      # RLIMIT_NPROC of the sandbox uid; pids.max of each kernel's cgroup
+    max_file_mb: int = 256        # RLIMIT_FSIZE, MiB
+    scratch_mb: int = 256         # the kernel's writable working folder (tmpfs), MiB
+    cpu_seconds: int = 900        # RLIMIT_CPU of each kernel process, on top of the per-cell timeout
+
+    @classmethod
+    def configured(cls, config) -> KernelLimits:
+        """The limits a course config sets (c.CourseKernelManager.*), these defaults for the rest."""
+        kernels = config.CourseKernelManager if "CourseKernelManager" in config else {}
+        return cls(**{f.name: kernels.get(f.name, f.default) for f in fields(cls)})
+
+
+LIMITS = KernelLimits()
 
 
 # ---------------------------------------------------------------------------- memory cgroups, small tmpfs
@@ -285,7 +307,8 @@ class KernelCgroup:
                 time.sleep(0.02)
 
 
-def describe_limits(mode: str, memory_mb: int = 4096, cgroup_mb: int = 0, pids: int = 256) -> str:
+def describe_limits(mode: str, memory_mb: int = LIMITS.memory_limit_mb, cgroup_mb: int = LIMITS.cgroup_memory_mb,
+                    pids: int = LIMITS.max_processes) -> str:
     """One line: which memory limit is in force for a kernel, and where its IPC folder lives
     (``cgroup_mb``: the cgroup's limit, 0 = CourseKernelManager's default for ``memory_mb``; ``pids``: its
     max_processes, also each kernel cgroup's pids.max where the cgroup has the pids controller)."""

@@ -22,7 +22,8 @@ from attnkit.sandbox.bwrap import (KERNEL_MODULES, KIT_DIR, SETPRIV, _host_pid, 
                                    workdir_files)
 from attnkit.sandbox.detection import detect, probe
 from attnkit.sandbox.fallback import kill_uid
-from attnkit.sandbox.limits import KernelCgroup, memory_cgroups, meter_cgroups, mount_small_tmpfs, remove_dir
+from attnkit.sandbox.limits import (LIMITS, KernelCgroup, memory_cgroups, meter_cgroups, mount_small_tmpfs,
+                                    remove_dir)
 from attnkit.sandbox.slots import SandboxUnavailable, claim_slot, uid_slot
 from attnkit.sandbox.warm import (PRELOAD, ForkedKernel, ZygoteError, _zygote_for, launch_ahead, start_ahead, warm_enabled,
                                   warm_start)
@@ -132,16 +133,22 @@ class CourseKernelManager(AsyncKernelManager):
     """Always start the course's Python kernel, whatever kernelspec the notebook names, in the sandbox."""
 
     sandbox = Unicode("auto", help="bwrap, setpriv, none, or auto (ATTNKIT_SANDBOX, else the best that works).").tag(config=True)
-    memory_limit_mb = Integer(4096, help="RLIMIT_DATA of every kernel process, MiB; 0 = none.").tag(config=True)
-    cgroup_memory_mb = Integer(0, help="Where the host offers a writable memory cgroup: the limit of each kernel's "
+    memory_limit_mb = Integer(LIMITS.memory_limit_mb,
+                              help="RLIMIT_DATA of every kernel process, MiB; 0 = none.").tag(config=True)
+    cgroup_memory_mb = Integer(LIMITS.cgroup_memory_mb,
+                               help="Where the host offers a writable memory cgroup: the limit of each kernel's "
                                "cgroup (all its processes together, memfd, shared memory and tmpfs included), "
                                "MiB; 0 = memory_limit_mb + 1024 (an ordinary allocation then fails with "
                                "MemoryError in its cell first; near a cgroup limit a kernel slows down as it "
                                "reclaims before it is killed).").tag(config=True)
-    max_processes = Integer(256, help="RLIMIT_NPROC of the sandbox uid (processes and threads).").tag(config=True)
-    max_file_mb = Integer(256, help="RLIMIT_FSIZE: the largest file a kernel may write, MiB.").tag(config=True)
-    scratch_mb = Integer(256, help="Size of the kernel's writable working folder (tmpfs), MiB.").tag(config=True)
-    cpu_seconds = Integer(900, help="RLIMIT_CPU of each kernel process (on top of the per-cell timeout).").tag(config=True)
+    max_processes = Integer(LIMITS.max_processes,
+                            help="RLIMIT_NPROC of the sandbox uid (processes and threads).").tag(config=True)
+    max_file_mb = Integer(LIMITS.max_file_mb,
+                          help="RLIMIT_FSIZE: the largest file a kernel may write, MiB.").tag(config=True)
+    scratch_mb = Integer(LIMITS.scratch_mb,
+                         help="Size of the kernel's writable working folder (tmpfs), MiB.").tag(config=True)
+    cpu_seconds = Integer(LIMITS.cpu_seconds,
+                          help="RLIMIT_CPU of each kernel process (on top of the per-cell timeout).").tag(config=True)
     threads = Integer(1, help="Torch/BLAS threads in a grading kernel (0 = library default).").tag(config=True)
     cost_meter = Unicode("auto", help="What the time and memory verdicts read: auto (the kernel's cgroup where "
                          "the host gives one, else /proc, and then the kernel may start no process) or proc "

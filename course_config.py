@@ -1,10 +1,17 @@
 # The one nbgrader configuration of the course. nbgrader ignores --config, so the kit
 # (./kit, python -m attnkit) loads this file itself; nbgrader_config.py loads it too, for
 # nbgrader's own CLI and the formgrader.
-from attnkit.transforms import (CapOutputs, CheckCellMetadataOnce, ClearSolutionsWithStubs, DropDuplicateIds,
-                                NameUntouchedParts, NormaliseSubmission, ScoreOnlyErrors, ScrubTestOutputs)
-from attnkit.sandbox import CourseExecute
-from attnkit.sanitise import SanitiseNotebook
+from attnkit.preprocessors.cap_outputs import CapOutputs
+from attnkit.preprocessors.metadata import CheckCellMetadataOnce
+from attnkit.preprocessors.clear_solutions import ClearSolutionsWithStubs
+from attnkit.preprocessors.dedupe import DropDuplicateIds
+from attnkit.preprocessors.untouched import NameUntouchedParts
+from attnkit.preprocessors.normalise import NormaliseSubmission
+from attnkit.preprocessors.score_only_errors import ScoreOnlyErrors
+from attnkit.preprocessors.scrub import ScrubTestOutputs
+from attnkit.preprocessors.execute import CourseExecute
+from attnkit.package import templates_dir
+from attnkit.preprocessors.sanitise import SanitiseNotebook
 from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
 from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests,
                                     ClearMarkScheme, ClearOutput, ComputeChecksums,
@@ -83,11 +90,11 @@ c.GenerateFeedback.preprocessors = [
     GetGrades, ScrubTestOutputs, ClearHiddenTests, ClearMarkScheme, SanitiseNotebook, CSSHTMLHeaderPreprocessor,
 ]
 # Every page nbconvert renders here (feedback, the formgrader's submission view) is sanitised: outputs
-# again, markdown through nh3 (attnkit/sanitise.py; mark schemes shown to graders as a labelled box);
+# again, markdown through nh3 (attnkit/preprocessors/sanitise.py; mark schemes shown to graders as a labelled box);
 # MathJax from the kit's copy (attnkit/templates/base/mathjax.html.j2), never a CDN.
-c.HTMLExporter.preprocessors = ["attnkit.sanitise.SanitiseNotebook"]
-c.HTMLExporter.filters = {"markdown2html": "attnkit.sanitise.markdown2html"}
+c.HTMLExporter.preprocessors = ["attnkit.preprocessors.sanitise.SanitiseNotebook"]
+c.HTMLExporter.filters = {"markdown2html": "attnkit.preprocessors.sanitise.markdown2html"}
 c.HTMLExporter.extra_template_basedirs = [  # the kit's template first, then nbgrader's (feedback, formgrade)
-    os.path.join(os.path.dirname(__import__("attnkit").__file__), "templates"),
+    str(templates_dir()),
     os.path.join(os.path.dirname(__import__("nbgrader").__file__), "server_extensions", "formgrader", "templates"),
 ]

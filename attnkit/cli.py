@@ -19,7 +19,7 @@ def _assignments(course: Course, names):
 
 
 def cmd_release(args) -> int:
-    from attnkit.release import ReleaseError, release
+    from attnkit.authoring.release import ReleaseError, release
 
     course = Course(args.root)
     try:
@@ -65,7 +65,7 @@ def cmd_autograde(args) -> int:
 
 
 def _autograde(args) -> int:
-    from attnkit.grading import autograde
+    from attnkit.batch.driver import autograde
     from attnkit.reports import table
 
     course = Course(args.root)
@@ -128,7 +128,7 @@ def cmd_feedback(args) -> int:
         print(f"{assignment}: wrote {len(paths)} feedback files under feedback/ (no hidden tests, no mark schemes)")
     # A submission that could not be graded was already reported by autograde; a page refused
     # for a leak, or one nbgrader could not write, is a new problem.
-    from attnkit.results import Problem
+    from attnkit.batch.results import Problem
     return 1 if any(p.kind is not Problem.NOT_GRADED for p in problems) else 0
 
 
@@ -147,7 +147,7 @@ def cmd_export(args) -> int:
                   f"(./kit autograde {assignment} first): no CSV written", file=sys.stderr)
             return 1
         if args.format == "canvas":
-            from attnkit.canvas import export_canvas
+            from attnkit.lms.canvas import export_canvas
 
             out = Path(args.output or course.path(f"grades-{assignment}-canvas.csv"))
             out, pending = export_canvas(course, assignment, out, args.canvas_id, args.autograded_only)
@@ -170,7 +170,7 @@ def cmd_export(args) -> int:
 
 def _warn_demo_students(course: Course, assignment: str) -> None:
     """Older kits wrote the demo's samples into the real course: say so before they reach an LMS."""
-    from attnkit.samples import MARKER, SAMPLES
+    from attnkit.authoring.samples import MARKER, SAMPLES
 
     if (course.root / MARKER).exists():  # the demo's own course: its samples belong there
         return
@@ -183,7 +183,7 @@ def _warn_demo_students(course: Course, assignment: str) -> None:
 
 
 def cmd_bundle(args) -> int:
-    from attnkit.bundle import bundle
+    from attnkit.authoring.bundle import bundle
 
     course = Course(args.root)
     for assignment in _assignments(course, [args.assignment] if args.assignment else None):
@@ -192,7 +192,7 @@ def cmd_bundle(args) -> int:
 
 
 def cmd_gradescope(args) -> int:
-    from attnkit.gradescope import build
+    from attnkit.lms.gradescope import build
 
     course = Course(args.root)
     for assignment in _assignments(course, [args.assignment] if args.assignment else None):
@@ -208,7 +208,7 @@ def cmd_gradescope(args) -> int:
 def cmd_collect(args) -> int:
     import datetime as dt
 
-    from attnkit.collect import collect
+    from attnkit.lms.collect import collect
 
     course = Course(args.root)
     assignment = _assignments(course, [args.assignment])[0]
@@ -226,7 +226,7 @@ def cmd_collect(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from attnkit.validate import validate
+    from attnkit.student.validate import validate
 
     code = 0
     for nb in args.notebooks:
@@ -235,7 +235,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from attnkit.check import check
+    from attnkit.authoring.check import check
 
     course = Course(args.root)
     _sandbox_line(True, "the instructor's own notebooks")  # says whether grading is sandboxed
@@ -243,10 +243,10 @@ def cmd_check(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from attnkit.grading import autograde
-    from attnkit.release import release
+    from attnkit.batch.driver import autograde
+    from attnkit.authoring.release import release
     from attnkit.reports import export, feedback, table
-    from attnkit.samples import SAMPLES, demo_course, place
+    from attnkit.authoring.samples import SAMPLES, demo_course, place
 
     t0 = time.perf_counter()
     real = Course(args.root)

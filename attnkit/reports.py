@@ -10,10 +10,10 @@ from pathlib import Path
 import ahocorasick_rs
 
 from attnkit import ids
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
-from attnkit.results import FeedbackProblem, Problem, Status, first_error, load_report
-from attnkit.sanitise import clean_html
+from attnkit.batch.results import FeedbackProblem, Problem, Status, first_error, load_report
+from attnkit.preprocessors.sanitise import clean_html
 
 
 def _fmt(x: float) -> str:

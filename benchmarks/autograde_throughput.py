@@ -13,11 +13,11 @@ import shutil
 import time
 from pathlib import Path
 
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
-from attnkit.grading import autograde
-from attnkit.release import generate
-from attnkit.samples import partial
+from attnkit.batch.driver import autograde
+from attnkit.authoring.release import generate
+from attnkit.authoring.samples import partial
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ import html
 import time
 from pathlib import Path
 
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 from attnkit.reports import leaks
 
 ROOT = Path(__file__).resolve().parents[1]

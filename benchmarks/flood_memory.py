@@ -22,7 +22,7 @@ FLOODS = {
 ONE = '''
 import json, sys, tempfile, time
 import nbformat
-from attnkit.sandbox import CourseExecute
+from attnkit.preprocessors.execute import CourseExecute
 nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(sys.argv[1])])
 t0 = time.perf_counter()
 nb, _ = CourseExecute(timeout=600).preprocess(nb, {"metadata": {"path": tempfile.mkdtemp()}})

@@ -41,10 +41,10 @@ def _runs(cell) -> bool:
 
 def run_notebook(path: Path, fill, log=print) -> tuple[int, int, dict]:
     """(passed, failed, namespace) after running one notebook's cells in order."""
-    from attnkit import markup
+    from attnkit.authoring import markup
     from attnkit.grader import hidden
     from attnkit.grader.meter import KernelMeter
-    from attnkit.grader.remote import in_process
+    from attnkit.inprocess import in_process
     nb = fill(path)
     ns: dict = {"__name__": "__main__"}
     passed = failed = 0
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
           + (f" ({torch.cuda.get_device_name(0)})" if args.device == "cuda" else ""))
     os.chdir(SOURCE)  # the helper beside the notebooks, as in the grading kernel
     sys.path[:0] = [str(SOURCE), str(ROOT)]
-    from attnkit import notebooks as nbu
+    from attnkit.authoring import notebooks as nbu
 
     stems = args.notebooks or sorted(p.stem for p in SOURCE.glob("*.ipynb"))
     total_pass = total_fail = 0

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attnkit import notebooks as nbu  # noqa: E402
+from attnkit.authoring import notebooks as nbu  # noqa: E402
 
 
 def tree_rss_kb(pid: int) -> int:

@@ -78,8 +78,8 @@ def profile(course, students: list[str]) -> tuple[dict, dict]:
     return phases, cells
 
 
-ROLES = (("attnkit.workers", "grading process"), ("--zygote", "warm-start interpreter (zygote)"),
-         ("attnkit.kernel", "kernel"), ("attnkit.gradescope", "Gradescope runner"),
+ROLES = (("attnkit.batch.workers", "grading process"), ("--zygote", "warm-start interpreter (zygote)"),
+         ("attnkit.kernel", "kernel"), ("attnkit.lms.gradescope", "Gradescope runner"),
          ("-m attnkit", "CLI (batch) process"))
 
 

@@ -32,10 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from attnkit import notebooks as nbu  # noqa: E402
+from attnkit.authoring import notebooks as nbu  # noqa: E402
 from attnkit import sandbox  # noqa: E402
 from attnkit.course import Course  # noqa: E402
-from attnkit.release import generate  # noqa: E402
+from attnkit.authoring.release import generate  # noqa: E402
 
 
 def make_course(n: int, root: Path = ROOT) -> Course:
@@ -138,7 +138,7 @@ def run_nbgrader(course: Course) -> float:
 
 def one_submission(course: Course, env: dict) -> float:
     """Seconds of an autograde() call for one student with 1 worker (the batch's own start included)."""
-    code = ("import sys, time; from attnkit.course import Course; from attnkit.grading import autograde\n"
+    code = ("import sys, time; from attnkit.course import Course; from attnkit.batch.driver import autograde\n"
             "c = Course(sys.argv[1]); t0 = time.perf_counter()\n"
             "autograde(c, 'hw9', [c.students('hw9')[0]], workers=1, progress=False)\n"
             "print(time.perf_counter() - t0)")

@@ -20,11 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-from attnkit import notebooks as nbu
-from attnkit import sandbox, seccomp
+from attnkit.authoring import notebooks as nbu
+from attnkit import sandbox
+from attnkit.sandbox import seccomp
 from attnkit.course import Course
-from attnkit.grading import autograde
-from attnkit.release import generate
+from attnkit.batch.driver import autograde
+from attnkit.authoring.release import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 

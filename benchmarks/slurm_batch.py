@@ -19,11 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
 from attnkit.fixtures import slurm_cluster
-from attnkit.release import generate
-from attnkit.samples import partial
+from attnkit.authoring.release import generate
+from attnkit.authoring.samples import partial
 
 ROOT = Path(__file__).resolve().parents[1]
 

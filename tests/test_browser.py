@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
 
 ASSIGNMENT = "hw9"
@@ -183,7 +183,7 @@ def stop(proc):
 def graded_xss(tmp_path_factory):
     from harness import kit
 
-    from attnkit.release import generate
+    from attnkit.authoring.release import generate
     chromium_or_skip()
     course = Course(Path(__file__).resolve().parents[1]).scratch_copy(notebooks=[NB], parent=str(tmp_path_factory.mktemp("xss")))
     shutil.copy2(Path(__file__).resolve().parents[1] / "nbgrader_config.py", course.root / "nbgrader_config.py")
@@ -287,7 +287,7 @@ def test_feedback_math_links_with_a_hidden_scheme_are_not_links(tmp_path):
     none; the browser drops a tab inside a URL. Does `\\href{java<TAB>script:...}` in a student's math become
     a link on the feedback page (the page's own MathJax configuration, its local copy, no network)?"""
     from attnkit.reports import feedback_page, install_mathjax
-    from attnkit.sanitise import render_markdown
+    from attnkit.preprocessors.sanitise import render_markdown
 
     chromium_or_skip()
     from playwright.sync_api import sync_playwright

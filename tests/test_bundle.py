@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
-from attnkit.release import secret_scan
+from attnkit.authoring.release import secret_scan
 from harness import kit
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,9 @@ import pytest
 
 from attnkit.fixtures.archives import GOOD, canvas_bomb, zeros_entry, zip_bytes
 
-from attnkit.collect import (CANVAS_RE, Upload, copy_number, detect, match_notebook, match_uploads, normalise,
-                             parse_gradescope_metadata, read_canvas_export, read_gradescope_export)
+from attnkit.lms.exports import CANVAS_RE, parse_gradescope_metadata, read_canvas_export, read_gradescope_export
+from attnkit.lms.matching import Upload, copy_number, match_notebook, match_uploads, normalise
+from attnkit.lms.collect import detect
 
 STEMS = ["q12_scaled_dot_product", "q3_multihead_attention", "q4_multiquery_attention", "q6_linear_attention"]
 
@@ -310,7 +311,7 @@ def test_zip_bombs_are_refused_in_bounded_memory(scratch_course, tmp_path):
 def test_gradescope_upload_folder_bomb_is_capped(tmp_path):
     """In a Gradescope upload folder, is a zip whose notebook inflates to 300 MB refused with a message (never
     read whole), while the student's plain notebook beside it is matched?"""
-    from attnkit.collect import uploads_in
+    from attnkit.lms.matching import uploads_in
     (tmp_path / "hw9.zip").write_bytes(_zip_bytes(lambda z: _zeros_entry(z, f"hw9/{NB}.ipynb", 300 << 20)))
     (tmp_path / "q6_linear_attention.ipynb").write_bytes(b"{}")
     m = match_uploads(uploads_in(tmp_path), STEMS)
@@ -322,7 +323,7 @@ def test_gradescope_upload_folder_bomb_is_capped(tmp_path):
 def test_too_many_entries_are_refused(tmp_path, monkeypatch):
     """Is an uploaded zip with more entries than the cap refused before its directory is read (zipfile
     reads the whole directory into memory: it is never opened)?"""
-    from attnkit.collect import MAX_ENTRIES
+    from attnkit.lms.archives import MAX_ENTRIES
     data = _zip_bytes(lambda z: [z.writestr(f"f{i}.txt", b"") for i in range(MAX_ENTRIES + 1)])
 
     def read_directory(*args, **kwargs):
@@ -425,7 +426,8 @@ def test_zeroed_zip_dates_fall_back_to_the_file_time():
 def test_report_table_escapes_control_characters():
     """Are file names with ANSI/OSC escapes, newlines or bidi overrides printed escaped in the collect
     report, so a student cannot forge lines on the staff terminal?"""
-    from attnkit.collect import CollectReport, Person
+    from attnkit.lms.collect import CollectReport
+    from attnkit.lms.exports import Person
     r = CollectReport(kind="canvas")
     r.students["1"] = {"person": Person("1"), "when": dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc),
                        "late": False, "files": [("\x1b[31mq3\u202e.ipynb", NB)]}
@@ -439,7 +441,8 @@ def test_report_table_escapes_control_characters():
 def test_an_oversized_file_in_the_upload_folder_says_so(tmp_path):
     """Is a file over the 50 MB cap in a Gradescope upload folder reported with the cap (not as a malformed
     notebook or zip) and never read?"""
-    from attnkit.collect import MAX_UPLOAD_BYTES, uploads_in
+    from attnkit.lms.archives import MAX_UPLOAD_BYTES
+    from attnkit.lms.matching import uploads_in
     for name in (f"{NB}.ipynb", "hw9.zip"):
         with open(tmp_path / name, "wb") as f:
             f.truncate(MAX_UPLOAD_BYTES + 1)  # sparse: no disk used

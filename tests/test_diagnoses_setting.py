@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
 from attnkit.fixtures.public_code import _tutorial
 from attnkit.fixtures import answer_cells

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from attnkit import markup
-from attnkit import notebooks as nbu
+from attnkit.authoring import markup
+from attnkit.authoring import notebooks as nbu
 from attnkit.fixtures.exfiltrate import FIXTURES
 from attnkit.fixtures.tamper import Q3
 from harness import ASSIGNMENT, assert_fixture, kit

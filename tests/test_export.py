@@ -9,7 +9,7 @@ import pytest
 
 from attnkit.course import Course
 from attnkit.reports import csv_text
-from attnkit.samples import MARKER
+from attnkit.authoring.samples import MARKER
 from harness import kit, small_assignment
 
 CONFIG = 'c = get_config()\nc.CourseDirectory.course_id = "test-course"\n'
@@ -154,7 +154,7 @@ def test_export_warns_about_demo_samples_in_a_real_course(course, tmp_path):
 # -- the demo: a course folder of its own --------------------------------------------------------
 def test_demo_never_empties_a_folder_it_did_not_make(tmp_path):
     """Is a demo/ folder the demo did not make (no marker) refused, its files kept?"""
-    from attnkit.samples import demo_course
+    from attnkit.authoring.samples import demo_course
     (tmp_path / "course_config.py").write_text(CONFIG)
     (tmp_path / "source" / "hw").mkdir(parents=True)
     (tmp_path / "demo").mkdir()
@@ -179,7 +179,7 @@ def test_demo_runs_in_its_own_course_folder():
     import shutil
     from pathlib import Path
 
-    from attnkit.samples import SAMPLES
+    from attnkit.authoring.samples import SAMPLES
     root = Path(__file__).resolve().parents[1]
     assert "demo/" in (root / ".gitignore").read_text().split()
     from test_where_courses_live import _table, readme_table
@@ -211,7 +211,7 @@ def test_canvas_export_gives_gradescope_ids_as_the_lms_wrote_them(course, tmp_pa
     import zipfile
 
     from attnkit import ids
-    from attnkit.collect import collect
+    from attnkit.lms.collect import collect
     yml = ("submission_1:\n  :submitters:\n  - :name: Sam Space\n    :sid: '12 34'\n    :email: sam@example.edu\n"
            "  :created_at: 2024-03-01 10:00:00 UTC\n"
            "submission_2:\n  :submitters:\n  - :name: Pat Plus\n    :sid: ''\n    :email: pat+hw@example.edu\n"

@@ -1,5 +1,5 @@
 """The two processes, alone (fast tier): the data format, the kernel's agent and the grader's view of it,
-the hidden-region runner, the outside meter. The agent runs in this process here (remote.in_process): the
+the hidden-region runner, the outside meter. The agent runs in this process here (attnkit.inprocess): the
 same requests and replies as through a kernel, without the kernel."""
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnkit import markup
+from attnkit.authoring import markup
 from attnkit.kernel import agent, wire
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 from attnkit.grader import growth, hidden
 from attnkit.grader.meter import KernelMeter
-from attnkit.grader.remote import Remote, StudentError, in_process
-from attnkit.release import hidden_regions_outside_grader
+from attnkit.grader.remote import Remote, StudentError
+from attnkit.inprocess import in_process
+from attnkit.authoring.release import hidden_regions_outside_grader
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "source" / "hw9"
@@ -549,7 +550,7 @@ def test_a_kernel_that_can_start_no_process_is_not_watched_for_forks():
     """Where the kernel loaded the filter that refuses new processes (as it does where no cgroup counts them), does
     the /proc meter see it from outside (its count of filters) and stop watching the host's fork count, whose
     moves by other processes would fail every measurement on a busy host; and without it, does it still watch?"""
-    from attnkit import seccomp
+    from attnkit.sandbox import seccomp
     if seccomp.unavailable():
         pytest.skip(seccomp.unavailable())
     for how, watched in (("seal", False), ("plain", True)):
@@ -570,7 +571,7 @@ def test_a_grading_process_loads_torch_before_its_first_student():
     import os
 
     read_fd, write_fd = os.pipe()
-    proc = subprocess.Popen([sys.executable, "-m", "attnkit.workers", "/nonexistent-course", "hw9", str(write_fd)],
+    proc = subprocess.Popen([sys.executable, "-m", "attnkit.batch.workers", "/nonexistent-course", "hw9", str(write_fd)],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             pass_fds=(write_fd,), cwd=ROOT, text=True)
     os.close(write_fd)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
-from attnkit.samples import partial
+from attnkit.authoring.samples import partial
 from harness import kit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +151,7 @@ def test_zip_layout(kitzip):
         modes = {i.filename: (i.external_attr >> 16) & 0o777 for i in zf.infolist()}
         settings = json.loads(zf.read("gradescope.json"))
     assert {"setup.sh", "run_autograder", "course_config.py", "requirements.txt", "pyproject.toml",
-            "attnkit/gradescope.py", "attnkit/grading.py", "attnkit/kernel/__main__.py", "attnkit/grader/hidden.py"} <= names
+            "attnkit/lms/gradescope.py", "attnkit/batch/driver.py", "attnkit/kernel/__main__.py", "attnkit/grader/hidden.py"} <= names
     assert modes["setup.sh"] == modes["run_autograder"] == 0o755
     assert {n for n in names if n.startswith("source/")} == {
         f"source/hw9/{p.name}" for p in SOURCE.iterdir() if p.is_file()}
@@ -215,7 +215,8 @@ def test_results_json_is_written_before_the_kit_runs(tmp_path, kitzip):
 def test_staff_log_names_the_sandbox_that_grades(tmp_path):
     """Does the Gradescope staff log name the isolation ./kit autograde reports (attnkit.sandbox's
     detection), not a probe of its own (which said 'NO mount namespace' while bubblewrap ran)?"""
-    from attnkit import gradescope, sandbox
+    from attnkit.lms import gradescope
+    from attnkit import sandbox
 
     root = tmp_path / "ag"
     (root / "source").mkdir(parents=True)  # the zip's settings, but not its notebooks: the run fails after the log line
@@ -241,9 +242,10 @@ def test_the_runner_holds_no_grading_module_while_a_submission_is_graded(tmp_pat
     root = tmp_path / "ag"
     (root / "source").mkdir(parents=True)  # settings without notebooks: the run stops after the log line
     (root / "source" / "gradescope.json").write_text(json.dumps({"assignment": "hw9", "notebooks": STEMS}))
-    code = ("import sys; from pathlib import Path; from attnkit import gradescope\n"
+    code = ("import sys; from pathlib import Path; from attnkit.lms import gradescope\n"
             "lines = []; gradescope.run(Path(sys.argv[1]), log=lines.append)\n"
-            "print(lines[0]); print(sorted(m for m in ('nbgrader', 'zmq', 'torch', 'attnkit.sandbox') if m in sys.modules))")
+            "print(lines[0]); print(sorted(m for m in ('nbgrader', 'zmq', 'torch', 'jupyter_client',\n"
+            "                                          'attnkit.sandbox.manager') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=120,
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -16,10 +16,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from attnkit import notebooks as nbu
-from attnkit.grading import autograde
+from attnkit.authoring import notebooks as nbu
+from attnkit.batch.driver import autograde
 from attnkit.reports import feedback, scores
-from attnkit.results import Problem
+from attnkit.batch.results import Problem
 from attnkit.fixtures.tamper import NOTEBOOKS, Q3, Q3_TESTS, TAMPER
 from harness import ASSIGNMENT, assert_fixture, cleanup, grade_fixtures
 
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "source" / "hw9"
 
 # tamper-gradebook-write, -gradebook-hunt and -source-hunt need the grading sandbox
-# (attnkit/sandbox.py): they are ordinary cases, and fail where grading is not sandboxed.
+# (attnkit/sandbox/): they are ordinary cases, and fail where grading is not sandboxed.
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
 from attnkit.fixtures.grade import expected_scores
 from attnkit.fixtures.tamper import Q3, TAMPER
-from attnkit.results import NotebookResult, Status, StudentResult
+from attnkit.batch.results import NotebookResult, Status, StudentResult
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "source" / "hw9"

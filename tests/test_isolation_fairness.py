@@ -1,6 +1,6 @@
 """Grading one Q3 part alone never takes points from a right layer: stand-ins take keyword calls, parts run on the
 student's own instance, a part that cannot run alone is graded whole, and a wrong output is told its likely mistake
-(behind the course setting). The agent runs in this process (remote.in_process): fast tier."""
+(behind the course setting). The agent runs in this process (attnkit.inprocess): fast tier."""
 from __future__ import annotations
 
 import linecache
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from attnkit.grader import hidden
-from attnkit.grader.remote import in_process
+from attnkit.inprocess import in_process
 
 SOURCE = Path(__file__).resolve().parents[1] / "source" / "hw9"
 sys.path.insert(0, str(SOURCE))

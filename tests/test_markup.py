@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from attnkit import markup
-from attnkit.markup import HIDDEN, MARK_SCHEME, SOLUTION, MarkupError, parse, regions, render
+from attnkit.authoring import markup
+from attnkit.authoring.markup import HIDDEN, MARK_SCHEME, SOLUTION, MarkupError, parse, regions, render
 
 
 def test_labelled_region_with_stub():

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
-from attnkit.release import differences, generate, problems
+from attnkit.authoring.release import differences, generate, problems
 from harness import kit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def course():
     c = Course(ROOT).scratch_copy(notebooks=[NB])
     out = kit(c.root, "release", check=True)
     assert "clean" in out.stdout
-    from attnkit.samples import place
+    from attnkit.authoring.samples import place
     place(c, "hw9")
     # Broken submissions: malformed JSON, nothing at all, an id with non-ASCII letters (no space: the id rule).
     (c.path("submitted", "broken-json", "hw9")).mkdir(parents=True)
@@ -130,7 +130,7 @@ def test_regrade_single_student_is_identical(course):
 
 def test_bare_expression_test_cell_is_refused(tmp_path):
     """Would release refuse a test cell that ends in a bare expression (nbgrader would score its value)?"""
-    from attnkit.release import bare_expression_cells
+    from attnkit.authoring.release import bare_expression_cells
     nb = nbu.read(ROOT / "source" / "hw9" / f"{NB}.ipynb")
     cell = next(c for c in nb.cells if nbu.is_test_cell(c))
     cell.source += "\n1 == 2"

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from attnkit.grader import hidden
-from attnkit.grader.remote import BadReply, Kernel, in_process
+from attnkit.grader.remote import BadReply, Kernel
+from attnkit.inprocess import in_process
 from attnkit.kernel import agent, wire
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,9 +185,9 @@ def test_a_method_assigned_from_outside_the_class_is_read_too():
 # ---------------------------------------------------------------------------- the grader's own memory limit
 OVER_LIMIT = textwrap.dedent('''
     import sys, resource
-    from attnkit.workers import limit_own_memory
+    from attnkit.batch.workers import limit_own_memory
     from attnkit.grader import hidden
-    from attnkit.grader.remote import in_process
+    from attnkit.inprocess import in_process
     data_kb = int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmData:")))
     limit_own_memory(data_kb // 1024 + 256)   # 256 MiB above what this process holds now
     region = hidden.GRADER_LINE + "\\nx = torch.ones(2 ** 28)\\n"   # 1 GiB: a decoding bug's allocation
@@ -206,7 +207,7 @@ def test_the_grading_process_runs_out_of_its_own_memory_cleanly():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "OUT OF MEMORY: the grading process ran out of its memory limit" in proc.stdout, proc.stdout
     assert f"hard {resource.getrlimit(resource.RLIMIT_DATA)[1]}" in proc.stdout  # as this process has it
-    from attnkit.grading import _first_error
+    from attnkit.batch.student import _first_error
     log = "[AutogradeApp | ERROR] There was an error processing assignment\nTraceback ...\n" \
           f"attnkit.grader.hidden.GraderOutOfMemory: {hidden.GraderOutOfMemory()}\n"
     assert _first_error(log).startswith("the grading process ran out of its memory limit")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from attnkit import markup
-from attnkit import notebooks as nbu
+from attnkit.authoring import markup
+from attnkit.authoring import notebooks as nbu
 from attnkit.fixtures.q3_multihead_attention import _STUBS, FIXTURES
 from harness import bank, bank_test
 

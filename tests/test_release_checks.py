@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
 from attnkit.grader.hidden import GRADER_LINE
-from attnkit.release import bare_expression_cells, grader_only_names, problems, secret_scan
+from attnkit.authoring.release import bare_expression_cells, grader_only_names, problems, secret_scan
 
 HELPER = '''
 def check_shape(x, shape):
@@ -121,7 +121,7 @@ def test_bare_expression_test_cell_is_found():
 import shutil
 from pathlib import Path
 
-from attnkit.release import runnable_giveaways
+from attnkit.authoring.giveaways import runnable_giveaways
 
 ROOT = Path(__file__).resolve().parent.parent
 

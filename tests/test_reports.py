@@ -9,7 +9,7 @@ import warnings
 
 from attnkit.course import Course
 from attnkit.reports import export, table
-from attnkit.results import NotebookResult, Status, StudentResult, load_report, save_report
+from attnkit.batch.results import NotebookResult, Status, StudentResult, load_report, save_report
 from harness import small_assignment
 
 CONFIG = 'c = get_config()\nc.CourseDirectory.course_id = "test-course"\n'
@@ -77,7 +77,7 @@ import nbformat  # noqa: E402
 
 from attnkit.reports import (AWAITING, BY_HAND, NOT_ANSWERED, _summary_html, feedback_page, leaks,  # noqa: E402
                              written_states)
-from attnkit.sanitise import clean_notebook, render_markdown  # noqa: E402
+from attnkit.preprocessors.sanitise import clean_notebook, render_markdown  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAQAAAAECAIAAAAmkwkpAAAAFUlEQVR4nGP4z8Dwn4GBocDAQCQAAKe4D/Gixs3YAAAAAElFTkSuQmCC"

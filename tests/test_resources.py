@@ -17,13 +17,13 @@ from types import SimpleNamespace
 import pytest
 from nbformat import NotebookNode
 
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 from attnkit import sandbox
 from attnkit.fixtures.resources import (EVIDENCE, FIFO_STUDENT, FORBIDDEN, RESOURCES, SYMLINK_STUDENT)
 from attnkit.fixtures.tamper import Q3
-from attnkit.grading import read_regular, submission_problems
+from attnkit.batch.student import read_regular, submission_problems
 from attnkit.reports import scores
-from attnkit.transforms import CapOutputs
+from attnkit.preprocessors.cap_outputs import CapOutputs
 from harness import ASSIGNMENT, assert_fixture, kit
 from test_sandbox import MODE, Q3_AUTO, SANDBOXED, course_with, graded_from
 

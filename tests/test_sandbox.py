@@ -18,15 +18,15 @@ import pytest
 
 from attnkit import sandbox
 from attnkit.course import Course
-from attnkit.release import generate
+from attnkit.authoring.release import generate
 from attnkit.reports import failures, scores
-from attnkit.results import load_report
+from attnkit.batch.results import load_report
 from attnkit.fixtures.hostile import (DAEMON, FORBIDDEN, GRADEBOOK_WRITE, HOSTILE, KILL_ALL, KILL_PARENT, LISTEN_PORT, PROC_CWD,
                               PROC_ROOT, TAG, right, wrong)
 from attnkit.fixtures.tamper import Q3, Q3_TESTS, q3
 from harness import ASSIGNMENT, Graded, assert_fixture, kit, submission_for
 
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_SITE = Path(sys.prefix, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}", "site-packages")
@@ -82,7 +82,7 @@ def _under_another_grader(pid: str, parents: dict, args: dict, root: str) -> boo
         if pid == str(os.getpid()):  # under this test run: ours
             return False
         grader = args.get(pid, "")
-        if ("attnkit.workers" in grader or "-m attnkit --root" in grader) and root not in grader:
+        if ("attnkit.batch.workers" in grader or "-m attnkit --root" in grader) and root not in grader:
             return True
         if "pytest" in grader:  # another test run, grading in its own process
             return True

@@ -1,4 +1,4 @@
-"""The syscall filter on every process of a student's kernel (attnkit/seccomp.py): the deny list as
+"""The syscall filter on every process of a student's kernel (attnkit/sandbox/seccomp.py): the deny list as
 compiled, the sandbox line that names it, and, in the real sandbox, every denied call refused from a
 child of a graded kernel while honest work still runs."""
 from __future__ import annotations
@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-from attnkit import sandbox, seccomp
+from attnkit import sandbox
+from attnkit.sandbox import seccomp
 from attnkit.fixtures.hostile import HONEST, SYSCALL_ARGS, SYSCALLS, right
 from attnkit.fixtures.tamper import q3
 from harness import ASSIGNMENT, assert_fixture, kit
@@ -61,7 +62,7 @@ def test_unprivileged_bwrap_refuses_nested_user_namespaces_even_without_the_filt
     if not sandbox.bwrap_has("--disable-userns") or sandbox.probe("bwrap"):
         pytest.skip("this bwrap has no --disable-userns, or does not run here")
     monkeypatch.setenv(seccomp.ENV_OFF, "1")
-    monkeypatch.setattr(sandbox.os, "geteuid", lambda: 1000)  # the argv of the unprivileged path
+    monkeypatch.setattr(sandbox.bwrap.os, "geteuid", lambda: 1000)  # the argv of the unprivileged path
     argv = sandbox.bwrap_argv(["/bin/sh", "-c", "unshare --user true; echo rc=$?"], uid=0, workfiles={},
                               run_dir=None, env={})
     assert "--disable-userns" in argv and "--seccomp" not in argv

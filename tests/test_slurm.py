@@ -43,7 +43,7 @@ def test_array_ranges_expand():
 def test_scratch_copy_keeps_links_fifos_and_big_files_as_they_are(tmp_path):
     """Does the node-local copy of a submission keep a symlink a symlink (never followed), a FIFO a FIFO, and a
     file over the size cap a file of that size without reading it, so grading refuses each the same way?"""
-    from attnkit.grading import MAX_FILE_BYTES, submission_problems
+    from attnkit.batch.student import MAX_FILE_BYTES, submission_problems
 
     secret = tmp_path / "instructor.ipynb"
     secret.write_text("SECRET")
@@ -101,7 +101,7 @@ def test_merge_writes_scores_and_refuses_a_score_above_the_maximum(tmp_path):
     """Does a task's result merge into the gradebook as it was graded, and is a result claiming more than a
     part's maximum refused (nothing written, the student listed as could not be graded)?"""
     from attnkit.reports import scores
-    from attnkit.results import load_report
+    from attnkit.batch.results import load_report
 
     course = _small_course(tmp_path)
     run = _run_with(course, "alice", _result("alice", 2.0))
@@ -159,9 +159,9 @@ def samples(tmp_path_factory):
     from attnkit.fixtures.grade import submission_for
     from attnkit.fixtures.hostile import HOSTILE
     from attnkit.fixtures.tamper import Q3
-    from attnkit.notebooks import write
-    from attnkit.release import generate
-    from attnkit.samples import place
+    from attnkit.authoring.notebooks import write
+    from attnkit.authoring.release import generate
+    from attnkit.authoring.samples import place
 
     pristine = Course(ROOT).scratch_copy(notebooks=[Q3], parent=str(tmp_path_factory.mktemp("slurm")))
     generate(pristine, ASSIGNMENT)
@@ -255,7 +255,7 @@ def test_gradescope_gives_every_part_the_local_batchs_score(samples, tmp_path):
     batch's score and maximum in every autograded part (the Slurm batch equals the local one, above)?"""
     from concurrent.futures import ThreadPoolExecutor
 
-    from attnkit import notebooks as nbu
+    from attnkit.authoring import notebooks as nbu
     from attnkit.reports import scores
 
     pristine, local, students = samples
@@ -288,7 +288,7 @@ def test_a_student_whose_task_dies_twice_is_scored_zero_with_the_reason(cluster,
     from attnkit.reports import scores
 
     base = Course(ROOT).scratch_copy(notebooks=["q12_scaled_dot_product"], parent=str(tmp_path))
-    from attnkit.release import generate
+    from attnkit.authoring.release import generate
 
     generate(base, ASSIGNMENT)
     dest = base.path("submitted", "doomed", ASSIGNMENT)
@@ -320,7 +320,7 @@ def test_a_student_whose_task_dies_twice_is_scored_zero_with_the_reason(cluster,
 def test_a_node_that_cannot_sandbox_refuses_its_shard_and_says_what_it_lacks(tmp_path):
     """Run as Slurm would on a node where no sandbox works, does a task grade nothing, exit 2, and leave the
     reason (user namespaces named) for its students' "could not be graded" line?"""
-    from attnkit.sandbox import ENV_MODE
+    from attnkit.sandbox.detection import ENV_MODE
 
     why = _task_refusal(tmp_path, {"workers": 1}, {ENV_MODE: "none"})
     assert "cannot sandbox the kernels" in why and "user namespaces" in why, why
@@ -362,7 +362,7 @@ def test_ctrl_c_cancels_nothing_and_the_same_command_resumes(cluster, tmp_path):
     the run up (no second job) and merge the student's grade?"""
     import signal
 
-    from attnkit.release import generate
+    from attnkit.authoring.release import generate
     from attnkit.reports import scores
 
     base = Course(ROOT).scratch_copy(notebooks=["q12_scaled_dot_product"], parent=str(tmp_path))
@@ -390,7 +390,7 @@ def test_ctrl_c_cancels_nothing_and_the_same_command_resumes(cluster, tmp_path):
 
 # ------------------------------------------------------------------------------------ a GPU, an ordinary user
 def _one_student_course(tmp_path, student: str) -> Course:
-    from attnkit.release import generate
+    from attnkit.authoring.release import generate
 
     base = Course(ROOT).scratch_copy(notebooks=["q12_scaled_dot_product"], parent=str(tmp_path))
     generate(base, ASSIGNMENT)

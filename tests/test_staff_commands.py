@@ -12,9 +12,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from attnkit import notebooks as nbu
-from attnkit import selfcheck
-from attnkit.check import why
+from attnkit.authoring import notebooks as nbu
+from attnkit.student import selfcheck
+from attnkit.authoring.check import why
 from harness import kit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,7 +200,8 @@ def test_python_version_is_stated_one_way():
     import re
     import sys
 
-    from attnkit import bundle, gradescope
+    from attnkit.authoring import bundle
+    from attnkit.lms import gradescope
 
     tested = f"{sys.version_info[0]}.{sys.version_info[1]}"
     pyproject = (ROOT / "pyproject.toml").read_text()

@@ -13,9 +13,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from attnkit import notebooks as nbu
-from attnkit.samples import partial
-from attnkit.selfcheck import untouched
+from attnkit.authoring import notebooks as nbu
+from attnkit.authoring.samples import partial
+from attnkit.student.selfcheck import untouched
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "release" / "hw9"
@@ -157,7 +157,7 @@ def test_run_all_on_a_partly_filled_q3_shows_ok_and_blank(tmp_path):
 def test_selfcheck_names_each_untouched_part_in_the_one_form(tmp_path):
     """Does selfcheck.py (its kernel raises as grading does) list each untouched Q1/Q2 part as "<part>: not written
     yet" or "still a blank", never a bare NotImplementedError or a NameError on `_____`?"""
-    from attnkit.selfcheck import main
+    from attnkit.student.selfcheck import main
 
     stem = "q12_scaled_dot_product"
     for f in RELEASE.iterdir():

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from attnkit.transforms import ClearSolutionsWithStubs, DropDuplicateIds, ScoreOnlyErrors, ScrubTestOutputs
+from attnkit.preprocessors.clear_solutions import ClearSolutionsWithStubs
+from attnkit.preprocessors.dedupe import DropDuplicateIds
+from attnkit.preprocessors.score_only_errors import ScoreOnlyErrors
+from attnkit.preprocessors.scrub import ScrubTestOutputs
 
 
 def _meta(grade_id, *, grade=False, solution=False, locked=False, points=None):
@@ -71,7 +74,7 @@ def _metadata_cases():
     import copy
 
     from harness import ASSIGNMENT, ROOT
-    from attnkit import notebooks as nbu
+    from attnkit.authoring import notebooks as nbu
 
     books = [(p.stem, nbu.read(p)) for p in sorted((ROOT / "source" / ASSIGNMENT).glob("*.ipynb"))]
     base = books[-1][1]
@@ -100,7 +103,7 @@ def test_check_cell_metadata_once_agrees_with_nbgraders_check():
     with the same error?"""
     from nbgrader.nbgraderformat import MetadataValidator
 
-    from attnkit.transforms import _MetadataValidatorOnce
+    from attnkit.preprocessors.metadata import _MetadataValidatorOnce
 
     def outcome(validator, nb):
         try:
@@ -123,7 +126,7 @@ def test_outputs_are_capped_in_bytes_not_lines():
 
     from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-    from attnkit.transforms import CapOutputs
+    from attnkit.preprocessors.cap_outputs import CapOutputs
 
     answer = new_code_cell("print('x' * 5_000_000)")
     answer.outputs = [new_output("stream", name="stdout", text="x" * 5_000_000),

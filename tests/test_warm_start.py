@@ -10,11 +10,11 @@ import shutil
 import nbformat
 import pytest
 
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 from attnkit import sandbox
 from attnkit.course import Course
-from attnkit.grading import autograde
-from attnkit.release import generate
+from attnkit.batch.driver import autograde
+from attnkit.authoring.release import generate
 from attnkit.reports import scores
 from harness import ASSIGNMENT, ROOT
 
@@ -134,16 +134,16 @@ def test_the_next_student_forks_from_the_same_interpreter_and_sees_nothing_of_th
     workdir = _workdir(tmp_path)
     with sandbox.warm_start(prestart=True):
         out, proc = asyncio.run(_run_in_kernel(workdir, POISON))
-        first = sandbox._warm["zygote"]
+        first = sandbox.warm._warm["zygote"]
         assert "POISONED" in out, out
         assert isinstance(proc, sandbox.ForkedKernel) and proc.zygote is first
-        assert sandbox._warm["next"] is None, "started a second interpreter although the first is kept"
-    assert sandbox._next is first and first.alive, "the sandbox was not kept for the next student"
+        assert sandbox.warm._warm["next"] is None, "started a second interpreter although the first is kept"
+    assert sandbox.warm._next is first and first.alive, "the sandbox was not kept for the next student"
     with sandbox.warm_start(prestart=False):
         out, proc = asyncio.run(_run_in_kernel(workdir, CHECK))
         assert proc.zygote is first, "the next student's kernel did not fork from the kept interpreter"
     assert "ALL CLEAN" in out and "NOT PRISTINE" not in out, f"the next student saw the previous one's leftovers: {out!r}"
-    assert not first.alive and sandbox._next is None, "the last student's sandbox outlived the batch"
+    assert not first.alive and sandbox.warm._next is None, "the last student's sandbox outlived the batch"
 
 
 @pytest.mark.skipif(not WARM, reason="warm start needs the bwrap sandbox as root")
@@ -156,16 +156,16 @@ def test_with_a_sandbox_per_student_the_next_one_started_ahead_is_fresh(tmp_path
     workdir = _workdir(tmp_path)
     with sandbox.warm_start(prestart=True):
         out, proc = asyncio.run(_run_in_kernel(workdir, POISON, sandbox_per_student=True))
-        first = sandbox._warm["zygote"]
-        ahead = sandbox._warm["next"]
+        first = sandbox.warm._warm["zygote"]
+        ahead = sandbox.warm._warm["next"]
         assert "POISONED" in out, out
         assert isinstance(proc, sandbox.ForkedKernel) and proc.zygote is first
         assert ahead is not None and ahead is not first and ahead.runs != first.runs
     assert not first.alive, "the first student's sandbox outlived the student"
-    assert sandbox._next is ahead and ahead.alive
+    assert sandbox.warm._next is ahead and ahead.alive
     with sandbox.warm_start(prestart=False):
         out, proc = asyncio.run(_run_in_kernel(workdir, CHECK, sandbox_per_student=True))
         assert proc.zygote is ahead, "the next student's kernel did not fork from the interpreter started ahead"
-        assert sandbox._warm["next"] is None, "started another one although no student follows"
+        assert sandbox.warm._warm["next"] is None, "started another one although no student follows"
     assert "ALL CLEAN" in out and "NOT PRISTINE" not in out, f"the next student saw the previous one's leftovers: {out!r}"
-    assert not ahead.alive and sandbox._next is None
+    assert not ahead.alive and sandbox.warm._next is None

@@ -192,7 +192,7 @@ def test_kernels_go_below_a_leaf_for_the_processes_already_there(tmp_path):
 def test_the_memory_line_says_what_an_ordinary_user_lacks(monkeypatch):
     """For an ordinary user without a delegated subtree, does the line below the sandbox line say there is no
     cgroup limit, and why?"""
-    monkeypatch.setattr(sandbox, "memory_cgroups", lambda: (None, "not root, and this host has cgroup v1, and only "
+    monkeypatch.setattr(sandbox.limits, "memory_cgroups", lambda: (None, "not root, and this host has cgroup v1, and only "
                                                             "cgroup v2 delegates a subtree to an ordinary user"))
     line = sandbox.describe_limits("bwrap", 4096)
     assert line.startswith("memory: NO cgroup limit, only RLIMIT_DATA 4096 MiB") and "not root, and this host has " \
@@ -204,7 +204,7 @@ def test_the_memory_line_names_the_delegated_subtree(monkeypatch, tmp_path):
     parent = tmp_path / "run-r1.scope" / "attnkit"
     parent.mkdir(parents=True)
     (parent / "cgroup.subtree_control").write_text("memory pids\n")
-    monkeypatch.setattr(sandbox, "memory_cgroups", lambda: ("v2", str(parent)))
+    monkeypatch.setattr(sandbox.limits, "memory_cgroups", lambda: ("v2", str(parent)))
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     line = sandbox.describe_limits("bwrap", 4096, pids=256)
     assert line.startswith("memory: cgroup v2 memory.max = 5120 MiB per kernel, pids.max = 256 (in the subtree "

@@ -1,6 +1,6 @@
 """The grader's line to the kernel during autograding: hidden regions run here, their requests go there.
 
-Grader process only. ``run_hidden_regions`` is called by CourseExecute (attnkit/sandbox.py) for a test
+Grader process only. ``run_hidden_regions`` is called by CourseExecute (attnkit/preprocessors/execute.py) for a test
 cell after the cell's visible part ran in the kernel. Each hidden region runs in a worker thread of this
 process (attnkit/grader/hidden.py); each request it makes to the student's kernel becomes one
 execute_request for the agent (attnkit/kernel/agent.py), sent from the executor's event loop, and its reply is
@@ -23,7 +23,7 @@ from attnkit.grader import hidden
 from attnkit.grader.meter import CgroupMeter, KernelMeter
 from attnkit.grader.remote import BadReply, Kernel, KernelDied, KernelGone, RequestTimeout
 from attnkit.kernel.wire import COMM_TARGET, MAX_REPLY, REPLY_MIME
-from attnkit.notebooks import is_test_cell
+from attnkit.authoring.notebooks import is_test_cell
 
 PROFILE = os.environ.get("ATTNKIT_PROFILE_HIDDEN")   # a file: one line per hidden region (seconds, requests)
 AGENT_CALL = "__import__('attnkit.kernel.agent').kernel.agent.serve({!r})"

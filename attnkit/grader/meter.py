@@ -4,7 +4,7 @@ Grader process only. Timing and memory verdicts must not rest on numbers the stu
 reports about itself, so the grader reads the kernel's processes from /proc:
 
 * which processes: every process of the kernel's uid (the sandbox's slot uid, which only this
-  notebook's kernel and its children hold; attnkit/sandbox.py), else the kernel's process tree;
+  notebook's kernel and its children hold; attnkit/sandbox/limits.py), else the kernel's process tree;
 * CPU: each process's CPU-time clock, read from outside (clock_gettime on the process's clock id:
   every thread, ended ones too, to the nanosecond; /proc/<pid>/schedstat lags a running thread by up
   to a scheduler tick), plus the CPU time of children they reaped (/proc/<pid>/stat cutime + cstime,
@@ -12,14 +12,14 @@ reports about itself, so the grader reads the kernel's processes from /proc:
 * memory: the sum of their peak resident sets (VmHWM), which ``reset_peak`` sets back to the current
   resident set (writing 5 to /proc/<pid>/clear_refs), so a peak is that of one call.
 
-Where the kernel has a cgroup of its own (attnkit/sandbox.py: KernelCgroup), ``CgroupMeter`` reads it
+Where the kernel has a cgroup of its own (attnkit/sandbox/limits.py: KernelCgroup), ``CgroupMeter`` reads it
 instead: the cgroup's CPU time (v1 cpuacct.usage, v2 cpu.stat usage_usec) and peak memory (v1
 memory.max_usage_in_bytes, v2 memory.peak), reset before each measured call. A cgroup counts every process
 that was ever in it, so a child that exits, stays unreaped or is reparented still counts.
 
 Without one, ``KernelMeter`` reads /proc; it cannot see a child process that ended unreaped or left the
 uid, nor an ended child's peak memory. So on this path the kernel starts no process at all: it loads a
-second syscall filter before any cell runs (attnkit.seccomp.NO_PROCESSES; threads stay, and a thread's CPU
+second syscall filter before any cell runs (attnkit.sandbox.seccomp.NO_PROCESSES; threads stay, and a thread's CPU
 time and memory are its process's), and the meter checks from outside that it is in force (``sealed``).
 Where it is not (no libseccomp), the meter counts the processes and threads started during a measured
 call (``forks``: the host's fork count, which every process on the host moves) and a measurement during
@@ -124,7 +124,7 @@ class KernelMeter:
         return None
 
     def sealed(self) -> bool:
-        """Does the kernel run under the filter that refuses new processes (attnkit.seccomp.NO_PROCESSES)?
+        """Does the kernel run under the filter that refuses new processes (attnkit.sandbox.seccomp.NO_PROCESSES)?
         Then it can start threads only, whose CPU time and memory are its own process's: nothing to watch.
         Read from /proc (the kernel's own count of a process's filters, which no process can lower): a
         process of the kernel under ``sealed_filters`` filters or more, loaded before any cell ran."""

@@ -353,27 +353,6 @@ def is_kind(obj, name: str) -> bool:
     return name in kind(obj)
 
 
-def in_process(namespace: dict, sources=None) -> Kernel:
-    """A Kernel whose agent runs in this process over ``namespace`` (benchmarks, unit tests): the same
-    requests and the same format, without a sandbox. ``sources``: the code that made ``namespace`` (as a
-    notebook's code cells), for the checks that read the student's source."""
-    from attnkit.kernel import agent
-
-    def send(text):
-        agent._ask = kernel.answer_callback
-        try:
-            reply = {"ok": True, "value": agent.handle(json.loads(text), namespace)}
-        except BaseException as exc:  # noqa: B902 (what the agent does in a kernel)
-            reply = {"ok": False, "error": agent._error(exc)}
-        finally:
-            agent._ask = None
-        return json.dumps(reply, separators=(",", ":"), allow_nan=False)
-
-    kernel = Kernel(send)
-    kernel.sources = list(sources) if sources is not None else None
-    return kernel
-
-
 def as_tensor(value, *, part, what="output"):
     """``value`` if it is a tensor, else an AssertionError naming the part."""
     if not isinstance(value, torch.Tensor):

@@ -1,6 +1,6 @@
 """Launch the course's IPython kernel under resource limits (the kernel side of the sandbox).
 
-The host side (attnkit/sandbox.py) starts this module inside bubblewrap as an unprivileged
+The host side (attnkit/sandbox/) starts this module inside bubblewrap as an unprivileged
 uid; here, before any notebook cell runs, the limits it passes are made hard (soft = hard, so
 the notebook cannot raise them). No hidden test runs here: the grader process (attnkit/grader/)
 reaches the kernel only through the agent (attnkit/kernel/agent.py), with data.

@@ -4,7 +4,7 @@
 (the course folder must be on a file system the compute nodes share, as home and project folders are on
 campus clusters), and submits one array task per shard (a student is never split across tasks). Each task
 (``python -m attnkit.slurm task RUN ROUND``) grades its shard with the local batch's own code path
-(``attnkit.grading.autograde``: the same sandbox, hidden tests, limits and messages) in a course copy in
+(``attnkit.batch.driver.autograde``: the same sandbox, hidden tests, limits and messages) in a course copy in
 node-local scratch ($SLURM_TMPDIR, $TMPDIR or /tmp), and writes each student, as they finish, to
 ``RUN/results/<student>/`` (their gradebook rows, autograded notebooks, logs), renamed into place whole.
 The submitting command follows the array's task states, then merges every result into the course's

@@ -6,7 +6,7 @@ import sys
 import time
 
 from attnkit.course import Course
-from attnkit.results import save_report
+from attnkit.batch.results import save_report
 from attnkit.slurm.run import SlurmError, _runs, find_run, gpu_refusal, open_run
 from attnkit.slurm.jobs import follow, submit
 from attnkit.slurm.merging import devices_lines, finish
@@ -14,7 +14,7 @@ from attnkit.slurm.merging import devices_lines, finish
 def cli(args, assignments) -> int:
     """./kit autograde ASSIGNMENT --on slurm ... and ./kit autograde --collect JOBID."""
     from attnkit import ids
-    from attnkit.grading import refused_result
+    from attnkit.batch.driver import refused_result
     from attnkit.reports import table
 
     course = Course(args.root)

@@ -68,7 +68,7 @@ def _sbatch(run: Run, round_no: int, groups: list[list[str]]) -> str:
 def submit(course: Course, assignment: str, students: list[str], options: dict) -> Run:
     """Write a run folder and submit its first array job. ``options``: partition, tasks, gpus, time, workers,
     unsandboxed."""
-    from attnkit.grading import ensure_assignment
+    from attnkit.batch.driver import ensure_assignment
 
     ensure_assignment(course, assignment)  # every task copies the gradebook: it must hold the assignment
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")

@@ -12,7 +12,7 @@ import tempfile
 
 from pathlib import Path
 from attnkit.course import Course
-from attnkit.results import NotebookResult, Status, StudentResult, save_report
+from attnkit.batch.results import NotebookResult, Status, StudentResult, save_report
 from attnkit.slurm.run import MAX_RESULT_BYTES, Run, _runs
 
 @contextlib.contextmanager
@@ -61,7 +61,7 @@ def merge(run: Run) -> list[str]:
 
 
 def _load_result(path: Path, student: str, assignment: str) -> dict:
-    from attnkit.grading import read_regular
+    from attnkit.batch.student import read_regular
 
     data = json.loads(read_regular(path, MAX_RESULT_BYTES))
     if data.get("student") != student or data["result"]["student"] != student or \
@@ -164,7 +164,7 @@ def _place_autograded(course: Course, assignment: str, student: str, rdir: Path)
 
 def _copy_regular(src: Path, dest: Path) -> None:
     """Regular files and folders only, never following a link (autograded output of hostile notebooks)."""
-    from attnkit.grading import MAX_FILE_BYTES, read_regular
+    from attnkit.batch.student import MAX_FILE_BYTES, read_regular
 
     dest.mkdir(parents=True, exist_ok=True)
     for entry in os.scandir(src):
@@ -188,7 +188,7 @@ def _devices_note(run: Run, student: str, data: dict) -> None:
 def finish(run: Run) -> list[StudentResult]:
     """After the last round: students still ungraded are scored 0 with their task's reason; the report of
     every student of the run, and the run marked finished."""
-    from attnkit.grading import _zero
+    from attnkit.batch.student import _zero
 
     course, assignment = run.course, run.data["assignment"]
     merge(run)
@@ -211,7 +211,7 @@ def finish(run: Run) -> list[StudentResult]:
             failed.append(out)
         if failed:
             save_report(course.root, assignment, failed)
-    from attnkit.results import load_report
+    from attnkit.batch.results import load_report
 
     report = load_report(course.root, assignment)
     run.data["finished"] = True

@@ -22,7 +22,7 @@ def copy_submission(src: Path, dest: Path) -> None:
     """Copy submitted/<student>/<assignment> into scratch as it is: regular files (one over the size cap
     as a sparse file of its size), links as links (never followed), FIFOs as FIFOs, so that grading
     sees, refuses and says exactly what it would on the shared copy."""
-    from attnkit.grading import MAX_FILE_BYTES
+    from attnkit.batch.student import MAX_FILE_BYTES
 
     st = os.lstat(src)
     if stat.S_ISDIR(st.st_mode):
@@ -123,7 +123,7 @@ def _write_result(run: Run, scratch: Course, result: dict, extra: dict) -> None:
 def task(run_dir: str, round_no: int) -> int:
     """One array task: grade this task's shard in node-local scratch; each student's result to the run folder."""
     from attnkit import sandbox
-    from attnkit.grading import autograde
+    from attnkit.batch.driver import autograde
 
     run = Run(Path(run_dir))
     index = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))

@@ -30,10 +30,10 @@ from harness import kit  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 from test_browser import ASSIGNMENT, NB, Watch, launch, start_jupyter, stop  # noqa: E402
 
-from attnkit import notebooks as nbu  # noqa: E402
+from attnkit.authoring import notebooks as nbu  # noqa: E402
 from attnkit.course import Course  # noqa: E402
-from attnkit.release import generate  # noqa: E402
-from attnkit.samples import partial  # noqa: E402
+from attnkit.authoring.release import generate  # noqa: E402
+from attnkit.authoring.samples import partial  # noqa: E402
 
 OUT = Path(__file__).resolve().parent
 TOKEN = "attnkit-screenshots"

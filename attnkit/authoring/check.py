@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import shutil
 
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
-from attnkit.grading import autograde
-from attnkit.release import differences, generate, problems
+from attnkit.batch.driver import autograde
+from attnkit.authoring.release import differences, generate, problems
 from attnkit.reports import scores
-from attnkit.results import Status
+from attnkit.batch.results import Status
 
 SOLUTION, UNTOUCHED = "instructor-solution", "untouched-release"
 

@@ -2,7 +2,7 @@
 
 Gradescope unpacks the zip into ``/autograder/source``, runs ``setup.sh`` once (image build),
 then, in a fresh container per submission, ``run_autograder``, which calls
-``python -m attnkit.gradescope run``. That builds a course folder in the temp dir (outside
+``python -m attnkit.lms.gradescope run``. That builds a course folder in the temp dir (outside
 ``/autograder/submission``) from the zip's ``source/<assignment>`` and the student's matched
 uploads, grades it with ``./kit autograde`` (the kit's one grading path: same hidden tests,
 sandbox and messages) and turns the gradebook into ``/autograder/results/results.json``.
@@ -25,10 +25,10 @@ import zipfile
 from pathlib import Path
 
 import attnkit
-from attnkit import seccomp
+from attnkit.sandbox import seccomp
 from attnkit.course import CONFIG_FILE, Course
+from attnkit.package import kit_dir, pins_text
 
-KIT_ROOT = Path(attnkit.__file__).resolve().parents[1]
 SETTINGS = "gradescope.json"
 STUDENT = "gradescope-submission"
 WRITTEN_CHOICES = ("pending", "omit")
@@ -71,7 +71,7 @@ EOF
 # Solutions and hidden tests: readable by the grader (root) only; the kernel's sandbox hides them too.
 chmod -R go-rwx "$SRC/source"
 chmod 755 "$SRC/run_autograder" "$SRC/setup.sh"
-"$PREFIX/bin/python" -c "import attnkit.gradescope, nbgrader, torch; print('kit ready:', torch.__version__)"
+"$PREFIX/bin/python" -c "import attnkit.lms.gradescope, nbgrader, torch; print('kit ready:', torch.__version__)"
 """
 
 RUN_AUTOGRADER = r"""#!/usr/bin/env bash
@@ -95,7 +95,7 @@ fallback "$STOPPED"
 export PATH="$PREFIX/bin:$PATH"
 export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT" || cd /
-"$PREFIX/bin/python" -m attnkit.gradescope run --root "$ROOT"
+"$PREFIX/bin/python" -m attnkit.lms.gradescope run --root "$ROOT"
 rc=$?
 # Valid, and not the fallback (its output's start compared: the kit's output holds file names students chose).
 valid() { "$PREFIX/bin/python" -c 'import json, sys; r = json.load(open(sys.argv[1])); assert "score" in r
@@ -130,10 +130,12 @@ def build(course: Course, assignment: str, out: Path | None = None, written: str
         (SETTINGS, json.dumps(settings, indent=1) + "\n", 0o644),
         (CONFIG_FILE, course.path(CONFIG_FILE), 0o644),
     ]
-    for name in ("requirements.txt", "pyproject.toml"):
-        found = course.path(name) if course.path(name).is_file() else KIT_ROOT / name
-        files.append((name, found, 0o644))
-    kit = KIT_ROOT / "attnkit"  # the kit's modules and subpackages (the grader process's among them), no fixture banks
+    # the course's pins, or (a course folder without them) those the installed kit declares
+    files.append(("requirements.txt", course.path("requirements.txt") if course.path("requirements.txt").is_file()
+                  else pins_text(), 0o644))
+    if course.path("pyproject.toml").is_file():
+        files.append(("pyproject.toml", course.path("pyproject.toml"), 0o644))
+    kit = kit_dir()  # the kit's modules and subpackages (the grader process's among them), no fixture banks
     files += [(f"attnkit/{p.relative_to(kit).as_posix()}", p, 0o644) for p in sorted(kit.rglob("*.py"))
               if "fixtures" not in p.relative_to(kit).parts and "__pycache__" not in p.parts]
     for p in sorted(src.rglob("*")):
@@ -154,7 +156,7 @@ def build(course: Course, assignment: str, out: Path | None = None, written: str
 
 # -- running on Gradescope --------------------------------------------------------------
 def _secret_lines(course: Course, assignment: str) -> list[str]:
-    from attnkit import notebooks as nbu
+    from attnkit.authoring import notebooks as nbu
 
     lines = nbu.assignment_hidden_lines(sorted(course.path("source", assignment).glob("*.ipynb")))
     return sorted(set(lines), key=len, reverse=True)
@@ -248,10 +250,10 @@ def _grade(course: Course, assignment: str, budget_s: float, log) -> bool:
 
 def results_for(course: Course, assignment: str, settings: dict, matching, finished: bool) -> dict:
     """Gradescope's results: one test per graded part, in notebook order."""
-    from attnkit import notebooks as nbu
+    from attnkit.authoring import notebooks as nbu
     from attnkit.reports import failures, scores
-    from attnkit.results import load_report
-    from attnkit.selfcheck import unanswered
+    from attnkit.batch.results import load_report
+    from attnkit.student.selfcheck import unanswered
 
     mine = load_report(course.root, assignment).get(STUDENT)
     report = {n.notebook: n for n in (mine.notebooks if mine else [])}
@@ -336,7 +338,7 @@ def _written_lines(written) -> list[str]:
 
 def run(root: Path, budget_s: float | None = None, log=print) -> dict:
     """Grade ``<root>/submission`` and write ``<root>/results/results.json``, whatever happens."""
-    from attnkit.collect import match_uploads, place, uploads_in
+    from attnkit.lms.matching import match_uploads, place, uploads_in
 
     t0 = time.time()
     root = Path(root).resolve()
@@ -376,7 +378,7 @@ def run(root: Path, budget_s: float | None = None, log=print) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m attnkit.gradescope")
+    p = argparse.ArgumentParser(prog="python -m attnkit.lms.gradescope")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="grade <root>/submission into <root>/results/results.json")
     r.add_argument("--root", default=os.environ.get("AUTOGRADER_ROOT", "/autograder"))

@@ -15,7 +15,8 @@ import zipfile
 from pathlib import Path
 
 from attnkit.course import Course
-from attnkit.release import problems, secret_scan
+from attnkit.package import kit_dir, pins_text
+from attnkit.authoring.release import problems, secret_scan
 
 # What a student's environment needs: the notebooks' imports, JupyterLab, the self-check.
 STUDENT_PACKAGES = ("torch", "numpy", "matplotlib", "jupyterlab", "ipykernel", "nbformat", "nbclient")
@@ -53,10 +54,10 @@ course's copy, not yours. Submit the notebooks (`.ipynb` files) as your course t
 """
 
 
-def _pins(requirements: Path) -> dict[str, str]:
-    """name (normalised) -> the requirement line, from a fully pinned requirements file."""
+def _pins(requirements: str) -> dict[str, str]:
+    """name (normalised) -> the requirement line, from a fully pinned requirements file's text."""
     pins = {}
-    for line in requirements.read_text().splitlines():
+    for line in requirements.splitlines():
         line = line.split("#", 1)[0].strip()
         m = re.match(r"([A-Za-z0-9_.\-]+)\s*==", line)
         if m:
@@ -68,7 +69,7 @@ def requirements_text(course: Course) -> tuple[str, str]:
     """(requirements.txt, constraints.txt) of the student environment."""
     # the course's pins, or (a scratch course) those of the kit it runs on
     path = course.path("requirements.txt")
-    pins = _pins(path if path.exists() else Path(__file__).resolve().parents[1] / "requirements.txt")
+    pins = _pins(path.read_text() if path.exists() else pins_text())
     missing = [p for p in STUDENT_PACKAGES if p not in pins]
     if missing:
         raise SystemExit(f"error: requirements.txt pins no version of {', '.join(missing)}")
@@ -89,7 +90,7 @@ def bundle(course: Course, assignment: str, log=print) -> Path:
     try:
         folder = stage / assignment
         shutil.copytree(release_dir, folder, ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
-        shutil.copy2(Path(__file__).with_name("selfcheck.py"), folder / "selfcheck.py")
+        shutil.copy2(kit_dir() / "student" / "selfcheck.py", folder / "selfcheck.py")
         reqs, constraints = requirements_text(course)
         (folder / "requirements.txt").write_text(reqs)
         (folder / "constraints.txt").write_text(constraints)

@@ -1,6 +1,6 @@
 """Instructor notebooks as a whole: cell kinds, solution regions, student-style copies, secrets.
 
-The markup inside a cell is read by ``attnkit.markup`` alone; this module applies it to every
+The markup inside a cell is read by ``attnkit.authoring.markup`` alone; this module applies it to every
 cell of a notebook (with the notebook and cell named in any error). Submissions for the demo
 and the fixture banks are built from a source notebook by choosing, for every solution
 region, the solution, the student stub, or other code.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import nbformat
 
-from attnkit import markup
+from attnkit.authoring import markup
 
 
 def read(path) -> nbformat.NotebookNode:

@@ -1,6 +1,6 @@
 """A small pool of grading processes that always finishes the batch.
 
-Each worker slot runs one grading process (``python -m attnkit.workers``) that grades the
+Each worker slot runs one grading process (``python -m attnkit.batch.workers``) that grades the
 students it is sent one at a time and reports every finished notebook at once, over a pipe of
 its own (never its stdout, which a kernel may share). A process that dies (killed, out of
 memory, a crash) is replaced; its student is retried once in a fresh process, and if that
@@ -51,7 +51,7 @@ class Worker:
             fds = (write_fd, *extra)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "attnkit.workers", root, assignment, str(write_fd)],
+                [sys.executable, "-m", "attnkit.batch.workers", root, assignment, str(write_fd)],
                 stdin=subprocess.PIPE, stdout=self.log, stderr=self.log, pass_fds=fds, text=True,
                 start_new_session=True, env=env)
         finally:
@@ -131,7 +131,7 @@ class Worker:
         except OSError:
             pass
         try:
-            from attnkit.sandbox import sweep
+            from attnkit.sandbox.limits import sweep
 
             sweep()
         except Exception:  # only tidying: the next batch sweeps again
@@ -188,7 +188,7 @@ def run_batch(root: str, assignment: str, students: list[str], workers: int, env
                     worker.kill()
                     try:
                         worker.proc.wait(timeout=30)   # its slot lock goes with it
-                        from attnkit.sandbox import reap_free_slots
+                        from attnkit.sandbox.fallback import reap_free_slots
 
                         reap_free_slots()              # ... and its kernels, in sessions of their own
                     except Exception:  # tidying: the sweep and the next kernel's kill_uid still run
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     results on the pipe ``fd``."""
     import ctypes
 
-    from attnkit.grading import _safe_grade
+    from attnkit.batch.student import _safe_grade
 
     root, assignment, fd = (argv or sys.argv[1:])[:3]
     try:  # stop grading promptly when the batch's process dies (the gradebook stays consistent: sqlite)
@@ -258,8 +258,8 @@ def main(argv=None) -> int:
         pass
     out = os.fdopen(int(fd), "w", buffering=1)
     limit_own_memory(int(os.environ.get(GRADER_MEMORY_ENV, "0") or 0))
-    from attnkit.grading import start_ahead
-    from attnkit.sandbox import adopt_handed
+    from attnkit.batch.student import start_ahead
+    from attnkit.sandbox.warm import adopt_handed
 
     # the hidden tests' modules (torch: 1-2 s) load while this process waits for its sandbox and the
     # first cells run, instead of at the first test cell with the kernel idle (started after the imports

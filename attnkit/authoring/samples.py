@@ -6,8 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from attnkit import markup
-from attnkit import notebooks as nbu
+from attnkit.authoring import markup
+from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
 
 DEMO_DIR = "demo"

@@ -1,4 +1,4 @@
-"""validate: the student's self-check (attnkit.selfcheck) run on the course's kernel, for
+"""validate: the student's self-check (attnkit.student.selfcheck) run on the course's kernel, for
 course staff and students working in a clone of the kit."""
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from pathlib import Path
 
 from traitlets.config import Config
 
-from attnkit import notebooks as nbu
+from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course, find_root
-from attnkit.selfcheck import report
+from attnkit.student.selfcheck import report
 
 
 def run_notebook(path: Path, config: Config | None = None):
     from nbgrader import utils
 
-    from attnkit.sandbox import CourseExecute
+    from attnkit.preprocessors.execute import CourseExecute
 
     nb = nbu.read(path)
     config = config or Config()

@@ -1,5 +1,5 @@
-"""Student content made safe for every page the kit writes or serves (README "Feedback pages and
-the formgrader are sanitised").
+"""Student content made safe for every page the kit writes or serves (docs/nbgrader-traps.md,
+"Student HTML is sanitised").
 
 A submission's markdown and outputs are hostile HTML: ``<script>``, ``<img onerror>``, ``<svg onload>``,
 ``javascript:`` links, HTML and JavaScript display outputs. Everything below goes through nh3 (the

@@ -5,7 +5,7 @@ The banks are ``attnkit.fixtures.BANKS``. Each fixture is one of
 * right  -- a right answer (``default="solution"``, every expected score full): it must get full marks;
 * wrong  -- some part is expected to score below full (a realistic mistake, or the untouched
   release): those parts must lose their points;
-* tamper -- ``attnkit/fixtures/tamper.py``: an attempt to break or fool the grader, which must get
+* tamper -- ``banks/attacks/tamper.py``: an attempt to break or fool the grader, which must get
   exactly its expected scores (and grading status).
 
 The report is a confusion table (right answers graded right / wrong; the lowered parts of wrong
@@ -27,7 +27,7 @@ from attnkit.course import Course
 from attnkit.fixtures import grade
 
 ASSIGNMENT = grade.ASSIGNMENT
-TAMPER_BANK = "tamper"
+TAMPER_BANK = "attacks.tamper"
 
 
 @dataclass

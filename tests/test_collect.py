@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from attnkit.fixtures.archives import GOOD, canvas_bomb, zeros_entry, zip_bytes
+from banks.attacks.archives import GOOD, canvas_bomb, zeros_entry, zip_bytes
 
 from attnkit.collect import (CANVAS_RE, Upload, copy_number, detect, match_notebook, match_uploads, normalise,
                              parse_gradescope_metadata, read_canvas_export, read_gradescope_export)

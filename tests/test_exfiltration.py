@@ -1,6 +1,6 @@
 """Hidden tests out of reach (since the grader process): the exfiltration and re-patching bank through the real CLI.
 
-The bank (attnkit/fixtures/exfiltrate.py) is graded in one batch with ``kit autograde`` in the sandbox,
+The bank (banks/attacks/exfiltrate.py) is graded in one batch with ``kit autograde`` in the sandbox,
 then ``kit feedback``. Every case must score exactly what its answers deserve, and no text a student
 sees (the feedback page, the failure messages that feedback and Gradescope show) may hold a hidden-test
 line or a line of grader-only source, after any of the decodings the payloads use (zlib + base64, hex,
@@ -19,8 +19,8 @@ import pytest
 
 from attnkit import markup
 from attnkit import notebooks as nbu
-from attnkit.fixtures.exfiltrate import FIXTURES
-from attnkit.fixtures.tamper import Q3
+from banks.attacks.exfiltrate import FIXTURES
+from banks.attacks.tamper import Q3
 from harness import ASSIGNMENT, assert_fixture, kit
 from test_sandbox import FAST, MODE, SANDBOXED, course_with, graded_from
 

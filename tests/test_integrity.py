@@ -20,7 +20,7 @@ from attnkit import notebooks as nbu
 from attnkit.grading import autograde
 from attnkit.reports import feedback, scores
 from attnkit.results import Problem
-from attnkit.fixtures.tamper import NOTEBOOKS, Q3, Q3_TESTS, TAMPER
+from banks.attacks.tamper import NOTEBOOKS, Q3, Q3_TESTS, TAMPER
 from harness import ASSIGNMENT, assert_fixture, cleanup, grade_fixtures
 
 pytestmark = pytest.mark.slow

@@ -45,7 +45,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.util import run_sync
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
-from traitlets import Bool, DottedObjectName, Integer, List, Unicode, default
+from traitlets import Bool, Dict, DottedObjectName, Integer, List, Unicode, default
 
 from attnkit import markup, seccomp
 from attnkit.notebooks import is_test_cell
@@ -694,7 +694,7 @@ def workdir_files(folder: str) -> dict:
 
 # ---------------------------------------------------------------------------- the setpriv fallback
 SECRET_NAMES = ("source", "submitted", "autograded", "feedback", "reports", "gradebook.db", "exchange",
-                "tests", "attnkit", "course_config.py", "nbgrader_config.py", ".git")
+                "tests", "attnkit", "course_config.py", "nbgrader_config.py", ".git", "graders", "banks")
 
 
 def protect(*roots) -> list[str]:
@@ -1473,6 +1473,9 @@ class CourseExecute(Execute):
     diagnoses = Bool(True, help="A failed part's message names the likely mistake (a known wrong variant its output "
                      "matches); False leaves it out (some staff publish diagnoses after the deadline). Gradescope "
                      "grades with the same configuration.").tag(config=True)
+    graders = Dict(help="assignment -> its grader-only helper file (relative to the course folder), whose names "
+                   "every hidden region of that assignment starts with (attnkit/grader/hidden.py).").tag(config=True)
+    grader_file = None   # this notebook's assignment's (set by preprocess)
     _caps = None   # CapOutputs, applied to each output as it arrives
     _cell_budget = None
 
@@ -1494,6 +1497,9 @@ class CourseExecute(Execute):
         resources = resources if resources is not None else {}
         meta = resources.setdefault("metadata", {})
         workdir = isolated_copy(meta.get("path") or os.getcwd())
+        rel = self.graders.get(resources.get("nbgrader", {}).get("assignment"))
+        root = self.config.get("CourseDirectory", {}).get("root") or os.getcwd()
+        self.grader_file = os.path.join(root, rel) if rel else None
         original, meta["path"] = meta.get("path"), workdir
         from attnkit.transforms import CapOutputs
 

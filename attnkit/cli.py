@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None)
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("integrity", help="grade every fixture bank (attnkit/fixtures) in a scratch course; "
+    s = sub.add_parser("integrity", help="grade every fixture bank (the course's banks/) in a scratch course; "
                                          "print the confusion table and the tamper cases scored as intended")
     s.add_argument("--workers", type=int, default=None, help="worker processes (default 2)")
     s.add_argument("--banks", default=None, help="comma-separated parts of bank names, e.g. q3,tamper (default: all)")

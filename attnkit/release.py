@@ -46,7 +46,7 @@ def generate(course: Course, assignment: str) -> None:
     write_diagnoses_setting(course, dest)
 
 
-DIAGNOSES_LINE = "DIAGNOSES = True\n"   # in attention_checks.py: the course's setting, as released
+DIAGNOSES_LINE = "DIAGNOSES = True\n"   # in a course helper file: the course's setting, as released
 
 
 def write_diagnoses_setting(course: Course, dest: Path) -> None:

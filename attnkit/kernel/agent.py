@@ -148,7 +148,7 @@ class _Tracer:
         self.standins, self.limit = dict(standins or {}), limit
         self.replace = {n for n in replace if n in self.standins}
         self.history, self._last, self.elements, self._replaced = [], {}, 0, set()
-        self.entered = set()   # the names of the traced functions that ran (did forward call split_heads?)
+        self.entered = set()   # the names of the traced functions that ran (did forward call the method a part grades?)
 
     def __enter__(self):
         self.previous = sys.gettrace()

@@ -22,8 +22,8 @@ from attnkit.grader.remote import KernelGone, StudentError
 HELPERS = ("attention_checks",)   # the course helper modules (beside the notebooks) imported below
 
 # one tolerance rule and one list of classic mistakes, written there
-from attention_checks import (as_number, assert_close, blank_words, close, growth_exponents, likely_mistake,  # noqa: E402,F401
-                              matching_mistake, mha_variants, tolerance)
+from attention_checks import (_PART_METHODS, as_number, assert_close, blank_words, close,  # noqa: E402,F401
+                              growth_exponents, likely_mistake, matching_mistake, mha_variants, tolerance)
 
 _Tensor = torch.Tensor
 
@@ -228,10 +228,9 @@ class NotIsolable(AssertionError):
     """A part whose line cannot be found in the student's code (rewritten): the whole layer decides."""
 
 
-# The methods a part's isolated check runs: when one is gone from the class, the part cannot be isolated.
-PART_METHODS = {"(d)": ("scaled_dot_product_attention",), "(e)": ("scaled_dot_product_attention",),
-                "(f)": ("scaled_dot_product_attention",), "(g)": ("split_heads",),
-                "(h)": ("scaled_dot_product_attention", "split_heads", "combine_heads")}
+# The methods a part's isolated check runs: when one is gone from the class, the part cannot be isolated (the one
+# table, the helper's: its visible checks decide the same way).
+PART_METHODS = _PART_METHODS
 # torch's own attention (fused kernels and the whole layer): calling it is not implementing attention.
 FUSED_ATTENTION = ("scaled_dot_product_attention", "MultiheadAttention", "multi_head_attention_forward",
                    "_native_multi_head_attention")
@@ -358,8 +357,7 @@ def alone_or_whole(part, kernel, cls, check):
 def _exercised(kernel, cls, part) -> bool:
     """Does the student's own layer's forward run the method(s) of ``part`` (e.g. split_heads for (g))? forward
     itself for (h), and the projections of (a)-(c), always."""
-    names = {"(d)": "scaled_dot_product_attention", "(e)": "scaled_dot_product_attention",
-             "(f)": "scaled_dot_product_attention", "(g)": "split_heads"}
+    names = {p: methods[0] for p, methods in PART_METHODS.items() if p != "(h)"}   # (h): forward itself
     name = names.get(part.split()[0])
     if name is None:
         return True

@@ -35,6 +35,9 @@ from attnkit.kernel import wire
 REPLY_MIME = wire.REPLY_MIME
 ERROR_BYTES = 300
 BLANK = "_____"
+# The "# (x)" label of a line: "(d)", "(b-ii)", "(another blank)". The course helper students receive has its own
+# copy (it must stand alone); tests/test_mirrors.py checks that the two agree.
+BLANK_LABEL = re.compile(r"#\s*(\([A-Za-z0-9][A-Za-z0-9 -]{0,20}\))")
 _objects: dict[int, object] = {}   # reference number -> object handed to the grader
 _ids: dict[int, int] = {}          # id(object) -> its reference number
 _numbers = itertools.count(1)
@@ -120,7 +123,7 @@ def _blank_label(tb) -> str | None:
     for frame in traceback.extract_tb(tb):
         line = frame.line or ""
         if BLANK in line:
-            found = re.search(r"#\s*(\([A-Za-z0-9][A-Za-z0-9 -]{0,20}\))", line)
+            found = BLANK_LABEL.search(line)
             label = found.group(1) if found else label
     return label
 

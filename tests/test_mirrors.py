@@ -1,0 +1,68 @@
+"""What the student's helper must mirror from the kit (it stands alone in the student's JupyterLab): the same blank
+label, the same line for a blank still left, the same part -> method table as the grader helper. Fast tier."""
+from __future__ import annotations
+
+import importlib.util
+import linecache
+import sys
+from pathlib import Path
+
+import pytest
+
+from attnkit.grader import hidden
+from attnkit.kernel import agent
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "source" / "hw9"
+GRADER = ROOT / "graders" / "hw9.py"
+
+
+def helper():
+    spec = importlib.util.spec_from_file_location("attention_checks_mirrors", SOURCE / "attention_checks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def raised_on(line: str):
+    """The traceback of ``line`` (a cell line holding a blank) raising NameError, as a cell's would."""
+    name = f"<cell-mirrors-{abs(hash(line))}>"
+    src = f"def f():\n    {line}\n"
+    linecache.cache[name] = (len(src), None, src.splitlines(True), name)
+    ns = {}
+    exec(compile(src, name, "exec"), ns)
+    try:
+        ns["f"]()
+    except NameError as exc:
+        return exc.__traceback__
+    raise AssertionError("the line did not raise")
+
+
+LINES = ["x = _____  # (d)", "x = _____ @ k  # (b-ii)", "x = _____  #(another blank)", "x = _____  # (D)",
+         "x = _____", "x = _____  # see (the notes)", "x = _____  # (a) and (b)"]
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_the_kernel_and_the_helper_read_the_same_blank_label(line):
+    """Does the student's helper name a blank's line as the kernel's agent does (the grader's message), (b-ii) too?"""
+    tb = raised_on(line)
+    assert helper()._blank_label(tb) == (agent._blank_label(tb) or "a blank")
+    assert helper()._LABEL.pattern == agent.BLANK_LABEL.pattern
+
+
+@pytest.mark.parametrize("part", ["(d)", "(b) W_v", "(d) scores", "whole layer"])
+@pytest.mark.parametrize("label", [None, "a blank", "(d)", "(a)", "(b-ii)"])
+def test_a_blank_still_left_gets_the_same_line_in_the_grader_and_the_helper(part, label):
+    """Is the line for a blank still left the same in a hidden test (grader) and in a visible check (helper)?"""
+    assert hidden.blank_words(part, label) == helper().blank_words(part, label)
+
+
+def test_the_grader_helper_uses_the_helpers_part_table():
+    """Is the part -> method table one copy: the grader helper's is the student's helper's?"""
+    sys.path.insert(0, str(SOURCE))
+    try:
+        helpers, hw9 = hidden.load_grader(GRADER, SOURCE)
+    finally:
+        sys.path.remove(str(SOURCE))
+    assert hw9.PART_METHODS is helpers["attention_checks"]._PART_METHODS
+    assert hw9.PART_METHODS["(g)"] == ("split_heads",)

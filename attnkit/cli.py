@@ -30,6 +30,22 @@ def cmd_release(args) -> int:
     return 0
 
 
+def cmd_new(args) -> int:
+    from attnkit.new import create
+
+    course = Course(args.root)
+    try:
+        written = create(course, args.assignment)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path.relative_to(course.root)}")
+    a = args.assignment
+    print(f"next: ./kit release {a} && ./kit check {a} && ./kit integrity --banks {a}   (docs/new-assignment.md)")
+    return 0
+
+
 def _sandbox_line(allow: bool, what: str) -> bool:
     """Print which sandbox grading uses; False when grading must be refused."""
     from attnkit import sandbox
@@ -289,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kit", description=__doc__)
     p.add_argument("--root", default=None, help="course root (default: the folder holding course_config.py)")
     sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("new", help="scaffold a working assignment: a notebook, its helper, its grader helper and a "
+                                   "fixture bank (docs/new-assignment.md)")
+    s.add_argument("assignment")
+    s.set_defaults(func=cmd_new)
 
     s = sub.add_parser("release", help="generate student versions into release/ and prove them clean")
     s.add_argument("assignments", nargs="*")

@@ -113,15 +113,19 @@ class Course:
         alembic_head_in_process()
         return Gradebook(self.db_url, course_id=self.config().CourseDirectory.course_id or "default_course")
 
+    def graders(self) -> dict:
+        """assignment -> its grader-only helper, relative to the course folder (``CourseExecute.graders``)."""
+        found = self.config().get("CourseExecute", {}).get("graders", {})
+        return dict(found.get_value({}) if hasattr(found, "get_value") else found)  # set, or only updated
+
     def grader_file(self, assignment: str) -> Path | None:
-        """The assignment's grader-only helper (``CourseExecute.graders`` in course_config.py), or None."""
-        rel = dict(self.config().get("CourseExecute", {}).get("graders", {})).get(assignment)
+        """The assignment's grader-only helper, or None."""
+        rel = self.graders().get(assignment)
         return self.path(rel) if rel else None
 
     def grader_files(self) -> dict:
         """Every configured grader helper: its path relative to the course folder -> its path here."""
-        found = dict(self.config().get("CourseExecute", {}).get("graders", {}))
-        return {rel: self.path(rel) for rel in found.values()}
+        return {rel: self.path(rel) for rel in self.graders().values()}
 
     # -- scratch copies ------------------------------------------------------------------
     def scratch_copy(self, with_release: bool = False, parent: str | None = None,

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from attnkit import sandbox
 from attnkit.course import Course
+from attnkit.grader import hidden
+from attnkit.grader.remote import in_process
 from attnkit.release import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,3 +87,14 @@ def test_the_setpriv_fallback_hides_graders_and_banks(tmp_path):
     assert sorted(Path(p).name for p in changed) == ["banks", "graders"]
     for name in ("graders", "banks"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) & 0o007 == 0
+
+
+def test_a_hidden_test_that_imports_a_moved_name_from_the_kit_still_runs():
+    """Does a hidden region written for the previous release (``from attnkit.grader.checks import softmax_ref``)
+    still find the name, now in its grader helper, and does a name no helper has still fail?"""
+    region = hidden.GRADER_LINE + "\nfrom attnkit.grader.checks import softmax_ref\nprint(callable(softmax_ref))\n"
+    printed, error = hidden.run(region, in_process({}), ROOT / "source" / "hw9", grader=ROOT / "graders" / "hw9.py")
+    assert (printed, error) == ("True\n", None)
+    printed, error = hidden.run(region.replace("softmax_ref", "no_such_check"), in_process({}), ROOT / "source" / "hw9",
+                                grader=ROOT / "graders" / "hw9.py")
+    assert error is not None and error["ename"] == "ImportError"

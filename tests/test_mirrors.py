@@ -1,5 +1,6 @@
 """What the student's helper must mirror from the kit (it stands alone in the student's JupyterLab): the same blank
-label, the same line for a blank still left, the same part -> method table as the grader helper. Fast tier."""
+label, the same line for a blank still left, the same line-by-line run and its accessors, the same part -> method
+table as the grader helper. Fast tier."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from attnkit.grader import hidden
 from attnkit.kernel import agent
@@ -66,3 +68,42 @@ def test_the_grader_helper_uses_the_helpers_part_table():
         sys.path.remove(str(SOURCE))
     assert hw9.PART_METHODS is helpers["attention_checks"]._PART_METHODS
     assert hw9.PART_METHODS["(g)"] == ("split_heads",)
+
+
+STEPS = '''
+import torch
+
+
+def steps(x):
+    a = x + 1
+    b = _____ * 2  # (b)
+    c = a + b
+    d = c.sum()  # (d)
+    return d
+'''
+
+
+@pytest.mark.parametrize("replace", [(), ("c",)])
+def test_the_kernel_and_the_helper_trace_a_method_line_by_line_alike(replace):
+    """Given the same function, a failing line and the same stand-ins, does the helper's line-by-line run (the visible
+    checks') bind, skip and return what the kernel's traced call (the hidden tests') does, through the same accessors?"""
+    from attnkit.grader.remote import in_process
+
+    name = f"<cell-steps-{len(replace)}>"
+    linecache.cache[name] = (len(STEPS), None, STEPS.splitlines(True), name)
+    ns = {}
+    exec(compile(STEPS, name, "exec"), ns)
+    x = torch.arange(3.0)
+    standins = {"b": torch.ones(3), "c": torch.full((3,), 5.0)}
+    kernel = in_process(ns, [STEPS])
+    fn = kernel.lookup({"steps"})["steps"]
+    traced = kernel.call_traced(fn, x, functions=[fn], watch=("a", "b", "c", "d"), standins=standins,
+                                skip_failures=True, replace=replace)
+    lines = helper().run_lines(ns["steps"], x, watch=("a", "b", "c", "d"), standins=standins, replace=replace)
+    assert [n for n, _ in traced.history] == [n for n, _ in lines.history]
+    assert all(torch.equal(u, v) for (_, u), (_, v) in zip(traced.history, lines.history))
+    assert torch.equal(traced.value, lines.value) and traced.error is None and lines.error is None
+    assert [s["assigns"] for s in traced.skipped] == [s["assigns"] for s in lines.skipped] == ["b"]
+    for name in ("a", "b", "c", "d", "e"):
+        assert (traced.first(name) is None) == (lines.first(name) is None)
+        assert (traced.last_before(name, "d") is None) == (lines.last_before(name, "d") is None)

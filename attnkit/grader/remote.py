@@ -281,7 +281,8 @@ class Kernel:
 
 
 class Trace:
-    """What a traced call of the student's code gave (Kernel.call_traced)."""
+    """What a traced call of the student's code gave (Kernel.call_traced). The course helper's line-by-line run
+    (its visible checks) mirrors it: tests/test_mirrors.py checks that the two agree."""
 
     def __init__(self, value, error, history, skipped):
         self.value, self.error, self.history, self.skipped = value, error, history, skipped

@@ -135,7 +135,8 @@ def _error(exc: BaseException) -> dict:
 
 
 class _Tracer:
-    """Runs the student's code line by line (sys.settrace) in the frames of ``codes`` only:
+    """Runs the student's code line by line (sys.settrace) in the frames of ``codes`` only (the course helper's
+    run_lines mirrors it for the visible checks; tests/test_mirrors.py checks that the two agree):
 
     * ``watch``: every new object bound to one of these local names is recorded, in order, as
       (name, value): the grader reads which scores reached the softmax, which weights the values;

@@ -272,7 +272,8 @@ def _line_label(code, line):
 
 class Lines:
     """What a method run line by line gave: ``value`` (None if it raised), ``error``, ``history`` [(name, value)]
-    of the watched locals in the order they were bound, ``skipped`` [{"label", "assigns", "error"}]."""
+    of the watched locals in the order they were bound, ``skipped`` [{"label", "assigns", "error"}]. The grader's
+    traced call (the kit's kernel agent) does the same: tests/test_mirrors.py checks that the two agree."""
 
     def __init__(self):
         self.value, self.error, self.history, self.skipped = None, None, [], []

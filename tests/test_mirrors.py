@@ -107,3 +107,22 @@ def test_the_kernel_and_the_helper_trace_a_method_line_by_line_alike(replace):
     for name in ("a", "b", "c", "d", "e"):
         assert (traced.first(name) is None) == (lines.first(name) is None)
         assert (traced.last_before(name, "d") is None) == (lines.last_before(name, "d") is None)
+
+
+def test_a_quadratic_time_reads_the_same_in_a_visible_check_and_a_hidden_test(monkeypatch):
+    """Does the verdict line for a time that grows quadratically say the same thing (part, device, clock, exponent,
+    "quadratic, not linear in N") in the student's visible check as in the grader's hidden test?"""
+    from attnkit.grader import growth
+
+    r = {"sizes": [256, 512], "times": [1e-3, 4e-3], "fit": (0.0, 0.0, 1e-9), "statistic": 2.0, "exponents": [2.0],
+         "verdict": "quadratic", "clock": "CPU", "threshold": 1.5, "seconds": 1.0}
+    monkeypatch.setattr(growth, "measure_time_growth", lambda *a, **k: r)
+    student = helper()
+    monkeypatch.setattr(student, "measure_growth", lambda *a, **k: r)
+    with pytest.raises(AssertionError) as graded:
+        growth.check_linear_time(None, None, None, None, part="Q6(c)", device="cpu")
+    with pytest.raises(AssertionError) as visible:
+        student.check_linear_time(None, None, part="Q6(c)", device="cpu")
+    g, v = str(graded.value), str(visible.value)
+    assert g.split(" (")[0] == v.split(" (")[0] == "Q6(c): on cpu the CPU time grows like N^2.00"
+    assert g.endswith(" -- that is quadratic, not linear in N") and v.endswith(" -- that is quadratic, not linear in N")

@@ -1012,7 +1012,8 @@ def _measure(fn, make_args, device, dev, timed, clock, start, floor_s, doublings
 
 
 def check_linear_time(fn, make_args, *, part, device="cpu", **kwargs):
-    """Fail unless the wall-clock time of fn grows linearly in N (see measure_growth)."""
+    """Fail unless the wall-clock time of fn grows linearly in N (see measure_growth). Its verdict line reads as the
+    grader's does (attnkit.grader.growth.check_linear_time): tests/test_mirrors.py checks that the two agree."""
     __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     r = measure_growth(fn, make_args, device=device, **kwargs)
     table = ", ".join(f"N={n}: {t * 1e3:.2f} ms" for n, t in zip(r["sizes"], r["times"]))

@@ -1496,10 +1496,12 @@ class CourseExecute(Execute):
         self._restarts = 0
         resources = resources if resources is not None else {}
         meta = resources.setdefault("metadata", {})
-        workdir = isolated_copy(meta.get("path") or os.getcwd())
         rel = self.graders.get(resources.get("nbgrader", {}).get("assignment"))
         root = self.config.get("CourseDirectory", {}).get("root") or os.getcwd()
         self.grader_file = os.path.join(root, rel) if rel else None
+        if self.grader_file and not os.path.isfile(self.grader_file):  # never graded without its hidden checks
+            raise FileNotFoundError(f"CourseExecute.graders names {rel} for this assignment; there is no such file")
+        workdir = isolated_copy(meta.get("path") or os.getcwd())
         original, meta["path"] = meta.get("path"), workdir
         from attnkit.transforms import CapOutputs
 

@@ -3,6 +3,7 @@ label, the same line for a blank still left, the same line-by-line run and its a
 table as the grader helper. Fast tier."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import linecache
 import sys
@@ -19,7 +20,9 @@ SOURCE = ROOT / "source" / "hw9"
 GRADER = ROOT / "graders" / "hw9.py"
 
 
+@functools.lru_cache(maxsize=1)
 def helper():
+    """The student's helper, imported once under a name of its own."""
     spec = importlib.util.spec_from_file_location("attention_checks_mirrors", SOURCE / "attention_checks.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -159,4 +159,4 @@ def __getattr__(name):
             warnings.warn(f"attnkit.grader.checks.{name} moved to the assignment's grader helper (graders/): use the "
                           "name without the import", DeprecationWarning, stacklevel=2)
             return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    raise AttributeError(f"attnkit.grader.checks has no {name}, and no grader helper loaded here has it")

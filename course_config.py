@@ -67,6 +67,9 @@ c.Execute.allow_error_names = []
 # A failed part's message names the likely mistake when its output matches a known wrong variant (never an input
 # or the answer); False leaves diagnoses out, e.g. until the deadline has passed. Gradescope follows this setting.
 c.CourseExecute.diagnoses = True
+# Each assignment's grader-only helper (references, part tables, known wrong variants): its names start every hidden
+# region of that assignment. Beside source/, so nbgrader never releases it, and the sandbox never binds it.
+c.CourseExecute.graders = {"hw9": "graders/hw9.py"}
 c.CourseKernelManager.memory_limit_mb = 4096  # RLIMIT_DATA, per process
 # each kernel's memory cgroup, where the host offers one writable: all its processes, memfd included
 c.CourseKernelManager.cgroup_memory_mb = 5120

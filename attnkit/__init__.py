@@ -1,8 +1,9 @@
-"""attnkit: course tooling for the autograded attention homework (EECS 182 HW9).
+"""attnkit: course tooling for autograded Jupyter homework (nbgrader, hidden tests run in a separate grader).
 
 The CLI (``python -m attnkit`` / ``./kit``) wraps nbgrader with fixes for its grading traps
-(README, "How grading avoids nbgrader's traps"). The helper students receive lives in
-``source/hw9/attention_checks.py``. Which process a module runs in: attnkit/grader/ in the grader
+(README, "How grading avoids nbgrader's traps"). The package knows no assignment: the course folder holds
+each assignment's notebooks and helper (``source/<assignment>/``), its grader-only helper (``graders/``,
+named in course_config.py) and its fixture banks (``banks/``). Which process a module runs in: attnkit/grader/ in the grader
 (never bound into the sandbox); attnkit/kernel/ in the student's kernel (sandbox.KERNEL_MODULES, readable
 by students); everything else in the instructor's or grading process.
 """

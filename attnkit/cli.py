@@ -30,6 +30,22 @@ def cmd_release(args) -> int:
     return 0
 
 
+def cmd_new(args) -> int:
+    from attnkit.new import create
+
+    course = Course(args.root)
+    try:
+        written = create(course, args.assignment)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path.relative_to(course.root)}")
+    a = args.assignment
+    print(f"next: ./kit release {a} && ./kit check {a} && ./kit integrity --banks {a}   (docs/new-assignment.md)")
+    return 0
+
+
 def _sandbox_line(allow: bool, what: str) -> bool:
     """Print which sandbox grading uses; False when grading must be refused."""
     from attnkit import sandbox
@@ -290,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="course root (default: the folder holding course_config.py)")
     sub = p.add_subparsers(dest="command", required=True)
 
+    s = sub.add_parser("new", help="scaffold a working assignment: a notebook, its helper, its grader helper and a "
+                                   "fixture bank (docs/new-assignment.md)")
+    s.add_argument("assignment")
+    s.set_defaults(func=cmd_new)
+
     s = sub.add_parser("release", help="generate student versions into release/ and prove them clean")
     s.add_argument("assignments", nargs="*")
     s.set_defaults(func=cmd_release)
@@ -366,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None)
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("integrity", help="grade every fixture bank (attnkit/fixtures) in a scratch course; "
+    s = sub.add_parser("integrity", help="grade every fixture bank (the course's banks/) in a scratch course; "
                                          "print the confusion table and the tamper cases scored as intended")
     s.add_argument("--workers", type=int, default=None, help="worker processes (default 2)")
     s.add_argument("--banks", default=None, help="comma-separated parts of bank names, e.g. q3,tamper (default: all)")

@@ -113,6 +113,20 @@ class Course:
         alembic_head_in_process()
         return Gradebook(self.db_url, course_id=self.config().CourseDirectory.course_id or "default_course")
 
+    def graders(self) -> dict:
+        """assignment -> its grader-only helper, relative to the course folder (``CourseExecute.graders``)."""
+        found = self.config().get("CourseExecute", {}).get("graders", {})
+        return dict(found.get_value({}) if hasattr(found, "get_value") else found)  # set, or only updated
+
+    def grader_file(self, assignment: str) -> Path | None:
+        """The assignment's grader-only helper, or None."""
+        rel = self.graders().get(assignment)
+        return self.path(rel) if rel else None
+
+    def grader_files(self) -> dict:
+        """Every configured grader helper: its path relative to the course folder -> its path here."""
+        return {rel: self.path(rel) for rel in self.graders().values()}
+
     # -- scratch copies ------------------------------------------------------------------
     def scratch_copy(self, with_release: bool = False, parent: str | None = None,
                      notebooks: list[str] | None = None) -> "Course":
@@ -130,6 +144,10 @@ class Course:
             return dropped
 
         shutil.copytree(self.path("source"), dest / "source", ignore=ignore)
+        for rel, path in self.grader_files().items():  # beside source/, as the configuration names them
+            if path.is_file():
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, dest / rel)
         if with_release and self.path("release").is_dir():
             shutil.copytree(self.path("release"), dest / "release",
                             ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))

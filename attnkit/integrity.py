@@ -1,11 +1,11 @@
 """``kit integrity``: grade every fixture bank in one scratch course and print how fair the grader is.
 
-The banks are ``attnkit.fixtures.BANKS``. Each fixture is one of
+The banks are the course's: ``BANKS`` in its ``banks/__init__.py`` (attnkit.fixtures). Each fixture is one of
 
 * right  -- a right answer (``default="solution"``, every expected score full): it must get full marks;
 * wrong  -- some part is expected to score below full (a realistic mistake, or the untouched
   release): those parts must lose their points;
-* tamper -- ``attnkit/fixtures/tamper.py``: an attempt to break or fool the grader, which must get
+* tamper -- a bank that says ``KIND = "tamper"``: an attempt to break or fool the grader, which must get
   exactly its expected scores (and grading status).
 
 The report is a confusion table (right answers graded right / wrong; the lowered parts of wrong
@@ -26,14 +26,12 @@ from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
 from attnkit.fixtures import grade
 
-ASSIGNMENT = grade.ASSIGNMENT
-TAMPER_BANK = "tamper"
 
 
 @dataclass
 class Case:
     fixture: object
-    bank: str          # module name in attnkit.fixtures, e.g. q3_multihead_attention
+    bank: str          # module name in the course's banks package, e.g. hw1.q1_first
     kind: str          # "right", "wrong" or "tamper"
 
 
@@ -75,24 +73,33 @@ class Report:
     def ok(self) -> bool:
         return not self.problems
 
+    def merged(self, other: "Report") -> "Report":
+        """Both reports' counts added (one report per assignment's batch)."""
+        counts = {f: getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__}
+        return Report(**counts)
+
 
 def load_cases(root: Path, banks: list[str] | None = None) -> list[Case]:
-    """Every fixture of every bank (attnkit.fixtures.BANKS, or those whose names contain one of
-    ``banks``), classified."""
+    """Every fixture of every bank (the course's BANKS, or those whose names contain one of ``banks``),
+    classified."""
     cases, seen, source = [], set(), {}
-    for name in fixtures.BANKS:
+    course = Course(root)
+    for name in fixtures.bank_names(root):
         if banks and not any(b in name for b in banks):
             continue
-        for fx in fixtures.bank(name):
+        tamper = getattr(fixtures.bank_module(name, root), "KIND", "") == "tamper"
+        for fx in fixtures.bank(name, root):
             if fx.student in seen:
                 raise SystemExit(f"error: student id {fx.student!r} is used by two fixtures")
             seen.add(fx.student)
-            if name == TAMPER_BANK:
+            fx.assignment = grade.assignment_of([fx], course)
+            if tamper:
                 kind = "tamper"
             else:
-                if fx.notebook not in source:
-                    source[fx.notebook] = nbu.read(Path(root) / "source" / ASSIGNMENT / f"{fx.notebook}.ipynb")
-                full = {nbu.grade_id(c): float(nbu.meta(c)["points"]) for c in source[fx.notebook].cells
+                key = (fx.assignment, fx.notebook)
+                if key not in source:
+                    source[key] = nbu.read(Path(root) / "source" / fx.assignment / f"{fx.notebook}.ipynb")
+                full = {nbu.grade_id(c): float(nbu.meta(c)["points"]) for c in source[key].cells
                         if nbu.is_test_cell(c)}
                 lowered = (fx.default != "solution") or any(float(v) < full.get(k, 0) for k, v in fx.expected.items())
                 kind = "wrong" if lowered else "right"
@@ -148,22 +155,28 @@ def run(root: str | os.PathLike | None = None, workers: int = 2, banks: list[str
     course = Course(root)
     cases = load_cases(course.root, banks)
     if not cases:
-        raise SystemExit(f"error: no fixture bank matches {banks} (banks: {', '.join(fixtures.BANKS)})")
-    notebooks = sorted({c.fixture.notebook for c in cases})
+        raise SystemExit(f"error: no fixture bank matches {banks} "
+                         f"(banks: {', '.join(fixtures.bank_names(course.root)) or 'none: no banks/__init__.py'})")
     kinds = {k: sum(c.kind == k for c in cases) for k in ("right", "wrong", "tamper")}
+    assignments = sorted({c.fixture.assignment for c in cases})
+    notebooks = sorted({c.fixture.notebook for c in cases})
     print(f"grading {len(cases)} fixture submissions ({kinds['right']} right, {kinds['wrong']} wrong, "
           f"{kinds['tamper']} tamper) over {', '.join(notebooks)} with {workers} workers ...", file=out, flush=True)
     t0 = time.perf_counter()
-    with warnings.catch_warnings():  # fixtures built by hand may lack cell ids; nbformat only warns
-        warnings.simplefilter("ignore")
-        graded = grade.grade_fixtures([c.fixture for c in cases], notebooks, workers=workers, root=course.root)
-    try:
-        rep = evaluate(cases, graded, grade.expected_scores)
-        rep.seconds = time.perf_counter() - t0
-    finally:
-        if keep:
-            print(f"scratch course kept in {graded.course.root}", file=out)
-        else:
-            grade.cleanup(graded)
+    rep = Report()
+    for assignment in assignments:  # one scratch course and batch per assignment
+        group = [c for c in cases if c.fixture.assignment == assignment]
+        with warnings.catch_warnings():  # fixtures built by hand may lack cell ids; nbformat only warns
+            warnings.simplefilter("ignore")
+            graded = grade.grade_fixtures([c.fixture for c in group], sorted({c.fixture.notebook for c in group}),
+                                          workers=workers, root=course.root)
+        try:
+            rep = rep.merged(evaluate(group, graded, grade.expected_scores))
+        finally:
+            if keep:
+                print(f"scratch course kept in {graded.course.root}", file=out)
+            else:
+                grade.cleanup(graded)
+    rep.seconds = time.perf_counter() - t0
     print(rep.text(), file=out)
     return rep

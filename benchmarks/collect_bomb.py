@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from attnkit.fixtures.archives import canvas_bomb  # noqa: E402 (after the sys.path line)
+from banks.attacks.archives import canvas_bomb  # noqa: E402 (after the sys.path line)
 
 
 def main() -> int:

@@ -74,7 +74,8 @@ def run_notebook(path: Path, fill, log=print) -> tuple[int, int, dict]:
             # the hidden tests as grading runs them (attnkit/grader/), the agent in this process (the solution's
             # code, which starts no process: forks are not watched, the host's count would only add noise)
             meter = KernelMeter(root_pid=os.getpid(), watch_forks=False)
-            _, failure = hidden.run(region, in_process(ns, list(sources)), path.parent, {"meter": meter})
+            _, failure = hidden.run(region, in_process(ns, list(sources)), path.parent, {"meter": meter},
+                                    grader=ROOT / "graders" / f"{path.parent.name}.py")
             if failure is not None:
                 error = f"{failure['ename']}: {failure['evalue']}".splitlines()[0][:300]
                 break

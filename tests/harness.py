@@ -1,15 +1,19 @@
-"""pytest glue for the fixture banks (attnkit.fixtures): grade a bank once per module, then
+"""pytest glue for the fixture banks (banks/, graded by attnkit.fixtures): grade a bank once per module, then
 one parametrised test per fixture."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from attnkit.fixtures.grade import (ASSIGNMENT, ROOT, Graded, assert_fixture, cleanup,  # noqa: F401
-                                    expected_scores, grade_fixtures, submission_for)
+from attnkit.fixtures.grade import (Graded, assert_fixture, cleanup, expected_scores,  # noqa: F401
+                                    grade_fixtures, submission_for)
+
+ROOT = Path(__file__).resolve().parents[1]   # the course this checkout holds (course_config.py, source/, banks/)
+ASSIGNMENT = "hw9"
 
 
 def kit(course_root, *args, check=False, env=None, timeout=900):
@@ -31,7 +35,7 @@ def bank(fixtures, notebooks, cell_timeout: str = "20"):
     def graded():
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("ATTNKIT_CELL_TIMEOUT", cell_timeout)
-            g = grade_fixtures(fixtures, notebooks)
+            g = grade_fixtures(fixtures, notebooks, root=ROOT)
         yield g
         cleanup(g)
 

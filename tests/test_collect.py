@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from attnkit.fixtures.archives import GOOD, canvas_bomb, zeros_entry, zip_bytes
+from banks.attacks.archives import GOOD, canvas_bomb, zeros_entry, zip_bytes
 
 from attnkit.lms.exports import CANVAS_RE, parse_gradescope_metadata, read_canvas_export, read_gradescope_export
 from attnkit.lms.matching import Upload, copy_number, match_notebook, match_uploads, normalise

@@ -13,7 +13,7 @@ import pytest
 
 from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
-from attnkit.fixtures.public_code import _tutorial
+from banks.hw9.public_code import _tutorial
 from attnkit.fixtures import answer_cells
 from harness import ROOT, kit
 from test_gradescope import gradescope_root, nb_bytes, part, run_autograder

@@ -1,6 +1,6 @@
 """Hidden tests out of reach (since the grader process): the exfiltration and re-patching bank through the real CLI.
 
-The bank (attnkit/fixtures/exfiltrate.py) is graded in one batch with ``kit autograde`` in the sandbox,
+The bank (banks/attacks/exfiltrate.py) is graded in one batch with ``kit autograde`` in the sandbox,
 then ``kit feedback``. Every case must score exactly what its answers deserve, and no text a student
 sees (the feedback page, the failure messages that feedback and Gradescope show) may hold a hidden-test
 line or a line of grader-only source, after any of the decodings the payloads use (zlib + base64, hex,
@@ -19,8 +19,8 @@ import pytest
 
 from attnkit.authoring import markup
 from attnkit.authoring import notebooks as nbu
-from attnkit.fixtures.exfiltrate import FIXTURES
-from attnkit.fixtures.tamper import Q3
+from banks.attacks.exfiltrate import FIXTURES
+from banks.attacks.tamper import Q3
 from harness import ASSIGNMENT, assert_fixture, kit
 from test_sandbox import FAST, MODE, SANDBOXED, course_with, graded_from
 
@@ -31,14 +31,14 @@ pytestmark = pytest.mark.slow
 
 # ---------------------------------------------------------------------------- what must never be recovered
 def secrets() -> list[str]:
-    """Hidden-test lines of every notebook and the grader-only source (lines of attnkit/grader/ and
-    grader/checks.py), less any line that a file a student can read also holds (the release, the kernel-side
+    """Hidden-test lines of every notebook and the grader-only source (lines of attnkit/grader/ and the
+    assignment's grader helper, graders/hw9.py), less any line that a file a student can read also holds (the release, the kernel-side
     modules bound into the sandbox: a hidden test may share a fragment with the public helper). Declared
     answers (ANSWER TEXT) are not here: a right submission holds them itself."""
     public = "\n".join(p.read_text() for p in [*(ROOT / "release" / "hw9").iterdir(),
                                                 *(ROOT / "attnkit" / "kernel").glob("*.py"), ROOT / "attnkit" / "__init__.py"] if p.is_file())
     found = set(nbu.assignment_hidden_lines(sorted(SOURCE.glob("*.ipynb"))))
-    for path in (ROOT / "attnkit" / "grader").glob("*.py"):
+    for path in [*(ROOT / "attnkit" / "grader").glob("*.py"), *(ROOT / "graders").glob("*.py")]:
         found.update(line.strip() for line in path.read_text().splitlines() if len(line.strip()) >= 30)
     return sorted(line for line in found if line not in public)
 

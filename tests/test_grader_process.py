@@ -25,6 +25,7 @@ from attnkit.authoring.release import hidden_regions_outside_grader
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "source" / "hw9"
+GRADER = ROOT / "graders" / "hw9.py"
 
 
 def student(src: str, name: str = "<cell-1>") -> dict:
@@ -186,9 +187,9 @@ def test_a_hidden_region_sees_the_students_names_and_the_graders_helpers(tmp_pat
     """Does a region read the student's objects from the kernel and the helpers from the grader's copy?"""
     (tmp_path / "attention_checks.py").write_text((SOURCE / "attention_checks.py").read_text())
     region = hidden.GRADER_LINE + "\nexpect(answer_A == 2, 'A')\nprint('ok', twice(torch.ones(1)).item())\n"
-    printed, error = hidden.run(region, kernel_of(), tmp_path)
+    printed, error = hidden.run(region, kernel_of(), tmp_path, grader=GRADER)
     assert error is None and printed == "ok 2.0\n"
-    printed, error = hidden.run(region.replace("answer_A", "answer_B"), kernel_of(), tmp_path)
+    printed, error = hidden.run(region.replace("answer_A", "answer_B"), kernel_of(), tmp_path, grader=GRADER)
     assert error["ename"] == "NameError" and "answer_B is not defined in your notebook" in error["evalue"]
 
 
@@ -212,9 +213,10 @@ def test_student_names_do_not_collide_with_the_graders_names():
     try:
         import attention_checks
         import attnkit.grader.checks as grader_checks
+        _, hw9 = hidden.load_grader(GRADER, SOURCE)
     finally:
         sys.path.remove(str(SOURCE))
-    public = {n for m in (attention_checks, grader_checks) for n in vars(m) if not n.startswith("_")}
+    public = {n for m in (attention_checks, grader_checks, hw9) for n in vars(m) if not n.startswith("_")}
     public |= {"kernel", "kind", "is_kind", "call", "meter", "wire", "check_linear_time", "check_linear_memory"}
     for path in SOURCE.glob("*.ipynb"):
         defined = set()
@@ -473,7 +475,7 @@ def test_a_part_that_cannot_be_isolated_is_graded_with_the_whole_layer(tmp_path,
               "    kernel.getattr(MultiHeadAttention, 'scaled_dot_product_attention')\n\n"
               "alone_or_whole(part, kernel, MultiHeadAttention, _alone)\n")
     src = LAYER.replace("{axis}", str(axis))
-    printed, error = hidden.run(region, in_process(student(src, f"<cell-l{axis}>"), [src]), tmp_path)
+    printed, error = hidden.run(region, in_process(student(src, f"<cell-l{axis}>"), [src]), tmp_path, grader=GRADER)
     assert (error is None) == passes, error
     if passes:
         assert "graded with your whole layer" in printed
@@ -517,7 +519,7 @@ def test_a_blank_in_a_method_that_is_still_there_is_not_rescued_by_the_layer(tmp
               "torch.ones(1, 1, 2, 4))\n\n"
               "alone_or_whole(part, kernel, MultiHeadAttention, _alone)\n")
     src = BLANK_SDPA.replace("{how}", how).replace("{attend}", attend)
-    printed, error = hidden.run(region, in_process(student(src, f"<cell-blank-{len(how)}>"), [src]), tmp_path)
+    printed, error = hidden.run(region, in_process(student(src, f"<cell-blank-{len(how)}>"), [src]), tmp_path, grader=GRADER)
     assert error is not None and "is still a blank" in str(error), (printed, error)
     assert "graded with your whole layer" not in printed
 
@@ -531,7 +533,7 @@ def test_a_layer_built_on_torchs_own_attention_earns_nothing_on_the_whole_path(t
     region = (hidden.GRADER_LINE + "\npart = '(d)'\n\ndef _alone():\n"
               "    kernel.getattr(MultiHeadAttention, 'scaled_dot_product_attention')\n\n"
               "alone_or_whole(part, kernel, MultiHeadAttention, _alone)\n")
-    printed, error = hidden.run(region, in_process(student(src, "<cell-fused-layer>"), [src]), tmp_path)
+    printed, error = hidden.run(region, in_process(student(src, "<cell-fused-layer>"), [src]), tmp_path, grader=GRADER)
     assert error is not None and "graded with your whole layer" not in printed
     assert "use torch's built-in attention; write your own" in printed
 

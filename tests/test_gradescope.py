@@ -145,7 +145,8 @@ def run_autograder(root: Path, prefix: str = sys.prefix, timeout=600, cwd=None):
 
 
 def test_zip_layout(kitzip):
-    """Does the zip hold setup.sh and run_autograder (executable) at its top, the kit, its pins, and hw9 only?"""
+    """Does the zip hold setup.sh and run_autograder (executable) at its top, the kit, its pins, and hw9 only (its
+    source and its grader helper; no fixture bank)?"""
     with zipfile.ZipFile(kitzip) as zf:
         names = set(zf.namelist())
         modes = {i.filename: (i.external_attr >> 16) & 0o777 for i in zf.infolist()}
@@ -155,7 +156,8 @@ def test_zip_layout(kitzip):
     assert modes["setup.sh"] == modes["run_autograder"] == 0o755
     assert {n for n in names if n.startswith("source/")} == {
         f"source/hw9/{p.name}" for p in SOURCE.iterdir() if p.is_file()}
-    assert not any(n.startswith(("release/", "submitted/", "tests/", ".venv", "dist/")) or "__pycache__" in n
+    assert {n for n in names if n.startswith("graders/")} == {"graders/hw9.py"}
+    assert not any(n.startswith(("release/", "submitted/", "tests/", ".venv", "dist/", "banks/")) or "__pycache__" in n
                    for n in names)
     assert settings["assignment"] == "hw9" and settings["notebooks"] == STEMS and settings["written"] == "pending"
     with zipfile.ZipFile(kitzip) as zf:

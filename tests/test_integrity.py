@@ -20,7 +20,7 @@ from attnkit.authoring import notebooks as nbu
 from attnkit.batch.driver import autograde
 from attnkit.reports import feedback, scores
 from attnkit.batch.results import Problem
-from attnkit.fixtures.tamper import NOTEBOOKS, Q3, Q3_TESTS, TAMPER
+from banks.attacks.tamper import NOTEBOOKS, Q3, Q3_TESTS, TAMPER
 from harness import ASSIGNMENT, assert_fixture, cleanup, grade_fixtures
 
 pytestmark = pytest.mark.slow

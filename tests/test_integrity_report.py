@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
 from attnkit.fixtures.grade import expected_scores
-from attnkit.fixtures.tamper import Q3, TAMPER
+from banks.attacks.tamper import Q3, TAMPER
 from attnkit.batch.results import NotebookResult, Status, StudentResult
 
 ROOT = Path(__file__).resolve().parents[1]

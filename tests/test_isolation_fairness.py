@@ -14,9 +14,9 @@ from attnkit.grader import hidden
 from attnkit.inprocess import in_process
 
 SOURCE = Path(__file__).resolve().parents[1] / "source" / "hw9"
+GRADER = Path(__file__).resolve().parents[1] / "graders" / "hw9.py"
 sys.path.insert(0, str(SOURCE))
-hidden.load_helpers(SOURCE)
-from attnkit.grader import checks  # noqa: E402  (imports the course helper loaded above)
+_, hw9 = hidden.load_grader(GRADER, SOURCE)  # the assignment's grader helper, loaded as for a hidden region
 
 LAYER = '''
 import math, torch
@@ -84,12 +84,12 @@ def test_a_part_runs_on_the_students_own_instance_and_a_bare_one_only_when_init_
     """Does own_instance run the student's __init__ (its self.scale exists), and fall back to the API's attributes?"""
     k = kernel_of()
     found = k.lookup({"MultiHeadAttention", "Broken"})
-    m = checks.own_instance(k, found["MultiHeadAttention"], 8, 2, dtype=torch.float64)
+    m = hw9.own_instance(k, found["MultiHeadAttention"], 8, 2, dtype=torch.float64)
     assert k.get(m, "scale", "n_head") == (0.5, 2)
     Q = torch.randn(1, 2, 3, 4, dtype=torch.float64)
     out = m.scaled_dot_product_attention(Q, Q, Q)
-    assert torch.allclose(out, checks.sdpa_ref(Q, Q, Q))
-    bare = checks.own_instance(k, found["Broken"], 8, 2)
+    assert torch.allclose(out, hw9.sdpa_ref(Q, Q, Q))
+    bare = hw9.own_instance(k, found["Broken"], 8, 2)
     assert k.get(bare, "d_model", "num_heads", "d_k") == (8, 2, 4)
 
 
@@ -97,14 +97,14 @@ def test_a_failure_outside_the_parts_own_line_means_the_part_is_graded_whole():
     """Is an error of the student's code in an isolated run NotIsolable (so the whole layer decides), a blank not?"""
     k = kernel_of(LAYER.replace("return layer.n_head", "return layer.heads"))
     cls = k.lookup({"MultiHeadAttention"})["MultiHeadAttention"]
-    m = checks.own_instance(k, cls, 8, 2)
-    with pytest.raises(checks.NotIsolable, match="AttributeError"):
-        checks.isolated_call("(g) split_heads", m.split_heads, torch.randn(1, 3, 8))
+    m = hw9.own_instance(k, cls, 8, 2)
+    with pytest.raises(hw9.NotIsolable, match="AttributeError"):
+        hw9.isolated_call("(g) split_heads", m.split_heads, torch.randn(1, 3, 8))
     k = kernel_of(LAYER.replace("return layer.n_head", "return _____  # (g)"))
-    m = checks.own_instance(k, k.lookup({"MultiHeadAttention"})["MultiHeadAttention"], 8, 2)
+    m = hw9.own_instance(k, k.lookup({"MultiHeadAttention"})["MultiHeadAttention"], 8, 2)
     with pytest.raises(AssertionError, match=r"\(g\) is still a blank") as err:
-        checks.isolated_call("(g) split_heads", m.split_heads, torch.randn(1, 3, 8))
-    assert not isinstance(err.value, checks.NotIsolable)
+        hw9.isolated_call("(g) split_heads", m.split_heads, torch.randn(1, 3, 8))
+    assert not isinstance(err.value, hw9.NotIsolable)
 
 
 def test_a_right_layer_that_fails_a_check_alone_keeps_the_part():
@@ -114,15 +114,15 @@ def test_a_right_layer_that_fails_a_check_alone_keeps_the_part():
 
     def fails():
         raise AssertionError("(g) split_heads: wrong values")
-    checks.alone_or_whole("(g) split_heads", k, cls, fails)   # no raise: the whole layer is right and runs it
+    hw9.alone_or_whole("(g) split_heads", k, cls, fails)   # no raise: the whole layer is right and runs it
     wrong = kernel_of(LAYER.replace("* self.scale", "* 1.0"))
     with pytest.raises(AssertionError, match="wrong values"):
-        checks.alone_or_whole("(g) split_heads", wrong, wrong.lookup({"MultiHeadAttention"})["MultiHeadAttention"], fails)
+        hw9.alone_or_whole("(g) split_heads", wrong, wrong.lookup({"MultiHeadAttention"})["MultiHeadAttention"], fails)
 
     def blank():
         raise AssertionError("(g) is still a blank `_____`: fill it in")
     with pytest.raises(AssertionError, match="blank"):
-        checks.alone_or_whole("(g) split_heads", k, cls, blank)
+        hw9.alone_or_whole("(g) split_heads", k, cls, blank)
 
 
 REGION = hidden.GRADER_LINE + '''
@@ -141,7 +141,7 @@ assert_layer(_got, _want, part="whole layer", what="output", x=_x, kv=_x, mask=N
 def test_a_wrong_output_is_told_its_likely_mistake_unless_the_course_turns_diagnoses_off(on, tmp_path):
     """Does a whole layer without 1/sqrt(d_k) get "likely: ... without the 1/√d_k scaling" only when diagnoses are on?"""
     (tmp_path / "attention_checks.py").write_text((SOURCE / "attention_checks.py").read_text())
-    _, error = hidden.run(REGION, kernel_of(), tmp_path, {"diagnoses": on})
+    _, error = hidden.run(REGION, kernel_of(), tmp_path, {"diagnoses": on}, grader=GRADER)
     assert error is not None and error["ename"] == "AssertionError" and "wrong values" in error["evalue"]
     assert ("likely: the scores are QKᵀ without the 1/√d_k scaling" in error["evalue"]) is on
 
@@ -154,8 +154,8 @@ def test_each_classic_variant_is_recognised_and_a_right_output_is_not():
          for i in range(8)]
     mask = torch.rand(5, 7, generator=g) > 0.3
     mask[:, 0] = True
-    variants = checks.mha_variants(x, kv, mask, w, 3)
+    variants = hw9.mha_variants(x, kv, mask, w, 3)
     for sentence, value in variants:
-        assert checks.likely_mistake(value, variants) == f" (likely: {sentence})"
+        assert hw9.likely_mistake(value, variants) == f" (likely: {sentence})"
     import attention_checks
     assert attention_checks.likely_mistake(attention_checks._mha_variant(x, kv, mask, w, 3), variants) == ""

@@ -8,11 +8,8 @@ from pathlib import Path
 import attnkit
 
 PACKAGE = Path(attnkit.__file__).resolve().parent
-SKIP = ("fixtures",)  # fixture banks: course content, not the kit's code
+SKIP = ()
 MAX_LINES = 500
-# HW9's checks, on their way out of the package to the course's grader helper (their size and their import of
-# each other go with them): the one exception, to drop when they have gone.
-LEAVING = {"attnkit.grader.checks", "attnkit.grader.hidden"}
 
 
 def _modules() -> dict[str, Path]:
@@ -88,7 +85,7 @@ def test_no_import_inside_a_function_hides_a_cycle():
     """Counting the imports inside functions too, does no module reach itself (a cycle kept from failing at
     import time only by deferring one side's import)?"""
     _, top, inner = _graph()
-    union = {name: {t for t in top[name] | inner[name] if not {name, t} <= LEAVING} for name in top}
+    union = {name: {t for t in top[name] | inner[name]} for name in top}
     hidden = sorted(name for name in union if name in _reach(union, name))
     assert hidden == [], f"modules in a cycle through imports inside functions: {hidden}"
 
@@ -97,7 +94,7 @@ def test_no_module_is_over_500_lines():
     """Is every module of the kit (fixture banks aside) at most 500 lines?"""
     modules = _modules()
     long = {name: n for name, path in modules.items()
-            if (n := len(path.read_text().splitlines())) > MAX_LINES and name not in LEAVING}
+            if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}, f"modules over {MAX_LINES} lines: {long}"
 
 

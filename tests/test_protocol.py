@@ -22,8 +22,8 @@ from attnkit.kernel import agent, wire
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "source" / "hw9"
-hidden.load_helpers(SOURCE)  # grader/checks.py imports the course helper, as in a hidden region
-from attnkit.grader import checks  # noqa: E402
+GRADER = ROOT / "graders" / "hw9.py"
+_, hw9 = hidden.load_grader(GRADER, SOURCE)  # the assignment's grader helper, loaded as for a hidden region
 RANDN = {"$randn": {"shape": [8192, 8192], "seed": 1, "dtype": "float64", "device": "cpu"}}  # 512 MiB if drawn
 
 
@@ -147,8 +147,8 @@ def test_torchs_attention_is_found_in_the_notebook_whatever_the_kernel_says():
     was patched to hide it (and not found in a method that does not call it)?"""
     k = in_process(student(FUSED_LAYER, "<cell-hide>"), ["%matplotlib inline\n" + FUSED_LAYER])
     cls = k.lookup({"MultiHeadAttention"})["MultiHeadAttention"]
-    assert checks.fused_attention_calls(k, cls) == ["scaled_dot_product_attention"]
-    assert checks.fused_attention_calls(k, cls, ["forward"]) == []
+    assert hw9.fused_attention_calls(k, cls) == ["scaled_dot_product_attention"]
+    assert hw9.fused_attention_calls(k, cls, ["forward"]) == []
 
 
 @pytest.mark.parametrize("sources, why", [(None, "is not in your notebook"), (["x = 1\n"], "is not in your notebook"),
@@ -158,7 +158,7 @@ def test_unavailable_source_is_a_failure_never_a_pass(sources, why):
     k = in_process(student(FUSED_LAYER, "<cell-none>"), sources)
     cls = k.lookup({"MultiHeadAttention"})["MultiHeadAttention"]
     with pytest.raises(AssertionError, match=why):
-        checks.refuse_fused("(h)", k, cls, ["forward"])
+        hw9.refuse_fused("(h)", k, cls, ["forward"])
 
 
 def test_a_method_of_a_base_class_in_the_notebook_is_read():
@@ -169,7 +169,7 @@ def test_a_method_of_a_base_class_in_the_notebook_is_read():
                f"        return {body}\nclass MultiHeadAttention(Base):\n    pass\n")
         k = in_process(student(src, f"<cell-base-{len(found)}>"), [src])
         cls = k.lookup({"MultiHeadAttention"})["MultiHeadAttention"]
-        assert checks.fused_attention_calls(k, cls, ["forward"]) == found
+        assert hw9.fused_attention_calls(k, cls, ["forward"]) == found
 
 
 def test_a_method_assigned_from_outside_the_class_is_read_too():
@@ -179,7 +179,7 @@ def test_a_method_assigned_from_outside_the_class_is_read_too():
             "MultiHeadAttention.forward = f\n"
     k = in_process(student(plain + later, "<cell-assign>"), [plain, later])
     cls = k.lookup({"MultiHeadAttention"})["MultiHeadAttention"]
-    assert checks.fused_attention_calls(k, cls, ["forward"]) == ["forward"]
+    assert hw9.fused_attention_calls(k, cls, ["forward"]) == ["forward"]
 
 
 # ---------------------------------------------------------------------------- the grader's own memory limit

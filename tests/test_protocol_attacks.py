@@ -1,11 +1,11 @@
-"""The protocol bank (attnkit/fixtures/protocol.py) graded through the CLI in one batch: replies that would make the
+"""The protocol bank (banks/attacks/protocol.py) graded through the CLI in one batch: replies that would make the
 grader compute, nested deeply, too wide, flooded, replayed or forged, $randn in a callback's arguments, and a patched
 inspect.getsource each fail only their own tests, beside honest submissions that keep their exact scores."""
 from __future__ import annotations
 
 import pytest
 
-from attnkit.fixtures.protocol import NOTEBOOKS, PROTOCOL
+from banks.attacks.protocol import NOTEBOOKS, PROTOCOL
 from harness import bank_test, cleanup, grade_fixtures
 
 PEAK_MB = 1024   # the grading processes' peak here is ~0.4 GB; before, one reply bomb alone drew 1.5 GB

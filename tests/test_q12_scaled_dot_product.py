@@ -1,5 +1,5 @@
 """Q1/Q2 through the real pipeline: each fixture scores exactly as expected."""
-from attnkit.fixtures.q12_scaled_dot_product import FIXTURES
+from banks.hw9.q12_scaled_dot_product import FIXTURES
 import pytest
 
 from harness import bank, bank_test

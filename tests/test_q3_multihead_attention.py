@@ -8,7 +8,7 @@ import pytest
 
 from attnkit.authoring import markup
 from attnkit.authoring import notebooks as nbu
-from attnkit.fixtures.q3_multihead_attention import _STUBS, FIXTURES
+from banks.hw9.q3_multihead_attention import _STUBS, FIXTURES
 from harness import bank, bank_test
 
 SOURCE = Path(__file__).resolve().parents[1] / "source" / "hw9"

@@ -1,5 +1,5 @@
 """Q4 through the real pipeline: each fixture scores exactly as expected."""
-from attnkit.fixtures.q4_multiquery_attention import FIXTURES
+from banks.hw9.q4_multiquery_attention import FIXTURES
 import pytest
 
 from harness import bank, bank_test

@@ -1,5 +1,5 @@
 """Q6 through the real pipeline: each fixture scores exactly as expected."""
-from attnkit.fixtures.q6_linear_attention import FIXTURES
+from banks.hw9.q6_linear_attention import FIXTURES
 import pytest
 
 from harness import bank, bank_test

@@ -68,8 +68,8 @@ def _edit_release(course, index, text):
 def test_a_clean_release_passes_except_grader_only_helpers(course):
     """Does the release check accept the stubbed notebook and name the helper only hidden tests use?"""
     assert problems(course, "hw") == [
-        "helper.py: reference_answer_check is used only by hidden tests; keep it in the kit "
-        "(attnkit.grader.checks), not in a file students receive"]
+        "helper.py: reference_answer_check is used only by hidden tests; keep it in the assignment's grader "
+        "helper (CourseExecute.graders, e.g. graders/<assignment>.py), not in a file students receive"]
 
 
 def test_an_import_in_a_visible_cell_is_not_a_use(course):

@@ -1,6 +1,6 @@
 """Grading-path resource limits: output floods read with bounded memory, a memory cgroup per
 kernel (memfd_create counted), the IPC folder on a small tmpfs, only regular files graded, a per-student
-wall-clock limit. The resource bank (attnkit/fixtures/resources.py) is graded in ONE batch through the
+wall-clock limit. The resource bank (banks/attacks/resources.py) is graded in ONE batch through the
 CLI; the pieces are also checked on their own, fast."""
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from nbformat import NotebookNode
 
 from attnkit.authoring import notebooks as nbu
 from attnkit import sandbox
-from attnkit.fixtures.resources import (EVIDENCE, FIFO_STUDENT, FORBIDDEN, RESOURCES, SYMLINK_STUDENT)
-from attnkit.fixtures.tamper import Q3
+from banks.attacks.resources import (EVIDENCE, FIFO_STUDENT, FORBIDDEN, RESOURCES, SYMLINK_STUDENT)
+from banks.attacks.tamper import Q3
 from attnkit.batch.student import read_regular, submission_problems
 from attnkit.reports import scores
 from attnkit.preprocessors.cap_outputs import CapOutputs

@@ -21,9 +21,9 @@ from attnkit.course import Course
 from attnkit.authoring.release import generate
 from attnkit.reports import failures, scores
 from attnkit.batch.results import load_report
-from attnkit.fixtures.hostile import (DAEMON, FORBIDDEN, GRADEBOOK_WRITE, HOSTILE, KILL_ALL, KILL_PARENT, LISTEN_PORT, PROC_CWD,
+from banks.attacks.hostile import (DAEMON, FORBIDDEN, GRADEBOOK_WRITE, HOSTILE, KILL_ALL, KILL_PARENT, LISTEN_PORT, PROC_CWD,
                               PROC_ROOT, TAG, right, wrong)
-from attnkit.fixtures.tamper import Q3, Q3_TESTS, q3
+from banks.attacks.tamper import Q3, Q3_TESTS, q3
 from harness import ASSIGNMENT, Graded, assert_fixture, kit, submission_for
 
 from attnkit.authoring import notebooks as nbu

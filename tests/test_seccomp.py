@@ -12,8 +12,8 @@ import pytest
 
 from attnkit import sandbox
 from attnkit.sandbox import seccomp
-from attnkit.fixtures.hostile import HONEST, SYSCALL_ARGS, SYSCALLS, right
-from attnkit.fixtures.tamper import q3
+from banks.attacks.hostile import HONEST, SYSCALL_ARGS, SYSCALLS, right
+from banks.attacks.tamper import q3
 from harness import ASSIGNMENT, assert_fixture, kit
 from test_sandbox import MODE, SANDBOXED, answer_output, course_with, graded_from
 

@@ -157,8 +157,8 @@ def samples(tmp_path_factory):
     """One course (Q3 only) with the demo's three samples and one hostile submission: a copy no one grades (each
     way of grading below grades a copy of it), the copy the local batch graded, and the students."""
     from attnkit.fixtures.grade import submission_for
-    from attnkit.fixtures.hostile import HOSTILE
-    from attnkit.fixtures.tamper import Q3
+    from banks.attacks.hostile import HOSTILE
+    from banks.attacks.tamper import Q3
     from attnkit.authoring.notebooks import write
     from attnkit.authoring.release import generate
     from attnkit.authoring.samples import place

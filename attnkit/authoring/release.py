@@ -44,7 +44,7 @@ def generate(course: Course, assignment: str) -> None:
     write_diagnoses_setting(course, dest)
 
 
-DIAGNOSES_LINE = "DIAGNOSES = True\n"   # in attention_checks.py: the course's setting, as released
+DIAGNOSES_LINE = "DIAGNOSES = True\n"   # in a course helper file: the course's setting, as released
 
 
 def write_diagnoses_setting(course: Course, dest: Path) -> None:
@@ -122,8 +122,8 @@ def grader_only_names(course: Course, assignment: str, release_dir: Path) -> lis
                 visible |= {n.attr for n in ast.walk(body) if isinstance(n, ast.Attribute)}
             else:
                 visible |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-    return [f"{defined[name]}: {name} is used only by hidden tests; keep it in the kit (attnkit.grader.checks), "
-            "not in a file students receive" for name in sorted(defined) if name in hidden and name not in visible]
+    return [f"{defined[name]}: {name} is used only by hidden tests; keep it in the assignment's grader "
+            "helper (CourseExecute.graders, e.g. graders/<assignment>.py), not in a file students receive" for name in sorted(defined) if name in hidden and name not in visible]
 
 
 def _released_texts(release_dir: Path):

@@ -75,4 +75,8 @@ def demo_course(real: Course) -> Course:
             shutil.copy2(real.path(name), root / name)
     shutil.copytree(real.path("source"), root / "source",
                     ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    for rel, path in real.grader_files().items():  # each assignment's grader helper, where the configuration names it
+        if path.is_file():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, root / rel)
     return Course(Path(root))

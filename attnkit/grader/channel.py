@@ -197,7 +197,8 @@ async def run_hidden_regions(executor, cell, sources, folder) -> str | None:
     for source in sources:
         printed, error = await asyncio.to_thread(hidden.run, source, kernel, folder,
                                                {"meter": kernel_meter(executor),
-                                                "diagnoses": bool(getattr(executor, "diagnoses", True))})
+                                                "diagnoses": bool(getattr(executor, "diagnoses", True))},
+                                               getattr(executor, "grader_file", None))
         if PROFILE:
             with open(PROFILE, "a") as log:
                 print(f"{cell.metadata.get('nbgrader', {}).get('grade_id')} {time.perf_counter() - started:.3f} "

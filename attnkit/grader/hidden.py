@@ -1,10 +1,12 @@
 """Run a test cell's hidden region in the grader process.
 
 The region is the instructor's code from the source notebook (restored from the gradebook), run
-with ``exec`` in a fresh namespace of the grader's: torch, nn, F, math, the course's checking helpers
-(the grader's copy of ``attention_checks.py``, never the kernel's) and ``attnkit.grader.checks``. Every
-other name it reads (``MultiHeadAttention``, ``poly_kernel``, ``answer_A``) is looked up in the
-student's kernel once, before the region runs, and stands for the kernel's object (grader/remote.py).
+with ``exec`` in a fresh namespace of the grader's: torch, nn, F, math, the course helper modules that the
+assignment's grader helper lists in its HELPERS (the grader's copies beside the notebook, never the kernel's),
+``attnkit.grader.checks``, and the assignment's grader helper itself (a file beside the course, named in
+course_config.py: ``CourseExecute.graders``). Every other name it reads (a class, a function or an answer of the
+student's) is looked up in the student's kernel once, before the region runs, and stands for the kernel's
+object (grader/remote.py).
 
 What the region prints becomes the cell's stdout; what it raises becomes the cell's error output,
 ``ename: evalue``, written by the grader's own messages (a StudentError carries at most a short excerpt
@@ -25,15 +27,16 @@ from pathlib import Path
 
 import torch
 
+from attnkit.grader import checks, growth
+from attnkit.kernel import wire
 from attnkit.grader.remote import (Kernel, KernelDied, KernelGone, Remote, RequestTimeout, StudentError, is_kind,
                                    kind)
 
 # First line of a hidden region that runs here (markup: the region's first line picks its process).
 GRADER_LINE = "# hidden tests: run in the grader process; the student's names stand for their kernel's objects"
-HELPERS = ("attention_checks",)   # the course's helper modules beside the notebooks
 MAX_STDOUT = 20_000               # characters of a hidden region's printed lines kept
 MAX_MESSAGE = 2_000               # characters of its error message
-_loaded: dict[str, str] = {}      # helper module name -> digest of the file it was loaded from
+_loaded: dict[str, str] = {}      # module name -> digest of the file(s) it was loaded from
 
 
 def runs_in_grader(hidden_source: str) -> bool:
@@ -41,23 +44,43 @@ def runs_in_grader(hidden_source: str) -> bool:
     return bool(lines) and lines[0].strip() == GRADER_LINE
 
 
-def load_helpers(folder) -> dict:
-    """The grader's copies of the course helpers in ``folder``, imported (again when a file changed)."""
+def load_helpers(folder, names) -> dict:
+    """The grader's copies of the course helper modules ``names`` found in ``folder``, imported (again when a
+    file changed) under their own names, so that a grader helper's ``from <helper> import ...`` finds them."""
     mods = {}
-    for name in HELPERS:
+    for name in names:
         path = Path(folder) / f"{name}.py"
-        if not path.is_file():
-            continue
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if _loaded.get(name) != digest or name not in sys.modules:
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
-            _loaded[name] = digest
-            sys.modules.pop("attnkit.grader.checks", None)  # it imports from the helper
-        mods[name] = sys.modules[name]
+        if path.is_file():
+            mods[name] = _import(name, path)
     return mods
+
+
+def helper_names(grader) -> tuple:
+    """The course helper modules a grader helper file lists in ``HELPERS = (...)``, read without running it."""
+    for node in ast.parse(Path(grader).read_text()).body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id == "HELPERS"):
+            return tuple(ast.literal_eval(node.value))
+    return ()
+
+
+def load_grader(grader, folder):
+    """(the course helpers it lists, loaded from ``folder``; the grader helper module at ``grader``), each
+    imported again when its file or a helper's changed."""
+    helpers = load_helpers(folder, helper_names(grader))
+    salt = "".join(_loaded[name] for name in helpers)
+    return helpers, _import(f"_attnkit_grader_{Path(grader).stem}", Path(grader), salt)
+
+
+def _import(name: str, path: Path, salt: str = ""):
+    digest = hashlib.sha256(path.read_bytes() + salt.encode()).hexdigest()
+    if _loaded.get(name) != digest or name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        _loaded[name] = digest
+    return sys.modules[name]
 
 
 def run_student(part, fn, args, kwargs, failure):
@@ -73,13 +96,14 @@ def run_student(part, fn, args, kwargs, failure):
 
 
 def call(part, fn, *args, **kwargs):
-    """attention_checks.call for the kernel's objects: an exception names the part (and the blank)."""
+    """The course helper's ``call`` for the kernel's objects: an exception names the part (and the blank)."""
     return run_student(part, fn, args, kwargs,
                        lambda name, exc: AssertionError(f"{part}: {name} raised {type(exc).__name__}: {exc}"))
 
 
 def blank_words(part, label=None) -> str:
-    """attention_checks.blank_words (the same line): "(d) is still a blank", never "a blank is still a blank"."""
+    """"(d) is still a blank", never "a blank is still a blank". The course helper students receive has the same
+    function (it must stand alone): tests/test_mirrors.py checks that the two agree."""
     if label in (None, "a blank"):
         return f"{part}: the code it runs still has a blank `_____`: fill it in"
     if part == label or part.startswith(label + " "):
@@ -87,16 +111,17 @@ def blank_words(part, label=None) -> str:
     return f"{part}: {label} is still a blank `_____`: fill it in"
 
 
-def namespace(kernel: Kernel, folder) -> dict:
-    """The names a hidden region starts with (the student's are added by ``resolve``)."""
+def namespace(kernel: Kernel, folder, grader=None) -> dict:
+    """The names a hidden region starts with (the student's are added by ``resolve``): the course helpers the
+    grader helper ``grader`` lists, the kit's general checks, then the grader helper's own public names."""
     ns = {"__name__": "__hidden_tests__", "__builtins__": builtins, "torch": torch, "nn": torch.nn,
           "F": torch.nn.functional, "math": math}
-    for module in load_helpers(folder).values():
-        ns.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
-    import attnkit.grader.checks as gc
-    ns.update({k: v for k, v in vars(gc).items() if not k.startswith("_")})
-    from attnkit.kernel import wire
-    from attnkit.grader import growth
+    helpers, module = load_grader(grader, folder) if grader else ({}, None)
+    for helper in helpers.values():
+        ns.update({k: v for k, v in vars(helper).items() if not k.startswith("__")})
+    ns.update({k: v for k, v in vars(checks).items() if not k.startswith("_")})
+    if module is not None:
+        ns.update({k: v for k, v in vars(module).items() if not k.startswith("_")})
     ns.update(wire=wire, kernel=kernel, kind=kind, is_kind=is_kind, StudentError=StudentError, call=call,
               check_linear_time=_timed(kernel, growth.check_linear_time),
               check_linear_memory=_timed(kernel, growth.check_linear_memory))
@@ -144,13 +169,13 @@ def out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
-def run(source: str, kernel: Kernel, folder, extras: dict | None = None) -> tuple[str, dict | None]:
+def run(source: str, kernel: Kernel, folder, extras: dict | None = None, grader=None) -> tuple[str, dict | None]:
     """(what the region printed, its error as ``{ename, evalue}`` or None). ``extras``: more names for the
-    region (``meter``: the kernel's KernelMeter, for verdicts on time and memory)."""
-    ns = namespace(kernel, folder)
+    region (``meter``: the kernel's KernelMeter, for verdicts on time and memory); ``grader``: the assignment's
+    grader helper file (None: the kit's general checks only)."""
+    ns = namespace(kernel, folder, grader)
     ns.update(extras or {})
-    import attnkit.grader.checks as gc
-    gc.DIAGNOSES.set(bool((extras or {}).get("diagnoses", True)))  # this thread's context only (the course setting)
+    checks.DIAGNOSES.set(bool((extras or {}).get("diagnoses", True)))  # this thread's context only (the course setting)
     out = io.StringIO()
     error = None
     try:

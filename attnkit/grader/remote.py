@@ -1,6 +1,6 @@
 """The grader's view of the student's kernel: names that stand for the kernel's objects.
 
-Grader process only. A hidden test runs here, where ``MultiHeadAttention`` or ``poly_kernel`` is a
+Grader process only. A hidden test runs here, where a class or a function of the student's (``Attention``, ``poly_kernel``) is a
 ``Remote``: calling it sends a request to the kernel's agent (attnkit/kernel/agent.py) with the arguments
 by value, and what comes back is data (tensors, numbers, shapes, dtypes), another ``Remote`` for an
 object that stays in the kernel, or a ``StudentError`` carrying the exception's type name and a
@@ -271,7 +271,7 @@ class Kernel:
         return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
 
     def bare(self, cls, **attrs) -> "Remote":
-        """attention_checks.bare for the kernel: an instance of the student's class without its __init__,
+        """A course helper's ``bare`` for the kernel: an instance of the student's class without its __init__,
         given exactly these attributes (values travel by value; the grader's functions as callbacks)."""
         return self.value(self.request(op="new", target=self.send(cls), kwargs=self.send(attrs)))
 
@@ -281,7 +281,8 @@ class Kernel:
 
 
 class Trace:
-    """What a traced call of the student's code gave (Kernel.call_traced)."""
+    """What a traced call of the student's code gave (Kernel.call_traced). The course helper's line-by-line run
+    (its visible checks) mirrors it: tests/test_mirrors.py checks that the two agree."""
 
     def __init__(self, value, error, history, skipped):
         self.value, self.error, self.history, self.skipped = value, error, history, skipped

@@ -35,6 +35,9 @@ from attnkit.kernel import wire
 REPLY_MIME = wire.REPLY_MIME
 ERROR_BYTES = 300
 BLANK = "_____"
+# The "# (x)" label of a line: "(d)", "(b-ii)", "(another blank)". The course helper students receive has its own
+# copy (it must stand alone); tests/test_mirrors.py checks that the two agree.
+BLANK_LABEL = re.compile(r"#\s*(\([A-Za-z0-9][A-Za-z0-9 -]{0,20}\))")
 _objects: dict[int, object] = {}   # reference number -> object handed to the grader
 _ids: dict[int, int] = {}          # id(object) -> its reference number
 _numbers = itertools.count(1)
@@ -120,7 +123,7 @@ def _blank_label(tb) -> str | None:
     for frame in traceback.extract_tb(tb):
         line = frame.line or ""
         if BLANK in line:
-            found = re.search(r"#\s*(\([A-Za-z0-9][A-Za-z0-9 -]{0,20}\))", line)
+            found = BLANK_LABEL.search(line)
             label = found.group(1) if found else label
     return label
 
@@ -132,7 +135,8 @@ def _error(exc: BaseException) -> dict:
 
 
 class _Tracer:
-    """Runs the student's code line by line (sys.settrace) in the frames of ``codes`` only:
+    """Runs the student's code line by line (sys.settrace) in the frames of ``codes`` only (the course helper's
+    run_lines mirrors it for the visible checks; tests/test_mirrors.py checks that the two agree):
 
     * ``watch``: every new object bound to one of these local names is recorded, in order, as
       (name, value): the grader reads which scores reached the softmax, which weights the values;
@@ -148,7 +152,7 @@ class _Tracer:
         self.standins, self.limit = dict(standins or {}), limit
         self.replace = {n for n in replace if n in self.standins}
         self.history, self._last, self.elements, self._replaced = [], {}, 0, set()
-        self.entered = set()   # the names of the traced functions that ran (did forward call split_heads?)
+        self.entered = set()   # the names of the traced functions that ran (did forward call the method a part grades?)
 
     def __enter__(self):
         self.previous = sys.gettrace()

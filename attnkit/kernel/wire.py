@@ -7,7 +7,7 @@ is JSON; inside it a few tagged objects carry what JSON cannot:
     {"$tuple": [...]}    {"$dict": [[key, value], ...]}    {"$float": "nan" | "inf" | "-inf"}
     {"$dtype": "float64"}    {"$device": "cuda:0"}    {"$generator": {"device": "cpu", "state": <$tensor>}}
     {"$randn": {"shape": [4096, 64], "seed": 3, "dtype": "float32", "device": "cpu"}}   (drawn on arrival)
-    {"$ref": 3, "type": "MultiHeadAttention", "kinds": ["MultiHeadAttention", "Module", ...], "callable": true}
+    {"$ref": 3, "type": "Attention", "kinds": ["Attention", "Module", ...], "callable": true}
 
 ``$ref`` names an object that stays in the kernel (a class, a function, a module the student built):
 the grader can only name it back in a later request. ``{"$callback": 2}`` names a function of the

@@ -70,6 +70,7 @@ pathlib.Path(sysconfig.get_paths()["purelib"], "attnkit-autograder.pth").write_t
 EOF
 # Solutions and hidden tests: readable by the grader (root) only; the kernel's sandbox hides them too.
 chmod -R go-rwx "$SRC/source"
+if [ -d "$SRC/graders" ]; then chmod -R go-rwx "$SRC/graders"; fi
 chmod 755 "$SRC/run_autograder" "$SRC/setup.sh"
 "$PREFIX/bin/python" -c "import attnkit.lms.gradescope, nbgrader, torch; print('kit ready:', torch.__version__)"
 """
@@ -142,6 +143,9 @@ def build(course: Course, assignment: str, out: Path | None = None, written: str
         rel = p.relative_to(src)
         if p.is_file() and not {"__pycache__", ".ipynb_checkpoints"} & set(rel.parts):
             files.append((f"source/{assignment}/{rel.as_posix()}", p, 0o644))
+    grader = course.grader_file(assignment)  # the assignment's grader helper, where the configuration names it
+    if grader is not None and grader.is_file():
+        files.append((grader.relative_to(course.root).as_posix(), grader, 0o644))
     tmp = out.with_suffix(".tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, content, mode in files:
@@ -216,6 +220,11 @@ def _course_for(root: Path, settings: dict) -> Course:
     shutil.copy2(src / CONFIG_FILE, folder / CONFIG_FILE)
     shutil.copytree(src / "source" / assignment, folder / "source" / assignment,
                     ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    grader = Course(src).grader_file(assignment)
+    if grader is not None and grader.is_file():
+        dest = folder / grader.relative_to(src)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(grader, dest)
     return Course(folder)
 
 

@@ -50,7 +50,7 @@ def match_notebook(name: str, stems) -> str | None:
 
 @dataclass
 class Upload:
-    name: str                 # as shown to people: 'hw9.zip:hw9/q3.ipynb'
+    name: str                 # as shown to people: 'hw1.zip:hw1/q3.ipynb'
     data: bytes | None = None  # content held in memory (small: tests, an oversized file's stand-in)
     mtime: float = 0.0        # seconds since the epoch; newer wins between duplicates
     order: int = 0            # then the higher of these (Canvas's attachment id)

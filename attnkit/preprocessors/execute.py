@@ -8,7 +8,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.util import run_sync
 from nbformat import NotebookNode
 from nbgrader.preprocessors import Execute
-from traitlets import Bool, default, Integer
+from traitlets import Bool, default, Dict, Integer
 
 from attnkit.authoring import markup
 from attnkit.authoring.notebooks import is_test_cell
@@ -30,6 +30,9 @@ class CourseExecute(Execute):
     diagnoses = Bool(DIAGNOSES_DEFAULT, help="A failed part's message names the likely mistake (a known wrong variant its output "
                      "matches); False leaves it out (some staff publish diagnoses after the deadline). Gradescope "
                      "grades with the same configuration.").tag(config=True)
+    graders = Dict(help="assignment -> its grader-only helper file (relative to the course folder), whose names "
+                   "every hidden region of that assignment starts with (attnkit/grader/hidden.py).").tag(config=True)
+    grader_file = None   # this notebook's assignment's (set by preprocess)
     _caps = None   # CapOutputs, applied to each output as it arrives
     _cell_budget = None
 
@@ -50,6 +53,11 @@ class CourseExecute(Execute):
         self._restarts = 0
         resources = resources if resources is not None else {}
         meta = resources.setdefault("metadata", {})
+        rel = self.graders.get(resources.get("nbgrader", {}).get("assignment"))
+        root = self.config.get("CourseDirectory", {}).get("root") or os.getcwd()
+        self.grader_file = os.path.join(root, rel) if rel else None
+        if self.grader_file and not os.path.isfile(self.grader_file):  # never graded without its hidden checks
+            raise FileNotFoundError(f"CourseExecute.graders names {rel} for this assignment; there is no such file")
         workdir = isolated_copy(meta.get("path") or os.getcwd())
         original, meta["path"] = meta.get("path"), workdir
         from attnkit.preprocessors.cap_outputs import CapOutputs

@@ -12,7 +12,7 @@ from attnkit.sandbox.slots import UID_BASE, UID_SLOTS
 
 # ---------------------------------------------------------------------------- the setpriv fallback
 SECRET_NAMES = ("source", "submitted", "autograded", "feedback", "reports", "gradebook.db", "exchange",
-                "tests", "attnkit", "course_config.py", "nbgrader_config.py", ".git")
+                "tests", "attnkit", "course_config.py", "nbgrader_config.py", ".git", "graders", "banks")
 
 
 def protect(*roots) -> list[str]:

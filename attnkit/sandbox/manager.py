@@ -198,7 +198,7 @@ class CourseKernelManager(AsyncKernelManager):
             env.update({k: str(self.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")})
         if os.environ.get("NBGRADER_EXECUTION"):
             env["NBGRADER_EXECUTION"] = os.environ["NBGRADER_EXECUTION"]
-        # the visible checks' hints follow the course's setting, as the grader's diagnoses do (attention_checks)
+        # the visible checks' hints follow the course's setting, as the grader's diagnoses do (a course helper's DIAGNOSES)
         env["ATTNKIT_DIAGNOSES"] = "1" if diagnoses_setting(self.config) else "0"
         # interrupts go over the control channel: a signal to bwrap would not reach the kernel
         return KernelSpec(argv=[python_exe(), "-m", "attnkit.kernel", "-f", "{connection_file}"],

@@ -1,6 +1,6 @@
 """Grade on a Slurm cluster (run.py, jobs.py, merging.py, node.py, command.py): one ``sbatch --array`` job over shards of the students, merged here.
 
-``./kit autograde hw9 --on slurm`` writes a run folder, ``slurm/<assignment>-<time>/`` under the course
+``./kit autograde ASSIGNMENT --on slurm`` writes a run folder, ``slurm/<assignment>-<time>/`` under the course
 (the course folder must be on a file system the compute nodes share, as home and project folders are on
 campus clusters), and submits one array task per shard (a student is never split across tasks). Each task
 (``python -m attnkit.slurm task RUN ROUND``) grades its shard with the local batch's own code path

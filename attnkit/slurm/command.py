@@ -28,7 +28,7 @@ def cli(args, assignments) -> int:
                 return 1
         else:
             if not args.assignment:
-                print("error: --on slurm grades one assignment: name it (./kit autograde hw9 --on slurm)",
+                print("error: --on slurm grades one assignment: name it (./kit autograde ASSIGNMENT --on slurm)",
                       file=sys.stderr)
                 return 2
             assignment = assignments(course, [args.assignment])[0]

@@ -68,6 +68,10 @@ def _scratch_course(course: Course, assignment: str, students: list[str]) -> Cou
             shutil.copy2(course.path(name), dest / name)
     shutil.copytree(course.path("source", assignment), dest / "source" / assignment,
                     ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    grader = course.grader_file(assignment)  # the assignment's grader helper, where the configuration names it
+    if grader is not None and grader.is_file():
+        (dest / grader.relative_to(course.root)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(grader, dest / grader.relative_to(course.root))
     src = sqlite3.connect(f"file:{course.path('gradebook.db')}?mode=ro", uri=True)
     out = sqlite3.connect(dest / "gradebook.db")
     with contextlib.closing(src), contextlib.closing(out):

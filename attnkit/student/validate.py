@@ -12,7 +12,8 @@ from attnkit.course import Course, find_root
 from attnkit.student.selfcheck import report
 
 
-def run_notebook(path: Path, config: Config | None = None):
+def run_notebook(path: Path, config: Config | None = None, assignment: str | None = None):
+    """Run the notebook at ``path``; ``assignment``: the one whose grader helper its hidden tests use."""
     from nbgrader import utils
 
     from attnkit.preprocessors.execute import CourseExecute
@@ -22,7 +23,10 @@ def run_notebook(path: Path, config: Config | None = None):
     config.CourseKernelManager.sandbox = "none"  # the student's own machine and own notebook
     ex = CourseExecute(config=config)
     with utils.setenv(NBGRADER_EXECUTION="validate"):
-        nb, _ = ex.preprocess(nb, {"metadata": {"path": str(path.parent)}})
+        resources = {"metadata": {"path": str(path.parent)}}
+        if assignment:
+            resources["nbgrader"] = {"assignment": assignment}
+        nb, _ = ex.preprocess(nb, resources)
     return nb
 
 
@@ -32,9 +36,12 @@ def validate(path: str | os.PathLike, log=print) -> int:
     if not path.exists():
         log(f"error: {path} does not exist")
         return 2
-    config = Course(find_root(path.parent)).config() if _has_course(path) else Config()
+    course = Course(find_root(path.parent)) if _has_course(path) else None
+    config = course.config() if course else Config()
+    # a notebook of source/<A>/ or release/<A>/ in a course that holds <A>'s grader helper: its hidden tests use it
+    grader = course.grader_file(path.parent.name) if course else None
     try:
-        nb = run_notebook(path, config)
+        nb = run_notebook(path, config, path.parent.name if grader is not None and grader.is_file() else None)
     except Exception as exc:
         log(f"error: could not run {path.name}: {type(exc).__name__}: {exc}")
         return 2

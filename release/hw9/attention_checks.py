@@ -169,13 +169,12 @@ _BLANK = "_____"
 def _blank_label(tb):
     """The label "(x)" written on the source line of the innermost frame that holds a blank."""
     import linecache
-    import re
     label = None
     while tb is not None:
         line = linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno)
         if _BLANK in line:
-            m = re.search(r"#\s*\((\w+)\)", line)
-            label = f"({m.group(1)})" if m else label or "a blank"
+            m = _LABEL.search(line)
+            label = m.group(1) if m else label or "a blank"
         tb = tb.tb_next
     return label
 
@@ -223,6 +222,8 @@ import re as _re
 import sys as _sys
 import textwrap as _textwrap
 
+# A line's "# (x)" label; the kit's kernel agent (attnkit/kernel/agent.py, BLANK_LABEL) has the same pattern, and the
+# grader the same blank_words: tests/test_mirrors.py checks that they agree.
 _LABEL = _re.compile(r"#\s*(\([A-Za-z0-9][A-Za-z0-9 -]{0,20}\))")
 
 
@@ -271,7 +272,8 @@ def _line_label(code, line):
 
 class Lines:
     """What a method run line by line gave: ``value`` (None if it raised), ``error``, ``history`` [(name, value)]
-    of the watched locals in the order they were bound, ``skipped`` [{"label", "assigns", "error"}]."""
+    of the watched locals in the order they were bound, ``skipped`` [{"label", "assigns", "error"}]. The grader's
+    traced call (the kit's kernel agent) does the same: tests/test_mirrors.py checks that the two agree."""
 
     def __init__(self):
         self.value, self.error, self.history, self.skipped = None, None, [], []
@@ -1010,7 +1012,8 @@ def _measure(fn, make_args, device, dev, timed, clock, start, floor_s, doublings
 
 
 def check_linear_time(fn, make_args, *, part, device="cpu", **kwargs):
-    """Fail unless the wall-clock time of fn grows linearly in N (see measure_growth)."""
+    """Fail unless the wall-clock time of fn grows linearly in N (see measure_growth). Its verdict line reads as the
+    grader's does (attnkit.grader.growth.check_linear_time): tests/test_mirrors.py checks that the two agree."""
     __tracebackhide__ = True  # the student's traceback shows their cell and the message, not this helper
     r = measure_growth(fn, make_args, device=device, **kwargs)
     table = ", ".join(f"N={n}: {t * 1e3:.2f} ms" for n, t in zip(r["sizes"], r["times"]))

@@ -1,0 +1,1 @@
+"""Attacks on the grader and the sandbox (tamper, hostile, exfiltrate, resources, protocol, archives)."""

@@ -1,0 +1,1 @@
+"""Fixture banks of the hw9 assignment: right answers written other ways, known wrong answers."""

@@ -31,7 +31,7 @@ def cmd_release(args) -> int:
 
 
 def cmd_new(args) -> int:
-    from attnkit.new import create
+    from attnkit.authoring.new import create
 
     course = Course(args.root)
     try:

@@ -53,6 +53,14 @@ Then on the merged tree, 6 trials of each case quiet and 6 beside 2 busy loops (
 in 108, impostor_forked beside the loops judged linear (first measurement quadratic, the second stopped at N = 2048
 with k 1.13: a quadratic verdict needs two that agree); right answers never wrong (linear 1.00-1.08, linear + 30 ms
 1.00-1.12, each from its first measurement); every other quadratic 1.75-2.00. Not yet 0 wrong.
+Then a quadratic verdict took two of at most three measurements, and a linear measurement whose doubling an
+expensive call stopped below the cap measured on. 30 + 30 trials of linear, linear_30ms, impostor and
+impostor_forked quiet (load average 3.2 from other jobs): 0 wrong. Beside 2 busy loops (load 4-8): 1 wrong, an
+impostor_forked judged linear from 256..2048 (k 1.00): the rounds' least time at 2048 had fallen back under
+max_call_s, so the rule did not see the stop as expensive. Judged where the doubling stops: beside 2 busy loops,
+30 trials each of linear, linear_30ms, impostor_forked and impostor_double_fork (load average 4.4-8): 0 wrong
+(linear 1.00-1.25, linear + 30 ms 1.00-1.17, forked 1.74-2.00, double fork 1.72-2.00); then 5 + 5 trials of all
+9 cases quiet (load 2.1) and beside 2 busy loops (load 4.3): 0 wrong.
 """
 from __future__ import annotations
 

@@ -372,7 +372,10 @@ def test_ctrl_c_cancels_nothing_and_the_same_command_resumes(cluster, tmp_path):
     shutil.copy2(base.path("release", ASSIGNMENT, "q12_scaled_dot_product.ipynb"), dest)
     env = {**os.environ, **cluster.env, "ATTNKIT_SLURM_POLL": "1"}
     argv = [sys.executable, "-m", "attnkit", "--root", str(base.root), "autograde", ASSIGNMENT, "--on", "slurm"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # Ctrl-C as at a terminal: a suite started in the background (`cmd &` in a script) ignores SIGINT, and a
+    # child keeps an ignored signal ignored
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     index = base.path("slurm", "jobs")
     end = time.monotonic() + 120
     while not (index.is_dir() and any(index.iterdir())) and time.monotonic() < end:

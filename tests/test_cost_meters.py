@@ -184,3 +184,17 @@ def test_a_quadratic_verdict_needs_two_of_at_most_three_measurements(monkeypatch
     votes = _Votes(monkeypatch, statistics)
     r = growth.measure_time_growth(None, None, None, None, seed=0)
     assert (r["verdict"], votes.taken, r["tries"]) == (verdict, taken, taken)
+
+
+def test_a_constant_the_rounds_leave_ahead_at_the_top_size_measures_on_toward_the_cap():
+    """A right linear answer with a 30 ms constant: the doubling stopped at 4096 where its N-dependent part was
+    just over half, and the rounds' least times then left it just under half. Is the next size measured, so
+    the verdict is linear, not inconclusive?"""
+    seen = []
+
+    def cost(n):  # the first two calls at 4096 a little slower than the rounds' later ones
+        seen.append(n)
+        return 0.0302 + 6.7e-6 * n + (0.004 if n == 4096 and seen.count(4096) <= 2 else 0.0)
+    m = Scripted(cost)
+    sizes, _times, _fit, k = growth._measure(m, **SCHEDULE)
+    assert sizes[-1] == 8192 and k < 1.1, (sizes, k)

@@ -210,6 +210,13 @@ def _measure(m: Measured, *, start, floor_s, max_call_s, hard_call_s, max_n, dou
     def grown(fit):  # the part of the top size's cost that depends on N
         return fit[1] * sizes[-1] + fit[2] * sizes[-1] ** 2
 
+    def add_size(tries):  # the next size, the least of ``tries`` calls; the smallest size leaves past max_sizes
+        n2 = sizes[-1] * 2  # (where the constant is all there is, it tells the fit least)
+        best[n2] = min(m.time(n2) for _ in range(tries))
+        sizes.append(n2)
+        if len(sizes) > max_sizes:
+            sizes.pop(0)
+
     def dominant():
         return len(sizes) >= 3 and grown(fit_cost(sizes, [best[s] for s in sizes])) >= share * best[sizes[-1]]
 
@@ -218,11 +225,7 @@ def _measure(m: Measured, *, start, floor_s, max_call_s, hard_call_s, max_n, dou
         expensive = best[sizes[-1]] > max_call_s
         if best[sizes[-1]] >= hard_call_s or len(sizes) >= 3 and (len(sizes) > doublings or expensive) and dominant():
             break
-        m_ = sizes[-1] * 2
-        best[m_] = min(m.time(m_) for _ in range(1 if best[sizes[-1]] * 4 > max_call_s else 2))
-        sizes.append(m_)
-        if len(sizes) > max_sizes:  # the smallest, where the constant is all there is, tell the fit least
-            sizes.pop(0)
+        add_size(1 if best[sizes[-1]] * 4 > max_call_s else 2)
     if len(sizes) < 3:
         raise Inconclusive(f"only {len(sizes)} sizes could be measured below the size cap N = {max_n}")
 
@@ -240,12 +243,9 @@ def _measure(m: Measured, *, start, floor_s, max_call_s, hard_call_s, max_n, dou
     done = min(4, rounds)
     run_rounds(done)
     fit, k = fitted()
-    n2 = sizes[-1] * 2  # not far from the threshold: one size more where it can be afforded (a quadratic part grows
-    if abs(k - threshold) < 2 * grey and n2 <= max_n and best[sizes[-1]] * 4 < hard_call_s:  # four times as fast)
-        best[n2] = min(m.time(n2) for _ in range(2))
-        sizes.append(n2)
-        if len(sizes) > max_sizes:
-            sizes.pop(0)
+    # not far from the threshold: one size more where it can be afforded (a quadratic part grows four times as fast)
+    if abs(k - threshold) < 2 * grey and sizes[-1] * 2 <= max_n and best[sizes[-1]] * 4 < hard_call_s:
+        add_size(2)
         fit, k = fitted()
     while done < rounds and abs(k - threshold) < 2 * grey:  # more rounds until the verdict is clear
         run_rounds(1)
@@ -258,18 +258,11 @@ def _measure(m: Measured, *, start, floor_s, max_call_s, hard_call_s, max_n, dou
         n2 = sizes[-1] * 2  # the cap: on while the fit says a call there stays under hard_call_s (not the least
         if sum(c * n2 ** j for j, c in enumerate(fit)) >= hard_call_s:  # time after the rounds, which may fall
             break                                                       # under max_call_s)
-        best[n2] = min(m.time(n2) for _ in range(2))
-        sizes.append(n2)
-        if len(sizes) > max_sizes:
-            sizes.pop(0)
+        add_size(2)
         run_rounds(1)
         fit, k = fitted()
     while grown(fit) < share * best[sizes[-1]] and sizes[-1] * 2 <= max_n and best[sizes[-1]] < hard_call_s:
-        n2 = sizes[-1] * 2  # the rounds' least times left the constant ahead at the top: on toward the cap
-        best[n2] = min(m.time(n2) for _ in range(2))
-        sizes.append(n2)
-        if len(sizes) > max_sizes:
-            sizes.pop(0)
+        add_size(2)  # the rounds' least times left the constant ahead at the top: on toward the cap
         run_rounds(1)
         fit, k = fitted()
     top = best[sizes[-1]]

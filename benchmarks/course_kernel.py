@@ -21,6 +21,7 @@ def start(workdir: str):
         timeout = 600
 
     ex = Executor()
+    ex.loop = loop
     ex.km = sandbox.CourseKernelManager()
     run(ex.km.start_kernel(cwd=workdir))
     ex.kc = ex.km.client()

@@ -317,8 +317,10 @@ def run_in_grader(trials, condition, busy, seed0=0, cases=None, verbose=False):
                                        impostor_30ms, impostor_100ms, impostor_memoised, impostor_forked,
                                        impostor_double_fork))
     ex, run = course_kernel.start(workdir)
-    run(channel._request(ex, None, None, time.monotonic() + 60, code=sources))
-    kernel = Kernel(lambda text: run(channel._comm_request(ex, text, time.monotonic() + 600)))
+    run(channel.execute(ex, sources, time.monotonic() + 60))
+    line = channel.Line(ex, ex.loop, time.monotonic() + 24 * 3600)
+    kernel = Kernel(line.send)
+    line.answer = kernel.answer_callback
     meter = channel.kernel_meter(ex)
     fm = kernel.module_attr("attention_checks", "elu_feature_map")
     fns = kernel.lookup({fn.__name__ for fn, _ in cases.values()})
@@ -344,6 +346,7 @@ def run_in_grader(trials, condition, busy, seed0=0, cases=None, verbose=False):
                     print("      ms:", ", ".join(f"{n}: {t * 1e3:.2f}" for n, t in zip(r["sizes"], r.get("times", []))))
     finally:
         _unload(procs)
+        run(line.finished())
         course_kernel.stop(ex, run)
         shutil.rmtree(workdir, ignore_errors=True)
     return results

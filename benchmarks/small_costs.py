@@ -5,9 +5,9 @@
    ``import matplotlib.pyplot``, the first use of torch's ``FlopCounterMode`` (it imports
    ``torch._dynamo`` and sympy), and jsonschema's optional ``rfc3987_syntax``.
 2. The grader's requests to a sandboxed course kernel (``CourseKernelManager``, as autograde
-   starts it), through attnkit/grader/channel.py as hidden tests send them: a request as a comm
-   message, the same request as an execution (used once a test has handed the kernel a function),
-   and a callback (the kernel calling a grader function, over the stdin channel).
+   starts it), through attnkit/grader/channel.py as hidden tests send them: an execution (what each
+   request once was), a request on the grading line (a frame on the Unix socket one execution serves),
+   and a callback (the kernel calling a grader function, over the same socket).
 
     .venv/bin/python benchmarks/small_costs.py [--repeats 5] [--requests 200]
 """
@@ -85,26 +85,30 @@ def requests(count: int) -> None:
     ex, run = course_kernel.start(workdir)
     try:
         code = "def f(x):\n    return x\n\ndef g(h, n):\n    return sum(h(i) for i in range(n))\n"
-        run(channel._request(ex, None, None, time.monotonic() + 60, code=code))
-        deadline = lambda: time.monotonic() + 600
-        comm = Kernel(lambda text: run(channel._comm_request(ex, text, deadline())))
-        execs = Kernel(lambda text: run(channel._request(ex, execs, text, deadline())))
-        for name, kernel in (("a comm message", comm), ("an execution", execs)):
-            f = kernel.lookup({"f"})["f"]
-            kernel.call(f, 1)  # warm-up
-            t0 = time.perf_counter()
-            for i in range(count):
-                kernel.call(f, i)
-            print(f"  a request as {name}: {(time.perf_counter() - t0) / count * 1000:.1f} ms")
-        g = execs.lookup({"g"})["g"]
-        execs.call(g, lambda x: x, 1)
+        run(channel.execute(ex, code, time.monotonic() + 60))
         t0 = time.perf_counter()
-        execs.call(g, lambda x: x, 1)
+        for _ in range(count // 10):
+            run(channel.execute(ex, "None", time.monotonic() + 60))
+        print(f"  an execution (what a request cost when each was one): {(time.perf_counter() - t0) / (count // 10) * 1000:.1f} ms")
+        line = channel.Line(ex, ex.loop, time.monotonic() + 600)
+        kernel = Kernel(line.send)
+        line.answer = kernel.answer_callback
+        f = kernel.lookup({"f"})["f"]
+        kernel.call(f, 1)  # warm-up (the session opens)
+        t0 = time.perf_counter()
+        for i in range(count):
+            kernel.call(f, i)
+        print(f"  a request on the grading line: {(time.perf_counter() - t0) / count * 1000:.2f} ms")
+        g = kernel.lookup({"g"})["g"]
+        kernel.call(g, lambda x: x, 1)
+        t0 = time.perf_counter()
+        kernel.call(g, lambda x: x, 1)
         one = time.perf_counter() - t0
         t0 = time.perf_counter()
-        execs.call(g, lambda x: x, count + 1)
+        kernel.call(g, lambda x: x, count + 1)
         many = time.perf_counter() - t0
-        print(f"  a callback (kernel -> grader function -> kernel): {(many - one) / count * 1000:.1f} ms")
+        print(f"  a callback (kernel -> grader function -> kernel): {(many - one) / count * 1000:.2f} ms")
+        run(line.finished())
     finally:
         course_kernel.stop(ex, run)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -114,9 +114,9 @@ def test_a_callback_called_with_randn_arguments_fails_the_test():
 def test_the_protocol_names_are_written_once():
     """Do the agent and the grader use wire.py's names, and does the agent serve exactly wire.REQUESTS?"""
     from attnkit.grader import channel, remote
-    assert agent.REPLY_MIME is wire.REPLY_MIME and remote.REPLY_MIME is wire.REPLY_MIME
     assert agent.CALLBACK_PROMPT is wire.CALLBACK_PROMPT and remote.CALLBACK_PROMPT is wire.CALLBACK_PROMPT
-    assert agent.COMM_TARGET is wire.COMM_TARGET and channel.COMM_TARGET is wire.COMM_TARGET
+    assert channel.wire is wire and "wire.SESSION_CALL" in Path(channel.__file__).read_text()
+    assert wire.SESSION_CALL.startswith("__import__('attnkit.kernel.line').kernel.line.session(")
     served = set(__import__("re").findall(r'op == "(\w+)"', Path(agent.__file__).read_text()))
     assert served == set(wire.REQUESTS)
     with pytest.raises(ValueError, match="no request"):

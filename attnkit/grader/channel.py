@@ -2,43 +2,34 @@
 
 Grader process only. ``run_hidden_regions`` is called by CourseExecute (attnkit/preprocessors/execute.py) for a test
 cell after the cell's visible part ran in the kernel. Each hidden region runs in a worker thread of this
-process (attnkit/grader/hidden.py); each request it makes to the student's kernel becomes one
-execute_request for the agent (attnkit/kernel/agent.py), sent from the executor's event loop, and its reply is
-the agent's display output for that request alone. Everything else the kernel sends meanwhile (the
+process (attnkit/grader/hidden.py). Its requests go over a ``Line``: a Unix socket this process listens on,
+private to the kernel's uid, which one execution in the kernel (wire.SESSION_CALL) connects to and serves,
+a frame per request, until the cell's regions are done. Everything else the kernel sends meanwhile (the
 student's prints, displays) is read and dropped.
 """
 from __future__ import annotations
 
 import asyncio
 import os
+import select
+import shutil
+import socket
+import tempfile
 import time
 import uuid
 from queue import Empty
 
-import zmq
-import zmq.asyncio
 from nbformat import NotebookNode
 
 from attnkit.grader import hidden
 from attnkit.grader.meter import CgroupMeter, KernelMeter
 from attnkit.grader.remote import BadReply, Kernel, KernelDied, KernelGone, RequestTimeout
-from attnkit.kernel.wire import COMM_TARGET, MAX_REPLY, REPLY_MIME
+from attnkit.kernel import wire
+from attnkit.kernel.wire import MAX_REPLY
 from attnkit.authoring.notebooks import is_test_cell
 
 PROFILE = os.environ.get("ATTNKIT_PROFILE_HIDDEN")   # a file: one line per hidden region (seconds, requests)
-AGENT_CALL = "__import__('attnkit.kernel.agent').kernel.agent.serve({!r})"
-LISTEN = "__import__('attnkit.kernel.agent').kernel.agent.listen()"
-
-
-async def _time_left(executor, msg_id, deadline) -> float:
-    """Seconds left for request ``msg_id``; past the deadline the kernel is interrupted and RequestTimeout raised."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        await executor.km.interrupt_kernel()
-        await _drain(executor.kc, msg_id, 5)
-        raise RequestTimeout(f"stopped after {executor.timeout} s: the code this test calls did not finish "
-                             "(an infinite loop?)")
-    return left
+INTERRUPT_WAIT = 5.0   # seconds a kernel gets to stop after a timeout's interrupt
 
 
 async def _alive(km) -> None:
@@ -46,83 +37,182 @@ async def _alive(km) -> None:
         raise KernelDied("the Python kernel died while a hidden test was calling your code")
 
 
-async def _request(executor, kernel: Kernel | None, text: str | None, deadline: float, code: str | None = None) -> str:
-    """One request as an execute_request of AGENT_CALL (``code`` instead: run that); the reply is the
-    agent's display output. The kernel may call back (kernel.answer_callback) over the stdin channel."""
+async def execute(executor, code: str, deadline: float) -> str:
+    """Run ``code`` in the kernel as one execution (its outputs read and dropped) until the kernel is idle
+    again: "idle", "died", or "timeout" once ``deadline`` (time.monotonic()) has passed."""
     kc, km = executor.kc, executor.km
-    msg_id = kc.execute(code or AGENT_CALL.format(text), silent=False, store_history=False, allow_stdin=True,
-                        stop_on_error=False)
-    payload, idle, replies = None, False, 0
-    poller = zmq.asyncio.Poller()  # either socket: an input request (a callback) or an output
-    poller.register(kc.stdin_channel.socket, zmq.POLLIN)
-    poller.register(kc.iopub_channel.socket, zmq.POLLIN)
-    while not idle:
-        left = await _time_left(executor, msg_id, deadline)
-        ready = dict(await poller.poll(int(min(1.0, left) * 1000)))
-        if kc.stdin_channel.socket in ready:  # a callback: a test function's value on arguments the kernel sends
-            ask = await kc.get_stdin_msg(timeout=0)
-            if kernel is not None and ask.get("parent_header", {}).get("msg_id") == msg_id \
-                    and ask["msg_type"] == "input_request":
-                prompt = ask.get("content", {}).get("prompt", "")
-                kc.input(kernel.answer_callback(prompt if isinstance(prompt, str) else ""))
-            continue
-        if kc.iopub_channel.socket not in ready:
-            await _alive(km)
-            continue
-        msg = await kc.get_iopub_msg(timeout=0)
-        if msg.get("parent_header", {}).get("msg_id") != msg_id:
-            continue
-        kind, content = msg["msg_type"], msg.get("content", {})
-        if kind == "display_data" and isinstance(content.get("data"), dict) and REPLY_MIME in content["data"]:
-            replies += 1  # one request, one reply: a second one (forged by the student's code) is kept by no one
-            data = content["data"][REPLY_MIME]
-            payload = data if replies == 1 and isinstance(data, str) and len(data) <= MAX_REPLY else ""
-        elif kind == "status" and content.get("execution_state") == "idle":
-            idle = True
-    await _shell_reply(kc, msg_id, max(1.0, deadline - time.monotonic()))
-    if code is not None:
-        return ""
-    if payload is None:
-        raise KernelGone("the kernel gave no answer to a hidden test's request")
-    if replies > 1:
-        raise BadReply(f"{replies} replies to one request")
-    return payload
-
-
-async def _comm_request(executor, text: str, deadline: float) -> str:
-    """One request as a comm message to the agent (opened on first use in each kernel)."""
-    kc, km = executor.kc, executor.km
-    opened = getattr(executor, "_attnkit_comm", None)
-    if opened is None or opened[0] is not kc:  # a new kernel (or a restarted one): open its comm first
-        await _request(executor, None, None, deadline, code=LISTEN)
-        comm_id = uuid.uuid4().hex
-        kc.shell_channel.send(kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": COMM_TARGET, "data": {}}))
-        executor._attnkit_comm = opened = (kc, comm_id)
-    msg = kc.session.msg("comm_msg", {"comm_id": opened[1], "data": {"request": text}})
-    kc.shell_channel.send(msg)
-    msg_id = msg["header"]["msg_id"]
-    payload, replies = None, 0
-    while True:  # until the kernel is idle after this request: one reply, and only one, must have come
-        left = await _time_left(executor, msg_id, deadline)
+    msg_id = kc.execute(code, silent=False, store_history=False, allow_stdin=False, stop_on_error=False)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return "timeout"
         try:
-            reply = await kc.get_iopub_msg(timeout=min(1.0, left))
+            msg = await kc.get_iopub_msg(timeout=min(1.0, left))
         except Empty:
-            await _alive(km)
+            if not await km.is_alive():
+                return "died"
             continue
-        if reply.get("parent_header", {}).get("msg_id") != msg_id:
-            continue
-        if reply["msg_type"] == "comm_msg":
-            replies += 1
-            data = reply.get("content", {}).get("data", {})
-            payload = data.get("reply") if isinstance(data, dict) and replies == 1 else payload
-            if not isinstance(payload, str) or len(payload) > MAX_REPLY:
-                raise KernelGone("the kernel's reply is not in the format")
-        elif reply["msg_type"] == "status" and reply.get("content", {}).get("execution_state") == "idle":
-            if payload is None:
-                raise KernelGone("the kernel gave no answer to a hidden test's request")
-            if replies > 1:
-                raise BadReply(f"{replies} replies to one request")
-            return payload
+        if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == "status" \
+                and msg.get("content", {}).get("execution_state") == "idle":
+            await _until(kc.get_shell_msg, msg_id, max(1.0, min(5.0, deadline - time.monotonic())))
+            return "idle"
+
+
+class Line:
+    """The grader's end of one test cell's session with the kernel's agent (attnkit/kernel/agent.py ``session``).
+
+    ``send(text)`` is a Kernel's transport (grader/remote.py): a request frame out, then frames in until its
+    reply, answering every callback frame on the way with ``answer`` (the Kernel's answer_callback). Called
+    from a hidden region's thread, never from ``loop`` (the executor's event loop, which runs the session's
+    execution and the kernel's interrupt). The socket is made in the kernel's run folder (the sandbox's, root's
+    and not writable by the kernel's uid) and opened to that uid only; it is unlinked once the agent connects.
+    Whatever comes over it is the student's to forge: frames are checked (kind, size: wire.MAX_REPLY), a
+    second reply to one request breaks the line, and nothing is waited on past the cell's deadline."""
+
+    def __init__(self, executor, loop, deadline: float):
+        self.executor, self.loop, self.deadline = executor, loop, deadline
+        self.answer = lambda prompt: '{"ok":false,"error":"no callback"}'
+        self.sock = self.done = self._folder = None
+        self.broken: str | None = None
+
+    # -- the session
+    def _open(self) -> None:
+        km = self.executor.km
+        run_dir = getattr(km, "_run_dir", None)
+        folder = run_dir if run_dir and os.path.isdir(run_dir) else None
+        if folder is None:  # no sandbox folder (an unsandboxed kernel): one of this process's own
+            folder = self._folder = tempfile.mkdtemp(prefix="attnkit-line-")
+        path = os.path.join(folder, f"agent-{uuid.uuid4().hex[:12]}.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(path)
+            os.chmod(path, 0o600)
+            uid = getattr(km, "_uid", None)
+            if uid is not None and os.geteuid() == 0:
+                os.chown(path, uid, uid)
+            listener.listen(1)
+            self.done = asyncio.run_coroutine_threadsafe(
+                execute(self.executor, wire.SESSION_CALL.format(path), self.deadline), self.loop)
+            while True:  # the agent connects at once; a kernel that never does ends its execution (or dies)
+                if self.done.done():
+                    self._ended()
+                if time.monotonic() > self.deadline:
+                    self._timeout()
+                if select.select([listener], [], [], 0.1)[0]:
+                    self.sock, _ = listener.accept()
+                    break
+        finally:
+            listener.close()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def _ended(self):
+        outcome = self.done.result()
+        if outcome == "died":
+            raise KernelDied("the Python kernel died while a hidden test was calling your code")
+        if outcome == "timeout":
+            self._timeout()
+        raise KernelGone("the kernel closed the grading line (was the kit's agent changed in your notebook?)")
+
+    def _timeout(self):
+        try:
+            asyncio.run_coroutine_threadsafe(self.executor.km.interrupt_kernel(), self.loop).result(10)
+        except Exception:  # noqa: BLE001 (a dead kernel: the next cell finds out)
+            pass
+        self.hang_up()
+        if self.done is not None:
+            try:
+                self.done.result(INTERRUPT_WAIT)
+            except Exception:  # noqa: BLE001 (still busy: the next cell's own timeout applies)
+                pass
+        self.broken = self.broken or "timeout"
+        raise RequestTimeout(f"stopped after {self.executor.timeout} s: the code this test calls did not finish "
+                             "(an infinite loop?)")
+
+    def hang_up(self) -> None:
+        """End the session: the agent sees the socket close and its execution returns."""
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+        if self._folder:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
+
+    async def finished(self) -> None:
+        """Wait (on the loop) until the session's execution is over, at most until the deadline."""
+        self.hang_up()
+        if self.done is not None:
+            try:
+                await asyncio.wait_for(asyncio.wrap_future(self.done),
+                                       max(INTERRUPT_WAIT, self.deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 (a kernel still busy or dead: the next cell finds out)
+                pass
+
+    # -- frames
+    def _break(self, why: str):
+        self.broken = why
+        self.hang_up()
+        raise BadReply(why)
+
+    def _recv_exact(self, size: int) -> bytes:
+        buf = bytearray(size)
+        view, got = memoryview(buf), 0
+        while got < size:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                self._timeout()
+            if not select.select([self.sock], [], [], min(1.0, left))[0]:
+                if self.done.done():
+                    self._ended()
+                continue
+            n = self.sock.recv_into(view[got:])
+            if not n:  # the agent's end closed: its execution ended, or the kernel died
+                try:
+                    self.done.result(2)
+                except Exception:  # noqa: BLE001
+                    pass
+                if self.done.done():
+                    self._ended()
+                raise KernelGone("the kernel closed the grading line")
+            got += n
+        return bytes(buf)
+
+    def _recv(self) -> tuple[bytes, str]:
+        kind, size = wire.FRAME.unpack(self._recv_exact(wire.FRAME.size))
+        if kind not in (wire.REPLY, wire.CALLBACK):
+            self._break("a frame not in the protocol")
+        if size > MAX_REPLY:
+            self._break(f"a message over {MAX_REPLY} bytes")
+        return kind, self._recv_exact(size).decode("utf-8", "replace")
+
+    def _pending(self) -> bool:
+        return bool(select.select([self.sock], [], [], 0)[0])
+
+    def send(self, text: str) -> str:
+        if self.broken:
+            raise BadReply(self.broken) if self.broken != "timeout" else RequestTimeout("the line timed out")
+        if self.sock is None:
+            self._open()
+        elif self._pending():  # something came that no request asked for: a second reply to the last one
+            self._break("2 replies to one request")
+        try:
+            self.sock.sendall(wire.frame(wire.REQUEST, text))
+            while True:
+                kind, body = self._recv()
+                if kind == wire.REPLY:
+                    if self._pending():
+                        self._break("2 replies to one request")
+                    return body
+                self.sock.sendall(wire.frame(wire.ANSWER, self.answer(body)))
+        except OSError:
+            if self.done is not None and self.done.done():
+                self._ended()
+            raise KernelGone("the kernel closed the grading line") from None
 
 
 async def _until(get, msg_id, timeout, done=lambda msg: True) -> bool:
@@ -137,17 +227,6 @@ async def _until(get, msg_id, timeout, done=lambda msg: True) -> bool:
         if msg.get("parent_header", {}).get("msg_id") == msg_id and done(msg):
             return True
     return False
-
-
-async def _shell_reply(kc, msg_id, timeout):
-    await _until(kc.get_shell_msg, msg_id, timeout)
-
-
-async def _drain(kc, msg_id, timeout):
-    """After an interrupt: wait until the kernel is idle again, then for the request's reply."""
-    idle = lambda msg: msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle"
-    if await _until(kc.get_iopub_msg, msg_id, timeout, idle):
-        await _until(kc.get_shell_msg, msg_id, 1)
 
 
 def student_sources(nb, cell) -> list[str]:
@@ -183,33 +262,30 @@ async def run_hidden_regions(executor, cell, sources, folder) -> str | None:
     Returns None, or "died" when the kernel died meanwhile (the caller restarts it)."""
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + float(executor.timeout or 60)
-
-    def send(text: str) -> str:
-        # Requests go as comm messages (fast); once a test has handed the kernel a function of its own,
-        # calls go as executions, whose stdin channel carries the callbacks.
-        calls = kernel._callbacks and ('"op":"call"' in text[:200] or '"op":"noop"' in text[:200])
-        request = _request(executor, kernel, text, deadline) if calls else _comm_request(executor, text, deadline)
-        return asyncio.run_coroutine_threadsafe(request, loop).result()
-
-    kernel = Kernel(send)
+    line = Line(executor, loop, deadline)
+    kernel = Kernel(line.send)
+    line.answer = kernel.answer_callback
     kernel.sources = student_sources(executor.nb, cell)
     started = time.perf_counter()
-    for source in sources:
-        printed, error = await asyncio.to_thread(hidden.run, source, kernel, folder,
-                                               {"meter": kernel_meter(executor),
-                                                "diagnoses": bool(getattr(executor, "diagnoses", True))},
-                                               getattr(executor, "grader_file", None))
-        if PROFILE:
-            with open(PROFILE, "a") as log:
-                print(f"{cell.metadata.get('nbgrader', {}).get('grade_id')} {time.perf_counter() - started:.3f} "
-                      f"requests={kernel.requests} callbacks={kernel.callbacks} waited={kernel.waited:.3f} "
-                      f"growth={kernel.growth:.3f}", file=log)
-        if printed:
-            cell.outputs.append(NotebookNode(output_type="stream", name="stdout", text=printed))
-        if error is not None:
-            cause = error.pop("cause", None)
-            cell.outputs.append(NotebookNode(output_type="error", traceback=[], **error))
-            if cause == "died":
-                return "died"
-            return None
-    return None
+    try:
+        for source in sources:
+            printed, error = await asyncio.to_thread(hidden.run, source, kernel, folder,
+                                                   {"meter": kernel_meter(executor),
+                                                    "diagnoses": bool(getattr(executor, "diagnoses", True))},
+                                                   getattr(executor, "grader_file", None))
+            if PROFILE:
+                with open(PROFILE, "a") as log:
+                    print(f"{cell.metadata.get('nbgrader', {}).get('grade_id')} {time.perf_counter() - started:.3f} "
+                          f"requests={kernel.requests} callbacks={kernel.callbacks} waited={kernel.waited:.3f} "
+                          f"growth={kernel.growth:.3f}", file=log)
+            if printed:
+                cell.outputs.append(NotebookNode(output_type="stream", name="stdout", text=printed))
+            if error is not None:
+                cause = error.pop("cause", None)
+                cell.outputs.append(NotebookNode(output_type="error", traceback=[], **error))
+                if cause == "died":
+                    return "died"
+                return None
+        return None
+    finally:
+        await line.finished()   # the session's execution over: the kernel is idle for the next cell

@@ -17,7 +17,7 @@ import torch
 
 from attnkit.kernel import wire
 
-REPLY_MIME, CALLBACK_PROMPT, MAX_REPLY = wire.REPLY_MIME, wire.CALLBACK_PROMPT, wire.MAX_REPLY
+CALLBACK_PROMPT, MAX_REPLY = wire.CALLBACK_PROMPT, wire.MAX_REPLY
 
 
 class StudentError(Exception):
@@ -90,7 +90,7 @@ class Kernel:
         if self.broken:  # a callback's arguments broke the protocol during this request
             raise BadReply(self.broken)
         if not isinstance(reply, dict) or "ok" not in reply:
-            raise KernelGone("the kernel's reply is not in the format")
+            raise BadReply("a reply not in the format")
         if not reply["ok"]:
             raise student_error(reply.get("error"))
         return reply.get("value")
@@ -115,12 +115,12 @@ class Kernel:
         raise wire.WireError(f"a {type(obj).__name__} of the grader's is never sent to the kernel")
 
     def answer_callback(self, prompt: str) -> str:
-        """The reply to the agent's callback request ``prompt`` (attnkit.kernel.agent.CALLBACK_PROMPT + JSON):
+        """The answer to the agent's callback frame ``prompt`` (wire.CALLBACK_PROMPT + JSON):
         the grader's function run on the arguments sent, its result by value."""
         self.callbacks += 1
         try:
             if not prompt.startswith(CALLBACK_PROMPT):
-                return json.dumps({"ok": False, "error": "no input is given while grading"})
+                return json.dumps({"ok": False, "error": "not a callback"})
             try:  # the arguments are the kernel's: values only, counted before anything is built
                 body = wire.parse_values(prompt[len(CALLBACK_PROMPT):])
                 args = wire.decode(body["args"], limit=MAX_REPLY, values_only=True) if isinstance(body, dict) else None
@@ -145,7 +145,7 @@ class Kernel:
         """name -> value or Remote, for the names the student's namespace defines."""
         found = self.request(op="lookup", names=sorted(names))
         if not isinstance(found, dict):
-            raise KernelGone("bad lookup reply")
+            raise BadReply("a lookup reply not in the format")
         return {n: self.value(v) for n, v in found.items()
                 if n in names and not (isinstance(v, dict) and v.get("$missing") is True)}
 
@@ -168,7 +168,7 @@ class Kernel:
         then send no data)."""
         refs = self.value(self.request(op="keep", args=self.send(list(values))))
         if not isinstance(refs, list) or len(refs) != len(values) or not all(isinstance(r, Remote) for r in refs):
-            raise KernelGone("bad reply")
+            raise BadReply("a reply not in the format")
         return refs
 
     def describe(self, target, *args, **kwargs) -> dict:
@@ -176,7 +176,7 @@ class Kernel:
         found = self.value(self.request(op="call", target=self.send(target), args=self.send(list(args)),
                                         kwargs=self.send(kwargs), describe=True))
         if not isinstance(found, dict):
-            raise KernelGone("bad reply")
+            raise BadReply("a reply not in the format")
         return found
 
     def call_keeping(self, target, *args, sync=False) -> "Remote":
@@ -185,7 +185,7 @@ class Kernel:
         found = self.value(self.request(op="call", target=self.send(target), args=self.send(list(args)),
                                         kwargs={"$dict": []}, keep=True, sync=bool(sync)))
         if not isinstance(found, Remote):
-            raise KernelGone("bad reply")
+            raise BadReply("a reply not in the format")
         return found
 
     def sample(self, kept: "Remote", rows) -> dict:
@@ -193,7 +193,7 @@ class Kernel:
         ``rows`` along dim -2 (a tensor, under "rows"; None where there are none)."""
         found = self.value(self.request(op="sample", target=self.send(kept), rows=[int(i) for i in rows]))
         if not isinstance(found, dict):
-            raise KernelGone("bad reply")
+            raise BadReply("a reply not in the format")
         return found
 
     def call_discarding(self, target, *args, sync=False, **kwargs) -> None:
@@ -215,7 +215,7 @@ class Kernel:
                                     "standins": self.send(dict(standins or {})), "skip_failures": bool(skip_failures),
                                     "replace": list(replace)})
         if not isinstance(reply, dict) or not isinstance(reply.get("skipped"), list):
-            raise KernelGone("bad reply")
+            raise BadReply("a reply not in the format")
         history = self.value(reply.get("history")) or []
         skipped = [{"line": s.get("line"), "assigns": s.get("assigns") if isinstance(s.get("assigns"), str) else None,
                     "error": student_error(s.get("error"))} for s in reply["skipped"][:8] if isinstance(s, dict)]
@@ -232,7 +232,7 @@ class Kernel:
         reply = self.request(op="call", target=self.send(target), args=self.send(list(args)),
                              kwargs=self.send(kwargs), intermediates=int(limit))
         if not isinstance(reply, dict) or not isinstance(reply.get("tensors"), list):
-            raise KernelGone("bad reply")
+            raise BadReply("a reply not in the format")
         error = student_error(reply["error"]) if reply.get("error") else None
         tensors = [t for t in self.value(reply["tensors"]) if isinstance(t, torch.Tensor)]
         return (None if error else self.value(reply.get("value"))), error, tensors
@@ -243,7 +243,7 @@ class Kernel:
         ``grad_of`` (None where there is no gradient path). Taken in the kernel: autograd is the student's."""
         reply = self.request(op="call", target=self.send(target), args=self.send(list(args)), grad_of=list(grad_of))
         if not isinstance(reply, dict) or not isinstance(reply.get("grads"), list):
-            raise KernelGone("bad reply")
+            raise BadReply("a reply not in the format")
         grads = [None if g is None else self.value(g) for g in reply["grads"]]
         return self.value(reply.get("value")), bool(reply.get("requires_grad")), grads
 
@@ -255,7 +255,7 @@ class Kernel:
         ``kernel.get(m, "W_q.weight", "W_q.bias")``."""
         values = self.value(self.request(op="get", target=self.send(target), paths=[str(p) for p in paths]))
         if not isinstance(values, list) or len(values) != len(paths):
-            raise KernelGone("bad reply")
+            raise BadReply("a reply not in the format")
         return tuple(values)
 
     def setattr(self, target, name: str, value) -> None:

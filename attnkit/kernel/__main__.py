@@ -305,7 +305,7 @@ def zygote(fd: int, preload: list[str] = ()) -> None:
 
     ctypes.CDLL(None).prctl(4, 0)  # PR_SET_DUMPABLE=0: no ptrace or /proc/<pid>/mem by a notebook
     import torch  # noqa: F401
-    import attnkit.kernel.agent  # noqa: F401  (what hidden tests reach the kernel through)
+    import attnkit.kernel.line  # noqa: F401  (the agent, and the line hidden tests reach it through)
     import numpy  # noqa: F401
     from ipykernel import kernelapp  # noqa: F401
     import ipykernel.ipkernel  # noqa: F401

@@ -1,15 +1,11 @@
 """The kernel's agent: the only code of the kit that hidden tests reach the student's kernel through.
 
 Kernel side (bound read-only into the sandbox; students may read it: it holds no answer, no test,
-no reference). The grader process (attnkit/grader/) sends one request per execute_request,
-
-    __import__("attnkit.kernel.agent").kernel.agent.serve('<json>')
-
-and reads the reply from a display output of type REPLY_MIME. A request names something in the
-student's namespace or an object the agent handed out earlier (``$ref``), and carries its arguments
-by value (attnkit/kernel/wire.py). The agent does exactly what it is asked: look names up, call, read or set
-an attribute, create a bare instance, record the locals a function binds, take gradients. It never
-decides anything: every comparison and verdict happens in the grader.
+no reference). The grader process (attnkit/grader/) sends requests over the grading line
+(attnkit/kernel/line.py): JSON text, one ``_reply`` each. A request names something in the student's namespace or an object the agent handed out earlier (``$ref``),
+and carries its arguments by value (attnkit/kernel/wire.py). The agent does exactly what it is asked: look
+names up, call, read or set an attribute, create a bare instance, record the locals a function binds, take
+gradients. It never decides anything: every comparison and verdict happens in the grader.
 
 Whatever the student's code raises comes back as its type name and at most ERROR_BYTES of its
 message; a blank ``_____`` still in the code comes back as the label of its line.
@@ -32,7 +28,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnkit.kernel import wire
 
-REPLY_MIME = wire.REPLY_MIME
 ERROR_BYTES = 300
 BLANK = "_____"
 # The "# (x)" label of a line: "(d)", "(b-ii)", "(another blank)". The course helper students receive has its own
@@ -63,13 +58,13 @@ def _ref(obj) -> dict:
             "callable": callable(obj)}
 
 
-CALLBACK_PROMPT = wire.CALLBACK_PROMPT   # an input request that carries a callback's arguments
-_ask = None   # how a callback reaches the grader: input() of the current request (set by serve)
+CALLBACK_PROMPT = wire.CALLBACK_PROMPT   # the text before a callback's arguments
+_ask = None   # how a callback reaches the grader while a request runs (set by line.session)
 
 
 class _Callback:
     """A function of the grader's, called by value: its arguments go out as data, its result comes back
-    as data (over the kernel's stdin channel). Nothing else of the grader's is reachable from here."""
+    as data (over the grading socket). Nothing else of the grader's is reachable from here."""
 
     def __init__(self, number: int):
         self.number = number
@@ -434,36 +429,6 @@ def _reply(text: str) -> str:
         return json.dumps(reply, separators=(",", ":"), allow_nan=False)
     except Exception as exc:
         return json.dumps({"ok": False, "error": _error(exc)})
-
-
-def serve(text: str) -> None:
-    """Run one request sent as an execute_request and publish its reply as a display output. This way a
-    request may call back into the grader (its stdin channel is open): the grader uses it for requests
-    that pass the student's code a function of the test's."""
-    global _ask
-    _ask = builtins.input  # ipykernel's, for this execution (the request allows stdin)
-    try:
-        payload = _reply(text)
-    finally:
-        _ask = None
-    from IPython.display import publish_display_data
-    publish_display_data({REPLY_MIME: payload})
-
-
-COMM_TARGET = wire.COMM_TARGET
-
-
-def listen() -> None:
-    """Accept requests as comm messages too (no cell execution around them: about 5x faster). The reply
-    is a comm message {"reply": <json>} to the request."""
-    def opened(comm, _msg):
-        @comm.on_msg
-        def received(msg):
-            data = msg.get("content", {}).get("data", {})
-            text = data.get("request") if isinstance(data, dict) else None
-            comm.send({"reply": _reply(text if isinstance(text, str) else "")})
-
-    get_ipython().kernel.comm_manager.register_target(COMM_TARGET, opened)  # noqa: F821 (IPython's)
 
 
 def wire_loads(text: str) -> dict:

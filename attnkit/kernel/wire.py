@@ -29,6 +29,7 @@ import base64
 import json
 import math
 import re
+import struct
 
 import torch
 
@@ -43,15 +44,24 @@ DEFAULT_LIMIT = 64 << 20  # bytes of tensor data in one message
 MAX_RANDN = 1 << 26       # elements of one tensor drawn on arrival ($randn)
 
 # -- the protocol between the grader (attnkit/grader/remote.py, channel.py) and the agent (attnkit/kernel/agent.py)
-REPLY_MIME = "text/vnd.attnkit.reply+json"   # the display type of the agent's reply to an execute_request
-CALLBACK_PROMPT = "\x00attnkit-callback:"     # an input request that carries a callback's arguments
-COMM_TARGET = "attnkit.kernel.agent"           # the comm the agent listens on
+CALLBACK_PROMPT = "\x00attnkit-callback:"     # the start of a callback frame: a test's function called by value
 REQUESTS = ("module_attr", "noop", "lookup", "getattr", "get", "setattr", "update", "own", "new", "release", "keep",
             "call", "sample")                  # the ``op`` of every request the agent serves
 MAX_REPLY = 64 << 20        # characters of one message from the kernel (a reply, a callback's arguments)
 MAX_REPLY_VALUES = 250_000  # JSON values in one such message (the largest honest reply, 4096 recorded
                             # intermediates with their shapes, holds ~60,000)
 COMPUTED = ("$randn", "$generator")   # entries that make the receiver compute: never accepted from the kernel
+
+# -- the grading line: one Unix socket per test cell, opened by SESSION_CALL (one execution for all of the cell's
+# requests). A frame is its kind, its length in bytes, then that many bytes of UTF-8 JSON.
+SESSION_CALL = "__import__('attnkit.kernel.line').kernel.line.session({!r})"
+FRAME = struct.Struct(">cQ")
+REQUEST, REPLY, CALLBACK, ANSWER = b"Q", b"R", b"C", b"A"   # grader -> kernel: Q, A; kernel -> grader: R, C
+
+
+def frame(kind: bytes, text: str) -> bytes:
+    body = text.encode("utf-8")
+    return FRAME.pack(kind, len(body)) + body
 
 
 class Randn:

@@ -18,8 +18,8 @@ KIT_DIR = str(kit_dir())  # the installed attnkit package (a wheel's or a checko
 # Only these kit modules are visible to a kernel: the package will hold fixture banks with right answers.
 # The kit's files a kernel can see: its start-up, the agent hidden tests reach it through, their data format.
 # Nothing of the grader (hidden tests, references, attnkit/grader/) is ever bound in.
-KERNEL_MODULES = ("__init__.py", "kernel/__init__.py", "kernel/__main__.py", "kernel/agent.py", "kernel/wire.py",
-                  "kernel/seal.py")
+KERNEL_MODULES = ("__init__.py", "kernel/__init__.py", "kernel/__main__.py", "kernel/agent.py", "kernel/line.py",
+                  "kernel/wire.py", "kernel/seal.py")
 SANDBOX_KIT = "/opt/attnkit"          # the kernel's PYTHONPATH entry holding attnkit/<KERNEL_MODULES>
 SANDBOX_HOME = "/home/student"        # the kernel's working folder (tmpfs)
 def _setpriv_args(uid: int) -> list[str]:

@@ -10,17 +10,10 @@ by students); everything else in the instructor's or grading process.
 __version__ = "0.1.0"
 
 import sys as _sys
-import warnings as _warnings
 
 # jsonschema (under nbformat, so under every kit process) imports rfc3987_syntax when it is
 # installed, for two URI string formats that no notebook schema uses; that import builds a parser
 # and takes 0.9 s of CPU in every process. Without it jsonschema skips just those two formats.
 _sys.modules.setdefault("rfc3987_syntax", None)
-
-# nbgrader's gradebook triggers SQLAlchemy autoflush warnings that say nothing to course staff.
-try:
-    from sqlalchemy.exc import SAWarning as _SAWarning
-
-    _warnings.filterwarnings("ignore", category=_SAWarning)
-except ImportError:  # pragma: no cover
-    pass
+# (Nothing heavy here: every kit process imports this package, the kernels in the sandbox too. SQLAlchemy's
+# warnings are silenced where nbgrader's gradebook is set up: attnkit.course.alembic_head_in_process.)

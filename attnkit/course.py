@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from traitlets.config import Config
@@ -41,7 +42,10 @@ def alembic_head_in_process() -> None:
     and no process started)."""
     import nbgrader
     import nbgrader.api as api
+    from sqlalchemy.exc import SAWarning
 
+    # nbgrader's gradebook triggers SQLAlchemy autoflush warnings that say nothing to course staff
+    warnings.filterwarnings("ignore", category=SAWarning)
     if getattr(api.get_alembic_version, "in_process", False):
         return
     scripts = os.path.join(os.path.dirname(nbgrader.__file__), "alembic")

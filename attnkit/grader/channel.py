@@ -82,7 +82,7 @@ class Line:
         folder = run_dir if run_dir and os.path.isdir(run_dir) else None
         if folder is None:  # no sandbox folder (an unsandboxed kernel): one of this process's own
             folder = self._folder = tempfile.mkdtemp(prefix="attnkit-line-")
-        path = os.path.join(folder, f"agent-{uuid.uuid4().hex[:12]}.sock")
+        path = os.path.join(folder, f"l{uuid.uuid4().hex[:8]}")  # short: shorter than the kernel's zmq sockets there
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(path)

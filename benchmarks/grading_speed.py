@@ -96,10 +96,12 @@ def floor(repeats: int = 3) -> dict:
 
 
 def export_base(ref: str) -> Path | None:
-    """The tree at git ``ref`` (the kit, its course_config.py and its notebooks), in a temp folder."""
+    """The tree at git ``ref`` (the kit, its course_config.py, its notebooks and grader helpers), in a temp folder."""
     dest = Path(tempfile.mkdtemp(prefix="attnkit-base-"))
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "attnkit", "source", "course_config.py",
-                              "nbgrader_config.py"], capture_output=True)
+    paths = ["attnkit", "source", "course_config.py", "nbgrader_config.py"]
+    paths += [p for p in ("graders",)  # the assignments' grader helpers, where the ref has them (course_config names them)
+              if subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{ref}:{p}"]).returncode == 0]
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, *paths], capture_output=True)
     if archive.returncode:
         shutil.rmtree(dest)
         return None

@@ -13,6 +13,7 @@ import pytest
 from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
 from attnkit.authoring.release import secret_scan
+import early
 from harness import kit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,16 +72,33 @@ def test_bundle_refuses_a_release_that_states_an_answer(course, tmp_path):
         shutil.rmtree(scratch.root, ignore_errors=True)
 
 
+@early.job
+def bundle_venv():
+    """(the unpacked bundle, a fresh venv made from its requirements only, pip's process), made as the session
+    starts (pip: a minute or more, while other tests grade)."""
+    tmp = Path(early.scratch("bundle"))
+    scratch = Course(ROOT).scratch_copy(parent=str(tmp), with_release=True)
+    out = kit(scratch.root, "bundle", "hw9")
+    assert out.returncode == 0, out.stdout + out.stderr
+    with zipfile.ZipFile(scratch.path("dist", "hw9-student.zip")) as zf:
+        zf.extractall(tmp / "student")
+    unpacked = tmp / "student" / "hw9"
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # (--no-compile: byte-compiling torch's files is half the install's time here, and nothing it tests)
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                          "--no-compile", "-r", "requirements.txt"], cwd=unpacked, capture_output=True, text=True,
+                         timeout=1200)
+    return unpacked, venv, pip
+
+
 @pytest.mark.slow
-def test_self_check_works_from_the_bundle_alone(course, unpacked, tmp_path):
+@pytest.mark.early("bundle_venv")
+def test_self_check_works_from_the_bundle_alone(course):
     """In a fresh virtual environment made from the bundle's requirements only: does the self-check
     exit 1 on the untouched release and 0 on a solved notebook, with no nbgrader tools installed?"""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    unpacked, venv, pip = early.result("bundle_venv")
     py = venv / "bin" / "python"
-    # (--no-compile: byte-compiling torch's files is half the install's time here, and nothing it tests)
-    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile", "-r",
-                          "requirements.txt"], cwd=unpacked, capture_output=True, text=True, timeout=1200)
     assert pip.returncode == 0, pip.stderr[-3000:]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"

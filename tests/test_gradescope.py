@@ -22,6 +22,7 @@ import pytest
 from attnkit.authoring import notebooks as nbu
 from attnkit.course import Course
 from attnkit.authoring.samples import partial
+import early
 from harness import kit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -459,16 +460,28 @@ def test_hostile_submission_cannot_read_the_solutions(hostile):
 
 
 # -- setup.sh ----------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_setup_sh_installs_a_working_kit(tmp_path, kitzip):
-    """Does setup.sh (apt skipped, torch from pip's own index here) make a venv that imports the kit and grades?"""
-    root = gradescope_root(tmp_path / "ag", kitzip, {f"{NB}.ipynb": nb_bytes(solved())})
-    prefix = tmp_path / "kit-venv"
+@early.job
+def setup_sh():
+    """(the autograder root, the venv setup.sh made, setup.sh's process): the zip built and setup.sh run as the
+    session starts (a fresh venv of every pin: minutes of pip, while other tests grade)."""
+    tmp = Path(early.scratch("setup-sh"))
+    zipped = tmp / "hw9-gradescope.zip"
+    kit(ROOT, "gradescope", "hw9", "-o", str(zipped), check=True)
+    root = gradescope_root(tmp / "ag", zipped, {f"{NB}.ipynb": nb_bytes(solved())})
+    prefix = tmp / "kit-venv"
     # (PIP_COMPILE=0: byte-compiling every installed file (torch's thousands) costs set-up time and tests nothing)
     env = dict(os.environ, KIT_PREFIX=str(prefix), KIT_SKIP_APT="1", KIT_TORCH_INDEX="", PIP_COMPILE="0",
                KIT_PYTHON=shutil.which("python3.11") or shutil.which("python3"))
     proc = subprocess.run(["bash", str(root / "source" / "setup.sh")], env=env, capture_output=True, text=True,
                           timeout=1200)
+    return root, prefix, proc
+
+
+@pytest.mark.slow
+@pytest.mark.early("setup_sh")
+def test_setup_sh_installs_a_working_kit(tmp_path):
+    """Does setup.sh (apt skipped, torch from pip's own index here) make a venv that imports the kit and grades?"""
+    root, prefix, proc = early.result("setup_sh")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "kit ready: 2.13.0" in proc.stdout
     probe = subprocess.run([str(prefix / "bin" / "python"), "-c",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import early
 from attnkit import sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,46 +244,52 @@ def _sh(*argv, **kw):
     return subprocess.run(list(argv), capture_output=True, text=True, **kw)
 
 
-@pytest.fixture
-def ordinary_user():
-    """An ordinary user made for the test (useradd, home under /home), removed with its home afterwards."""
+def _ordinary_user():
+    """An ordinary user made for the test (useradd, home under /home), removed with its home when the session
+    ends; None where that cannot be done here."""
     import pwd
 
     if os.geteuid() != 0 or not shutil.which("apt-get") or not shutil.which("useradd"):
-        pytest.skip("needs root, apt-get and useradd (CI) to make an ordinary user and install Debian's python3-venv")
+        return None
     name = f"attnkit-ci{os.getpid()}"
     made = _sh("useradd", "--create-home", "--shell", "/bin/bash", name, timeout=60)
     assert made.returncode == 0, made.stderr
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        _sh("userdel", "--remove", name, timeout=120)
+    early.on_finish(lambda: _sh("userdel", "--remove", name, timeout=120))
+    return pwd.getpwnam(name)
 
 
-def _debian_python() -> str:
-    """/usr/bin/python3 able to make a venv: python3 and python3-venv from Debian's packages where missing."""
+def _debian_python() -> str | None:
+    """/usr/bin/python3 able to make a venv: python3 and python3-venv from Debian's packages where missing
+    (None, with why, where they cannot be installed)."""
     py = "/usr/bin/python3"
     ok = os.path.exists(py) and _sh(py, "-c", "import ensurepip, venv", timeout=60).returncode == 0 \
         and _sh("dpkg", "-s", "python3-venv", timeout=60).returncode == 0
     if not ok:
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        got = _sh("bash", "-c", "apt-get update -qq && apt-get install -y -qq python3 python3-venv", env=env,
-                  timeout=600)
+        lock = "-o DPkg::Lock::Timeout=600"  # another apt-get on the machine (the Slurm tests'): wait for it
+        got = _sh("bash", "-c", f"apt-get {lock} update -qq && apt-get {lock} install -y -qq python3 python3-venv",
+                  env=env, timeout=900)
         if got.returncode != 0:
-            pytest.skip(f"could not install Debian's python3-venv: {got.stderr.strip()[-300:]}")
+            raise RuntimeError(f"could not install Debian's python3-venv: {got.stderr.strip()[-300:]}")
     return py
 
 
-@pytest.mark.slow
-def test_an_ordinary_user_runs_the_demo_with_debians_python_through_a_symlink(ordinary_user):
-    """As an ordinary user, with Debian's python3 and a clone reached through a symlink whose path has a space
-    (its real path a non-ASCII name), does the README's first command (./kit demo) choose that Python, set up,
-    name the sandbox in force, and give the very table of the root run (the README's)?"""
+@early.job
+def ordinary_user_demo():
+    """The README's first command as an ordinary user (started with the session: minutes of pip, then the demo).
+    Returns (user, its course path, the Python it should choose, its version, the demo's process, seconds), or a
+    string saying why it cannot run here."""
     import time
 
-    py = _debian_python()
+    user = _ordinary_user()
+    if user is None:
+        return "needs root, apt-get and useradd (CI) to make an ordinary user and install Debian's python3-venv"
+    try:
+        py = _debian_python()
+    except RuntimeError as exc:
+        return str(exc)
     version = _sh(py, "-c", "import platform; print(platform.python_version())", timeout=60).stdout.strip()
-    user, home = ordinary_user.pw_name, Path(ordinary_user.pw_dir)
+    home = Path(user.pw_dir)
     # the clone: tracked and new files as they are here, at a real path reached only through the symlink
     real = home / "données" / "attnkit"
     real.mkdir(parents=True)
@@ -295,33 +302,43 @@ def test_an_ordinary_user_runs_the_demo_with_debians_python_through_a_symlink(or
     (home / "My Courses").symlink_to(home / "données")
     course = home / "My Courses" / "attnkit"
     # the same pinned wheels, from this venv's pip cache into a folder the user may read: no network, no rebuilds
-    wheels = Path(os.environ.get("TMPDIR", "/tmp")) / f"attnkit-wheels-{os.getpid()}"
-    try:
-        got = _sh(sys.executable, "-m", "pip", "wheel", "-q", "-r", str(ROOT / "requirements.txt"), "-w",
-                  str(wheels), timeout=900)
-        assert got.returncode == 0, got.stderr[-2000:]
-        os.chmod(wheels, 0o755)
-        _sh("chown", "-R", f"{user}:{user}", str(home / "données"), timeout=120)
-        # (PIP_COMPILE=0: byte-compiling every installed file (torch's thousands) costs set-up time and tests nothing)
-        env = ["env", "-i", f"HOME={home}", "PATH=/usr/bin:/bin", "LANG=C.UTF-8", "PIP_NO_INDEX=1",
-               f"PIP_FIND_LINKS={wheels}", "PIP_DISABLE_PIP_VERSION_CHECK=1", "PIP_COMPILE=0"]
-        t0 = time.perf_counter()
-        theirs = _sh("runuser", "-u", user, "--", *env, "bash", "-c", 'cd "$1" && ./kit demo --workers 2',
-                     "kit-demo", str(course), timeout=1800)
-        took = time.perf_counter() - t0
-    finally:
-        shutil.rmtree(wheels, ignore_errors=True)
-    print(f"\n--- as {user}, in {course} ({took:.0f} s with set-up)\n{theirs.stderr[-3000:]}\n{theirs.stdout[-1500:]}")
+    wheels = Path(early.scratch("wheels"))
+    got = _sh(sys.executable, "-m", "pip", "wheel", "-q", "-r", str(ROOT / "requirements.txt"), "-w",
+              str(wheels), timeout=900)
+    assert got.returncode == 0, got.stderr[-2000:]
+    os.chmod(wheels, 0o755)
+    _sh("chown", "-R", f"{user.pw_name}:{user.pw_name}", str(home / "données"), timeout=120)
+    # (PIP_COMPILE=0: byte-compiling every installed file (torch's thousands) costs set-up time and tests nothing)
+    env = ["env", "-i", f"HOME={home}", "PATH=/usr/bin:/bin", "LANG=C.UTF-8", "PIP_NO_INDEX=1",
+           f"PIP_FIND_LINKS={wheels}", "PIP_DISABLE_PIP_VERSION_CHECK=1", "PIP_COMPILE=0"]
+    t0 = time.perf_counter()
+    theirs = _sh("runuser", "-u", user.pw_name, "--", *env, "bash", "-c", 'cd "$1" && ./kit demo --workers 2',
+                 "kit-demo", str(course), timeout=1800)
+    return user, course, py, version, theirs, time.perf_counter() - t0
+
+
+@pytest.mark.slow
+@pytest.mark.early("ordinary_user_demo")
+def test_an_ordinary_user_runs_the_demo_with_debians_python_through_a_symlink():
+    """As an ordinary user, with Debian's python3 and a clone reached through a symlink whose path has a space
+    (its real path a non-ASCII name), does the README's first command (./kit demo) choose that Python, set up,
+    name the sandbox in force, and give the very table of the root run (the README's)?"""
+    found = early.result("ordinary_user_demo")
+    if isinstance(found, str):
+        pytest.skip(found)
+    user, course, py, version, theirs, took = found
+    print(f"\n--- as {user.pw_name}, in {course} ({took:.0f} s with set-up)\n{theirs.stderr[-3000:]}\n"
+          f"{theirs.stdout[-1500:]}")
     assert theirs.returncode == 0, theirs.stdout[-3000:] + theirs.stderr[-3000:]
     assert f"kit: Python {version} ({py})" in theirs.stderr
     # the sandbox in force for that user here: what bwrap and the cgroup tree allow
-    userns = _sh("runuser", "-u", user, "--", sandbox.BWRAP, "--unshare-user", "--ro-bind", "/", "/", "true",
+    userns = _sh("runuser", "-u", user.pw_name, "--", sandbox.BWRAP, "--unshare-user", "--ro-bind", "/", "/", "true",
                  timeout=60).returncode == 0
     assert ("sandbox: bubblewrap in an unprivileged user namespace" if userns else "sandbox: NONE") in theirs.stderr
     v1 = not os.path.exists("/sys/fs/cgroup/cgroup.controllers")
     memory = next((l for l in theirs.stderr.splitlines() if l.startswith("memory: ")), "")
     assert memory.startswith("memory: NO cgroup limit") and (
-        "this host has cgroup v1" if v1 else f"in no subtree delegated to uid {ordinary_user.pw_uid}") in memory, memory
+        "this host has cgroup v1" if v1 else f"in no subtree delegated to uid {user.pw_uid}") in memory, memory
     # the table of the root run: the README's, which tests/test_export.py checks against a root demo
     assert _table(theirs.stdout) == readme_table()
 

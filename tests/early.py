@@ -5,7 +5,9 @@ uses little of a second core; grading fixture banks uses both. A test whose set-
 itself ``@pytest.mark.early("job")`` and reads ``early.result("job")``: conftest.py starts every job a
 selected test names as soon as collection ends, so the install runs while other tests grade, and the test
 itself only waits for what is left of it. A job builds its own inputs (no pytest fixture: it starts before
-any), returns what the test asserts on, and registers what to remove at the session's end."""
+any), returns what the test asserts on, and registers what to remove at the session's end. It names the working
+folder of every process it starts: the session's is shared with the tests, which may move into a folder and
+remove it (a pip started there failed in os.getcwd)."""
 from __future__ import annotations
 
 import shutil

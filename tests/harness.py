@@ -16,11 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]   # the course this checkout holds (c
 ASSIGNMENT = "hw9"
 
 
-def kit(course_root, *args, check=False, env=None, timeout=900):
+def kit(course_root, *args, check=False, env=None, timeout=900, cwd=None):
     """Run a kit command as a person would (python -m attnkit --root ...); ``env`` adds variables.
     With ``check``, a non-zero exit fails the test with the command's output."""
     proc = subprocess.run([sys.executable, "-m", "attnkit", "--root", str(course_root), *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

@@ -78,13 +78,13 @@ def bundle_venv():
     starts (pip: a minute or more, while other tests grade)."""
     tmp = Path(early.scratch("bundle"))
     scratch = Course(ROOT).scratch_copy(parent=str(tmp), with_release=True)
-    out = kit(scratch.root, "bundle", "hw9")
+    out = kit(scratch.root, "bundle", "hw9", cwd=tmp)
     assert out.returncode == 0, out.stdout + out.stderr
     with zipfile.ZipFile(scratch.path("dist", "hw9-student.zip")) as zf:
         zf.extractall(tmp / "student")
     unpacked = tmp / "student" / "hw9"
     venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, cwd=tmp)
     # (--no-compile: byte-compiling torch's files is half the install's time here, and nothing it tests)
     pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                           "--no-compile", "-r", "requirements.txt"], cwd=unpacked, capture_output=True, text=True,

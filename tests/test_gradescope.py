@@ -466,14 +466,14 @@ def setup_sh():
     session starts (a fresh venv of every pin: minutes of pip, while other tests grade)."""
     tmp = Path(early.scratch("setup-sh"))
     zipped = tmp / "hw9-gradescope.zip"
-    kit(ROOT, "gradescope", "hw9", "-o", str(zipped), check=True)
+    kit(ROOT, "gradescope", "hw9", "-o", str(zipped), check=True, cwd=tmp)
     root = gradescope_root(tmp / "ag", zipped, {f"{NB}.ipynb": nb_bytes(solved())})
     prefix = tmp / "kit-venv"
     # (PIP_COMPILE=0: byte-compiling every installed file (torch's thousands) costs set-up time and tests nothing)
     env = dict(os.environ, KIT_PREFIX=str(prefix), KIT_SKIP_APT="1", KIT_TORCH_INDEX="", PIP_COMPILE="0",
                KIT_PYTHON=shutil.which("python3.11") or shutil.which("python3"))
     proc = subprocess.run(["bash", str(root / "source" / "setup.sh")], env=env, capture_output=True, text=True,
-                          timeout=1200)
+                          timeout=1200, cwd=tmp)
     return root, prefix, proc
 
 

@@ -241,7 +241,8 @@ def readme_table() -> str:
 
 
 def _sh(*argv, **kw):
-    return subprocess.run(list(argv), capture_output=True, text=True, **kw)
+    """(in "/" unless told: the early job's commands must not inherit a test's working folder, which may go)"""
+    return subprocess.run(list(argv), capture_output=True, text=True, **{"cwd": "/", **kw})
 
 
 def _ordinary_user():

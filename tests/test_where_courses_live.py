@@ -259,9 +259,9 @@ def _ordinary_user():
     return pwd.getpwnam(name)
 
 
-def _debian_python() -> str | None:
+def _debian_python() -> str:
     """/usr/bin/python3 able to make a venv: python3 and python3-venv from Debian's packages where missing
-    (None, with why, where they cannot be installed)."""
+    (RuntimeError, saying why, where they cannot be installed)."""
     py = "/usr/bin/python3"
     ok = os.path.exists(py) and _sh(py, "-c", "import ensurepip, venv", timeout=60).returncode == 0 \
         and _sh("dpkg", "-s", "python3-venv", timeout=60).returncode == 0

@@ -32,11 +32,6 @@ PROFILE = os.environ.get("ATTNKIT_PROFILE_HIDDEN")   # a file: one line per hidd
 INTERRUPT_WAIT = 5.0   # seconds a kernel gets to stop after a timeout's interrupt
 
 
-async def _alive(km) -> None:
-    if not await km.is_alive():
-        raise KernelDied("the Python kernel died while a hidden test was calling your code")
-
-
 async def execute(executor, code: str, deadline: float) -> str:
     """Run ``code`` in the kernel as one execution (its outputs read and dropped) until the kernel is idle
     again: "idle", "died", or "timeout" once ``deadline`` (time.monotonic()) has passed."""
@@ -54,12 +49,12 @@ async def execute(executor, code: str, deadline: float) -> str:
             continue
         if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == "status" \
                 and msg.get("content", {}).get("execution_state") == "idle":
-            await _until(kc.get_shell_msg, msg_id, max(1.0, min(5.0, deadline - time.monotonic())))
+            await _shell_reply(kc, msg_id, max(1.0, min(5.0, deadline - time.monotonic())))
             return "idle"
 
 
 class Line:
-    """The grader's end of one test cell's session with the kernel's agent (attnkit/kernel/agent.py ``session``).
+    """The grader's end of one test cell's session with the kernel's agent (attnkit/kernel/line.py ``session``).
 
     ``send(text)`` is a Kernel's transport (grader/remote.py): a request frame out, then frames in until its
     reply, answering every callback frame on the way with ``answer`` (the Kernel's answer_callback). Called
@@ -107,6 +102,16 @@ class Line:
                 os.unlink(path)
             except OSError:
                 pass
+
+    def _closed(self):
+        """The agent's end closed (its execution ended, or the kernel died): say which, given 2 s to tell."""
+        try:
+            self.done.result(2)
+        except Exception:  # noqa: BLE001 (not over yet: the kernel went on without its agent)
+            pass
+        if self.done.done():
+            self._ended()
+        raise KernelGone("the kernel closed the grading line")
 
     def _ended(self):
         outcome = self.done.result()
@@ -171,14 +176,8 @@ class Line:
                     self._ended()
                 continue
             n = self.sock.recv_into(view[got:])
-            if not n:  # the agent's end closed: its execution ended, or the kernel died
-                try:
-                    self.done.result(2)
-                except Exception:  # noqa: BLE001
-                    pass
-                if self.done.done():
-                    self._ended()
-                raise KernelGone("the kernel closed the grading line")
+            if not n:
+                self._closed()
             got += n
         return bytes(buf)
 
@@ -209,24 +208,20 @@ class Line:
                         self._break("2 replies to one request")
                     return body
                 self.sock.sendall(wire.frame(wire.ANSWER, self.answer(body)))
-        except OSError:
-            if self.done is not None and self.done.done():
-                self._ended()
-            raise KernelGone("the kernel closed the grading line") from None
+        except OSError:  # the agent's end closed while a frame went out
+            self._closed()
 
 
-async def _until(get, msg_id, timeout, done=lambda msg: True) -> bool:
-    """Read messages with ``get`` until one answering request ``msg_id`` satisfies ``done`` (True) or the
-    time is up (False); the others are dropped."""
+async def _shell_reply(kc, msg_id, timeout: float) -> None:
+    """Read shell messages until the reply to ``msg_id`` (or the time is up); the others are dropped."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
-            msg = await get(timeout=max(0.05, end - time.monotonic()))
+            msg = await kc.get_shell_msg(timeout=max(0.05, end - time.monotonic()))
         except Empty:
-            return False
-        if msg.get("parent_header", {}).get("msg_id") == msg_id and done(msg):
-            return True
-    return False
+            return
+        if msg.get("parent_header", {}).get("msg_id") == msg_id:
+            return
 
 
 def student_sources(nb, cell) -> list[str]:

@@ -391,6 +391,37 @@ def test_ctrl_c_cancels_nothing_and_the_same_command_resumes(cluster, tmp_path):
     assert "patient" in scores(base, ASSIGNMENT)["students"]
 
 
+def test_ctrl_c_while_sbatch_submits_records_the_job_before_stopping(tmp_path):
+    """A Ctrl-C that lands while sbatch is taking the job (a fake sbatch signals the kit, then answers): is the
+    job written to run.json and the jobs index before the kit exits 130 naming it, so the same command resumes
+    it instead of losing it; and is a run folder that never got a job not resumed?"""
+    import signal
+
+    course = _small_course(tmp_path)
+    course.path("submitted", "alice", "hw").mkdir(parents=True)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "sbatch"
+    fake.write_text("#!/bin/sh\nkill -INT $PPID\nsleep 1\necho 4242\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "attnkit", "--root", str(course.root), "autograde", "hw",
+                           "--on", "slurm"], capture_output=True, text=True, env=env, timeout=300,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.returncode == 130, proc.stderr
+    assert "nothing was cancelled; job 4242 goes on" in proc.stderr, proc.stderr
+    run = slurm.find_run(course, "4242")
+    assert run is not None and run.jobs() == ["4242"]
+    assert slurm.open_run(course, "hw", ["alice"]).dir == run.dir
+
+    never = course.path("slurm", "hw-19990101-000000-000000")  # written before sbatch took anything
+    never.mkdir()
+    (never / "run.json").write_text(json.dumps({"assignment": "hw", "students": ["alice"], "options": {},
+                                                "rounds": []}))
+    shutil.rmtree(run.dir)
+    assert slurm.open_run(course, "hw", ["alice"]) is None
+
+
 # ------------------------------------------------------------------------------------ a GPU, an ordinary user
 def _one_student_course(tmp_path, student: str) -> Course:
     from attnkit.authoring.release import generate

@@ -18,7 +18,7 @@ def cli(args, assignments) -> int:
     from attnkit.reports import table
 
     course = Course(args.root)
-    run = None
+    run = assignment = students = None
     try:
         if args.collect:
             run = find_run(course, args.collect)
@@ -81,7 +81,12 @@ def cli(args, assignments) -> int:
             print("\n".join(lines))
         return 0 if all(r.ok for r in results) else 1
     except KeyboardInterrupt:
-        job = run.jobs()[0] if run is not None and run.jobs() else "?"
+        if run is None and students:  # stopped inside submit(), after sbatch took the job: it is recorded
+            run = open_run(course, assignment, students)
+        if run is None or not run.jobs():
+            print("\ninterrupted before any job was submitted: nothing is running on the cluster", file=sys.stderr)
+            return 130
+        job = run.jobs()[0]
         print(f"\ninterrupted: nothing was cancelled; job {job} goes on on the cluster, and the students already "
               f"graded are merged. Run the same command again (or ./kit autograde --collect {job}) to follow it "
               f"and merge the rest", file=sys.stderr)

@@ -6,8 +6,10 @@ import datetime as dt
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 from attnkit.course import Course
@@ -43,25 +45,55 @@ def _need(tool: str) -> str:
     return path
 
 
+_deferring = 0  # nested recorded() blocks: only the outermost raises the deferred Ctrl-C
+
+
+@contextlib.contextmanager
+def recorded():
+    """Is a job that sbatch accepted always written down? Ctrl-C (SIGINT) inside this block waits for its end,
+    so a submitted job is in run.json and the jobs index before the KeyboardInterrupt: the same command resumes
+    it instead of losing it, or submitting it twice."""
+    global _deferring
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield
+        return
+    caught = []
+    before = signal.getsignal(signal.SIGINT)
+    if _deferring == 0:
+        signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        if _deferring == 0:
+            signal.signal(signal.SIGINT, before)
+            if caught and before is not signal.SIG_IGN:
+                raise KeyboardInterrupt
+
+
 def _sbatch(run: Run, round_no: int, groups: list[list[str]]) -> str:
+    """Submit one round's array job and record it: run.json first (what a resume reads), then the jobs index."""
     sdir = run.dir / "shards"
     sdir.mkdir(exist_ok=True)
     for i, group in enumerate(groups):
         (sdir / f"{round_no}-{i}.json").write_text(json.dumps(group))
     script = run.dir / f"round-{round_no}.sbatch"
     script.write_text(_script(run, round_no, len(groups)))
-    proc = subprocess.run([_need("sbatch"), "--parsable", str(script)], capture_output=True, text=True,
-                          cwd=run.course.root)
-    if proc.returncode != 0:
-        raise SlurmError(f"sbatch refused the job: {proc.stderr.strip()[-500:]}")
-    job = proc.stdout.strip().split(";")[0]
-    if not job.isdigit():
-        raise SlurmError(f"sbatch said {proc.stdout.strip()!r}, not a job id")
-    index = _runs(run.course) / "jobs"
-    index.mkdir(parents=True, exist_ok=True)
-    (index / job).write_text(run.dir.name)
-    run.data["rounds"].append({"job": job, "shards": groups})
-    run.save()
+    with recorded():
+        # its own session: a Ctrl-C at the terminal must not stop sbatch between accepting the job and saying its id
+        proc = subprocess.run([_need("sbatch"), "--parsable", str(script)], capture_output=True, text=True,
+                              cwd=run.course.root, start_new_session=True)
+        if proc.returncode != 0:
+            raise SlurmError(f"sbatch refused the job: {proc.stderr.strip()[-500:]}")
+        job = proc.stdout.strip().split(";")[0]
+        if not job.isdigit():
+            raise SlurmError(f"sbatch said {proc.stdout.strip()!r}, not a job id")
+        run.data["rounds"].append({"job": job, "shards": groups})
+        run.save()
+        index = _runs(run.course) / "jobs"
+        index.mkdir(parents=True, exist_ok=True)
+        (index / job).write_text(run.dir.name)
     return job
 
 
@@ -75,9 +107,8 @@ def submit(course: Course, assignment: str, students: list[str], options: dict) 
     folder = _runs(course) / f"{assignment}-{stamp}"
     for sub in ("results", "tasks", "out"):
         (folder / sub).mkdir(parents=True)
-    (folder / "run.json").write_text(json.dumps({"assignment": assignment, "students": students,
-                                                 "options": options, "rounds": []}))
-    run = Run(folder)
+    # run.json is first written with the job: a folder without it was never submitted, and no rerun resumes it
+    run = Run(folder, {"assignment": assignment, "students": students, "options": options, "rounds": []})
     _sbatch(run, 0, shards(students, options["tasks"]))
     return run
 

@@ -58,9 +58,9 @@ def gpu_refusal(course: Course, gpus: int | None = None) -> str:
 class Run:
     """One cluster batch: ``RUN/run.json`` (assignment, students, options, the jobs of each round)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, data: dict | None = None):
         self.dir = Path(folder)
-        self.data = json.loads((self.dir / "run.json").read_text())
+        self.data = data if data is not None else json.loads((self.dir / "run.json").read_text())
 
     @property
     def course(self) -> Course:
@@ -100,8 +100,8 @@ def open_run(course: Course, assignment: str, students: list[str]) -> Run | None
             run = Run(folder)
         except (OSError, ValueError):
             continue
-        if run.data["assignment"] == assignment and not run.data.get("finished") \
-                and sorted(run.data["students"]) == sorted(students):
+        if run.data["assignment"] == assignment and not run.data.get("finished") and run.data["rounds"] \
+                and sorted(run.data["students"]) == sorted(students):  # no round: no job was ever submitted
             return run
     return None
 

@@ -15,18 +15,10 @@ def pytest_configure(config):
 
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(session, config, items):
-    """Start every early job a selected test names, or a module fixture it uses has (``early_job``: the banks),
-    in the order the tests will run (an install then runs while other tests grade; a lane grades the banks in the
-    order they are needed)."""
+    """Start every early job a selected test names (its install then runs while other tests grade)."""
     if config.option.collectonly:
         return
-    names = []
-    for item in items:
-        names += [m.args[0] for m in item.iter_markers("early")]
-        module = getattr(item, "module", None)
-        names += [getattr(module, f).early_job for f in getattr(item, "fixturenames", ())
-                  if hasattr(getattr(module, f, None), "early_job")]
-    for name in dict.fromkeys(names):
+    for name in dict.fromkeys(m.args[0] for item in items for m in item.iter_markers("early")):
         early.start(name)
 
 

@@ -21,7 +21,7 @@ from attnkit.batch.driver import autograde
 from attnkit.reports import feedback, scores
 from attnkit.batch.results import Problem
 from banks.attacks.tamper import NOTEBOOKS, Q3, Q3_TESTS, TAMPER
-from harness import ASSIGNMENT, assert_fixture, bank
+from harness import ASSIGNMENT, assert_fixture, cleanup, grade_fixtures
 
 pytestmark = pytest.mark.slow
 Q3_AUTO = sum(Q3_TESTS.values())  # the autograded maximum of Q3
@@ -32,7 +32,15 @@ SOURCE = ROOT / "source" / "hw9"
 # (attnkit/sandbox/): they are ordinary cases, and fail where grading is not sandboxed.
 
 
-graded = bank("banks.attacks.tamper:TAMPER", NOTEBOOKS)
+@pytest.fixture(scope="module")
+def graded():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ATTNKIT_CELL_TIMEOUT", "20")
+        t0 = time.perf_counter()
+        g = grade_fixtures(TAMPER, NOTEBOOKS, workers=2)
+        g.seconds = time.perf_counter() - t0
+    yield g
+    cleanup(g)
 
 
 def _status(graded, fx):

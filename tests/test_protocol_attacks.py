@@ -6,12 +6,22 @@ from __future__ import annotations
 import pytest
 
 from banks.attacks.protocol import NOTEBOOKS, PROTOCOL
-from harness import bank, bank_test
+from harness import bank_test, cleanup, grade_fixtures
 
 PEAK_MB = 1024   # the grading processes' peak here is ~0.4 GB; before, one reply bomb alone drew 1.5 GB
 
 
-graded = bank("banks.attacks.protocol:PROTOCOL", NOTEBOOKS)  # its peaks: each grading process's VmHWM
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    log = tmp_path_factory.mktemp("peaks") / "peaks.log"   # each grading process's VmHWM after each student
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ATTNKIT_CELL_TIMEOUT", "20")
+        mp.setenv("ATTNKIT_PEAK_LOG", str(log))
+        g = grade_fixtures(PROTOCOL, NOTEBOOKS)
+    g.peaks = {s: int(kb) // 1024 for s, kb in (line.split() for line in log.read_text().splitlines() if line.strip())}
+    print("grading processes' peak memory (MB) after each student:", g.peaks)
+    yield g
+    cleanup(g)
 
 
 test_fixture_scores_exactly = pytest.mark.slow(bank_test(PROTOCOL))

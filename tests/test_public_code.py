@@ -5,5 +5,5 @@ import pytest
 from banks.hw9.public_code import FIXTURES
 from harness import bank, bank_test
 
-graded = bank("banks.hw9.public_code:FIXTURES", sorted({f.notebook for f in FIXTURES}))
+graded = bank(FIXTURES, sorted({f.notebook for f in FIXTURES}))
 test_fixture_scores_exactly = pytest.mark.slow(bank_test(FIXTURES))

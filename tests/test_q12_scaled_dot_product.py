@@ -6,5 +6,5 @@ from harness import bank, bank_test
 
 pytestmark = pytest.mark.slow
 
-graded = bank("banks.hw9.q12_scaled_dot_product:FIXTURES", ["q12_scaled_dot_product"])
+graded = bank(FIXTURES, ["q12_scaled_dot_product"])
 test_fixture_scores_exactly = bank_test(FIXTURES)

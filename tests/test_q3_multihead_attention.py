@@ -14,7 +14,7 @@ from harness import bank, bank_test
 SOURCE = Path(__file__).resolve().parents[1] / "source" / "hw9"
 NB = "q3_multihead_attention"
 
-graded = bank("banks.hw9.q3_multihead_attention:FIXTURES", [NB])
+graded = bank(FIXTURES, [NB])
 test_fixture_scores_exactly = pytest.mark.slow(bank_test(FIXTURES))
 
 CHECKS = {"a": "q3a_W_k", "b": "q3b_W_v", "c": "q3c_W_o", "d": "q3d_scores", "e": "q3e_softmax",

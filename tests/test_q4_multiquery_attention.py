@@ -6,5 +6,5 @@ from harness import bank, bank_test
 
 pytestmark = pytest.mark.slow
 
-graded = bank("banks.hw9.q4_multiquery_attention:FIXTURES", ["q4_multiquery_attention"])
+graded = bank(FIXTURES, ["q4_multiquery_attention"])
 test_fixture_scores_exactly = bank_test(FIXTURES)

@@ -84,8 +84,6 @@ def _under_another_grader(pid: str, parents: dict, args: dict, root: str) -> boo
         grader = args.get(pid, "")
         if ("attnkit.batch.workers" in grader or "-m attnkit --root" in grader) and root not in grader:
             return True
-        if "bank_job.py" in grader:  # a fixture bank graded in the background (tests/harness.py): another course
-            return True
         if "pytest" in grader:  # another test run, grading in its own process
             return True
     return False

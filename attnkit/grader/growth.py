@@ -323,16 +323,14 @@ def check_linear_time(kernel, meter, fn, make_args, *, part, device="cpu", **kwa
 
 
 def check_linear_memory(kernel, meter, fn, make_args, sizes, *, part, floor_mb=8.0, limit=1.5, reference=None,
-                        verify=None, seed=None, tries=2):
+                        verify=None, seed=None):
     """Fail if the kernel's peak memory during one call grows faster than N^limit while reaching at least
     ``floor_mb`` MB above what the kernel held before the call (an N x N matrix, however it is built).
-    Each call on fresh inputs, its value checked (``reference``, ``verify``: see Measured). A size's peak is the
-    least of ``tries`` calls: what happens once (a thread pool started at the first large operation, pages of
-    a library first touched, which a loaded machine had evicted) shows in one call; an N x N matrix, in each."""
+    Each call on fresh inputs, its value checked (``reference``, ``verify``: see Measured)."""
     rng = random.Random(seed) if seed is not None else random.SystemRandom()
     m = Measured(kernel, meter, fn, make_args, reference=reference, verify=verify, part=part, rng=rng)
     try:
-        peaks = [min(m.peak(n) for _ in range(tries)) for n in sizes]
+        peaks = [m.peak(n) for n in sizes]
     except Inconclusive as exc:
         raise AssertionError(f"{part}: no verdict on the memory one call takes: {exc}") from None
     exps = [math.log2(peaks[i + 1] / peaks[i]) / math.log2(sizes[i + 1] / sizes[i]) for i in range(len(sizes) - 1)]

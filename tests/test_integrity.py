@@ -18,7 +18,7 @@ import pytest
 
 from attnkit.authoring import notebooks as nbu
 from attnkit.batch.driver import autograde
-from attnkit.reports import feedback, scores
+from attnkit.reports import failures, feedback, scores
 from attnkit.batch.results import Problem
 from banks.attacks.tamper import NOTEBOOKS, Q3, Q3_TESTS, TAMPER
 from harness import ASSIGNMENT, assert_fixture, cleanup, grade_fixtures
@@ -196,7 +196,8 @@ def test_regrade_is_identical_and_keeps_manual_grades(graded, pages):
     after = {s: _cells(course, s) for s in REGRADE}
     for s in REGRADE:
         for nb in before[s]:
-            assert after[s][nb]["cells"] == before[s][nb]["cells"], (s, nb)
+            assert after[s][nb]["cells"] == before[s][nb]["cells"], (  # what the regrade's failed parts said
+                s, nb, failures(nbu.read(course.path("autograded", s, ASSIGNMENT, f"{nb}.ipynb"))))
             assert after[s][nb]["score"] == before[s][nb]["score"], (s, nb)
     assert after[sid][Q3]["cells"]["q3b_explanation"][0] == 1.5
     assert after["tamper-patch-checks"][Q3]["cells"]["q3a_W_k"][0] == 0.5

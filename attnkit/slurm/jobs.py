@@ -45,31 +45,22 @@ def _need(tool: str) -> str:
     return path
 
 
-_deferring = 0  # nested recorded() blocks: only the outermost raises the deferred Ctrl-C
-
-
 @contextlib.contextmanager
 def recorded():
     """Is a job that sbatch accepted always written down? Ctrl-C (SIGINT) inside this block waits for its end,
     so a submitted job is in run.json and the jobs index before the KeyboardInterrupt: the same command resumes
     it instead of losing it, or submitting it twice."""
-    global _deferring
     if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
         yield
         return
     caught = []
-    before = signal.getsignal(signal.SIGINT)
-    if _deferring == 0:
-        signal.signal(signal.SIGINT, lambda *_: caught.append(True))
-    _deferring += 1
+    before = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
     try:
         yield
     finally:
-        _deferring -= 1
-        if _deferring == 0:
-            signal.signal(signal.SIGINT, before)
-            if caught and before is not signal.SIG_IGN:
-                raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, before)
+        if caught and before is not signal.SIG_IGN:
+            raise KeyboardInterrupt
 
 
 def _sbatch(run: Run, round_no: int, groups: list[list[str]]) -> str:

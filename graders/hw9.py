@@ -10,6 +10,7 @@ messages name the part and the symptom.
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 import math
 
@@ -269,6 +270,18 @@ def _uses_fused(tree) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=64)
+def _cell_nodes(src: str) -> tuple:
+    """Every AST node of one cell, its IPython syntax translated as the kernel does; () if it does not parse.
+    Read, never changed: a cell is parsed once, not once per test that asks (4 ms a cell); the cache holds
+    about one notebook's cells (students are graded one after another)."""
+    from IPython.core.inputtransformer2 import TransformerManager
+    try:
+        return tuple(ast.walk(ast.parse(TransformerManager().transform_cell(src))))
+    except (SyntaxError, ValueError):
+        return ()
+
+
 def _notebook_methods(sources, cname):
     """{method name: [its definitions' AST nodes]} for class ``cname`` in the student's cells ``sources``
     (every ``class cname`` anywhere in them, and every ``cname.method = value``, a function of the notebook
@@ -277,13 +290,7 @@ def _notebook_methods(sources, cname):
     does; a cell that does not parse defined nothing."""
     if not sources or not isinstance(cname, str):
         return None
-    from IPython.core.inputtransformer2 import TransformerManager
-    nodes = []
-    for src in sources:
-        try:
-            nodes += list(ast.walk(ast.parse(TransformerManager().transform_cell(src))))
-        except (SyntaxError, ValueError):
-            continue
+    nodes = [node for src in sources for node in _cell_nodes(src)]
     functions = {n.name: n for n in nodes if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     classes: dict = {}
     for node in nodes:

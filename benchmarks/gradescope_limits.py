@@ -3,7 +3,9 @@
 Builds the autograder zip, unpacks it as Gradescope does, and runs ``run_autograder`` on ONE core
 (``taskset -c 0``) under a 768 MB memory limit for each submission of ``--submissions`` (all four
 notebooks each): ``solved`` (the instructor's solution), ``q6-quadratic`` (the same, with a Q6
-linear attention that builds the N x N matrix: the cost-growth checks measure it). Prints each run's
+linear attention that builds the N x N matrix: the cost-growth checks measure it), ``memory-hog`` (the
+solution, its first notebook ending in a cell that takes memory until something is killed: the run must
+survive it, every part scored). Prints each run's
 seconds, peak memory and score, then each figure beside its target (20 s, 600 MB) and the ratio. As in
 Gradescope's container, the cgroup files are read-only to the run (a private mount namespace): the kit
 makes no kernel cgroup, so the kernels' memory counts in the 768 MB (``--kernel-cgroups``: not so).
@@ -79,13 +81,26 @@ def make_cgroup(limit: int) -> Path | None:
         return None
 
 
+# the last cell of the first notebook of ``memory-hog``: the kernel takes memory until something is killed
+MEMORY_HOG = """import torch
+hog = []
+while True:
+    hog.append(torch.ones(5_000_000))  # 20 MB more each time
+"""
+
+
 def submission(kind: str, folder: Path) -> None:
     """Write the four notebooks of submission ``kind`` into ``folder``."""
+    from nbformat.v4 import new_code_cell
+
     from banks.hw9.q6_linear_attention import LINEAR_BUILDS_NXN, NB as Q6
 
-    for src in sorted((ROOT / "source" / "hw9").glob("*.ipynb")):
+    for i, src in enumerate(sorted((ROOT / "source" / "hw9").glob("*.ipynb"))):
         answers = {"q6_linear": LINEAR_BUILDS_NXN} if kind == "q6-quadratic" and src.stem == Q6 else None
-        nbu.write(nbu.fill(nbu.read(src), answers), folder / src.name)
+        nb = nbu.fill(nbu.read(src), answers)
+        if kind == "memory-hog" and i == 0:
+            nb.cells.append(new_code_cell(MEMORY_HOG))
+        nbu.write(nb, folder / src.name)
 
 
 def main() -> int:
@@ -204,6 +219,8 @@ def run_one(args, tmp: Path, kitzip: Path, kind: str) -> tuple[list, int]:
     rows = [("run_autograder, s", seconds, 20.0)]
     if cg is not None:
         rows.append(("cgroup peak, MB", max_usage / 2**20, 600.0))
+    if kind == "memory-hog":  # it fills the limit on purpose: what counts is that every part is still scored
+        rows = []
     quadratic = ("q6_linear_counts_test", "q6_linear_timing_test") if kind == "q6-quadratic" else ()
     problems = [t["name"] + ": " + t["output"] for t in res["tests"]
                 if t["status"] == "failed" and not any(q in t["name"] for q in quadratic)]

@@ -4,6 +4,7 @@ wall-clock limit. The resource bank (banks/attacks/resources.py) is graded in ON
 CLI; the pieces are also checked on their own, fast."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -181,6 +182,44 @@ def test_the_run_folder_tmpfs_is_small(tmp_path):
     finally:
         sandbox.remove_dir(folder)
     assert not os.path.exists(folder)
+
+
+OOM_PROBE = """
+print("adj", open("/proc/self/oom_score_adj").read().strip())
+try:
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("-1")
+except OSError as e:
+    print("lowering refused:", type(e).__name__)
+print("now", open("/proc/self/oom_score_adj").read().strip())
+"""
+
+
+@pytest.mark.parametrize("how", ["warm", "bwrap", "setpriv"])
+def test_the_out_of_memory_killer_stops_a_kernel_before_any_grader(tmp_path, how):
+    """Where no memory cgroup bounds a kernel (Gradescope's container), the host's out-of-memory killer picks
+    its victim: is every kernel (forked warm, started cold in bwrap or under setpriv) its first choice, so that
+    a notebook that takes the memory loses its own kernel and never the grader's process? Can the notebook put
+    itself below the graders?"""
+    import asyncio
+
+    mode = "bwrap" if how == "warm" else how
+    why = sandbox.probe(mode)
+    if why:
+        pytest.skip(f"{mode} cannot run here: {why}")
+    if how == "warm" and not (sandbox.detect() == "bwrap" and os.geteuid() == 0):
+        pytest.skip("warm start needs the bwrap sandbox as root")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(workdir, 0o755)
+    with sandbox.warm_start(prestart=False) if how == "warm" else contextlib.nullcontext():
+        out, proc = asyncio.run(sandbox.run_source(str(workdir), OOM_PROBE, timeout=120, sandbox=mode))
+    assert isinstance(proc, sandbox.ForkedKernel) == (how == "warm"), proc
+    assert f"adj {sandbox.OOM_SCORE_ADJ}" in out, out
+    assert "lowering refused: PermissionError" in out and f"now {sandbox.OOM_SCORE_ADJ}" in out, out
+    with open("/proc/self/oom_score_adj") as f:
+        assert f.read().strip() != str(sandbox.OOM_SCORE_ADJ), "the grader made itself the first choice"
 
 
 # ---------------------------------------------------------------------------- slow: the bank through the CLI

@@ -10,7 +10,7 @@ from functools import lru_cache
 
 from attnkit.package import kit_dir
 from attnkit.sandbox import seccomp
-from attnkit.sandbox.limits import LIMITS
+from attnkit.sandbox.limits import LIMITS, killed_first
 
 
 BWRAP, SETPRIV = shutil.which("bwrap") or "/usr/bin/bwrap", shutil.which("setpriv") or "/usr/bin/setpriv"
@@ -120,11 +120,11 @@ def bwrap_argv(inner: list[str], *, uid: int, workfiles: dict, run_dir: str | No
     for k, v in {**base, **env}.items():
         a += ["--setenv", k, str(v)]
     if zygote:  # root in the sandbox with only these two capabilities; every fork drops to ``uid`` at once
-        return a + ["--setenv", "ATTNKIT_KERNEL_UID", str(uid), "--cap-add", "CAP_SETUID", "--cap-add",
-                    "CAP_SETGID", *inner]
+        return killed_first(a + ["--setenv", "ATTNKIT_KERNEL_UID", str(uid), "--cap-add", "CAP_SETUID",
+                                 "--cap-add", "CAP_SETGID", *inner])
     if os.geteuid() == 0:
         a += [SETPRIV, *_setpriv_args(uid), "--"]
-    return a + list(inner)
+    return killed_first(a + list(inner))
 
 
 def _host_pid(root: int, ns_pid: int) -> int | None:

@@ -32,6 +32,18 @@ class KernelLimits:
 
 LIMITS = KernelLimits()
 
+# Where no memory cgroup bounds a kernel (Gradescope's container, an ordinary user's host), the whole machine's
+# out-of-memory killer decides who dies: always a kernel process, never the grader of this or another student.
+OOM_SCORE_ADJ = 1000
+
+
+def killed_first(argv: list[str]) -> list[str]:
+    """``argv`` started as the out-of-memory killer's first choice, it and every process it starts. A notebook
+    can lower its own value back to the graders' 0 (where the killer picks the largest process, as before),
+    never below it (that needs CAP_SYS_RESOURCE): it can never make a grader the first choice."""
+    return ["/bin/sh", "-c", f'{{ echo {OOM_SCORE_ADJ} > /proc/self/oom_score_adj; }} 2>/dev/null; exec "$@"',
+            "sh", *argv]
+
 
 # ---------------------------------------------------------------------------- memory cgroups, small tmpfs
 # RLIMIT_DATA does not count memfd_create or other shared memory: a cgroup counts everything a

@@ -22,8 +22,8 @@ from attnkit.sandbox.bwrap import (KERNEL_MODULES, KIT_DIR, SETPRIV, _host_pid, 
                                    workdir_files)
 from attnkit.sandbox.detection import detect, probe
 from attnkit.sandbox.fallback import kill_uid
-from attnkit.sandbox.limits import (LIMITS, KernelCgroup, memory_cgroups, meter_cgroups, mount_small_tmpfs,
-                                    remove_dir)
+from attnkit.sandbox.limits import (LIMITS, KernelCgroup, killed_first, memory_cgroups, meter_cgroups,
+                                    mount_small_tmpfs, remove_dir)
 from attnkit.sandbox.slots import SandboxUnavailable, claim_slot, uid_slot
 from attnkit.sandbox.warm import (PRELOAD, ForkedKernel, ZygoteError, _zygote_for, launch_ahead, start_ahead, warm_enabled,
                                   warm_start)
@@ -249,7 +249,7 @@ class CourseKernelManager(AsyncKernelManager):
                                         run_dir=self._run_dir, env=self.kernel_spec.env, scratch_mb=self.scratch_mb)
                 kw["env"] = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
             else:  # the syscall filter is loaded by a launcher in front of setpriv
-                kernel_cmd = seccomp.launcher([SETPRIV, *_setpriv_args(self._uid), "--"] + kernel_cmd)
+                kernel_cmd = killed_first(seccomp.launcher([SETPRIV, *_setpriv_args(self._uid), "--"] + kernel_cmd))
                 kw["env"] = {**self.kernel_spec.env, "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                              "HOME": kw["cwd"], "TMPDIR": kw["cwd"], "PYTHONPATH": self._fallback_kit(),
                              "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}

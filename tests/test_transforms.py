@@ -120,6 +120,58 @@ def test_check_cell_metadata_once_agrees_with_nbgraders_check():
     assert seen == {True, False}, "the cases should include valid and invalid notebooks"
 
 
+def test_normalise_reads_each_cells_flags_as_nbgraders_own_lookups_do():
+    """Reading the notebook's cells from the gradebook once, does NormaliseSubmission give every cell (grade,
+    solution, both, task, a plain source cell, one the gradebook lacks, a notebook it lacks) exactly the flags,
+    points and checksum that nbgrader's per-cell lookups give?"""
+    from nbformat import NotebookNode
+    from nbgrader.api import Gradebook, MissingEntry
+
+    from attnkit.preprocessors.normalise import NormaliseSubmission
+
+    def nbgraders(gb, gid, nb, a):  # one find_* per kind, as the kit once did
+        try:
+            source = gb.find_source_cell(gid, nb, a)
+        except MissingEntry:
+            return None
+        flags = NotebookNode(grade_id=gid, cell_type=source.cell_type, locked=bool(source.locked),
+                             checksum=source.checksum, grade=False, solution=False, task=False, schema_version=3)
+        for kind, finder in (("grade", gb.find_grade_cell), ("solution", gb.find_solution_cell),
+                             ("task", gb.find_task_cell)):
+            try:
+                found = finder(gid, nb, a)
+            except MissingEntry:
+                continue
+            flags[kind] = True
+            if kind != "solution":
+                flags["points"] = float(found.max_score)
+        return flags
+
+    with Gradebook("sqlite:///:memory:") as gb:
+        gb.add_assignment("a")
+        gb.add_notebook("n", "a")
+        for gid, kinds, ctype in (("g", "grade", "code"), ("s", "solution", "code"), ("gs", "grade solution", "markdown"),
+                                  ("t", "task", "markdown"), ("plain", "", "code"), ("other", "grade", "code")):
+            gb.add_source_cell(gid, "n", "a", cell_type=ctype, locked="solution" not in kinds, source=gid,
+                               checksum=f"sum-{gid}")
+            if "grade" in kinds:
+                gb.add_grade_cell(gid, "n", "a", max_score=2.5, cell_type=ctype)
+            if "solution" in kinds:
+                gb.add_solution_cell(gid, "n", "a")
+            if "task" in kinds:
+                gb.add_task_cell(gid, "n", "a", max_score=4, cell_type=ctype)
+        seen = []
+        for notebook in ("n", "not-in-the-gradebook"):
+            ours = NormaliseSubmission()
+            ours.gradebook, ours.notebook_id, ours.assignment_id = gb, notebook, "a"
+            for gid in ("g", "s", "gs", "t", "plain", "other", "unknown"):
+                want, got = nbgraders(gb, gid, notebook, "a"), ours._trusted(gid)
+                assert got == want and list(got or ()) == list(want or ()), (notebook, gid, got, want)
+                seen.append(None if got is None else (got.grade, got.solution, got.task))
+        assert {(True, False, False), (False, True, False), (True, True, False), (False, False, True),
+                (False, False, False), None} <= set(seen)
+
+
 def test_outputs_are_capped_in_bytes_not_lines():
     """Is one 5 MB line cut to the cell's cap with a note, a 3 MB image replaced, a test cell's error kept?"""
     import base64

@@ -20,8 +20,14 @@ class NormaliseSubmission(OverwriteCells):
     kernelspec (OverwriteKernelspec sets it from the gradebook) and the language name.
     """
 
+    _known = None  # kind -> {grade_id: the gradebook's cell}, for the notebook being normalised
+
     def preprocess(self, nb, resources):
-        nb, resources = super().preprocess(nb, resources)
+        self._known = None
+        try:
+            nb, resources = super().preprocess(nb, resources)
+        finally:
+            self._known = None
         nb.metadata = NotebookNode({k: v for k, v in nb.metadata.items() if k == "kernelspec"})
         nb.metadata["language_info"] = NotebookNode(name="python")
         return nb, resources
@@ -33,25 +39,31 @@ class NormaliseSubmission(OverwriteCells):
         cell.metadata = NotebookNode({"nbgrader": trusted} if trusted else {})
         return super().preprocess_cell(cell, resources, cell_index)
 
+    def _cells(self) -> dict:
+        """The gradebook's cells of this notebook by kind and name: four queries a notebook, not four a cell."""
+        if self._known is None:
+            try:
+                book = self.gradebook.find_notebook(self.notebook_id, self.assignment_id)
+            except MissingEntry:
+                book = None
+            self._known = {kind: {c.name: c for c in getattr(book, kind)} if book is not None else {}
+                           for kind in ("source_cells", "grade_cells", "solution_cells", "task_cells")}
+        return self._known
+
     def _trusted(self, gid):
         """The nbgrader metadata of the gradebook's cell ``gid`` (nbgrader's schema 3); None if unknown."""
-        nb_id, aid = self.notebook_id, self.assignment_id
-        try:
-            source = self.gradebook.find_source_cell(gid, nb_id, aid)
-        except MissingEntry:
+        known = self._cells()
+        source = known["source_cells"].get(gid)
+        if source is None:
             return None
         flags = NotebookNode(grade_id=gid, cell_type=source.cell_type, locked=bool(source.locked),
                              checksum=source.checksum, grade=False, solution=False, task=False,
                              schema_version=3)
-        for kind, finder in (("grade", self.gradebook.find_graded_cell),
-                             ("solution", self.gradebook.find_solution_cell),
-                             ("task", self.gradebook.find_task_cell)):
-            try:
-                found = finder(gid, nb_id, aid)
-            except MissingEntry:
+        for kind, cells in (("grade", known["grade_cells"]), ("solution", known["solution_cells"]),
+                            ("task", known["task_cells"])):
+            found = cells.get(gid)
+            if found is None:
                 continue
-            if kind == "grade" and type(found).__name__ == "TaskCell":
-                continue  # find_graded_cell also answers for task cells
             flags[kind] = True
             if kind in ("grade", "task"):
                 flags["points"] = float(found.max_score)

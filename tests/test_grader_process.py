@@ -590,3 +590,13 @@ def test_a_grading_process_loads_torch_before_its_first_student():
         proc.kill()
         proc.wait()
         os.close(read_fd)
+
+
+def test_a_grading_process_computes_on_one_torch_thread():
+    """Does the grading process's torch run on one thread (its idle pool threads would spin on the cores the
+    kernels need), whatever it was before?"""
+    code = ("import torch; torch.set_num_threads(4)\n"
+            "from attnkit.batch.workers import GRADER_THREADS, _import_grader\n"
+            "_import_grader(); print(torch.get_num_threads(), GRADER_THREADS)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["1", "1"], (out.stdout, out.stderr[-2000:])

@@ -161,6 +161,7 @@ def test_zip_layout(kitzip):
     assert not any(n.startswith(("release/", "submitted/", "tests/", ".venv", "dist/", "banks/")) or "__pycache__" in n
                    for n in names)
     assert settings["assignment"] == "hw9" and settings["notebooks"] == STEMS and settings["written"] == "pending"
+    assert settings["grader"] == "graders/hw9.py"  # so the runner never loads the configuration
     with zipfile.ZipFile(kitzip) as zf:
         assert "torch==2.13.0" in zf.read("requirements.txt").decode().split()
 
@@ -237,27 +238,32 @@ def test_staff_log_names_the_sandbox_that_grades(tmp_path):
         assert "bubblewrap" in lines[0]
 
 
-def test_the_runner_holds_no_grading_module_while_a_submission_is_graded(tmp_path):
-    """Does the Gradescope runner name the sandbox without importing nbgrader or the sandbox itself (55 MB it would
-    hold while the submission is graded, under Gradescope's 768 MB)?"""
+def test_the_runner_holds_no_grading_module_while_a_submission_is_graded(tmp_path, kitzip):
+    """When grading starts, does the Gradescope runner hold none of nbgrader, the sandbox or torch (over 50 MB it
+    would hold while the submission is graded, under Gradescope's 768 MB), having named the sandbox, built the
+    course with its grader helper and placed the upload?"""
     from attnkit import sandbox
 
-    root = tmp_path / "ag"
-    (root / "source").mkdir(parents=True)  # settings without notebooks: the run stops after the log line
-    (root / "source" / "gradescope.json").write_text(json.dumps({"assignment": "hw9", "notebooks": STEMS}))
+    root = gradescope_root(tmp_path / "ag", kitzip, {f"{NB}.ipynb": nb_bytes(nbu.read(SOURCE / f"{NB}.ipynb"))})
     code = ("import sys; from pathlib import Path; from attnkit.lms import gradescope\n"
-            "lines = []; gradescope.run(Path(sys.argv[1]), log=lines.append)\n"
-            "print(lines[0]); print(sorted(m for m in ('nbgrader', 'zmq', 'torch', 'jupyter_client',\n"
-            "                                          'attnkit.sandbox.manager') if m in sys.modules))")
+            "def grading_starts(course, assignment, budget_s, log):\n"
+            "    print(sorted(m for m in ('nbgrader', 'zmq', 'torch', 'jupyter_client', 'attnkit.sandbox.manager')\n"
+            "                 if m in sys.modules))\n"
+            "    print(sorted(p.relative_to(course.root).as_posix() for p in course.root.rglob('*.py')))\n"
+            "    print(sorted(p.name for p in course.path('submitted').rglob('*.ipynb')))\n"
+            "    raise SystemExit(0)\n"
+            "gradescope._grade = grading_starts\n"
+            "lines = []; gradescope.run(Path(sys.argv[1]), log=lines.append); print(lines[0])")
     proc = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=120,
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    first, held = proc.stdout.splitlines()[:2]
+    held, files, placed, first = proc.stdout.splitlines()[:4]
     try:
         expected = sandbox.describe(sandbox.detect())
     except sandbox.SandboxUnavailable as exc:
         expected = f"sandbox: unavailable ({exc})"
     assert expected in first and held == "[]", proc.stdout
+    assert "'graders/hw9.py'" in files and f"'{NB}.ipynb'" in placed, proc.stdout
 
 
 # -- graded submissions ------------------------------------------------------------------------

@@ -124,8 +124,13 @@ def build(course: Course, assignment: str, out: Path | None = None, written: str
         raise ValueError(f"source/{assignment} holds no notebooks")
     out = Path(out or course.path("dist", f"{assignment}-gradescope.zip"))
     out.parent.mkdir(parents=True, exist_ok=True)
+    grader = course.grader_file(assignment)  # the assignment's grader helper, where the configuration names it
+    grader = grader if grader is not None and grader.is_file() else None
+    # the runner reads the helper's place here: loading the configuration would import nbgrader (50 MB) into a
+    # process that holds its memory while the submission is graded
     settings = {"assignment": assignment, "notebooks": notebooks, "written": written, "visibility": visibility,
-                "kit_version": attnkit.__version__}
+                "kit_version": attnkit.__version__,
+                "grader": grader.relative_to(course.root).as_posix() if grader is not None else None}
     files: list[tuple[str, Path | str, int]] = [
         ("setup.sh", SETUP_SH, 0o755), ("run_autograder", RUN_AUTOGRADER, 0o755),
         (SETTINGS, json.dumps(settings, indent=1) + "\n", 0o644),
@@ -143,8 +148,7 @@ def build(course: Course, assignment: str, out: Path | None = None, written: str
         rel = p.relative_to(src)
         if p.is_file() and not {"__pycache__", ".ipynb_checkpoints"} & set(rel.parts):
             files.append((f"source/{assignment}/{rel.as_posix()}", p, 0o644))
-    grader = course.grader_file(assignment)  # the assignment's grader helper, where the configuration names it
-    if grader is not None and grader.is_file():
+    if grader is not None:
         files.append((grader.relative_to(course.root).as_posix(), grader, 0o644))
     tmp = out.with_suffix(".tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -220,9 +224,12 @@ def _course_for(root: Path, settings: dict) -> Course:
     shutil.copy2(src / CONFIG_FILE, folder / CONFIG_FILE)
     shutil.copytree(src / "source" / assignment, folder / "source" / assignment,
                     ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
-    grader = Course(src).grader_file(assignment)
-    if grader is not None and grader.is_file():
-        dest = folder / grader.relative_to(src)
+    rel = settings.get("grader")  # the zip's own kit wrote it (see build)
+    if rel:
+        grader = (src / rel).resolve()
+        if not grader.is_relative_to(src.resolve()) or not grader.is_file():
+            raise FileNotFoundError(f"the autograder zip lacks its grader helper {rel} (rebuild it with ./kit gradescope)")
+        dest = folder / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(grader, dest)
     return Course(folder)

@@ -88,6 +88,7 @@ def test_a_reset_peak_forgets_what_the_kernel_held_before():
         if meter is None:
             pytest.skip(f"this host's {kind} cgroup cannot reset a peak (cgroup v2 before Linux 6.12)")
         assert meter.peak_bytes() >= 200 << 20  # (the peak before the reset: the 200 MB)
+        assert list(meter.procs()) == [proc.pid]  # the processes in the kernel's cgroup, as the host sees them
         base = meter.reset_peak()
         assert meter.peak_bytes() - base < 8 << 20
         proc.stdin.write("\n")
@@ -99,6 +100,63 @@ def test_a_reset_peak_forgets_what_the_kernel_held_before():
         proc.kill()
         proc.wait()
         cg.remove()
+
+
+class _Procs:
+    """A meter whose processes are scripted: each call to procs() takes the next entry (the last one stays)."""
+
+    def __init__(self, *readings):
+        self.readings, self.resets = list(readings), []
+
+    def procs(self):
+        return self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
+
+    def reset_peak(self):
+        self.resets.append(len(self.readings))
+        return 0
+
+
+def _measured(meter):
+    m = object.__new__(growth.Measured)  # (no kernel: only the settling before a memory reading is exercised)
+    m.meter, m.resident = meter, None
+    return m
+
+
+KERNEL, CHILD, HELPER = {1: 100}, {5: 900}, {3: 500}
+
+
+def test_a_memory_reading_waits_until_the_process_a_call_left_has_exited():
+    """A forked child of a measured call is charged its memory until it has exited: does each memory reading wait
+    for every process but the kernel (its oldest) to be gone before the peak is reset, at the first reading as at
+    the next?"""
+    meter = _Procs({**KERNEL, **CHILD}, {**KERNEL, **CHILD}, KERNEL)
+    m = _measured(meter)
+    m._settle()
+    assert m.resident == set(KERNEL) and meter.readings == [KERNEL]
+    meter.readings = [{**KERNEL, **CHILD}, {**KERNEL, **CHILD}, {**KERNEL, **CHILD}, KERNEL]
+    m._settle()
+    assert meter.readings == [KERNEL]
+
+
+def test_a_process_a_call_left_running_makes_the_memory_reading_inconclusive(monkeypatch):
+    """A process a measured call started that is still running when the next reading is due (it would carry its
+    memory into that call's base): is the measurement inconclusive, saying so, rather than read?"""
+    monkeypatch.setattr(growth, "SETTLE_S", 0.05)
+    m = _measured(_Procs(KERNEL))
+    m._settle()
+    m.meter = _Procs({**KERNEL, **CHILD})
+    with pytest.raises(growth.Inconclusive, match="still running 0.05 s after the call returned"):
+        m._settle()
+
+
+def test_a_process_started_before_the_test_is_allowed_in_every_reading(monkeypatch):
+    """A process the notebook started before the test (its memory in every base alike) that is still there after
+    the wait at the first reading: is it allowed, so the memory test can still give a verdict?"""
+    monkeypatch.setattr(growth, "SETTLE_S", 0.05)
+    m = _measured(_Procs({**KERNEL, **HELPER}))
+    m._settle()
+    assert m.resident == set(KERNEL) | set(HELPER)
+    m._settle()  # no exception: only allowed processes
 
 
 class Scripted:

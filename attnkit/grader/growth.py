@@ -98,6 +98,7 @@ def _fresh(values, rng):
 
 
 MAX_REFERENCE = 1 << 26   # input elements up to which the grader recomputes a measured call's value
+SETTLE_S = 5.0            # seconds a process a measured call started gets to exit before the next memory reading
 
 
 def _tolerance(dtype) -> float:
@@ -121,6 +122,7 @@ class Measured:
         self.calls, self.pids, self.forked = 0, [], 0
         self.overhead = 0.0
         self.overhead = min(self._clock(lambda: kernel.request(op="noop")) for _ in range(5))
+        self.resident = None  # the kernel's processes a memory reading allows (``_settle``)
 
     def _cpu(self) -> float:
         self.calls += 1
@@ -184,12 +186,39 @@ class Measured:
         return max(self._call(n, self._clock) - self.overhead, 1e-9)
 
     def peak(self, n) -> int:
-        """Bytes the kernel's peak memory rose during one call above what it held before."""
+        """Bytes the kernel's peak memory rose during one call above what it held before. No process a measured
+        call started may still be there when the peak is reset: until it has exited its memory is charged, in
+        the base, and the next call's N x N matrix could take its place unseen (``_settle``)."""
         def read(call):
+            self._settle()
             base = self.meter.reset_peak()
             call()
             return max(self.meter.peak_bytes() - base, 1)
         return self._call(n, read)
+
+    def _settle(self) -> None:
+        """Wait until the kernel has no process but those allowed. At the first reading those are the kernel
+        (its oldest process) and whatever is still there ``SETTLE_S`` later (started before this test: what
+        it holds is in every base alike); after that, only those: a process a measured call started that is
+        still there ``SETTLE_S`` after its call makes the measurement inconclusive."""
+        procs = getattr(self.meter, "procs", None)
+        if procs is None:
+            return
+        end = time.monotonic() + SETTLE_S
+        while True:
+            now = procs()
+            allowed = self.resident if self.resident is not None else \
+                {min(now, key=now.get)} if now else set()
+            if not set(now) - allowed:
+                break
+            if time.monotonic() >= end:
+                if self.resident is None:
+                    break
+                raise Inconclusive(f"a process your code started in a measured call was still running {SETTLE_S:g} s "
+                                   "after the call returned (its memory would hide the next call's)")
+            time.sleep(0.005)
+        if self.resident is None:
+            self.resident = set(now)
 
 
 def _measure(m: Measured, *, start, floor_s, max_call_s, hard_call_s, max_n, doublings, rounds, threshold, grey,

@@ -43,6 +43,17 @@ def _read(path: str) -> str | None:
         return None
 
 
+def _started(pids) -> dict[int, int]:
+    """pid -> when it started (clock ticks since boot), for those of ``pids`` still running."""
+    out = {}
+    for pid in pids:
+        stat = _read(f"/proc/{pid}/stat")
+        if stat:
+            with contextlib.suppress(IndexError, ValueError):
+                out[pid] = int(stat.rsplit(")", 1)[1].split()[19])
+    return out
+
+
 class KernelMeter:
     """Reads one kernel's processes: by ``uid`` (sandboxed) or as the tree under ``root_pid``."""
 
@@ -70,6 +81,10 @@ class KernelMeter:
             for tid in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else ():
                 todo += [int(c) for c in (_read(f"/proc/{pid}/task/{tid}/children") or "").split()]
         return found
+
+    def procs(self) -> dict[int, int]:
+        """The kernel's processes now: pid -> when it started."""
+        return _started(self.pids())
 
     def cpu_ns(self, pids=None) -> float:
         """CPU time of the kernel's processes so far, in nanoseconds."""
@@ -184,6 +199,10 @@ class CgroupMeter:
 
     def pids(self) -> list[int]:
         return []  # (growth.Timer's lookups: a cgroup needs none)
+
+    def procs(self) -> dict[int, int]:
+        """The processes in the kernel's cgroup now (exited ones have left it): pid -> when it started."""
+        return _started(int(p) for p in (_read(os.path.join(self.memory, "cgroup.procs")) or "").split())
 
     def cpu_ns(self, pids=None) -> float:
         """CPU time of every process that was ever in the cgroup, in nanoseconds."""

@@ -184,6 +184,31 @@ def test_the_run_folder_tmpfs_is_small(tmp_path):
     assert not os.path.exists(folder)
 
 
+def test_a_killed_graders_scratch_in_the_temp_dir_is_swept(tmp_path, monkeypatch):
+    """A grading process killed before it cleaned up leaves its scratch (a kernel's copy of the files, a warm-start
+    interpreter's home, a worker's log) in the temp dir: does the next batch's sweep remove what a process that
+    is gone made, and leave what a live process made, names of other forms, and the target of a link?"""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "keep").write_text("x")
+    gone = [f"attnkit-kernel-{dead.pid}-a1b2", f"attnkit-warm-{dead.pid}-c3d4", f"attnkit-run-{dead.pid}-e5f6"]
+    for name in gone:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "attention_checks.py").write_text("# a copy")
+    (tmp_path / f"attnkit-worker-{dead.pid}-g7h8.log").write_text("log")
+    (tmp_path / f"attnkit-warm-{dead.pid}-link").symlink_to(outside)
+    kept = [f"attnkit-kernel-{os.getpid()}-live", "attnkit-kernel-12345678", f"other-{dead.pid}-x1",
+            f"attnkit-test-{dead.pid}-y2"]
+    for name in kept:
+        (tmp_path / name).mkdir()
+    sandbox.sweep()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
+    assert (outside / "keep").read_text() == "x"
+
+
 OOM_PROBE = """
 print("adj", open("/proc/self/oom_score_adj").read().strip())
 try:

@@ -42,7 +42,7 @@ class Worker:
     def __init__(self, root: str, assignment: str, slot: int, env: dict, zygote=None):
         """``zygote``: a warm-start interpreter the batch process started for this process (handed over)."""
         read_fd, write_fd = os.pipe()
-        self.log = tempfile.NamedTemporaryFile(prefix="attnkit-worker-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(prefix=f"attnkit-worker-{os.getpid()}-", suffix=".log", delete=False)
         env = {**os.environ, **env, "ATTNKIT_SANDBOX_SLOT": str(slot)}
         fds = (write_fd,)
         if zygote is not None:

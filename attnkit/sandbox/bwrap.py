@@ -159,7 +159,7 @@ NOT_FOR_KERNELS = ("timestamp.txt",)
 
 def isolated_copy(folder: str) -> str:
     """A fresh folder in the system temp dir with copies of ``folder``'s files (not notebooks)."""
-    workdir = tempfile.mkdtemp(prefix="attnkit-kernel-")
+    workdir = tempfile.mkdtemp(prefix=f"attnkit-kernel-{os.getpid()}-")  # (named for limits.sweep)
     for name in os.listdir(folder):
         src = os.path.join(folder, name)
         # regular files only: a symlink (to the instructor's notebook, to /dev/zero) is never followed

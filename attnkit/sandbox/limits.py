@@ -182,20 +182,40 @@ def memory_cgroups() -> tuple[str | None, str]:
     return None, why
 
 
+# scratch in the temp dir, each named attnkit-<kind>-<pid of the process that made it>-...: removed with it, or,
+# where that process was killed, by the next sweep
+SCRATCH = ("attnkit-run-", "attnkit-runs-", "attnkit-kernel-", "attnkit-warm-", "attnkit-worker-")
+
+
+def _maker_gone(name: str) -> bool:
+    parts = name.split("-")  # attnkit, kind, pid, mkdtemp's suffix (which has no "-")
+    return name.startswith(SCRATCH) and len(parts) >= 4 and parts[2].isdigit() and not os.path.exists(f"/proc/{parts[2]}")
+
+
 def sweep() -> None:
-    """What grading processes that were killed (a time limit, a crash) left: their kernels' cgroups and
-    the tmpfs mounts of their run folders (named after the process that made them)."""
+    """What grading processes that were killed (a time limit, a crash) left: their kernels' cgroups, the tmpfs
+    mounts of their run folders, and their scratch in the temp dir (named after the process that made it; only
+    this user's)."""
     kind, parent = memory_cgroups()
     if kind is not None:
         _sweep(parent)
+    tmp = tempfile.gettempdir()
     with contextlib.suppress(OSError):
         with open("/proc/self/mountinfo") as f:
             points = [line.split()[4] for line in f]
         for point in points:
-            name = os.path.basename(point)
-            pid = name.split("-")[2] if name.startswith(("attnkit-run-", "attnkit-runs-")) else ""
-            if os.path.dirname(point) == tempfile.gettempdir() and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            if os.path.dirname(point) == tmp and _maker_gone(os.path.basename(point)):
                 remove_dir(point)
+    with contextlib.suppress(OSError):
+        for name in os.listdir(tmp):
+            path = os.path.join(tmp, name)
+            with contextlib.suppress(OSError):
+                if not _maker_gone(name) or os.lstat(path).st_uid != os.geteuid() or os.path.ismount(path):
+                    continue
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
 
 
 def _sweep(parent: str) -> None:

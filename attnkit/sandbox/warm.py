@@ -33,7 +33,7 @@ class Zygote:
     def __init__(self, key, uid: int, workfiles: dict, env: dict, scratch_mb: int, runs: str,
                  preload: tuple = (), wait: bool = True):
         self.key, self.proc, self.sock, self.runs, self.ready = key, None, None, runs, False
-        self.home = tempfile.mkdtemp(prefix="attnkit-warm-")
+        self.home = tempfile.mkdtemp(prefix=f"attnkit-warm-{os.getpid()}-")  # (named for limits.sweep)
         os.chmod(self.home, 0o755)
         files = {}
         for name, path in workfiles.items():  # its own copies: the notebook's scratch copy is deleted after it

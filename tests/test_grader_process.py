@@ -600,3 +600,24 @@ def test_a_grading_process_computes_on_one_torch_thread():
             "_import_grader(); print(torch.get_num_threads(), GRADER_THREADS)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0 and out.stdout.split() == ["1", "1"], (out.stdout, out.stderr[-2000:])
+
+
+def test_a_grading_process_ends_as_python_would_without_its_teardown(tmp_path):
+    """Does ``exit_now`` (how a grading process ends, skipping the interpreter's freeing of torch and nbgrader)
+    still finish the threads that are not daemons, run the exit handlers in order, flush what was printed and exit
+    with the status given?"""
+    log = tmp_path / "log"
+    code = ("import atexit, threading, time, sys\n"
+            "from attnkit.batch.workers import exit_now\n"
+            f"log = open({str(log)!r}, 'a', buffering=1)\n"
+            "atexit.register(lambda: log.write('first registered, last run\\n'))\n"
+            "atexit.register(lambda: log.write('last registered, first run\\n'))\n"
+            "threading.Thread(target=lambda: (time.sleep(0.3), log.write('thread finished\\n'))).start()\n"
+            "print('unflushed', end=''); sys.stderr.write('unflushed too')\n"
+            "exit_now(3)\n"
+            "log.write('never\\n')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert (out.stdout, out.stderr) == ("unflushed", "unflushed too")
+    assert log.read_text().splitlines() == ["thread finished", "last registered, first run",
+                                            "first registered, last run"]

@@ -298,5 +298,24 @@ def main(argv=None) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Exit as the interpreter does but without its teardown, which frees torch's and nbgrader's modules one object
+    at a time (0.3-0.8 s that the batch would wait for): the other threads are finished (``threading._shutdown``:
+    the executors' exit hooks, then a join of every thread that is not a daemon), the exit handlers run (a
+    sandbox's discard, the syscall filter's folder, logging), the output is flushed, and the process ends."""
+    import atexit
+
+    shutdown = getattr(threading, "_shutdown", None)  # what Py_Finalize calls first (CPython 3.8-3.13)
+    if shutdown is not None:
+        shutdown()
+    atexit._run_exitfuncs()
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except Exception:  # a closed or broken stream: nothing more to say on it
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

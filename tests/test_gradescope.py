@@ -239,16 +239,16 @@ def test_staff_log_names_the_sandbox_that_grades(tmp_path):
 
 
 def test_the_runner_holds_no_grading_module_while_a_submission_is_graded(tmp_path, kitzip):
-    """When grading starts, does the Gradescope runner hold none of nbgrader, the sandbox or torch (over 50 MB it
-    would hold while the submission is graded, under Gradescope's 768 MB), having named the sandbox, built the
-    course with its grader helper and placed the upload?"""
+    """When grading starts, does the Gradescope runner hold none of nbgrader, the sandbox, torch or nbformat (over
+    50 MB, and nbformat's jsonschema alone 20 MB, it would hold while the submission is graded, under Gradescope's
+    768 MB), having named the sandbox, built the course with its grader helper and placed the upload?"""
     from attnkit import sandbox
 
     root = gradescope_root(tmp_path / "ag", kitzip, {f"{NB}.ipynb": nb_bytes(nbu.read(SOURCE / f"{NB}.ipynb"))})
     code = ("import sys; from pathlib import Path; from attnkit.lms import gradescope\n"
             "def grading_starts(course, assignment, budget_s, log):\n"
-            "    print(sorted(m for m in ('nbgrader', 'zmq', 'torch', 'jupyter_client', 'attnkit.sandbox.manager')\n"
-            "                 if m in sys.modules))\n"
+            "    print(sorted(m for m in ('nbgrader', 'zmq', 'torch', 'jupyter_client', 'attnkit.sandbox.manager',\n"
+            "                             'nbformat', 'jsonschema') if m in sys.modules))\n"
             "    print(sorted(p.relative_to(course.root).as_posix() for p in course.root.rglob('*.py')))\n"
             "    print(sorted(p.name for p in course.path('submitted').rglob('*.ipynb')))\n"
             "    raise SystemExit(0)\n"

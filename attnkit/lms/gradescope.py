@@ -359,14 +359,13 @@ def run(root: Path, budget_s: float | None = None, log=print) -> dict:
     t0 = time.time()
     root = Path(root).resolve()
     budget_s = budget_s or float(os.environ.get("ATTNKIT_GRADESCOPE_BUDGET", DEFAULT_BUDGET_S))
-    course, secret = None, []
+    course = assignment = None
     try:
         settings = json.loads((root / "source" / SETTINGS).read_text())
         assignment = settings["assignment"]
         # the container's own syscall profile: what is relied on where the kit's filter is off
         log(f"attnkit {attnkit.__version__} grading {assignment}; {isolation_apart()}; {seccomp.container_filter()}")
         course = _course_for(root, settings)
-        secret = _secret_lines(course, assignment)
         submission = root / "submission"
         if not submission.is_dir():
             raise FileNotFoundError(f"no submission folder {submission}")
@@ -378,9 +377,16 @@ def run(root: Path, budget_s: float | None = None, log=print) -> dict:
             result["output"] += f"\nGrading stopped after {budget_s:.0f} s (time limit); unfinished parts score 0."
     except BaseException as exc:  # noqa: BLE001 - whatever breaks, Gradescope still gets a result
         log(traceback.format_exc())
-        result = {"score": 0.0, "tests": [], "stdout_visibility": "hidden",
-                  "output": f"The autograder failed ({type(exc).__name__}: {str(exc)[:300]}), so this submission "
-                            "was not graded. This is not your fault: please tell the course staff."}
+        result = _failed(exc)
+    # the lines to hide are read only now: reading the notebooks takes nbformat (34 MB) into this process, which
+    # would hold it while the submission is graded within Gradescope's memory
+    secret = []
+    if course is not None:
+        try:
+            secret = _secret_lines(course, assignment)
+        except BaseException:  # noqa: BLE001 - nothing to redact with: no grading output leaves
+            log(traceback.format_exc())
+            result = _failed(RuntimeError("the assignment's notebooks in the zip could not be read"))
     result["execution_time"] = round(time.time() - t0, 1)
     result = _redact(result, secret)
     out = root / "results" / "results.json"
@@ -391,6 +397,13 @@ def run(root: Path, budget_s: float | None = None, log=print) -> dict:
     if course is not None and not os.environ.get("ATTNKIT_KEEP_COURSE"):
         shutil.rmtree(course.root, ignore_errors=True)
     return result
+
+
+def _failed(exc: BaseException) -> dict:
+    """Gradescope's result where the autograder itself failed: no score, nothing of the grading shown."""
+    return {"score": 0.0, "tests": [], "stdout_visibility": "hidden",
+            "output": f"The autograder failed ({type(exc).__name__}: {str(exc)[:300]}), so this submission "
+                      "was not graded. This is not your fault: please tell the course staff."}
 
 
 def main(argv=None) -> int:

@@ -43,6 +43,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attnkit.authoring import notebooks as nbu  # noqa: E402
 
 
+def anon_by_role(procs: dict) -> dict:
+    """role -> (proportional anonymous kB summed over its live processes, how many): ``procs`` is a
+    TreeSampler's pid -> [role, peak]."""
+    out: dict = {}
+    for pid, (name, _peak) in list(procs.items()):
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                kb = next((int(l.split()[1]) for l in f if l.startswith("Pss_Anon:")), 0)
+        except (OSError, ValueError):
+            continue
+        have = out.get(name, (0, 0))
+        out[name] = (have[0] + kb, have[1] + 1)
+    return out
+
+
 def tree_rss_kb(pid: int) -> int:
     """Resident memory of a process and all its descendants (kB)."""
     children: dict[int, list[int]] = {}
@@ -176,16 +191,17 @@ def run_one(args, tmp: Path, kitzip: Path, kind: str) -> tuple[list, int]:
                     if usage > at_peak.get("usage", 0):
                         stat = dict(l.split() for l in (cg / "memory.stat").read_text().splitlines())
                         at_peak.update(usage=usage, **{k: int(stat.get(k, 0)) for k in ("rss", "cache", "mapped_file")})
+                        at_peak["by_role"] = anon_by_role(procs.procs)
                 except (OSError, ValueError):
                     pass
             time.sleep(0.1)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     from grading_profile import TreeSampler
 
-    procs = TreeSampler(proc.pid)  # each process's own peak, by role
+    procs = TreeSampler(proc.pid)  # each process's own peak, by role (read by sample() at each new peak)
     procs.start()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     log, _ = proc.communicate()
     seconds = time.perf_counter() - t0
     sampler.join()
@@ -215,6 +231,10 @@ def run_one(args, tmp: Path, kitzip: Path, kind: str) -> tuple[list, int]:
             print(f"at the largest sampled usage ({at_peak['usage'] / 2**20:.0f} MB): anonymous (rss) "
                   f"{at_peak['rss'] / 2**20:.0f} MB, page cache {at_peak['cache'] / 2**20:.0f} MB "
                   f"(of it mapped files: {at_peak['mapped_file'] / 2**20:.0f} MB)")
+            print("  its anonymous memory by process (proportional: pages a fork shares are split between them): "
+                  + "; ".join(f"{name} {kb / 1024:.0f} MB" + (f" (x{n})" if n > 1 else "")
+                              for name, (kb, n) in sorted(at_peak["by_role"].items(), key=lambda kv: -kv[1][0])
+                              if kb > 1 << 10))
     print(f"score: {res['score']:g} / {auto_max:g} autograded points")
     rows = [("run_autograder, s", seconds, 20.0)]
     if cg is not None:

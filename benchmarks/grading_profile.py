@@ -83,7 +83,9 @@ ROLES = (("attnkit.batch.workers", "grading process"), ("--zygote", "warm-start 
          ("-m attnkit", "CLI (batch) process"))
 
 
-def role(cmdline: str, parent_role: str) -> str:
+def role(cmdline: str, parent_role: str, comm: str = "") -> str:
+    if comm == "attnkit-grading":  # a grading process forked from the batch: the batch's command line
+        return "grading process"
     exe = cmdline.split(" ")[0].rsplit("/", 1)[-1]
     if exe in ("bwrap", "setpriv"):  # their argv names the interpreter they start
         return exe
@@ -116,7 +118,9 @@ class TreeSampler(threading.Thread):
                         st = {l.split(":")[0]: l.split()[1] for l in f if l.startswith(("VmHWM", "VmRSS"))}
                     with open(f"/proc/{entry}/cmdline", "rb") as f:
                         cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-                    info[int(entry)] = (cmd, int(st.get("VmHWM", 0)), int(st.get("VmRSS", 0)))
+                    with open(f"/proc/{entry}/comm") as f:
+                        comm = f.read().strip()
+                    info[int(entry)] = (cmd, int(st.get("VmHWM", 0)), int(st.get("VmRSS", 0)), comm)
                 except (OSError, IndexError, ValueError):
                     continue
             total, todo = 0, [(self.pid, "")]
@@ -124,8 +128,10 @@ class TreeSampler(threading.Thread):
                 p, parent_role = todo.pop()
                 if p not in info:
                     continue
-                cmd, hwm, rss = info[p]
-                known = self.procs.setdefault(p, [role(cmd, parent_role), 0])
+                cmd, hwm, rss, comm = info[p]
+                known = self.procs.setdefault(p, [role(cmd, parent_role, comm), 0])
+                if known[0] != "grading process" and comm == "attnkit-grading":  # seen before it was named
+                    known[0] = "grading process"
                 known[1] = max(known[1], hwm)
                 total += rss
                 todo += [(c, known[0]) for c in parents.get(p, [])]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import nbformat
 import pytest
 from nbformat import NotebookNode
 
@@ -167,6 +168,68 @@ def test_a_killed_workers_kernels_do_not_outlive_it():
         for p in procs:
             p.kill()
             p.wait()
+
+
+def _grading_processes(cli: int) -> dict:
+    """pid -> /proc/<pid>/comm of the grading processes ``cli`` (a ./kit autograde) started."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{entry}/comm") as f:
+                comm = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        if ppid == cli and (b"attnkit.batch.workers" in cmd or comm == "attnkit-grading"):
+            found[int(entry)] = comm
+    return found
+
+
+@pytest.mark.skipif(not SANDBOXED, reason=f"no grading sandbox here ({MODE})")
+@pytest.mark.parametrize("forked", [True, False], ids=["forked", "new-interpreter"])
+def test_the_clis_grading_processes_hold_only_their_own_pipes(forked):
+    """Are ./kit autograde's grading processes forks of it (named attnkit-grading; with ATTNKIT_FORK_WORKERS=0 new
+    interpreters), each in a session of its own, and does neither hold a pipe of the other (the batch's end of the
+    other's students or results: then that one would never see its end), both grading right?"""
+    course = course_with([])
+    try:
+        for student in ("s1", "s2"):  # solved, with a first cell that keeps both processes grading a while
+            src = nbu.read(course.path("source", ASSIGNMENT, f"{Q3}.ipynb"))
+            nb = nbu.fill(src)
+            nb.cells.insert(0, nbformat.v4.new_code_cell("import time; time.sleep(6)"))
+            dest = course.path("submitted", student, ASSIGNMENT)
+            dest.mkdir(parents=True)
+            nbu.write(nb, dest / f"{Q3}.ipynb")
+        env = {**os.environ, "ATTNKIT_FORK_WORKERS": "1" if forked else "0"}
+        cli = subprocess.Popen([sys.executable, "-m", "attnkit", "--root", str(course.root), "autograde", ASSIGNMENT,
+                                "--workers", "2", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env=env, text=True)
+        try:
+            deadline, procs = time.monotonic() + 60, {}
+            while len(procs) < 2 and time.monotonic() < deadline and cli.poll() is None:
+                time.sleep(0.2)
+                procs = _grading_processes(cli.pid)
+            assert len(procs) == 2, f"grading processes found: {procs}"
+            pipes = {}
+            for pid, comm in procs.items():
+                assert (comm == "attnkit-grading") == forked, comm
+                assert os.getsid(pid) == pid, "not in a session of its own"
+                pipes[pid] = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")
+                              if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:")}
+            one, two = pipes.values()
+            assert one and two and not one & two, pipes
+            out, _ = cli.communicate(timeout=300)
+        finally:
+            cli.kill()
+            cli.wait()
+        assert cli.returncode == 0, out[-3000:]
+        got = scores(course, ASSIGNMENT)["students"]
+        assert {s: got[s][Q3]["score"] for s in ("s1", "s2")} == {"s1": Q3_AUTO, "s2": Q3_AUTO}, got
+    finally:
+        shutil.rmtree(course.root, ignore_errors=True)
 
 
 def test_the_run_folder_tmpfs_is_small(tmp_path):

@@ -36,9 +36,12 @@ def ensure_assignment(course: Course, assignment: str) -> None:
 
 
 def autograde(course: Course, assignment: str, students: list[str] | None = None, workers: int | None = None,
-              progress: bool = True, allow_unsandboxed: bool = False, on_result=None) -> list[StudentResult]:
+              progress: bool = True, allow_unsandboxed: bool = False, on_result=None,
+              fork: bool = False) -> list[StudentResult]:
     """Grade the given (default: all submitted) students; returns one result per student, by id.
     ``on_result(result)``: each student's result (JSON data) as soon as it is in the gradebook.
+    ``fork``: the caller is the command's own fresh process (``./kit autograde``), which did nothing a fork must
+    not share: the grading processes start as forks of it (workers.Forked), not as new interpreters.
 
     Refuses (SandboxUnavailable) when no sandbox works here, unless ``allow_unsandboxed``."""
     from attnkit import sandbox
@@ -89,7 +92,7 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
         env = {sandbox.ENV_MODE: mode, GRADER_MEMORY_ENV: str(grader_memory_mb(course))}
         results = run_batch(root, assignment, students, workers, env, _on_result, notebooks,
                             failed_result, ahead=lambda slot: start_ahead(root, assignment, slot),
-                            limit=student_time_limit(course, assignment, notebooks)) if students else []
+                            limit=student_time_limit(course, assignment, notebooks), fork=fork) if students else []
     except Interrupted as stop:
         # what was graded stays graded; a rerun finishes
         save_report(course.root, assignment, [StudentResult.from_json(r) for r in stop.results])

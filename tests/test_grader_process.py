@@ -608,7 +608,7 @@ def test_a_grading_process_ends_as_python_would_without_its_teardown(tmp_path):
     with the status given?"""
     log = tmp_path / "log"
     code = ("import atexit, threading, time, sys\n"
-            "from attnkit.batch.workers import exit_now\n"
+            "from attnkit.quick_exit import exit_now\n"
             f"log = open({str(log)!r}, 'a', buffering=1)\n"
             "atexit.register(lambda: log.write('first registered, last run\\n'))\n"
             "atexit.register(lambda: log.write('last registered, first run\\n'))\n"

@@ -23,6 +23,8 @@ import threading
 import time
 from collections import deque
 
+from attnkit.quick_exit import exit_now
+
 RETRIES = 1  # a student whose grading process died is graded once more in a fresh one
 GRADER_MEMORY_ENV = "ATTNKIT_GRADER_MEMORY_MB"  # CourseExecute.grader_memory_mb, handed to each grading process
 
@@ -420,32 +422,6 @@ def main(argv=None) -> int:
                 log.write(f"{student} {hwm}\n")  # kB
         out.write("DONE " + json.dumps(result) + "\n")
     return 0
-
-
-def exit_now(code: int) -> None:
-    """Exit as the interpreter does but without its teardown, which frees torch's and nbgrader's modules one object
-    at a time (0.3-0.8 s that the batch would wait for): the other threads are finished (``threading._shutdown``:
-    the executors' exit hooks, then a join of every thread that is not a daemon), the exit handlers run (a
-    sandbox's discard, the syscall filter's folder, logging), the output is flushed, and the process ends with
-    ``code`` read as SystemExit reads it (None: 0; a number; anything else is printed, and the status is 1)."""
-    import atexit
-
-    if code is None:
-        code = 0
-    elif not isinstance(code, int):
-        print(code, file=sys.stderr)
-        code = 1
-
-    shutdown = getattr(threading, "_shutdown", None)  # what Py_Finalize calls first (CPython 3.8-3.13)
-    if shutdown is not None:
-        shutdown()
-    atexit._run_exitfuncs()
-    for f in (sys.stdout, sys.stderr):
-        try:
-            f.flush()
-        except Exception:  # a closed or broken stream: nothing more to say on it
-            pass
-    os._exit(code)
 
 
 if __name__ == "__main__":

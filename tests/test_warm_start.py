@@ -169,3 +169,18 @@ def test_with_a_sandbox_per_student_the_next_one_started_ahead_is_fresh(tmp_path
         assert sandbox.warm._warm["next"] is None, "started another one although no student follows"
     assert "ALL CLEAN" in out and "NOT PRISTINE" not in out, f"the next student saw the previous one's leftovers: {out!r}"
     assert not ahead.alive and sandbox.warm._next is None
+
+
+@pytest.mark.skipif(not WARM, reason="warm start needs the bwrap sandbox as root")
+def test_a_forked_kernel_never_collects_what_it_inherited(tmp_path):
+    """Does a kernel forked from the warm-start interpreter hold what it inherited (torch's, numpy's, ipykernel's
+    objects) frozen, so that its collector never writes to those shared pages (copying them into the kernel's own
+    memory, and inside a measured call into its peak)?"""
+    import asyncio
+
+    workdir = _workdir(tmp_path)
+    with sandbox.warm_start(prestart=False):
+        out, proc = asyncio.run(_run_in_kernel(workdir, "import gc; print('FROZEN', gc.get_freeze_count())"))
+        assert isinstance(proc, sandbox.ForkedKernel), "not a warm kernel"
+    frozen = int(out.split("FROZEN", 1)[1].split()[0])
+    assert frozen > 100_000, f"only {frozen} objects frozen: {out!r}"

@@ -298,6 +298,7 @@ def _remove_own_files(folder: str) -> None:
 
 def zygote(fd: int, preload: list[str] = ()) -> None:
     import ctypes
+    import gc
     import json
     import select
     import socket
@@ -331,6 +332,9 @@ def zygote(fd: int, preload: list[str] = ()) -> None:
             elif not _clean(keep):
                 reply = {"ok": False, "error": "a notebook's processes survived"}
             else:
+                # the kernel's collector then never visits (so never copies) the pages of what it inherits:
+                # torch's and matplotlib's objects stay shared, and no collection copies them inside a measured call
+                gc.freeze()
                 pid = os.fork()
                 if pid == 0:
                     reader.close()

@@ -621,3 +621,31 @@ def test_a_grading_process_ends_as_python_would_without_its_teardown(tmp_path):
     assert (out.stdout, out.stderr) == ("unflushed", "unflushed too")
     assert log.read_text().splitlines() == ["thread finished", "last registered, first run",
                                             "first registered, last run"]
+
+
+def test_a_grading_process_that_cannot_be_forked_starts_as_a_new_interpreter(monkeypatch):
+    """Where the batch cannot fork (no memory or process left for one), does it still get its grading process, a
+    new interpreter, with no pipe of the failed fork left open?"""
+    import errno
+    import os
+
+    from attnkit.batch import workers
+
+    def pipes():
+        return sorted(os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                      if os.path.exists(f"/proc/self/fd/{fd}") and os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:"))
+
+    def no_fork():
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    before = pipes()
+    monkeypatch.setattr(workers.os, "fork", no_fork)
+    worker = workers.Worker("/nonexistent-course", "hw9", 0, {}, fork=True)
+    monkeypatch.undo()
+    try:
+        assert isinstance(worker.proc, subprocess.Popen), type(worker.proc)
+    finally:
+        worker.close()
+        worker.log.close()
+    assert worker.proc.returncode == 0
+    assert pipes() == before

@@ -57,9 +57,13 @@ class Worker:
             fds = (write_fd, *extra)
         try:
             args = [root, assignment, str(write_fd)]
+            self.proc = None
             if fork:
-                self.proc = Forked(args, env, fds, self.log.fileno())
-            else:
+                try:
+                    self.proc = Forked(args, env, fds, self.log.fileno())
+                except OSError:  # no memory or process left for a fork: a new interpreter may still start
+                    pass
+            if self.proc is None:
                 self.proc = subprocess.Popen(
                     [sys.executable, "-m", "attnkit.batch.workers", *args],
                     stdin=subprocess.PIPE, stdout=self.log, stderr=self.log, pass_fds=fds, text=True,
@@ -180,7 +184,13 @@ class Forked:
             except Exception:  # noqa: BLE001 (a closed stream: nothing to print twice)
                 pass
         gc.freeze()  # the fork's collector never visits (so never copies) the pages it inherits
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            gc.unfreeze()
+            os.close(stdin_r)
+            os.close(stdin_w)
+            raise
         if pid == 0:
             code = 1
             try:

@@ -315,7 +315,12 @@ def ordinary_user_demo():
     t0 = time.perf_counter()
     theirs = _sh("runuser", "-u", user.pw_name, "--", *env, "bash", "-c", 'cd "$1" && ./kit demo --workers 2',
                  "kit-demo", str(course), timeout=1800)
-    return user, course, py, version, theirs, time.perf_counter() - t0
+    took = time.perf_counter() - t0
+    # ./kit autograde (the demo grades in its own process): its grading process is a fork of the command
+    again = _sh("runuser", "-u", user.pw_name, "--", *env, "bash", "-c",
+                'cd "$1" && ./kit --root demo autograde hw9 --student sample-solution --workers 1 --quiet',
+                "kit-autograde", str(course), timeout=900) if theirs.returncode == 0 else None
+    return user, course, py, version, theirs, took, again
 
 
 @pytest.mark.slow
@@ -327,7 +332,7 @@ def test_an_ordinary_user_runs_the_demo_with_debians_python_through_a_symlink():
     found = early.result("ordinary_user_demo")
     if isinstance(found, str):
         pytest.skip(found)
-    user, course, py, version, theirs, took = found
+    user, course, py, version, theirs, took, again = found
     print(f"\n--- as {user.pw_name}, in {course} ({took:.0f} s with set-up)\n{theirs.stderr[-3000:]}\n"
           f"{theirs.stdout[-1500:]}")
     assert theirs.returncode == 0, theirs.stdout[-3000:] + theirs.stderr[-3000:]
@@ -342,6 +347,10 @@ def test_an_ordinary_user_runs_the_demo_with_debians_python_through_a_symlink():
         "this host has cgroup v1" if v1 else f"in no subtree delegated to uid {user.pw_uid}") in memory, memory
     # the table of the root run: the README's, which tests/test_export.py checks against a root demo
     assert _table(theirs.stdout) == readme_table()
+    # the same submission regraded by ./kit autograde as that user: the same row
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    row = next(l for l in readme_table().splitlines() if l.startswith("sample-solution "))
+    assert [l.split() for l in _table(again.stdout).splitlines()[1:]] == [row.split()], again.stdout[-2000:]
 
 
 def test_a_new_gradebook_records_the_migration_head_alembic_names(tmp_path, monkeypatch):

@@ -1,8 +1,9 @@
 """A small pool of grading processes that always finishes the batch.
 
-Each worker slot runs one grading process (``python -m attnkit.batch.workers``) that grades the
-students it is sent one at a time and reports every finished notebook at once, over a pipe of
-its own (never its stdout, which a kernel may share). A process that dies (killed, out of
+Each worker slot runs one grading process (``main`` below: for a slot's first, a fork of ``./kit
+autograde``, ``Forked``; else a new ``python -m attnkit.batch.workers``) that grades the students it is
+sent one at a time and reports every finished notebook at once, over a pipe of its own (never its
+stdout, which a kernel may share). A process that dies (killed, out of
 memory, a crash) is replaced; its student is retried once in a fresh process, and if that
 dies too, the notebooks it had not finished are recorded as could-not-be-graded (status
 "failed", scored 0) and the batch goes on. A student whose grading runs past the per-student

@@ -7,6 +7,7 @@ from attnkit.preprocessors.clear_solutions import ClearSolutionsWithStubs
 from attnkit.preprocessors.dedupe import DropDuplicateIds
 from attnkit.preprocessors.untouched import NameUntouchedParts
 from attnkit.preprocessors.normalise import NormaliseSubmission
+from attnkit.preprocessors.save_grades import SaveAutoGradesOnce
 from attnkit.preprocessors.score_only_errors import ScoreOnlyErrors
 from attnkit.preprocessors.scrub import ScrubTestOutputs
 from attnkit.preprocessors.execute import CourseExecute
@@ -17,7 +18,7 @@ from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, Clea
                                     ClearMarkScheme, ClearOutput, ComputeChecksums,
                                     GetGrades, IgnorePattern, IncludeHeaderFooter, InstantiateTests,
                                     LimitOutput, LockCells, OverwriteKernelspec,
-                                    SaveAutoGrades, SaveCells)
+                                    SaveCells)
 
 c = get_config()  # noqa: F821 (provided by traitlets when it loads this file)
 
@@ -51,7 +52,7 @@ c.Autograde.sanitize_preprocessors = [
 ]
 c.Autograde.autograde_preprocessors = [
     CourseExecute, CapOutputs, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SanitiseNotebook,
-    ScoreOnlyErrors, NameUntouchedParts, SaveAutoGrades, AssignLatePenalties, CheckCellMetadataOnce,
+    ScoreOnlyErrors, NameUntouchedParts, SaveAutoGradesOnce, AssignLatePenalties, CheckCellMetadataOnce,
 ]
 import os  # noqa: E402
 

@@ -172,6 +172,149 @@ def test_normalise_reads_each_cells_flags_as_nbgraders_own_lookups_do():
                 (False, False, False), None} <= set(seen)
 
 
+def _book_with_cells(url: str) -> None:
+    """A gradebook whose notebook "n" of assignment "a" has a grade cell, a solution cell, a cell that is both, a
+    task cell, and a plain locked cell; student "s" has submitted it."""
+    from nbformat import NotebookNode
+    from nbgrader.api import Gradebook
+    from nbgrader.utils import compute_checksum
+
+    with Gradebook(url) as gb:
+        gb.add_assignment("a")
+        gb.add_notebook("n", "a")
+        for gid, kinds, ctype in (("g", "grade", "code"), ("s", "solution", "code"), ("gs", "grade solution", "markdown"),
+                                  ("t", "task", "markdown"), ("plain", "", "code")):
+            flags = dict(grade_id=gid, grade="grade" in kinds, solution="solution" in kinds,
+                         locked="solution" not in kinds, points=2.5)
+            checksum = compute_checksum(NotebookNode(source=f"src {gid}", cell_type=ctype,
+                                                     metadata=NotebookNode(nbgrader=NotebookNode(flags))))
+            gb.add_source_cell(gid, "n", "a", cell_type=ctype, locked=flags["locked"], source=f"src {gid}",
+                               checksum=checksum)
+            if "grade" in kinds:
+                gb.add_grade_cell(gid, "n", "a", max_score=2.5, cell_type=ctype)
+            if "solution" in kinds:
+                gb.add_solution_cell(gid, "n", "a")
+            if "task" in kinds:
+                gb.add_task_cell(gid, "n", "a", max_score=4, cell_type=ctype)
+        gb.add_student("s")
+        gb.add_submission("a", "s")
+
+
+def _graded_notebook(extra=()):
+    """Notebook "n" as autograding leaves it: a failed test, an answered solution, an unanswered written answer."""
+    from nbgrader.utils import compute_checksum
+
+    failed = _test_cell("assert False", gid="g", outputs=[new_output("error", ename="AssertionError", evalue="",
+                                                                     traceback=[])])
+    failed.metadata.nbgrader["points"] = 2.5
+    answered = new_code_cell("x = 1", metadata=_meta("s", solution=True))
+    answered.metadata.nbgrader["checksum"] = "sum-s"
+    unanswered = new_markdown_cell("YOUR ANSWER HERE", metadata=_meta("gs", grade=True, solution=True, points=2.5))
+    unanswered.metadata.nbgrader["checksum"] = compute_checksum(unanswered)
+    task = new_markdown_cell("Describe.", metadata={"nbgrader": {"grade": False, "solution": False, "task": True,
+                                                                  "locked": True, "grade_id": "t", "points": 4,
+                                                                  "schema_version": 3}})
+    return new_notebook(cells=[failed, answered, unanswered, task, new_code_cell("plain", metadata=_meta("plain")),
+                               *extra])
+
+
+def test_saved_grades_are_nbgraders_own():
+    """Reading the submitted notebook's grades and comments once and committing once, does SaveAutoGradesOnce leave
+    the gradebook exactly as nbgrader's SaveAutoGrades does (scores, needs-manual-grade with and without an earlier
+    manual score, comments), and refuse a cell the gradebook lacks as nbgrader does?"""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from nbgrader.api import Gradebook, MissingEntry
+    from nbgrader.preprocessors import SaveAutoGrades
+
+    from attnkit.preprocessors.save_grades import SaveAutoGradesOnce
+
+    folder = Path(tempfile.mkdtemp())
+    try:
+        _book_with_cells(f"sqlite:///{folder / 'seed.db'}")
+
+        def state(url):
+            with Gradebook(url) as gb:
+                sub = gb.find_submission_notebook("n", "a", "s")
+                return (sorted((g.name, g.auto_score, g.manual_score, g.needs_manual_grade) for g in sub.grades),
+                        sorted((c.name, c.auto_comment) for c in sub.comments))
+
+        results = {}
+        for manual in (None, 1.0):
+            for cls in (SaveAutoGrades, SaveAutoGradesOnce):
+                db = folder / f"{cls.__name__}-{manual}.db"
+                shutil.copy(folder / "seed.db", db)
+                url = f"sqlite:///{db}"
+                if manual is not None:
+                    with Gradebook(url) as gb:
+                        gb.find_grade("g", "n", "a", "s").manual_score = manual
+                        gb.db.commit()
+                before = state(url)
+                resources = {"nbgrader": {"notebook": "n", "assignment": "a", "student": "s", "db_url": url}}
+                cls().preprocess(_graded_notebook(), resources)
+                results[cls.__name__, manual] = state(url)
+                assert results[cls.__name__, manual] != before, f"{cls.__name__} saved nothing"
+                unknown = _test_cell("ok", gid="not-in-the-gradebook")
+                try:
+                    cls().preprocess(_graded_notebook([unknown]), resources)
+                except MissingEntry:
+                    results[cls.__name__, manual, "unknown"] = "MissingEntry"
+            assert results["SaveAutoGradesOnce", manual] == results["SaveAutoGrades", manual], manual
+            assert results["SaveAutoGradesOnce", manual, "unknown"] == results["SaveAutoGrades", manual, "unknown"]
+        grades, comments = results["SaveAutoGrades", 1.0]
+        assert ("g", 0.0, 1.0, True) in grades and ("gs", 0.0, None, False) in grades
+        assert ("gs", "No response.") in comments and ("s", None) in comments
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_normalise_and_save_grades_read_a_notebook_in_a_few_queries():
+    """However many cells a notebook has, do NormaliseSubmission and SaveAutoGradesOnce query the gradebook a fixed
+    number of times (nbgrader's own: two or three queries a cell), and does the result not change?"""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from nbgrader.preprocessors import OverwriteCells, SaveAutoGrades
+
+    from attnkit.preprocessors.normalise import NormaliseSubmission
+    from attnkit.preprocessors.save_grades import SaveAutoGradesOnce
+
+    folder = Path(tempfile.mkdtemp())
+    statements = []
+
+    def count(conn, cursor, statement, *args):
+        statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        url = f"sqlite:///{folder / 'gradebook.db'}"
+        _book_with_cells(url)
+        resources = {"nbgrader": {"notebook": "n", "assignment": "a", "student": "s", "db_url": url}}
+        seen = {}
+        for copies in (1, 6, 1):
+            nb = _graded_notebook()
+            nb.cells = nb.cells * copies
+            for cls in (NormaliseSubmission, SaveAutoGradesOnce, OverwriteCells, SaveAutoGrades):
+                statements.clear()
+                out, _ = cls().preprocess(nb, dict(resources))
+                seen[cls.__name__, copies] = (len(statements), [dict(c.metadata) for c in out.cells[:5]])
+        for ours, theirs in (("NormaliseSubmission", "OverwriteCells"), ("SaveAutoGradesOnce", "SaveAutoGrades")):
+            (few, one), (many, six) = seen[ours, 1], seen[ours, 6]
+            assert many <= few + 2, f"{ours}: {few} statements for 5 cells, {many} for 30"
+            assert one == six, ours
+            grew = seen[theirs, 6][0] - seen[theirs, 1][0]  # the measure sees per-cell queries: nbgrader's own make them
+            assert grew >= 25, f"{theirs}: {grew} more statements for 25 more cells"
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+        shutil.rmtree(folder)
+
+
 def test_outputs_are_capped_in_bytes_not_lines():
     """Is one 5 MB line cut to the cell's cap with a note, a 3 MB image replaced, a test cell's error kept?"""
     import base64

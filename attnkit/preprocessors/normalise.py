@@ -37,10 +37,15 @@ class NormaliseSubmission(OverwriteCells):
         trusted = self._trusted(gid) if gid else None
         # The flags first: nbgrader's checksum of a locked cell covers them, then super() puts the source back.
         cell.metadata = NotebookNode({"nbgrader": trusted} if trusted else {})
-        return super().preprocess_cell(cell, resources, cell_index)
+        book, self.gradebook = self.gradebook, _Cells(self.gradebook, self._cells(), self.notebook_id,
+                                                      self.assignment_id)
+        try:  # nbgrader's checks (type, lock, points, checksum), its lookups answered from what _cells() read
+            return super().preprocess_cell(cell, resources, cell_index)
+        finally:
+            self.gradebook = book
 
     def _cells(self) -> dict:
-        """The gradebook's cells of this notebook by kind and name: four queries a notebook, not four a cell."""
+        """The gradebook's cells of this notebook by kind and name: four queries a notebook, not three a cell."""
         if self._known is None:
             try:
                 book = self.gradebook.find_notebook(self.notebook_id, self.assignment_id)
@@ -68,3 +73,30 @@ class NormaliseSubmission(OverwriteCells):
             if kind in ("grade", "task"):
                 flags["points"] = float(found.max_score)
         return flags
+
+
+class _Cells:
+    """The gradebook, with ``find_source_cell`` and ``find_graded_cell`` for one notebook answered as nbgrader answers
+    them (a grade cell before a task cell of the same name) from its cells read once (NormaliseSubmission._cells)."""
+
+    def __init__(self, gb, known: dict, notebook: str, assignment: str):
+        self._gb, self._known, self._key = gb, known, (notebook, assignment)
+
+    def find_source_cell(self, name: str, notebook: str, assignment: str):
+        if (notebook, assignment) != self._key:
+            return self._gb.find_source_cell(name, notebook, assignment)
+        return self._one(name, "source_cells", kind="source cell", notebook=notebook, assignment=assignment)
+
+    def find_graded_cell(self, name: str, notebook: str, assignment: str):
+        if (notebook, assignment) != self._key:
+            return self._gb.find_graded_cell(name, notebook, assignment)
+        return self._one(name, "grade_cells", "task_cells", kind="grade cell", notebook=notebook, assignment=assignment)
+
+    def _one(self, name, *kinds, kind, notebook, assignment):
+        for cells in kinds:
+            if name in self._known[cells]:
+                return self._known[cells][name]
+        raise MissingEntry(f"No such {kind}: {assignment}/{notebook}/{name}")
+
+    def __getattr__(self, name):
+        return getattr(self._gb, name)

@@ -16,4 +16,4 @@ import sys as _sys
 # and takes 0.9 s of CPU in every process. Without it jsonschema skips just those two formats.
 _sys.modules.setdefault("rfc3987_syntax", None)
 # (Nothing heavy here: every kit process imports this package, the kernels in the sandbox too. SQLAlchemy's
-# warnings are silenced where nbgrader's gradebook is set up: attnkit.course.alembic_head_in_process.)
+# warnings are silenced where nbgrader's gradebook is set up: attnkit.course.nbgrader_in_process.)

@@ -378,3 +378,49 @@ def test_a_new_gradebook_records_the_migration_head_alembic_names(tmp_path, monk
         pass
     with sqlite3.connect(tmp_path / "course" / "gradebook.db") as db:
         assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(said,)]
+
+
+def test_a_process_keeps_one_engine_per_gradebook_file_and_thread(tmp_path):
+    """Do the gradebooks one process opens on one file share one SQLAlchemy engine (its compiled queries), while
+    another thread, a forked child, another file and an in-memory gradebook each get their own, and does a closed
+    gradebook hold no connection?"""
+    import threading
+
+    from nbgrader.api import Gradebook
+
+    from attnkit.course import Course
+
+    (tmp_path / "course").mkdir()
+    shutil.copy2(Path(__file__).resolve().parents[1] / "course_config.py", tmp_path / "course" / "course_config.py")
+    course = Course(tmp_path / "course")
+
+    def engine(url=None):
+        with (course.gradebook() if url is None else Gradebook(url)) as gb:
+            gb.add_student(f"s{len(gb.students)}")
+            gb.db.commit()
+            return gb.engine
+
+    first = engine()
+    assert engine() is first, "a second gradebook on the same file made a new engine"
+    assert first.pool.checkedout() == 0 and first.pool.checkedin() == 0, "a closed gradebook kept a connection"
+    other = []
+    thread = threading.Thread(target=lambda: other.append(engine()))
+    thread.start()
+    thread.join()
+    assert other[0] is not first
+    assert engine(f"sqlite:///{tmp_path / 'other.db'}") is not first
+    memory = engine("sqlite:///:memory:")
+    assert engine("sqlite:///:memory:") is not memory
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child's engine is its own: an engine's pool must never cross a fork
+        os.close(read)
+        os.write(write, b"same" if engine() is first else b"own")
+        os._exit(0)
+    os.close(write)
+    said = os.read(read, 10)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert said == b"own"
+    with course.gradebook() as gb:
+        assert len(gb.students) == 4  # every write landed: the two here, the thread's and the child's

@@ -5,6 +5,6 @@ of feedback. Host side: nothing here runs in a kernel.
 """
 from __future__ import annotations
 
-from attnkit.course import alembic_head_in_process
+from attnkit.course import nbgrader_in_process
 
-alembic_head_in_process()  # (every nbgrader app loads the course config, which imports this package)
+nbgrader_in_process()  # (every nbgrader app loads the course config, which imports this package)

@@ -623,6 +623,23 @@ def test_a_grading_process_ends_as_python_would_without_its_teardown(tmp_path):
                                             "first registered, last run"]
 
 
+def test_a_grading_process_never_collects_what_its_imports_made():
+    """Once a grading process has loaded the hidden tests' modules (torch), are their objects frozen, so that the
+    collector's full passes (50-75 ms each over torch's objects, a few a student) never walk them, with the
+    collector on again and no full pass while they loaded?"""
+    code = ("import gc\n"
+            "passes = []\n"
+            "gc.callbacks.append(lambda phase, info: phase == 'stop' and passes.append(info['generation']))\n"
+            "from attnkit.batch.workers import _import_grader\n"
+            "_import_grader()\n"
+            "import torch\n"
+            "print(gc.get_freeze_count(), gc.isenabled(), passes.count(2), torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    frozen, enabled, full_passes, threads = out.stdout.split()
+    assert int(frozen) > 100_000 and enabled == "True" and full_passes == "0" and threads == "1", out.stdout
+
+
 def test_a_grading_process_that_cannot_be_forked_starts_as_a_new_interpreter(monkeypatch):
     """Where the batch cannot fork (no memory or process left for one), does it still get its grading process, a
     new interpreter, with no pipe of the failed fork left open?"""

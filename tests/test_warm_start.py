@@ -184,3 +184,30 @@ def test_a_forked_kernel_never_collects_what_it_inherited(tmp_path):
         assert isinstance(proc, sandbox.ForkedKernel), "not a warm kernel"
     frozen = int(out.split("FROZEN", 1)[1].split()[0])
     assert frozen > 100_000, f"only {frozen} objects frozen: {out!r}"
+
+
+HISTORY = """
+import os, threading
+hm = get_ipython().history_manager
+files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.expanduser("~")) for f in fs if f.endswith(".sqlite")]
+savers = [t for t in threading.enumerate() if type(t).__name__ == "HistorySavingThread"]
+print("HISTORY", hm.enabled, "savers = " in In[-1], len(files), len(savers))
+"""
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["forked", "cold"])
+def test_a_kernel_keeps_its_history_in_memory(tmp_path, monkeypatch, warm):
+    """Does every kernel, forked or cold, keep IPython's history (In, _i, %history) in memory only: no database in
+    its HOME (thrown away with it) and no thread that writes each cell there?"""
+    import asyncio
+
+    if warm and not WARM:
+        pytest.skip("warm start needs the bwrap sandbox as root")
+    if sandbox.detect() == "none":
+        pytest.skip("no sandbox here")
+    monkeypatch.setenv(sandbox.warm.ENV_WARM, "1" if warm else "0")
+    workdir = _workdir(tmp_path)
+    with sandbox.warm_start(prestart=False):
+        out, proc = asyncio.run(_run_in_kernel(workdir, HISTORY))
+    assert isinstance(proc, sandbox.ForkedKernel) == warm
+    assert out.split("HISTORY", 1)[1].split() == ["False", "True", "0", "0"], out

@@ -81,10 +81,13 @@ def cmd_autograde(args) -> int:
 
 
 def _autograde(args) -> int:
+    course = Course(args.root)
+    from attnkit.sandbox.warm import launch_remembered
+
+    launch_remembered(str(course.root), 0)  # the first sandbox's imports, beside the configuration's
     from attnkit.batch.driver import autograde
     from attnkit.reports import table
 
-    course = Course(args.root)
     if not _sandbox_line(args.unsandboxed_i_accept_the_risk, "submissions"):
         return 2
     from attnkit.slurm import gpu_refusal

@@ -211,3 +211,57 @@ def test_a_kernel_keeps_its_history_in_memory(tmp_path, monkeypatch, warm):
         out, proc = asyncio.run(_run_in_kernel(workdir, HISTORY))
     assert isinstance(proc, sandbox.ForkedKernel) == warm
     assert out.split("HISTORY", 1)[1].split() == ["False", "True", "0", "0"], out
+
+
+@pytest.mark.skipif(not WARM, reason="warm start needs the bwrap sandbox as root")
+def test_the_first_sandbox_starts_from_the_last_runs_settings_and_only_those(tmp_path, monkeypatch):
+    """Does ./kit autograde's first sandbox, started from the settings the course's last run kept (before this run
+    has loaded its configuration), serve the batch only where its settings are exactly the ones computed now: a
+    changed grader file or a settings file others could write gets a sandbox of its own, and the early one is
+    stopped with its uid's lock?"""
+    from attnkit.batch.student import NBGRADER_ENV, _ahead
+    from attnkit.sandbox import warm
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    course_dir = tmp_path / "course"
+    shutil.copytree(ROOT, course_dir, ignore=shutil.ignore_patterns(".venv", ".git", "autograded", "submitted",
+                                                                  "feedback", "gradebook.db", "*.pyc"))
+    os.chmod(course_dir / "source" / ASSIGNMENT, 0o755)
+    root = str(course_dir)
+    km, files = _ahead(Course(root), ASSIGNMENT)
+
+    def first():
+        return km.start_ahead(files, NBGRADER_ENV, 0, root=root)
+
+    assert warm.launch_remembered(root, 0) is None and warm._early is None  # no run before: nothing to start
+    made = first()
+    kept = warm._remembered(root)
+    assert os.stat(kept).st_mode & 0o777 == 0o600
+    made.discard()
+
+    warm.launch_remembered(root, 0)
+    early = warm._early
+    assert early is not None and early.alive
+    taken = first()
+    assert taken is early and warm._early is None, "the batch started another sandbox beside the early one"
+    taken.wait_ready()
+    taken.discard()
+
+    warm.launch_remembered(root, 0)
+    early = warm._early
+    (course_dir / "source" / ASSIGNMENT / "attention_checks.py").write_text("# changed since the last run\n")
+    km, files = _ahead(Course(root), ASSIGNMENT)
+    other = first()
+    assert other is not early and not early.alive, "a sandbox with the old grader file was kept"
+    assert other.key[0] == early.key[0], "the early sandbox's uid was not freed for the batch's own"
+    other.discard()
+
+    os.chmod(kept, 0o666)
+    warm.launch_remembered(root, 0)
+    assert warm._early is None, "started from a settings file others can write"
+    os.chmod(kept, 0o600)
+    monkeypatch.setenv(warm.ENV_EARLY, "0")
+    warm.launch_remembered(root, 0)
+    assert warm._early is None
+    monkeypatch.setenv(warm.ENV_WARM, "0")  # the course's batches now start no warm sandbox: nothing is kept to start
+    assert first() is None and not os.path.exists(kept)

@@ -181,7 +181,7 @@ def start_ahead(root: str, assignment: str, slot: int | None = None):
     one else's)."""
     try:
         km, files = _ahead(Course(root), assignment)
-        return km.start_ahead(files, NBGRADER_ENV, slot)
+        return km.start_ahead(files, NBGRADER_ENV, slot, root=root if slot is not None else None)
     except Exception:  # only a head start: grading starts the interpreter itself if this fails
         return None
 

@@ -25,8 +25,8 @@ from attnkit.sandbox.fallback import kill_uid
 from attnkit.sandbox.limits import (LIMITS, KernelCgroup, killed_first, memory_cgroups, meter_cgroups,
                                     mount_small_tmpfs, remove_dir)
 from attnkit.sandbox.slots import SandboxUnavailable, claim_slot, uid_slot
-from attnkit.sandbox.warm import (PRELOAD, ForkedKernel, ZygoteError, _zygote_for, launch_ahead, start_ahead, warm_enabled,
-                                  warm_start)
+from attnkit.sandbox.warm import (PRELOAD, ForkedKernel, ZygoteError, _zygote_for, forget_first, launch_ahead, remember_first,
+                                  start_ahead, take_early, warm_enabled, warm_start)
 
 
 TIMEOUT_NAMES = {"CellTimeoutError", "KeyboardInterrupt"}
@@ -262,13 +262,16 @@ class CourseKernelManager(AsyncKernelManager):
 
     pre_start_kernel = _async_pre_start_kernel
 
-    def start_ahead(self, workfiles: dict, env: dict | None = None, slot: int | None = None):
+    def start_ahead(self, workfiles: dict, env: dict | None = None, slot: int | None = None, root: str | None = None):
         """Start the warm-start interpreter of a first kernel that will see ``workfiles`` (name ->
         path), before nbgrader asks for that kernel, so that its imports overlap other work.
         ``env``: variables the kernel will also get (nbgrader's NBGRADER_EXECUTION). Without
         ``slot``: for this process; with it, for the grading process of that worker slot, which
-        gets it through ``Zygote.handover``. Returns the Zygote, or None where there is no warm start."""
+        gets it through ``Zygote.handover``; ``root``: the course's, where slot 0's settings are remembered for the
+        next run (``warm.launch_remembered``). Returns the Zygote, or None where there is no warm start."""
         if not (self.warm_start and warm_enabled() and self.mode() == "bwrap"):
+            if slot == 0 and root is not None:
+                forget_first(root)
             return None
         env = {**self.kernel_spec.env, **(env or {})}
         if slot is None:
@@ -276,6 +279,11 @@ class CourseKernelManager(AsyncKernelManager):
         # the slot's uid is locked here and the lock handed over with the sandbox (Zygote.handover)
         if os.geteuid() != 0:
             return launch_ahead(os.getuid(), workfiles, env, self.scratch_mb, tuple(self.preload))
+        if slot == 0 and root is not None:  # the batch's first: perhaps started already, from the last run's settings
+            remember_first(root, workfiles, env, self.scratch_mb, tuple(self.preload))
+            early = take_early(workfiles, env, self.scratch_mb, tuple(self.preload))
+            if early is not None:
+                return early
         uid, lock = claim_slot(slot)
         try:
             zyg = launch_ahead(uid, workfiles, env, self.scratch_mb, tuple(self.preload))

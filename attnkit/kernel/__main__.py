@@ -324,6 +324,9 @@ def zygote(fd: int, preload: list[str] = ()) -> None:
     # the rest is imported while no request waits (the first notebook need not wait for matplotlib);
     # a fork never happens in the middle of an import: requests are served between steps
     pending = [*KERNEL_PRELOAD, *preload, FIGURE]
+    # emptied (_clean) since the last kernel: only this process forks as the student's uid, so nothing of the
+    # notebook's can appear in between, and a spawn right after a kill need not empty the sandbox twice
+    pristine = False
     while True:
         while pending and not select.select([sock], [], [], 0)[0]:
             _preload_step(pending.pop(0))
@@ -335,9 +338,10 @@ def zygote(fd: int, preload: list[str] = ()) -> None:
         if op == "spawn":
             if threading.active_count() > 1 or len(os.listdir("/proc/self/task")) > 1:
                 reply = {"ok": False, "error": "the zygote has threads: fork is unsafe"}
-            elif not _clean(keep):
+            elif not (pristine or _clean(keep)):
                 reply = {"ok": False, "error": "a notebook's processes survived"}
             else:
+                pristine = False
                 # the kernel's collector then never visits (so never copies) the pages of what it inherits:
                 # torch's and matplotlib's objects stay shared, and no collection copies them inside a measured call
                 gc.freeze()
@@ -349,9 +353,10 @@ def zygote(fd: int, preload: list[str] = ()) -> None:
         elif op == "poll":
             reply["rc"] = _reap(req["pid"])
         elif op == "signal":
+            pristine = False
             _as_student(_signal, req["pid"], req["sig"])
         elif op == "kill":  # the kernel and everything of its uid, then its files
-            reply["clean"] = _clean(keep)
+            reply["clean"] = pristine = _clean(keep)
         else:
             reply = {"ok": False, "error": f"unknown op {op!r}"}
         sock.sendall((json.dumps(reply) + "\n").encode())

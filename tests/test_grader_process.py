@@ -640,6 +640,23 @@ def test_a_grading_process_never_collects_what_its_imports_made():
     assert int(frozen) > 100_000 and enabled == "True" and full_passes == "0" and threads == "1", out.stdout
 
 
+def test_only_a_hidden_region_needs_the_grader_modules():
+    """Do the execution step, `./kit new` and `./kit release` know a hidden region's process from its first line
+    without loading the grader's modules (torch: about a second), so that a grading process runs its first cells
+    while they load in the background, and only a hidden region waits for them?"""
+    code = ("import sys\n"
+            "from attnkit.authoring import markup, new, release\n"
+            "from attnkit.preprocessors import execute\n"
+            "assert markup.runs_in_grader(markup.GRADER_LINE + '\\nx = 1') and not markup.runs_in_grader('x = 1')\n"
+            "print(sorted(m for m in ('torch', 'attnkit.grader.hidden', 'attnkit.grader.channel') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["[]"], (out.stdout, out.stderr[-2000:])
+    from attnkit.authoring import markup
+    from attnkit.grader import hidden
+
+    assert hidden.GRADER_LINE == markup.GRADER_LINE and hidden.runs_in_grader is markup.runs_in_grader
+
+
 def test_a_grading_process_that_cannot_be_forked_starts_as_a_new_interpreter(monkeypatch):
     """Where the batch cannot fork (no memory or process left for one), does it still get its grading process, a
     new interpreter, with no pipe of the failed fork left open?"""

@@ -26,6 +26,8 @@ _WORDS = {SOLUTION: ("BEGIN SOLUTION", "END SOLUTION"),
           HIDDEN: ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS"),
           MARK_SCHEME: ("BEGIN MARK SCHEME", "END MARK SCHEME")}
 MARKER_WORDS = tuple(w for pair in _WORDS.values() for w in pair) + ("STUB:", "ANSWER TEXT:")
+# First line of a hidden region that runs in the grader process (the region's first line picks its process).
+GRADER_LINE = "# hidden tests: run in the grader process; the student's names stand for their kernel's objects"
 _STUB = re.compile(r"^\s*#+\s*STUB:( ?)(.*)$")
 _ANSWER = re.compile(r"^\s*#+\s*ANSWER TEXT:\s*(.*?)\s*$")
 
@@ -172,3 +174,9 @@ def contains_marker(text: str) -> str | None:
         if word in text:
             return word
     return None
+
+
+def runs_in_grader(hidden_source: str) -> bool:
+    """Is this hidden region's first line GRADER_LINE (it runs in the grader process, never in the kernel)?"""
+    lines = [ln for ln in hidden_source.splitlines() if ln.strip()]
+    return bool(lines) and lines[0].strip() == GRADER_LINE

@@ -24,7 +24,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from attnkit.course import CONFIG_FILE, Course
-from attnkit.grader.hidden import GRADER_LINE
+from attnkit.authoring.markup import GRADER_LINE
 
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
 NOTEBOOK = "q1_mean"

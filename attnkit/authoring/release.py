@@ -173,7 +173,7 @@ def secret_scan(course: Course, assignment: str, folder: Path) -> list[str]:
 def hidden_regions_outside_grader(nb) -> list[str]:
     """Test cells with a hidden region that does not start with the grader line: every hidden test runs in
     the grader process (attnkit/grader/), never in the student's kernel."""
-    from attnkit.grader.hidden import runs_in_grader
+    from attnkit.authoring.markup import runs_in_grader
 
     bad = []
     for cell in nb.cells:
@@ -203,7 +203,7 @@ def problems(course: Course, assignment: str, release_root: Path | None = None) 
         src, rel = nbu.read(src_path), nbu.read(rel_path)
         for gid in hidden_regions_outside_grader(src):
             found.append(f"{src_path.name}: the hidden tests of {gid} must start with the grader line "
-                         "(attnkit.grader.hidden.GRADER_LINE): hidden tests run in the grader process")
+                         "(attnkit.authoring.markup.GRADER_LINE): hidden tests run in the grader process")
         for gid in bare_expression_cells(src):
             found.append(f"{src_path.name}: test cell {gid} ends in a bare expression (its value would be read as "
                          "a score); end it with an assert or a call")

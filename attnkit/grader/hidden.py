@@ -33,16 +33,11 @@ from attnkit.kernel import wire
 from attnkit.grader.remote import (Kernel, KernelDied, KernelGone, Remote, RequestTimeout, StudentError, is_kind,
                                    kind)
 
-# First line of a hidden region that runs here (markup: the region's first line picks its process).
-GRADER_LINE = "# hidden tests: run in the grader process; the student's names stand for their kernel's objects"
+from attnkit.authoring.markup import GRADER_LINE, runs_in_grader  # noqa: F401 (the first line of a region run here)
+
 MAX_STDOUT = 20_000               # characters of a hidden region's printed lines kept
 MAX_MESSAGE = 2_000               # characters of its error message
 _loaded: dict[str, str] = {}      # module name -> digest of the file(s) it was loaded from
-
-
-def runs_in_grader(hidden_source: str) -> bool:
-    lines = [ln for ln in hidden_source.splitlines() if ln.strip()]
-    return bool(lines) and lines[0].strip() == GRADER_LINE
 
 
 def load_helpers(folder, names) -> dict:

@@ -73,12 +73,10 @@ class CourseExecute(Execute):
     async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
         """A test cell whose hidden regions run in the grader (attnkit/grader/): its visible part runs
         here in the kernel, then, if that passed, the hidden regions in this process."""
-        from attnkit.grader import channel, hidden  # the grading process only (torch: 150 MB a process)
-
         graded_here = []
         if is_test_cell(cell) and cell.cell_type == "code":
             visible, regions = markup.split_hidden(cell.source)
-            graded_here = [r for r in regions if hidden.runs_in_grader(r)]
+            graded_here = [r for r in regions if markup.runs_in_grader(r)]
         if not graded_here:
             return await self._execute_in_kernel(cell, cell_index, execution_count, store_history)
         full = cell.source
@@ -89,6 +87,10 @@ class CourseExecute(Execute):
             cell.source = full
         if any(o.output_type == "error" for o in cell.outputs):
             return result
+        # the grading process only (torch: 150 MB a process); the batch loads it in a thread as the process starts,
+        # so a cell waits for it here, at its first hidden region, not before the first cell runs
+        from attnkit.grader import channel
+
         died = await channel.run_hidden_regions(self, cell, graded_here, self.resources["metadata"]["path"])
         if died:
             self._restarts += 1

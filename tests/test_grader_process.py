@@ -8,6 +8,7 @@ import linecache
 import re
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -598,8 +599,13 @@ def test_a_grading_process_computes_on_one_torch_thread():
     code = ("import torch; torch.set_num_threads(4)\n"
             "from attnkit.batch.workers import GRADER_THREADS, _import_grader\n"
             "_import_grader(); print(torch.get_num_threads(), GRADER_THREADS)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    out = _python(code)
     assert out.returncode == 0 and out.stdout.split() == ["1", "1"], (out.stdout, out.stderr[-2000:])
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh interpreter of the kit's, its output captured."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
 def test_a_grading_process_ends_as_python_would_without_its_teardown(tmp_path):
@@ -616,7 +622,7 @@ def test_a_grading_process_ends_as_python_would_without_its_teardown(tmp_path):
             "print('unflushed', end=''); sys.stderr.write('unflushed too')\n"
             "exit_now(3)\n"
             "log.write('never\\n')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    out = _python(code)
     assert out.returncode == 3, out.stderr[-2000:]
     assert (out.stdout, out.stderr) == ("unflushed", "unflushed too")
     assert log.read_text().splitlines() == ["thread finished", "last registered, first run",
@@ -627,14 +633,15 @@ def test_a_grading_process_never_collects_what_its_imports_made():
     """Once a grading process has loaded the hidden tests' modules (torch), are their objects frozen, so that the
     collector's full passes (50-75 ms each over torch's objects, a few a student) never walk them, with the
     collector on again and no full pass while they loaded?"""
-    code = ("import gc\n"
-            "passes = []\n"
-            "gc.callbacks.append(lambda phase, info: phase == 'stop' and passes.append(info['generation']))\n"
-            "from attnkit.batch.workers import _import_grader\n"
-            "_import_grader()\n"
-            "import torch\n"
-            "print(gc.get_freeze_count(), gc.isenabled(), passes.count(2), torch.get_num_threads())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    out = _python(textwrap.dedent("""
+        import gc
+        passes = []
+        gc.callbacks.append(lambda phase, info: phase == "stop" and passes.append(info["generation"]))
+        from attnkit.batch.workers import _import_grader
+        _import_grader()
+        import torch
+        print(gc.get_freeze_count(), gc.isenabled(), passes.count(2), torch.get_num_threads())
+    """))
     assert out.returncode == 0, out.stderr[-2000:]
     frozen, enabled, full_passes, threads = out.stdout.split()
     assert int(frozen) > 100_000 and enabled == "True" and full_passes == "0" and threads == "1", out.stdout
@@ -649,7 +656,7 @@ def test_only_a_hidden_region_needs_the_grader_modules():
             "from attnkit.preprocessors import execute\n"
             "assert markup.runs_in_grader(markup.GRADER_LINE + '\\nx = 1') and not markup.runs_in_grader('x = 1')\n"
             "print(sorted(m for m in ('torch', 'attnkit.grader.hidden', 'attnkit.grader.channel') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    out = _python(code)
     assert out.returncode == 0 and out.stdout.split() == ["[]"], (out.stdout, out.stderr[-2000:])
     from attnkit.authoring import markup
     from attnkit.grader import hidden

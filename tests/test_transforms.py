@@ -120,6 +120,31 @@ def test_check_cell_metadata_once_agrees_with_nbgraders_check():
     assert seen == {True, False}, "the cases should include valid and invalid notebooks"
 
 
+# (grade id, kinds, cell type): a grade cell, a solution cell, a cell that is both, a task cell, a plain locked cell
+CELLS = (("g", "grade", "code"), ("s", "solution", "code"), ("gs", "grade solution", "markdown"),
+         ("t", "task", "markdown"), ("plain", "", "code"))
+
+
+def _add_cells(gb, cells) -> None:
+    """Notebook "n" of assignment "a" gets ``cells``, each with its source "src <id>" and that source's checksum."""
+    from nbformat import NotebookNode
+    from nbgrader.utils import compute_checksum
+
+    for gid, kinds, ctype in cells:
+        flags = dict(grade_id=gid, grade="grade" in kinds, solution="solution" in kinds,
+                     locked="solution" not in kinds, points=2.5)
+        checksum = compute_checksum(NotebookNode(source=f"src {gid}", cell_type=ctype,
+                                                 metadata=NotebookNode(nbgrader=NotebookNode(flags))))
+        gb.add_source_cell(gid, "n", "a", cell_type=ctype, locked=flags["locked"], source=f"src {gid}",
+                           checksum=checksum)
+        if "grade" in kinds:
+            gb.add_grade_cell(gid, "n", "a", max_score=2.5, cell_type=ctype)
+        if "solution" in kinds:
+            gb.add_solution_cell(gid, "n", "a")
+        if "task" in kinds:
+            gb.add_task_cell(gid, "n", "a", max_score=4, cell_type=ctype)
+
+
 def test_normalise_reads_each_cells_flags_as_nbgraders_own_lookups_do():
     """Reading the notebook's cells from the gradebook once, does NormaliseSubmission give every cell (grade,
     solution, both, task, a plain source cell, one the gradebook lacks, a notebook it lacks) exactly the flags,
@@ -150,16 +175,7 @@ def test_normalise_reads_each_cells_flags_as_nbgraders_own_lookups_do():
     with Gradebook("sqlite:///:memory:") as gb:
         gb.add_assignment("a")
         gb.add_notebook("n", "a")
-        for gid, kinds, ctype in (("g", "grade", "code"), ("s", "solution", "code"), ("gs", "grade solution", "markdown"),
-                                  ("t", "task", "markdown"), ("plain", "", "code"), ("other", "grade", "code")):
-            gb.add_source_cell(gid, "n", "a", cell_type=ctype, locked="solution" not in kinds, source=gid,
-                               checksum=f"sum-{gid}")
-            if "grade" in kinds:
-                gb.add_grade_cell(gid, "n", "a", max_score=2.5, cell_type=ctype)
-            if "solution" in kinds:
-                gb.add_solution_cell(gid, "n", "a")
-            if "task" in kinds:
-                gb.add_task_cell(gid, "n", "a", max_score=4, cell_type=ctype)
+        _add_cells(gb, CELLS + (("other", "grade", "code"),))
         seen = []
         for notebook in ("n", "not-in-the-gradebook"):
             ours = NormaliseSubmission()
@@ -173,29 +189,13 @@ def test_normalise_reads_each_cells_flags_as_nbgraders_own_lookups_do():
 
 
 def _book_with_cells(url: str) -> None:
-    """A gradebook whose notebook "n" of assignment "a" has a grade cell, a solution cell, a cell that is both, a
-    task cell, and a plain locked cell; student "s" has submitted it."""
-    from nbformat import NotebookNode
+    """A gradebook whose notebook "n" of assignment "a" has the cells of CELLS; student "s" has submitted it."""
     from nbgrader.api import Gradebook
-    from nbgrader.utils import compute_checksum
 
     with Gradebook(url) as gb:
         gb.add_assignment("a")
         gb.add_notebook("n", "a")
-        for gid, kinds, ctype in (("g", "grade", "code"), ("s", "solution", "code"), ("gs", "grade solution", "markdown"),
-                                  ("t", "task", "markdown"), ("plain", "", "code")):
-            flags = dict(grade_id=gid, grade="grade" in kinds, solution="solution" in kinds,
-                         locked="solution" not in kinds, points=2.5)
-            checksum = compute_checksum(NotebookNode(source=f"src {gid}", cell_type=ctype,
-                                                     metadata=NotebookNode(nbgrader=NotebookNode(flags))))
-            gb.add_source_cell(gid, "n", "a", cell_type=ctype, locked=flags["locked"], source=f"src {gid}",
-                               checksum=checksum)
-            if "grade" in kinds:
-                gb.add_grade_cell(gid, "n", "a", max_score=2.5, cell_type=ctype)
-            if "solution" in kinds:
-                gb.add_solution_cell(gid, "n", "a")
-            if "task" in kinds:
-                gb.add_task_cell(gid, "n", "a", max_score=4, cell_type=ctype)
+        _add_cells(gb, CELLS)
         gb.add_student("s")
         gb.add_submission("a", "s")
 

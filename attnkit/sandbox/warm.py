@@ -390,7 +390,6 @@ def launch_remembered(root: str, slot: int) -> None:
             return
     except Exception:  # noqa: BLE001 (the batch says why no sandbox works)
         return
-
     try:
         uid, lock = claim_slot(slot)
     except Exception:  # noqa: BLE001 (every uid in use: the batch says so)

@@ -17,3 +17,11 @@ import sys as _sys
 _sys.modules.setdefault("rfc3987_syntax", None)
 # (Nothing heavy here: every kit process imports this package, the kernels in the sandbox too. SQLAlchemy's
 # warnings are silenced where nbgrader's gradebook is set up: attnkit.course.nbgrader_in_process.)
+
+
+def switched_on(name: str) -> bool:
+    """Is the kit's switch ``name`` (an environment variable: ATTNKIT_WARM_START, ATTNKIT_FORK_WORKERS, ...) on?
+    Unset is on; 0, false, no or off is off."""
+    import os
+
+    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")

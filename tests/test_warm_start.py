@@ -233,13 +233,13 @@ def test_the_first_sandbox_starts_from_the_last_runs_settings_and_only_those(tmp
     def first():
         return km.start_ahead(files, NBGRADER_ENV, 0, root=root)
 
-    assert warm.launch_remembered(root, 0) is None and warm._early is None  # no run before: nothing to start
+    assert warm.launch_remembered(root) is None and warm._early is None  # no run before: nothing to start
     made = first()
     kept = warm._remembered(root)
     assert os.stat(kept).st_mode & 0o777 == 0o600
     made.discard()
 
-    warm.launch_remembered(root, 0)
+    warm.launch_remembered(root)
     early = warm._early
     assert early is not None and early.alive
     taken = first()
@@ -247,7 +247,7 @@ def test_the_first_sandbox_starts_from_the_last_runs_settings_and_only_those(tmp
     taken.wait_ready()
     taken.discard()
 
-    warm.launch_remembered(root, 0)
+    warm.launch_remembered(root)
     early = warm._early
     (course_dir / "source" / ASSIGNMENT / "attention_checks.py").write_text("# changed since the last run\n")
     km, files = _ahead(Course(root), ASSIGNMENT)
@@ -257,11 +257,11 @@ def test_the_first_sandbox_starts_from_the_last_runs_settings_and_only_those(tmp
     other.discard()
 
     os.chmod(kept, 0o666)
-    warm.launch_remembered(root, 0)
+    warm.launch_remembered(root)
     assert warm._early is None, "started from a settings file others can write"
     os.chmod(kept, 0o600)
     monkeypatch.setenv(warm.ENV_EARLY, "0")
-    warm.launch_remembered(root, 0)
+    warm.launch_remembered(root)
     assert warm._early is None
     monkeypatch.setenv(warm.ENV_WARM, "0")  # the course's batches now start no warm sandbox: nothing is kept to start
     assert first() is None and not os.path.exists(kept)

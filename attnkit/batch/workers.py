@@ -25,6 +25,7 @@ import threading
 import time
 from collections import deque
 
+from attnkit import switched_on
 from attnkit.quick_exit import exit_now
 
 RETRIES = 1  # a student whose grading process died is graded once more in a fresh one
@@ -177,8 +178,6 @@ class Forked:
     NAME = b"attnkit-grading"  # what ps and top show (its command line is the batch's)
 
     def __init__(self, args: list[str], env: dict, fds: tuple, log_fd: int):
-        import gc
-
         stdin_r, stdin_w = os.pipe()
         for f in (sys.stdout, sys.stderr):
             try:
@@ -259,16 +258,15 @@ class Forked:
         return self.returncode
 
 
+FORK_ENV = "ATTNKIT_FORK_WORKERS"
+
+
 def can_fork() -> bool:
     """May a grading process be forked from this one? Only with no other thread here (a fork copies one thread, and
     a lock another held stays held) and ATTNKIT_FORK_WORKERS not 0. The batch asks only where it is the command's
     own fresh process (the CLI): a caller that ran other work first may hold what a fork must not share (an event
     loop, a database connection); there, and for a process that replaces one that died, a new interpreter."""
-    return (hasattr(os, "fork") and threading.active_count() == 1
-            and os.environ.get(FORK_ENV, "1").strip().lower() not in ("0", "false", "no", "off"))
-
-
-FORK_ENV = "ATTNKIT_FORK_WORKERS"
+    return hasattr(os, "fork") and threading.active_count() == 1 and switched_on(FORK_ENV)
 
 
 def run_batch(root: str, assignment: str, students: list[str], workers: int, env: dict, on_result,

@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 
+from attnkit import switched_on
 from attnkit.sandbox.bwrap import bwrap_argv, python_exe
 from attnkit.sandbox.limits import mount_small_tmpfs, remove_dir
 from attnkit.sandbox.slots import ENV_SLOT_FD
@@ -231,7 +232,7 @@ _next: "Zygote | None" = None  # for the next student of this grading process: k
 def warm_enabled() -> bool:
     # as root only: the zygote must be another uid than the notebooks (as bwrap's init is), or a
     # notebook's kill -9 -1 would take the zygote, and with it the whole sandbox, down
-    return os.geteuid() == 0 and os.environ.get(ENV_WARM, "1").strip().lower() not in ("0", "false", "no", "off")
+    return os.geteuid() == 0 and switched_on(ENV_WARM)
 
 
 def _new_runs() -> str:
@@ -358,14 +359,13 @@ def forget_first(root: str) -> None:
         os.unlink(_remembered(root))
 
 
-def launch_remembered(root: str, slot: int) -> None:
+def launch_remembered(root: str) -> None:
     """Start the course's first sandbox as the last ``./kit autograde`` of this course did, before this one has
     loaded the configuration (0.7 s of imports on one core): its own imports then run on another. The batch takes
     it only if the settings it computes are the same (``take_early``); else it is stopped. Only where it can pay:
     warm start on, two cores or more, the settings file this user's own."""
     global _early
-    if _early is not None or not warm_enabled() or os.environ.get(ENV_EARLY, "1").strip().lower() in (
-            "0", "false", "no", "off") or len(os.sched_getaffinity(0)) < 2:
+    if _early is not None or not warm_enabled() or not switched_on(ENV_EARLY) or len(os.sched_getaffinity(0)) < 2:
         return
     path = _remembered(root)
     try:
@@ -391,7 +391,7 @@ def launch_remembered(root: str, slot: int) -> None:
     except Exception:  # noqa: BLE001 (the batch says why no sandbox works)
         return
     try:
-        uid, lock = claim_slot(slot)
+        uid, lock = claim_slot(0)  # the batch's first slot, the one that takes it (CourseKernelManager.start_ahead)
     except Exception:  # noqa: BLE001 (every uid in use: the batch says so)
         return
     try:

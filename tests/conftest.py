@@ -1,4 +1,7 @@
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -8,9 +11,15 @@ import pytest  # noqa: E402
 
 import early  # noqa: E402  (tests/early.py)
 
+CACHE: list = []  # the session's cache folder for the kit (ATTNKIT_CACHE)
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "early(job): the test reads early.result(job); the job starts with the session")
+    # what the kit caches for the courses the tests grade (a settings file per scratch course) stays in the
+    # session's own folder, removed at its end, never in the user's cache
+    CACHE.append(tempfile.mkdtemp(prefix="attnkit-test-cache-"))
+    os.environ["ATTNKIT_CACHE"] = CACHE[0]
 
 
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected
@@ -24,3 +33,5 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_sessionfinish(session, exitstatus):
     early.finish(wait=exitstatus != pytest.ExitCode.INTERRUPTED)
+    for folder in CACHE[:1]:
+        shutil.rmtree(folder, ignore_errors=True)

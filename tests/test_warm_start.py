@@ -213,6 +213,28 @@ def test_a_kernel_keeps_its_history_in_memory(tmp_path, monkeypatch, warm):
     assert out.split("HISTORY", 1)[1].split() == ["False", "True", "0", "0"], out
 
 
+def test_the_kit_keeps_its_cache_where_it_is_told_else_in_the_users_cache(tmp_path, monkeypatch):
+    """Does the kit keep a course's first-sandbox settings in ATTNKIT_CACHE where that is set (the test suite's own
+    folder: CI and developers' caches stay clean), else in $XDG_CACHE_HOME/attnkit, else in ~/.cache/attnkit, one
+    file per course, and is it the same file for a course reached through a symlink?"""
+    from attnkit.sandbox import warm
+
+    course, link = tmp_path / "course", tmp_path / "link"
+    course.mkdir()
+    link.symlink_to(course)
+    monkeypatch.setenv(warm.ENV_CACHE, str(tmp_path / "kit-cache"))
+    kept = warm._remembered(str(course))
+    assert os.path.dirname(kept) == str(tmp_path / "kit-cache") and warm._remembered(str(link)) == kept
+    assert warm._remembered(str(tmp_path)) != kept
+    monkeypatch.delenv(warm.ENV_CACHE)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert os.path.dirname(warm._remembered(str(course))) == str(tmp_path / "xdg" / "attnkit")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert os.path.dirname(warm._remembered(str(course))) == str(tmp_path / "home" / ".cache" / "attnkit")
+    assert os.path.basename(warm._remembered(str(course))) == os.path.basename(kept)
+
+
 @pytest.mark.skipif(not WARM, reason="warm start needs the bwrap sandbox as root")
 def test_the_first_sandbox_starts_from_the_last_runs_settings_and_only_those(tmp_path, monkeypatch):
     """Does ./kit autograde's first sandbox, started from the settings the course's last run kept (before this run
@@ -222,7 +244,7 @@ def test_the_first_sandbox_starts_from_the_last_runs_settings_and_only_those(tmp
     from attnkit.batch.student import NBGRADER_ENV, _ahead
     from attnkit.sandbox import warm
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv(warm.ENV_CACHE, str(tmp_path / "cache"))
     course_dir = tmp_path / "course"
     shutil.copytree(ROOT, course_dir, ignore=shutil.ignore_patterns(".venv", ".git", "autograded", "submitted",
                                                                   "feedback", "gradebook.db", "*.pyc"))

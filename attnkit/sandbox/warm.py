@@ -320,14 +320,16 @@ def start_ahead(uid: int, workfiles: dict, env: dict, scratch_mb: int, preload: 
 
 # ---------------------------------------------------------------------------- the first sandbox, before the configuration
 ENV_EARLY = "ATTNKIT_EARLY_SANDBOX"  # 0: ./kit autograde starts its first sandbox only once the configuration is loaded
+ENV_CACHE = "ATTNKIT_CACHE"  # the kit's own cache folder (default: attnkit in the user's cache folder)
 _early: Zygote | None = None
 
 
 def _remembered(root: str) -> str:
-    """Where a course's last first-sandbox settings are kept: the user's cache folder (a course folder may be
-    read-only, or under version control), one file per course."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "attnkit", "first-sandbox-" + hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:16]
+    """Where a course's last first-sandbox settings are kept: the kit's cache folder, not the course's (a course
+    folder may be read-only, or under version control), one file per course."""
+    folder = os.environ.get(ENV_CACHE) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "attnkit")
+    return os.path.join(folder, "first-sandbox-" + hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:16]
                         + ".json")
 
 

@@ -84,6 +84,23 @@ def test_a_kernel_that_dies_during_a_request_fails_that_cell_only(tmp_path):
 
 
 @needs_sandbox
+def test_a_kernel_killed_from_outside_between_requests_is_said_to_have_died(tmp_path):
+    """When the kernel is killed between two requests of a hidden test (as the out-of-memory killer of a container
+    its grader shares, Gradescope's, kills it while the grader allocates), does that cell fail with KernelDied and
+    the likely causes, not as a protocol break blamed on the student's notebook, and is the next cell graded?"""
+    kill = ("import os, signal, time\n"
+            "assert ident(1) == 1\n"
+            "for pid in (meter.procs() if hasattr(meter, 'procs') else meter.pids()):\n"
+            "    os.kill(pid, signal.SIGKILL)\n"
+            "time.sleep(1)\n"
+            "assert ident(2) == 2")
+    cells, _ = _grade(tmp_path, _test_cell("t_killed", kill), _test_cell("t_after", "assert ident(7) == 7"))
+    errors = _errors(cells[0])
+    assert len(errors) == 1 and errors[0].startswith("KernelDied") and "too much memory" in errors[0], errors
+    assert not _errors(cells[1]), cells[1].outputs
+
+
+@needs_sandbox
 def test_an_agent_that_never_connects_fails_the_cell_at_once(tmp_path):
     """When the student's code replaces the line's session with one that returns at once, does the cell fail with
     KernelGone as soon as that execution ends, not at the cell's timeout?"""

@@ -116,7 +116,13 @@ class Line:
     def _ended(self):
         outcome = self.done.result()
         if outcome == "died":
-            raise KernelDied("the Python kernel died while a hidden test was calling your code")
+            km = self.executor.km
+            if getattr(km, "oom_killed", lambda: False)():
+                why = (f"it was stopped: its processes held more than its memory limit ({km.cgroup_limit()} MiB, all "
+                       "its processes together)")
+            else:  # (without a cgroup of its own nothing tells an out-of-memory kill from another)
+                why = "os._exit, a crash, too much memory or CPU time"
+            raise KernelDied(f"the Python kernel died while a hidden test was calling your code ({why})")
         if outcome == "timeout":
             self._timeout()
         raise KernelGone("the kernel closed the grading line (was the kit's agent changed in your notebook?)")
@@ -192,20 +198,34 @@ class Line:
     def _pending(self) -> bool:
         return bool(select.select([self.sock], [], [], 0)[0])
 
+    def _unasked(self) -> bool:
+        """With no request out, the socket is readable. A frame that nothing asked for (a second reply to the last
+        request) breaks the line; else the agent's end closed (the kernel died, killed from outside as an
+        out-of-memory kill in a shared container is, or its execution ended): True, for the caller to say which."""
+        try:
+            ahead = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:  # reset by a dying peer
+            ahead = b""
+        if ahead:
+            self._break("2 replies to one request")
+        return True
+
     def send(self, text: str) -> str:
         if self.broken:
             raise BadReply(self.broken) if self.broken != "timeout" else RequestTimeout("the line timed out")
         if self.sock is None:
             self._open()
-        elif self._pending():  # something came that no request asked for: a second reply to the last one
-            self._break("2 replies to one request")
+        elif self._pending() and self._unasked():  # the line closed since the last reply
+            self._closed()
         try:
             self.sock.sendall(wire.frame(wire.REQUEST, text))
             while True:
                 kind, body = self._recv()
                 if kind == wire.REPLY:
                     if self._pending():
-                        self._break("2 replies to one request")
+                        self._unasked()  # a closed line is found by the next request: this reply stands
                     return body
                 self.sock.sendall(wire.frame(wire.ANSWER, self.answer(body)))
         except OSError:  # the agent's end closed while a frame went out

@@ -44,17 +44,18 @@ from attnkit.authoring import notebooks as nbu  # noqa: E402
 
 
 def anon_by_role(procs: dict) -> dict:
-    """role -> (proportional anonymous kB summed over its live processes, how many): ``procs`` is a
-    TreeSampler's pid -> [role, peak]."""
+    """role -> (proportional anonymous kB, private dirty kB, both summed over its live processes, how many):
+    ``procs`` is a TreeSampler's pid -> [role, peak]. Private pages are the process's alone (what its exit
+    would free); the proportional figure adds its share of the pages a fork shares."""
     out: dict = {}
     for pid, (name, _peak) in list(procs.items()):
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
-                kb = next((int(l.split()[1]) for l in f if l.startswith("Pss_Anon:")), 0)
-        except (OSError, ValueError):
+                rollup = {l.split(":")[0]: int(l.split()[1]) for l in f if l.startswith(("Pss_Anon:", "Private_Dirty:"))}
+        except (OSError, ValueError, IndexError):
             continue
-        have = out.get(name, (0, 0))
-        out[name] = (have[0] + kb, have[1] + 1)
+        have = out.get(name, (0, 0, 0))
+        out[name] = (have[0] + rollup.get("Pss_Anon", 0), have[1] + rollup.get("Private_Dirty", 0), have[2] + 1)
     return out
 
 
@@ -190,7 +191,7 @@ def run_one(args, tmp: Path, kitzip: Path, kind: str) -> tuple[list, int]:
                     usage = int((cg / "memory.usage_in_bytes").read_text())
                     if usage > at_peak.get("usage", 0):
                         stat = dict(l.split() for l in (cg / "memory.stat").read_text().splitlines())
-                        at_peak.update(usage=usage, **{k: int(stat.get(k, 0)) for k in ("rss", "cache", "mapped_file")})
+                        at_peak.update(usage=usage, **{k: int(stat.get(k, 0)) for k in ("rss", "cache", "mapped_file", "shmem")})
                         at_peak["by_role"] = anon_by_role(procs.procs)
                 except (OSError, ValueError):
                     pass
@@ -230,10 +231,14 @@ def run_one(args, tmp: Path, kitzip: Path, kind: str) -> tuple[list, int]:
         if at_peak:
             print(f"at the largest sampled usage ({at_peak['usage'] / 2**20:.0f} MB): anonymous (rss) "
                   f"{at_peak['rss'] / 2**20:.0f} MB, page cache {at_peak['cache'] / 2**20:.0f} MB "
-                  f"(of it mapped files: {at_peak['mapped_file'] / 2**20:.0f} MB)")
-            print("  its anonymous memory by process (proportional: pages a fork shares are split between them): "
-                  + "; ".join(f"{name} {kb / 1024:.0f} MB" + (f" (x{n})" if n > 1 else "")
-                              for name, (kb, n) in sorted(at_peak["by_role"].items(), key=lambda kv: -kv[1][0])
+                  f"(of it mapped files: {at_peak['mapped_file'] / 2**20:.0f} MB, tmpfs: {at_peak['shmem'] / 2**20:.0f} MB); "
+                  f"what no reclaim can free (anonymous + tmpfs): {(at_peak['rss'] + at_peak['shmem']) / 2**20:.0f} MB. "
+                  "Page cache counts what this cgroup read first: files another run read before are charged there, "
+                  "so the first run after a while reads higher")
+            print("  its anonymous memory by process (proportional: pages a fork shares are split between them; "
+                  "in brackets its private pages alone): "
+                  + "; ".join(f"{name} {kb / 1024:.0f} MB ({own / 1024:.0f})" + (f" (x{n})" if n > 1 else "")
+                              for name, (kb, own, n) in sorted(at_peak["by_role"].items(), key=lambda kv: -kv[1][0])
                               if kb > 1 << 10))
     print(f"score: {res['score']:g} / {auto_max:g} autograded points")
     rows = [("run_autograder, s", seconds, 20.0)]

@@ -211,3 +211,15 @@ def test_the_grading_process_runs_out_of_its_own_memory_cleanly():
     log = "[AutogradeApp | ERROR] There was an error processing assignment\nTraceback ...\n" \
           f"attnkit.grader.hidden.GraderOutOfMemory: {hidden.GraderOutOfMemory()}\n"
     assert _first_error(log).startswith("the grading process ran out of its memory limit")
+
+
+def test_a_kernel_that_dies_as_it_starts_is_said_to_have_died_before_any_cell():
+    """When a notebook's kernel dies before it answers (a container too small for a kernel beside the grader: every
+    notebook then fails alike), does the could-not-be-graded message say that, not nbclient's client error?"""
+    from attnkit.batch.student import _first_error
+
+    log = ("[AutogradeApp | ERROR] Error occurred while starting new kernel client for kernel 0f2c: Kernel died "
+           "before replying to kernel_info\n[AutogradeApp | ERROR] There was an error processing assignment\n")
+    said = _first_error(log)
+    assert said.startswith("the notebook's kernel died as it started, before any cell ran") and "memory" in said
+    assert _first_error("[AutogradeApp | ERROR] Timeout waiting for execute reply\n").startswith("[AutogradeApp")

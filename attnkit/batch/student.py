@@ -119,10 +119,16 @@ def submission_problems(folder) -> tuple[str, list[str], list[str]]:
     return "", skip, notes
 
 
+KERNEL_NEVER_ANSWERED = "Kernel died before replying to kernel_info"  # jupyter_client's words
+
+
 def _first_error(log: str) -> str:
     for line in log.splitlines():
         if line.startswith("attnkit.grader.hidden.GraderOutOfMemory: ") or line.startswith("GraderOutOfMemory: "):
             return line.partition(": ")[2].strip()[:300]
+    if KERNEL_NEVER_ANSWERED in log:  # (a container too small for a kernel beside the grader: every notebook's)
+        return ("the notebook's kernel died as it started, before any cell ran (too little memory for a kernel "
+                "beside the grader?)")
     for line in log.splitlines():
         if "[ERROR]" in line or "Error" in line:
             return line.strip()[-300:]

@@ -238,6 +238,51 @@ def test_staff_log_names_the_sandbox_that_grades(tmp_path):
         assert "bubblewrap" in lines[0]
 
 
+def test_the_memory_limit_is_the_least_of_the_cgroups_and_its_ancestors(tmp_path):
+    """Does the runner read the memory limit it lives under from its cgroup and every ancestor, on cgroup v1 and v2,
+    the least one counting, and say None where no limit is set?"""
+    from attnkit.lms.gradescope import container_memory_mb
+
+    root = tmp_path / "cg"
+
+    def limit(rel, name, value):
+        (root / rel).mkdir(parents=True, exist_ok=True)
+        (root / rel / name).write_text(f"{value}\n")
+
+    (tmp_path / "v2").write_text("0::/outer/inner\n")
+    limit("outer/inner", "memory.max", "max")
+    assert container_memory_mb(str(root), str(tmp_path / "v2")) is None
+    limit("outer", "memory.max", 768 << 20)
+    limit("", "memory.max", "max")
+    assert container_memory_mb(str(root), str(tmp_path / "v2")) == 768
+    limit("outer/inner", "memory.max", 600 << 20)
+    assert container_memory_mb(str(root), str(tmp_path / "v2")) == 600
+    (tmp_path / "v1").write_text("5:cpu,cpuacct:/x\n4:memory:/docker/abc\n")
+    limit("memory", "memory.limit_in_bytes", 9223372036854771712)  # v1's "no limit"
+    assert container_memory_mb(str(root), str(tmp_path / "v1")) is None
+    limit("memory/docker/abc", "memory.limit_in_bytes", 512 << 20)
+    assert container_memory_mb(str(root), str(tmp_path / "v1")) == 512
+    assert container_memory_mb(str(root), str(tmp_path / "none")) is None
+
+
+def test_a_container_with_too_little_memory_is_named_in_the_result(tmp_path, monkeypatch):
+    """Where the autograder's container has less memory than grading needs, do the staff log and results.json say
+    so (a kernel stopped for memory costs a right answer points), and where it has enough, say nothing of it?"""
+    from attnkit.lms import gradescope
+
+    root = tmp_path / "ag"
+    (root / "source").mkdir(parents=True)  # settings without notebooks: the run fails after its first lines
+    (root / "source" / "gradescope.json").write_text(json.dumps({"assignment": "hw9", "notebooks": STEMS}))
+    monkeypatch.setattr(gradescope, "container_memory_mb", lambda: 512)
+    lines = []
+    res = gradescope.run(root, log=lines.append)
+    assert "ran with 512 MB of memory" in res["output"] and "ran with 512 MB of memory" in lines[1]
+    assert json.loads((root / "results" / "results.json").read_text())["output"] == res["output"]
+    monkeypatch.setattr(gradescope, "container_memory_mb", lambda: gradescope.NEEDS_MEMORY_MB)
+    lines = []
+    assert "MB of memory" not in gradescope.run(root, log=lines.append)["output"] and "MB of memory" not in lines[1]
+
+
 def test_the_runner_holds_no_grading_module_while_a_submission_is_graded(tmp_path, kitzip):
     """When grading starts, does the Gradescope runner hold none of nbgrader, the sandbox, torch or nbformat (over
     50 MB, and nbformat's jsonschema alone 20 MB, it would hold while the submission is graded, under Gradescope's

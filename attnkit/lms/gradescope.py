@@ -35,6 +35,10 @@ WRITTEN_CHOICES = ("pending", "omit")
 VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
 # Gradescope's default timeout is 600 s; stop grading early enough to still write results.
 DEFAULT_BUDGET_S = 480
+# What grading one submission holds that no reclaim can free, with room (benchmarks/gradescope_limits.py, 2026-12-07:
+# 557-618 MB; under a 600 MB limit a solved submission kept every point, under 540 MB it lost 4 to kernels stopped
+# for memory): a container with less gets a note for the staff in its result
+NEEDS_MEMORY_MB = 640
 
 SETUP_SH = r"""#!/usr/bin/env bash
 # Gradescope runs this once, as root, while it builds the autograder image (Ubuntu).
@@ -212,6 +216,45 @@ def isolation_apart() -> str:
     return line or "sandbox: not known (its detection failed)"
 
 
+def container_memory_mb(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int | None:
+    """The memory limit this process lives under, in MB: the least of its cgroup's and every ancestor's (v2
+    ``memory.max``, v1 ``memory.limit_in_bytes``; a container sees its own cgroup at the root). None where none is set
+    or none can be read."""
+    try:
+        with open(proc_cgroup) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, name = cgroup_root, "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = os.path.join(cgroup_root, "memory"), "memory.limit_in_bytes"
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts) + 1):
+            try:
+                with open(os.path.join(base, *parts[:depth], name)) as f:
+                    text = f.read().strip()
+            except OSError:
+                continue
+            if text.isdigit() and int(text) < 1 << 60:  # (v1 says "no limit" with a number near 2^63)
+                limits.append(int(text))
+    return min(limits) >> 20 if limits else None
+
+
+def memory_note(limit_mb: int | None) -> str:
+    """For the staff, where the container has less memory than grading needs (else nothing)."""
+    if limit_mb is None or limit_mb >= NEEDS_MEMORY_MB:
+        return ""
+    return (f"Note for the course staff: this autograder ran with {limit_mb} MB of memory; grading a submission needs "
+            f"about {NEEDS_MEMORY_MB} MB (Gradescope's default 768 MB is enough; 1.0 GB leaves room). With less, a "
+            "kernel can be stopped for memory and a right answer lose points: raise the autograder's memory.")
+
+
 def _course_for(root: Path, settings: dict) -> Course:
     """A course folder in the temp dir: the zip's configuration and source notebooks, only
     readable by the grader. Its name (attnkit-*) puts its source/ on the kernel's hidden list."""
@@ -360,11 +403,14 @@ def run(root: Path, budget_s: float | None = None, log=print) -> dict:
     root = Path(root).resolve()
     budget_s = budget_s or float(os.environ.get("ATTNKIT_GRADESCOPE_BUDGET", DEFAULT_BUDGET_S))
     course = assignment = None
+    too_little = memory_note(container_memory_mb())
     try:
         settings = json.loads((root / "source" / SETTINGS).read_text())
         assignment = settings["assignment"]
         # the container's own syscall profile: what is relied on where the kit's filter is off
         log(f"attnkit {attnkit.__version__} grading {assignment}; {isolation_apart()}; {seccomp.container_filter()}")
+        if too_little:
+            log(too_little)
         course = _course_for(root, settings)
         submission = root / "submission"
         if not submission.is_dir():
@@ -387,6 +433,8 @@ def run(root: Path, budget_s: float | None = None, log=print) -> dict:
         except BaseException:  # noqa: BLE001 - nothing to redact with: no grading output leaves
             log(traceback.format_exc())
             result = _failed(RuntimeError("the assignment's notebooks in the zip could not be read"))
+    if too_little:
+        result["output"] = f"{result.get('output') or ''}\n{too_little}".lstrip("\n")
     result["execution_time"] = round(time.time() - t0, 1)
     result = _redact(result, secret)
     out = root / "results" / "results.json"

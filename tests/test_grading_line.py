@@ -83,20 +83,40 @@ def test_a_kernel_that_dies_during_a_request_fails_that_cell_only(tmp_path):
     assert not _errors(cells[1]), cells[1].outputs
 
 
+# the kernel's process killed from the grader's side, as the out-of-memory killer of a container the grader shares
+# (Gradescope's) kills it while the grader allocates; its oldest process is the kernel itself
+KILL_KERNEL = ("import os, signal, time\n"
+               "_procs = meter.procs()\n"
+               "os.kill(min(_procs, key=_procs.get), signal.SIGKILL)\n"
+               "time.sleep(1)\n")
+
+
 @needs_sandbox
 def test_a_kernel_killed_from_outside_between_requests_is_said_to_have_died(tmp_path):
-    """When the kernel is killed between two requests of a hidden test (as the out-of-memory killer of a container
-    its grader shares, Gradescope's, kills it while the grader allocates), does that cell fail with KernelDied and
-    the likely causes, not as a protocol break blamed on the student's notebook, and is the next cell graded?"""
-    kill = ("import os, signal, time\n"
-            "assert ident(1) == 1\n"
-            "for pid in (meter.procs() if hasattr(meter, 'procs') else meter.pids()):\n"
-            "    os.kill(pid, signal.SIGKILL)\n"
-            "time.sleep(1)\n"
-            "assert ident(2) == 2")
-    cells, _ = _grade(tmp_path, _test_cell("t_killed", kill), _test_cell("t_after", "assert ident(7) == 7"))
+    """When the kernel is killed between two requests of a hidden test, does that cell fail with KernelDied and the
+    likely causes, not as a protocol break blamed on the student's notebook, fail every later request of the cell at
+    once, and is the next cell graded?"""
+    hidden = ("from attnkit.grader.remote import KernelGone\nassert ident(1) == 1\n" + KILL_KERNEL +
+              "try:\n    ident(2)\nexcept KernelGone as exc:\n    first = exc\n"
+              "t = time.monotonic()\n"
+              "try:\n    ident(3)\nexcept KernelGone as exc:\n    print(type(exc).__name__, type(first).__name__, "
+              "time.monotonic() - t < 0.5)\n"
+              "raise first")
+    cells, _ = _grade(tmp_path, _test_cell("t_killed", hidden), _test_cell("t_after", "assert ident(7) == 7"))
     errors = _errors(cells[0])
     assert len(errors) == 1 and errors[0].startswith("KernelDied") and "too much memory" in errors[0], errors
+    assert [o.get("text") for o in cells[0].outputs if o.output_type == "stream"] == ["KernelDied KernelDied True\n"]
+    assert not _errors(cells[1]), cells[1].outputs
+
+
+@needs_sandbox
+def test_a_kernel_killed_after_its_last_reply_is_restarted_before_the_next_cell(tmp_path):
+    """When the kernel is killed after the last reply of a cell's hidden tests (every assertion of that cell passed),
+    does that cell keep its pass and the kernel start again before the next cell, which is then graded on its own
+    merits, not failed as the cell that found the kernel dead?"""
+    cells, _ = _grade(tmp_path, _test_cell("t_done", "assert ident(1) == 1\n" + KILL_KERNEL),
+                      _test_cell("t_after", "assert ident(7) == 7"))
+    assert not _errors(cells[0]), cells[0].outputs
     assert not _errors(cells[1]), cells[1].outputs
 
 

@@ -30,6 +30,7 @@ from attnkit.authoring.notebooks import is_test_cell
 
 PROFILE = os.environ.get("ATTNKIT_PROFILE_HIDDEN")   # a file: one line per hidden region (seconds, requests)
 INTERRUPT_WAIT = 5.0   # seconds a kernel gets to stop after a timeout's interrupt
+CLOSE_WAIT = 10.0      # seconds, at most, to learn whether a kernel that closed the line died
 
 
 async def execute(executor, code: str, deadline: float) -> str:
@@ -69,6 +70,7 @@ class Line:
         self.answer = lambda prompt: '{"ok":false,"error":"no callback"}'
         self.sock = self.done = self._folder = None
         self.broken: str | None = None
+        self.gone: KernelGone | None = None  # how the line ended, where the kernel's end closed it
 
     # -- the session
     def _open(self) -> None:
@@ -104,28 +106,39 @@ class Line:
                 pass
 
     def _closed(self):
-        """The agent's end closed (its execution ended, or the kernel died): say which, given 2 s to tell."""
+        """The agent's end closed (its execution ended, or the kernel died): say which, given the time the
+        execution takes to tell (a dead kernel is found at its next liveness check: seconds on a loaded host)."""
         try:
-            self.done.result(2)
+            self.done.result(max(0.5, min(CLOSE_WAIT, self.deadline - time.monotonic())))
         except Exception:  # noqa: BLE001 (not over yet: the kernel went on without its agent)
             pass
         if self.done.done():
             self._ended()
-        raise KernelGone("the kernel closed the grading line")
+        raise self._gone(KernelGone("the kernel closed the grading line"))
 
     def _ended(self):
         outcome = self.done.result()
         if outcome == "died":
+            during = "a hidden test was calling your code"
             km = self.executor.km
-            if getattr(km, "oom_killed", lambda: False)():
-                why = (f"it was stopped: its processes held more than its memory limit ({km.cgroup_limit()} MiB, all "
-                       "its processes together)")
-            else:  # (without a cgroup of its own nothing tells an out-of-memory kill from another)
-                why = "os._exit, a crash, too much memory or CPU time"
-            raise KernelDied(f"the Python kernel died while a hidden test was calling your code ({why})")
+            raise self._gone(KernelDied(km.death_message(during) if hasattr(km, "death_message") else
+                                        f"the Python kernel died while {during}"))
         if outcome == "timeout":
             self._timeout()
-        raise KernelGone("the kernel closed the grading line (was the kit's agent changed in your notebook?)")
+        raise self._gone(KernelGone("the kernel closed the grading line (was the kit's agent changed in your "
+                                    "notebook?)"))
+
+    def _gone(self, exc: KernelGone) -> KernelGone:
+        """The line is over: this and every later request of the cell fail so, at once."""
+        self.gone = exc
+        return exc
+
+    def died(self) -> bool:
+        """Did the session's execution end with the kernel dead (after the last reply, too)?"""
+        try:
+            return self.done is not None and self.done.done() and self.done.result() == "died"
+        except Exception:  # noqa: BLE001 (an execution that raised: not a death this knows of)
+            return False
 
     def _timeout(self):
         try:
@@ -204,9 +217,9 @@ class Line:
         out-of-memory kill in a shared container is, or its execution ended): True, for the caller to say which."""
         try:
             ahead = self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except BlockingIOError:
+        except (BlockingIOError, TimeoutError):  # (nothing after all)
             return False
-        except OSError:  # reset by a dying peer
+        except ConnectionError:  # reset by a dying peer
             ahead = b""
         if ahead:
             self._break("2 replies to one request")
@@ -215,6 +228,8 @@ class Line:
     def send(self, text: str) -> str:
         if self.broken:
             raise BadReply(self.broken) if self.broken != "timeout" else RequestTimeout("the line timed out")
+        if self.gone is not None:
+            raise type(self.gone)(*self.gone.args)
         if self.sock is None:
             self._open()
         elif self._pending() and self._unasked():  # the line closed since the last reply
@@ -282,6 +297,7 @@ async def run_hidden_regions(executor, cell, sources, folder) -> str | None:
     line.answer = kernel.answer_callback
     kernel.sources = student_sources(executor.nb, cell)
     started = time.perf_counter()
+    outcome = None
     try:
         for source in sources:
             printed, error = await asyncio.to_thread(hidden.run, source, kernel, folder,
@@ -298,9 +314,9 @@ async def run_hidden_regions(executor, cell, sources, folder) -> str | None:
             if error is not None:
                 cause = error.pop("cause", None)
                 cell.outputs.append(NotebookNode(output_type="error", traceback=[], **error))
-                if cause == "died":
-                    return "died"
-                return None
-        return None
+                outcome = "died" if cause == "died" else None
+                break
     finally:
         await line.finished()   # the session's execution over: the kernel is idle for the next cell
+    # a kernel that died after its last reply: restarted now, not found dead by the next cell (which it would fail)
+    return "died" if outcome == "died" or line.died() else None

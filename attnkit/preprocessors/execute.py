@@ -146,15 +146,10 @@ class CourseExecute(Execute):
                        f"cell's output were dropped (each cell keeps {self._caps.max_cell_bytes:,} bytes of text)"))
             return cell
         except DeadKernelError:
-            if self.km.oom_killed():
-                ename, why = KERNEL_DIED, (f"the Python kernel was stopped: its processes held more than its "
-                                           f"memory limit ({self.km.cgroup_limit()} MiB, all its processes together)")
-            else:
-                ename, why = KERNEL_DIED, ("the Python kernel died while running this cell (os._exit, a crash, too "
-                                           "much memory or CPU time)")
             cell.outputs.append(NotebookNode(
-                output_type="error", ename=ename, traceback=[],
-                evalue=f"{why}; it was restarted and the earlier cells were run again"))
+                output_type="error", ename=KERNEL_DIED, traceback=[],
+                evalue=f"{self.km.death_message('running this cell')}; it was restarted and the earlier cells were "
+                       "run again"))
             self._restarts += 1
             if self._restarts > self.max_kernel_restarts:
                 raise

@@ -359,6 +359,14 @@ class CourseKernelManager(AsyncKernelManager):
         """Did the kernel's memory cgroup kill one of its processes?"""
         return self._cgroup is not None and self._cgroup.oom_killed()
 
+    def death_message(self, during: str) -> str:
+        """Why the kernel died ``during`` (e.g. "running this cell"), as far as the host can tell: its cgroup's
+        out-of-memory kill, else the likely causes (without a cgroup of its own nothing tells them apart)."""
+        if self.oom_killed():
+            return (f"the Python kernel was stopped while {during}: its processes held more than its memory limit "
+                    f"({self.cgroup_limit()} MiB, all its processes together)")
+        return f"the Python kernel died while {during} (os._exit, a crash, too much memory or CPU time)"
+
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         await super()._async_cleanup_resources(restart=restart)
         if self._uid is not None and self.mode() == "setpriv":

@@ -263,6 +263,8 @@ def test_the_memory_limit_is_the_least_of_the_cgroups_and_its_ancestors(tmp_path
     limit("memory/docker/abc", "memory.limit_in_bytes", 512 << 20)
     assert container_memory_mb(str(root), str(tmp_path / "v1")) == 512
     assert container_memory_mb(str(root), str(tmp_path / "none")) is None
+    (tmp_path / "odd").write_bytes(b"not a cgroup line\n\xff\xfe:memory:/docker/abc\x00/x\n4:memory:/docker/abc\n")
+    assert container_memory_mb(str(root), str(tmp_path / "odd")) == 512  # what it can read, read past the rest
 
 
 def test_a_container_with_too_little_memory_is_named_in_the_result(tmp_path, monkeypatch):

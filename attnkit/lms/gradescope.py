@@ -221,12 +221,14 @@ def container_memory_mb(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = 
     ``memory.max``, v1 ``memory.limit_in_bytes``; a container sees its own cgroup at the root). None where none is set
     or none can be read."""
     try:
-        with open(proc_cgroup) as f:
+        with open(proc_cgroup, errors="replace") as f:
             lines = f.read().splitlines()
     except OSError:
         return None
     limits = []
     for line in lines:
+        if line.count(":") < 2:  # (not a cgroup line: read past, as the runner must go on whatever it finds)
+            continue
         _, controllers, path = line.split(":", 2)
         if controllers == "":
             base, name = cgroup_root, "memory.max"
@@ -237,9 +239,9 @@ def container_memory_mb(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = 
         parts = [p for p in path.split("/") if p]
         for depth in range(len(parts) + 1):
             try:
-                with open(os.path.join(base, *parts[:depth], name)) as f:
-                    text = f.read().strip()
-            except OSError:
+                with open(os.path.join(base, *parts[:depth], name), errors="replace") as f:
+                    text = f.read(64).strip()
+            except (OSError, ValueError):  # (ValueError: a path with a NUL)
                 continue
             if text.isdigit() and int(text) < 1 << 60:  # (v1 says "no limit" with a number near 2^63)
                 limits.append(int(text))

@@ -188,6 +188,20 @@ def _grading_processes(cli: int) -> dict:
     return found
 
 
+def _pipes(pid: int) -> set[str]:
+    """The pipes process ``pid`` holds open (an fd it closes meanwhile, a file it was reading, is passed over: a pipe
+    it inherited stays open)."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:  # closed since the listing
+            continue
+        if link.startswith("pipe:"):
+            found.add(link)
+    return found
+
+
 @pytest.mark.skipif(not SANDBOXED, reason=f"no grading sandbox here ({MODE})")
 @pytest.mark.parametrize("forked", [True, False], ids=["forked", "new-interpreter"])
 def test_the_clis_grading_processes_hold_only_their_own_pipes(forked):
@@ -217,8 +231,7 @@ def test_the_clis_grading_processes_hold_only_their_own_pipes(forked):
             for pid, comm in procs.items():
                 assert (comm == "attnkit-grading") == forked, comm
                 assert os.getsid(pid) == pid, "not in a session of its own"
-                pipes[pid] = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")
-                              if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:")}
+                pipes[pid] = _pipes(pid)
             one, two = pipes.values()
             assert one and two and not one & two, pipes
             out, _ = cli.communicate(timeout=300)

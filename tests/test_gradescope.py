@@ -241,7 +241,7 @@ def test_staff_log_names_the_sandbox_that_grades(tmp_path):
 def test_the_memory_limit_is_the_least_of_the_cgroups_and_its_ancestors(tmp_path):
     """Does the runner read the memory limit it lives under from its cgroup and every ancestor, on cgroup v1 and v2,
     the least one counting, and say None where no limit is set?"""
-    from attnkit.lms.gradescope import container_memory_mb
+    from attnkit.sandbox.limits import memory_limit_mb as container_memory_mb
 
     root = tmp_path / "cg"
 
@@ -275,12 +275,12 @@ def test_a_container_with_too_little_memory_is_named_in_the_result(tmp_path, mon
     root = tmp_path / "ag"
     (root / "source").mkdir(parents=True)  # settings without notebooks: the run fails after its first lines
     (root / "source" / "gradescope.json").write_text(json.dumps({"assignment": "hw9", "notebooks": STEMS}))
-    monkeypatch.setattr(gradescope, "container_memory_mb", lambda: 512)
+    monkeypatch.setattr(gradescope, "memory_limit_mb", lambda: 512)
     lines = []
     res = gradescope.run(root, log=lines.append)
     assert "ran with 512 MB of memory" in res["output"] and "ran with 512 MB of memory" in lines[1]
     assert json.loads((root / "results" / "results.json").read_text())["output"] == res["output"]
-    monkeypatch.setattr(gradescope, "container_memory_mb", lambda: gradescope.NEEDS_MEMORY_MB)
+    monkeypatch.setattr(gradescope, "memory_limit_mb", lambda: gradescope.NEEDS_MEMORY_MB)
     lines = []
     assert "MB of memory" not in gradescope.run(root, log=lines.append)["output"] and "MB of memory" not in lines[1]
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import attnkit
 from attnkit.sandbox import seccomp
+from attnkit.sandbox.limits import memory_limit_mb
 from attnkit.course import CONFIG_FILE, Course
 from attnkit.package import kit_dir, pins_text
 
@@ -216,38 +217,6 @@ def isolation_apart() -> str:
     return line or "sandbox: not known (its detection failed)"
 
 
-def container_memory_mb(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/self/cgroup") -> int | None:
-    """The memory limit this process lives under, in MB: the least of its cgroup's and every ancestor's (v2
-    ``memory.max``, v1 ``memory.limit_in_bytes``; a container sees its own cgroup at the root). None where none is set
-    or none can be read."""
-    try:
-        with open(proc_cgroup, errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    limits = []
-    for line in lines:
-        if line.count(":") < 2:  # (not a cgroup line: read past, as the runner must go on whatever it finds)
-            continue
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":
-            base, name = cgroup_root, "memory.max"
-        elif "memory" in controllers.split(","):
-            base, name = os.path.join(cgroup_root, "memory"), "memory.limit_in_bytes"
-        else:
-            continue
-        parts = [p for p in path.split("/") if p]
-        for depth in range(len(parts) + 1):
-            try:
-                with open(os.path.join(base, *parts[:depth], name), errors="replace") as f:
-                    text = f.read(64).strip()
-            except (OSError, ValueError):  # (ValueError: a path with a NUL)
-                continue
-            if text.isdigit() and int(text) < 1 << 60:  # (v1 says "no limit" with a number near 2^63)
-                limits.append(int(text))
-    return min(limits) >> 20 if limits else None
-
-
 def memory_note(limit_mb: int | None) -> str:
     """For the staff, where the container has less memory than grading needs (else nothing)."""
     if limit_mb is None or limit_mb >= NEEDS_MEMORY_MB:
@@ -405,7 +374,7 @@ def run(root: Path, budget_s: float | None = None, log=print) -> dict:
     root = Path(root).resolve()
     budget_s = budget_s or float(os.environ.get("ATTNKIT_GRADESCOPE_BUDGET", DEFAULT_BUDGET_S))
     course = assignment = None
-    too_little = memory_note(container_memory_mb())
+    too_little = memory_note(memory_limit_mb())
     try:
         settings = json.loads((root / "source" / SETTINGS).read_text())
         assignment = settings["assignment"]

@@ -79,6 +79,38 @@ def _own_cgroup_v2() -> str | None:
         return None
 
 
+def memory_limit_mb(cgroup_root: str = CGROUP_V2, proc_cgroup: str = "/proc/self/cgroup") -> int | None:
+    """The memory limit this process lives under, in MB: the least of its cgroup's and every ancestor's (v2
+    ``memory.max``, v1 ``memory.limit_in_bytes``; a container sees its own cgroup at the root). None where none is set
+    or none can be read."""
+    try:
+        with open(proc_cgroup, errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        if line.count(":") < 2:  # (not a cgroup line: read past, as a caller must go on whatever it finds)
+            continue
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            base, name = cgroup_root, "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = os.path.join(cgroup_root, os.path.basename(CGROUP_V1)), "memory.limit_in_bytes"
+        else:
+            continue
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts) + 1):
+            try:
+                with open(os.path.join(base, *parts[:depth], name), errors="replace") as f:
+                    text = f.read(64).strip()
+            except (OSError, ValueError):  # (ValueError: a path with a NUL)
+                continue
+            if text.isdigit() and int(text) < 1 << 60:  # (v1 says "no limit" with a number near 2^63)
+                limits.append(int(text))
+    return min(limits) >> 20 if limits else None
+
+
 def _owned(folder: str, uid: int) -> bool:
     """Was ``folder`` delegated to ``uid`` (systemd chowns the folder and the files that let it manage its subtree)?"""
     try:

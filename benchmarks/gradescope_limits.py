@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -119,12 +120,44 @@ def submission(kind: str, folder: Path) -> None:
         nbu.write(nb, folder / src.name)
 
 
+def page_cache(folders: list[Path], how: str) -> float:
+    """Evict every regular file under ``folders`` from the page cache (``cold``: POSIX_FADV_DONTNEED; pages a live
+    process maps stay) or read each one through (``warm``). Returns the MB of files."""
+    total = 0
+    for folder in folders:
+        for path, _, names in os.walk(folder):
+            for name in names:
+                try:
+                    fd = os.open(os.path.join(path, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                except OSError:
+                    continue
+                try:
+                    st = os.fstat(fd)
+                    if not stat.S_ISREG(st.st_mode):
+                        continue
+                    total += st.st_size
+                    if how == "cold":
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                    else:
+                        while os.read(fd, 1 << 20):
+                            pass
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+    return total / 2**20
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--memory-mb", type=int, default=768)
     ap.add_argument("--mode", choices=("auto", "cgroup", "as", "none"), default="auto")
     ap.add_argument("--submissions", default="solved,q6-quadratic")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--page-cache", choices=("as-is", "cold", "warm"), default="as-is",
+                    help="before each run, evict the Python environment's, the kit's and the autograder's files from the "
+                         "page cache (cold: a first run after a while, each file charged to this run's cgroup as it reads "
+                         "it) or read them all (warm: a run right after another); as-is: neither")
     ap.add_argument("--kernel-cgroups", action="store_true",
                     help="let the kit make the kernels' own cgroups (outside the 768 MB one: their memory not counted)")
     args = ap.parse_args()
@@ -157,6 +190,9 @@ def run_one(args, tmp: Path, kitzip: Path, kind: str) -> tuple[list, int]:
     for d in ("submission", "results"):
         (root / d).mkdir(parents=True)
     submission(kind, root / "submission")
+    if args.page_cache != "as-is":
+        mb = page_cache([Path(sys.prefix), Path(sys.base_prefix) / "lib", ROOT / "attnkit", root], args.page_cache)
+        print(f"page cache: {args.page_cache} ({mb:.0f} MB of files {'evicted' if args.page_cache == 'cold' else 'read'})")
     mode, cg, prefix = args.mode, None, []
     if mode in ("auto", "cgroup"):
         cg = make_cgroup(limit)

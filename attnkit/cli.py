@@ -84,7 +84,7 @@ def _autograde(args) -> int:
     course = Course(args.root)
     from attnkit.sandbox.warm import launch_remembered
 
-    launch_remembered(str(course.root))  # the first sandbox's imports, beside the configuration's
+    launch_remembered(str(course.root), args.workers)  # the first sandbox's imports, beside the configuration's
     from attnkit.batch.driver import autograde
     from attnkit.reports import table
 

@@ -87,10 +87,17 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
                     f"could not be graded: {reason} (tried {tries} time{'s' * (tries > 1)}); scored 0"))
         return out.to_json()
 
+    env = {sandbox.ENV_MODE: mode, GRADER_MEMORY_ENV: str(grader_memory_mb(course))}
+    ahead = lambda slot: start_ahead(root, assignment, slot)  # noqa: E731
+    configured = course.api().config
+    short = cold_for_memory(mode, workers) if configured.get("CourseKernelManager", {}).get("warm_start", True) else ""
+    if short:  # said once, below the memory line; the grading processes inherit the choice
+        print(f"warm start: off: {short}; kernels start cold ({sandbox.ENV_WARM}=1 turns it on)", file=sys.stderr)
+        env[sandbox.ENV_WARM], ahead = "0", None
+        sandbox.warm.drop_early()
     try:
-        env = {sandbox.ENV_MODE: mode, GRADER_MEMORY_ENV: str(grader_memory_mb(course))}
         results = run_batch(root, assignment, students, workers, env, _on_result, notebooks,
-                            failed_result, ahead=lambda slot: start_ahead(root, assignment, slot),
+                            failed_result, ahead=ahead,
                             limit=student_time_limit(course, assignment, notebooks), fork=fork) if students else []
     except Interrupted as stop:
         # what was graded stays graded; a rerun finishes
@@ -99,6 +106,16 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
     typed = sorted([StudentResult.from_json(r) for r in results] + refused, key=lambda r: r.student)
     save_report(course.root, assignment, typed)
     return typed
+
+
+def cold_for_memory(mode: str, workers: int) -> str:
+    """Why this batch's kernels start cold where they would start warm but for the host's memory ('' otherwise)."""
+    from attnkit import switched_on
+    from attnkit.sandbox import warm
+
+    if mode != "bwrap" or os.geteuid() != 0 or not switched_on(warm.ENV_WARM) or warm.ENV_WARM in os.environ:
+        return ""
+    return warm.too_little_memory(workers)
 
 
 def grader_memory_mb(course: Course) -> int:

@@ -36,10 +36,11 @@ WRITTEN_CHOICES = ("pending", "omit")
 VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
 # Gradescope's default timeout is 600 s; stop grading early enough to still write results.
 DEFAULT_BUDGET_S = 480
-# What grading one submission holds that no reclaim can free, with room (benchmarks/gradescope_limits.py, 2026-12-07:
-# 557-618 MB; under a 600 MB limit a solved submission kept every point, under 540 MB it lost 4 to kernels stopped
-# for memory): a container with less gets a note for the staff in its result
-NEEDS_MEMORY_MB = 640
+# The least memory one submission grades in with every point (benchmarks/gradescope_limits.py, 2026-12-07, kernels
+# started cold as they are in a container this small: under a 600 MB limit, page cache evicted first, a solved
+# submission and one with a quadratic Q6 kept every point; under 560 MB the quadratic one's kernel was stopped for
+# memory): a container with less gets a note for the staff in its result
+NEEDS_MEMORY_MB = 600
 
 SETUP_SH = r"""#!/usr/bin/env bash
 # Gradescope runs this once, as root, while it builds the autograder image (Ubuntu).

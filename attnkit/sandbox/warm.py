@@ -229,10 +229,43 @@ _warm: dict | None = None   # the open warm_start() scope: {"runs", "zygote", "s
 _next: "Zygote | None" = None  # for the next student of this grading process: kept, or started ahead
 
 
-def warm_enabled() -> bool:
+# A warm sandbox keeps its zygote beside every kernel: Gradescope's 1 CPU / 768 MB, one submission, bwrap, cgroup
+# peak 568-631 MB warm against 526-571 MB with cold kernels (benchmarks/gradescope_limits.py). Under this much
+# memory for each grading process, kernels start cold unless ATTNKIT_WARM_START is set.
+WARM_MB_PER_WORKER = 960
+
+
+def memory_mb() -> tuple[int | None, str]:
+    """(MB, where from): the least of the memory limit this process lives under (its cgroup's or an ancestor's: a
+    container's) and the machine's memory; (None, "") where neither can be read."""
+    from attnkit.sandbox.limits import memory_limit_mb
+
+    found = []
+    limit = memory_limit_mb()
+    if limit is not None:
+        found.append((limit, "the memory limit of the cgroup this runs in"))
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo") as f:
+        total = next(int(l.split()[1]) >> 10 for l in f if l.startswith("MemTotal:"))
+        found.append((total, "this machine's memory"))
+    return min(found) if found else (None, "")
+
+
+def too_little_memory(workers: int = 1) -> str:
+    """Why this host has too little memory to start ``workers`` grading processes' kernels warm ('' where it has
+    enough): a zygote beside each kernel is the margin on a small container."""
+    have, where = memory_mb()
+    if have is None or have >= workers * WARM_MB_PER_WORKER:
+        return ""
+    each = f"{have // workers} MB for each of {workers} grading processes" if workers > 1 else f"{have} MB"
+    return f"{each} ({where}), under the {WARM_MB_PER_WORKER} MB a grading process needs to keep a warm sandbox"
+
+
+def warm_enabled(workers: int = 1) -> bool:
     # as root only: the zygote must be another uid than the notebooks (as bwrap's init is), or a
     # notebook's kill -9 -1 would take the zygote, and with it the whole sandbox, down
-    return os.geteuid() == 0 and switched_on(ENV_WARM)
+    if os.geteuid() != 0 or not switched_on(ENV_WARM):
+        return False
+    return ENV_WARM in os.environ or not too_little_memory(workers)  # a course's explicit 1 holds on any host
 
 
 def _new_runs() -> str:
@@ -361,13 +394,15 @@ def forget_first(root: str) -> None:
         os.unlink(_remembered(root))
 
 
-def launch_remembered(root: str) -> None:
+def launch_remembered(root: str, workers: int | None = None) -> None:
     """Start the course's first sandbox as the last ``./kit autograde`` of this course did, before this one has
     loaded the configuration (0.7 s of imports on one core): its own imports then run on another. The batch takes
     it only if the settings it computes are the same (``take_early``); else it is stopped. Only where it can pay:
-    warm start on, two cores or more, the settings file this user's own."""
+    warm start on (for ``workers`` grading processes, default one a core), two cores or more, the settings file this
+    user's own."""
     global _early
-    if _early is not None or not warm_enabled() or not switched_on(ENV_EARLY) or len(os.sched_getaffinity(0)) < 2:
+    cores = len(os.sched_getaffinity(0))
+    if _early is not None or not warm_enabled(workers or cores) or not switched_on(ENV_EARLY) or cores < 2:
         return
     path = _remembered(root)
     try:
@@ -402,6 +437,14 @@ def launch_remembered(root: str) -> None:
         lock.close()
         return
     _early.slot_lock = lock
+
+
+def drop_early() -> None:
+    """Stop the sandbox ``launch_remembered`` started (the batch starts its kernels cold)."""
+    global _early
+    zyg, _early = _early, None
+    if zyg is not None:
+        zyg.discard()
 
 
 def take_early(workfiles: dict, env: dict, scratch_mb: int, preload: tuple) -> Zygote | None:

@@ -348,7 +348,7 @@ def run_in_grader(trials, condition, busy, seed0=0, cases=None, verbose=False):
                 print(f"  [{condition}, grader, {r['meter']} meter] trial {trial + 1:3d} {name:17s} verdict "
                       f"{r['verdict']:12s} k {r['statistic']:.2f} N {r['sizes'][0]}..{r['sizes'][-1]} "
                       f"tries {r['tries']} {r['seconds']:.1f} s {r.get('why', '')}", flush=True)
-                if r["verdict"] != truth or verbose:
+                if (r["verdict"] != truth and r.get("times")) or verbose:
                     print("      ms:", ", ".join(f"{n}: {t * 1e3:.2f}" for n, t in zip(r["sizes"], r.get("times", []))))
     finally:
         _unload(procs)

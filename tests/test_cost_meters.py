@@ -171,7 +171,8 @@ def test_a_cold_kernels_launchers_are_allowed_at_the_first_reading_without_a_wai
     runs: are they allowed at once at the first reading (not after the whole wait, SETTLE_S on every memory test),
     while a process of the notebook's, younger than its kernel, is still waited for, even if named bwrap?"""
     monkeypatch.setattr(growth, "SETTLE_S", 60.0)  # a wait would show as a hung test, not pass
-    NAMES.update({10: "bwrap", 11: "bwrap", 12: "python", 20: "bwrap"})
+    for pid, name in {10: "bwrap", 11: "bwrap", 12: "python", 20: "bwrap"}.items():
+        monkeypatch.setitem(NAMES, pid, name)
     cold = {10: 100, 11: 101, 12: 102}
     meter = _Procs(cold)
     m = _measured(meter)

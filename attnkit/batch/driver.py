@@ -113,7 +113,7 @@ def cold_for_memory(mode: str, workers: int) -> str:
     from attnkit import switched_on
     from attnkit.sandbox import warm
 
-    if mode != "bwrap" or os.geteuid() != 0 or not switched_on(warm.ENV_WARM) or warm.ENV_WARM in os.environ:
+    if mode != "bwrap" or os.geteuid() != 0 or not switched_on(warm.ENV_WARM) or warm.asked_for():
         return ""
     return warm.too_little_memory(workers)
 

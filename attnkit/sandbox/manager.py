@@ -25,8 +25,8 @@ from attnkit.sandbox.fallback import kill_uid
 from attnkit.sandbox.limits import (LIMITS, KernelCgroup, killed_first, memory_cgroups, meter_cgroups,
                                     mount_small_tmpfs, remove_dir)
 from attnkit.sandbox.slots import SandboxUnavailable, claim_slot, uid_slot
-from attnkit.sandbox.warm import (PRELOAD, ForkedKernel, ZygoteError, _zygote_for, forget_first, launch_ahead, remember_first,
-                                  start_ahead, take_early, warm_enabled, warm_start)
+from attnkit.sandbox.warm import (PRELOAD, ForkedKernel, ZygoteError, _zygote_for, drop_early, forget_first, launch_ahead,
+                                  remember_first, start_ahead, take_early, warm_enabled, warm_start)
 
 
 TIMEOUT_NAMES = {"CellTimeoutError", "KeyboardInterrupt"}
@@ -272,6 +272,7 @@ class CourseKernelManager(AsyncKernelManager):
         if not (self.warm_start and warm_enabled() and self.mode() == "bwrap"):
             if slot == 0 and root is not None:
                 forget_first(root)
+                drop_early()  # one started from the last run's settings: no batch takes it now
             return None
         env = {**self.kernel_spec.env, **(env or {})}
         if slot is None:

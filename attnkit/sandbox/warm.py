@@ -260,12 +260,17 @@ def too_little_memory(workers: int = 1) -> str:
     return f"{each} ({where}), under the {WARM_MB_PER_WORKER} MB a grading process needs to keep a warm sandbox"
 
 
+def asked_for() -> bool:
+    """Is ATTNKIT_WARM_START set to a value (on or off), which then holds on any host? (Set empty: not asked.)"""
+    return bool(os.environ.get(ENV_WARM, "").strip())
+
+
 def warm_enabled(workers: int = 1) -> bool:
     # as root only: the zygote must be another uid than the notebooks (as bwrap's init is), or a
     # notebook's kill -9 -1 would take the zygote, and with it the whole sandbox, down
     if os.geteuid() != 0 or not switched_on(ENV_WARM):
         return False
-    return ENV_WARM in os.environ or not too_little_memory(workers)  # a course's explicit 1 holds on any host
+    return asked_for() or not too_little_memory(workers)
 
 
 def _new_runs() -> str:
@@ -398,11 +403,11 @@ def launch_remembered(root: str, workers: int | None = None) -> None:
     """Start the course's first sandbox as the last ``./kit autograde`` of this course did, before this one has
     loaded the configuration (0.7 s of imports on one core): its own imports then run on another. The batch takes
     it only if the settings it computes are the same (``take_early``); else it is stopped. Only where it can pay:
-    warm start on (for ``workers`` grading processes, default one a core), two cores or more, the settings file this
-    user's own."""
+    warm start on (for ``workers`` grading processes, default one a core, as the batch), two cores or more, the settings
+    file this user's own."""
     global _early
-    cores = len(os.sched_getaffinity(0))
-    if _early is not None or not warm_enabled(workers or cores) or not switched_on(ENV_EARLY) or cores < 2:
+    if (_early is not None or not warm_enabled(workers or os.cpu_count() or 1) or not switched_on(ENV_EARLY)
+            or len(os.sched_getaffinity(0)) < 2):  # (workers: as the batch counts them by default)
         return
     path = _remembered(root)
     try:

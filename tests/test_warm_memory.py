@@ -23,7 +23,7 @@ def test_warm_start_needs_room_for_a_zygote_beside_each_kernel(monkeypatch):
     and does a course's explicit ATTNKIT_WARM_START hold on any host?"""
 
     monkeypatch.setattr(limits, "memory_limit_mb", lambda: 768)
-    assert warm.memory_mb() == (768, "the memory limit of the cgroup this runs in")
+    assert limits.memory_mb() == (768, "the memory limit of the cgroup this runs in")
     why = warm.too_little_memory(1)
     assert why.startswith("768 MB (the memory limit of the cgroup this runs in)") and f"{EACH} MB" in why, why
     monkeypatch.setattr(limits, "memory_limit_mb", lambda: 2 * EACH)
@@ -31,7 +31,7 @@ def test_warm_start_needs_room_for_a_zygote_beside_each_kernel(monkeypatch):
     why = warm.too_little_memory(3)
     assert why.startswith(f"{2 * EACH // 3} MB for each of 3 grading processes"), why
     monkeypatch.setattr(limits, "memory_limit_mb", lambda: None)  # no limit: the machine's memory decides
-    have, where = warm.memory_mb()
+    have, where = limits.memory_mb()
     assert where == "this machine's memory" and have == os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
     assert (warm.too_little_memory(1) == "") == (have >= EACH)
 

@@ -111,6 +111,19 @@ def memory_limit_mb(cgroup_root: str = CGROUP_V2, proc_cgroup: str = "/proc/self
     return min(limits) >> 20 if limits else None
 
 
+def memory_mb() -> tuple[int | None, str]:
+    """(MB, where from): the least of the memory limit this process lives under (``memory_limit_mb``: a container's)
+    and the machine's memory; (None, "") where neither can be read."""
+    found = []
+    limit = memory_limit_mb()
+    if limit is not None:
+        found.append((limit, "the memory limit of the cgroup this runs in"))
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo") as f:
+        total = next(int(l.split()[1]) >> 10 for l in f if l.startswith("MemTotal:"))
+        found.append((total, "this machine's memory"))
+    return min(found) if found else (None, "")
+
+
 def _owned(folder: str, uid: int) -> bool:
     """Was ``folder`` delegated to ``uid`` (systemd chowns the folder and the files that let it manage its subtree)?"""
     try:

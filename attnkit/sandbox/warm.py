@@ -235,25 +235,12 @@ _next: "Zygote | None" = None  # for the next student of this grading process: k
 WARM_MB_PER_WORKER = 960
 
 
-def memory_mb() -> tuple[int | None, str]:
-    """(MB, where from): the least of the memory limit this process lives under (its cgroup's or an ancestor's: a
-    container's) and the machine's memory; (None, "") where neither can be read."""
-    from attnkit.sandbox.limits import memory_limit_mb
-
-    found = []
-    limit = memory_limit_mb()
-    if limit is not None:
-        found.append((limit, "the memory limit of the cgroup this runs in"))
-    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo") as f:
-        total = next(int(l.split()[1]) >> 10 for l in f if l.startswith("MemTotal:"))
-        found.append((total, "this machine's memory"))
-    return min(found) if found else (None, "")
-
-
 def too_little_memory(workers: int = 1) -> str:
     """Why this host has too little memory to start ``workers`` grading processes' kernels warm ('' where it has
     enough): a zygote beside each kernel is the margin on a small container."""
-    have, where = memory_mb()
+    from attnkit.sandbox import limits
+
+    have, where = limits.memory_mb()
     if have is None or have >= workers * WARM_MB_PER_WORKER:
         return ""
     each = f"{have // workers} MB for each of {workers} grading processes" if workers > 1 else f"{have} MB"

@@ -106,10 +106,9 @@ class _Procs:
     """A meter whose processes are scripted: each call to procs() takes the next entry (the last one stays)."""
 
     def __init__(self, *readings):
-        self.readings, self.resets, self.calls = list(readings), [], 0
+        self.readings, self.resets = list(readings), []
 
     def procs(self):
-        self.calls += 1
         return self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
 
     def reset_peak(self):
@@ -124,12 +123,6 @@ def _measured(meter):
 
 
 KERNEL, CHILD, HELPER = {1: 100}, {5: 900}, {3: 500}
-NAMES = {1: "python", 5: "python", 3: "sleep"}  # (the scripted pids' command names, not this host's)
-
-
-@pytest.fixture(autouse=True)
-def _names(monkeypatch):
-    monkeypatch.setattr(growth, "command_names", lambda pids: {p: NAMES[p] for p in pids if p in NAMES})
 
 
 def test_a_memory_reading_waits_until_the_process_a_call_left_has_exited():
@@ -164,26 +157,6 @@ def test_a_process_started_before_the_test_is_allowed_in_every_reading(monkeypat
     m._settle()
     assert m.resident == set(KERNEL) | set(HELPER)
     m._settle()  # no exception: only allowed processes
-
-
-def test_a_cold_kernels_launchers_are_allowed_at_the_first_reading_without_a_wait(monkeypatch):
-    """A cold kernel's cgroup also holds bubblewrap's two processes, older than the kernel, which never exit while it
-    runs: are they allowed at once at the first reading (not after the whole wait, SETTLE_S on every memory test),
-    while a process of the notebook's, younger than its kernel, is still waited for, even if named bwrap?"""
-    monkeypatch.setattr(growth, "SETTLE_S", 60.0)  # a wait would show as a hung test, not pass
-    for pid, name in {10: "bwrap", 11: "bwrap", 12: "python", 20: "bwrap"}.items():
-        monkeypatch.setitem(NAMES, pid, name)
-    cold = {10: 100, 11: 101, 12: 102}
-    meter = _Procs(cold)
-    m = _measured(meter)
-    m._settle()
-    assert m.resident == set(cold) and meter.calls == 1
-    assert growth.launchers({**cold, 20: 400}) == set(cold)  # a process of the notebook's, named as bwrap is
-    assert growth.launchers({12: 102}) == {12}  # a warm kernel: the fork alone
-    meter = _Procs({**cold, 20: 400}, {**cold, 20: 400}, cold)
-    m = _measured(meter)
-    m._settle()
-    assert m.resident == set(cold) and meter.readings == [cold]
 
 
 class Scripted:

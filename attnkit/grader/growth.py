@@ -43,7 +43,6 @@ import time
 
 import torch
 
-from attnkit.grader.meter import command_names
 from attnkit.kernel import wire
 
 
@@ -199,16 +198,17 @@ class Measured:
 
     def _settle(self) -> None:
         """Wait until the kernel has no process but those allowed. At the first reading those are the kernel
-        and what started it (``launchers``) and whatever is still there ``SETTLE_S`` later (started before this
-        test: what it holds is in every base alike); after that, only those: a process a measured call started
-        that is still there ``SETTLE_S`` after its call makes the measurement inconclusive."""
+        (its oldest process) and whatever is still there ``SETTLE_S`` later (started before this test: what
+        it holds is in every base alike); after that, only those: a process a measured call started that is
+        still there ``SETTLE_S`` after its call makes the measurement inconclusive."""
         procs = getattr(self.meter, "procs", None)
         if procs is None:
             return
         end = time.monotonic() + SETTLE_S
         while True:
             now = procs()
-            allowed = self.resident if self.resident is not None else launchers(now)
+            allowed = self.resident if self.resident is not None else \
+                {min(now, key=now.get)} if now else set()
             if not set(now) - allowed:
                 break
             if time.monotonic() >= end:
@@ -219,17 +219,6 @@ class Measured:
             time.sleep(0.005)
         if self.resident is None:
             self.resident = set(now)
-
-
-def launchers(procs: dict[int, int]) -> set[int]:
-    """Of a kernel's processes (pid -> when it started), the kernel and those that started it: every one that
-    started no later than the oldest not named ``bwrap`` (a cold kernel's cgroup also holds bubblewrap's two,
-    which never exit while it runs). A notebook's own processes are all younger than its kernel."""
-    names = command_names(procs)
-    kernel = min((p for p in procs if names.get(p) != "bwrap"), key=procs.get, default=None)
-    if kernel is None:
-        return {min(procs, key=procs.get)} if procs else set()
-    return {p for p, started in procs.items() if started <= procs[kernel]}
 
 
 def _measure(m: Measured, *, start, floor_s, max_call_s, hard_call_s, max_n, doublings, rounds, threshold, grey,

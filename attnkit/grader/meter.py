@@ -54,16 +54,6 @@ def _started(pids) -> dict[int, int]:
     return out
 
 
-def command_names(pids) -> dict[int, str]:
-    """pid -> its command name (``comm``), for those of ``pids`` still running."""
-    out = {}
-    for pid in pids:
-        name = _read(f"/proc/{pid}/comm")
-        if name is not None:
-            out[pid] = name.strip()
-    return out
-
-
 class KernelMeter:
     """Reads one kernel's processes: by ``uid`` (sandboxed) or as the tree under ``root_pid``."""
 

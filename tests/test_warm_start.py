@@ -300,7 +300,7 @@ PARENT = 'import os\nprint("PARENT", os.getppid())\n'
 
 
 @pytest.mark.skipif(not WARM, reason="warm start needs the bwrap sandbox as root")
-@pytest.mark.parametrize("limit_mb", [900, 8192], ids=["small-container", "room-for-warm"])
+@pytest.mark.parametrize("limit_mb", [800, 8192], ids=["small-container", "room-for-warm"])
 def test_a_batch_in_a_small_container_starts_its_kernels_cold_and_says_why(tmp_path, limit_mb):
     """Run as a person would, inside a memory cgroup as in a container (the CLI's and the grading process's memory
     in it; the kernels get cgroups of their own): under WARM_MB_PER_WORKER for its grading process (Gradescope's

@@ -231,8 +231,9 @@ _next: "Zygote | None" = None  # for the next student of this grading process: k
 
 # A warm sandbox keeps its zygote beside every kernel: Gradescope's 1 CPU / 768 MB, one submission, bwrap, cgroup
 # peak 568-631 MB warm against 526-571 MB with cold kernels (benchmarks/gradescope_limits.py). Under this much
-# memory for each grading process, kernels start cold unless ATTNKIT_WARM_START is set.
-WARM_MB_PER_WORKER = 960
+# memory for each grading process (below a "1.0 GB" container however counted, 953 or 1024 MiB), kernels start cold
+# unless ATTNKIT_WARM_START is set.
+WARM_MB_PER_WORKER = 900
 
 
 def too_little_memory(workers: int = 1) -> str:

@@ -1,4 +1,4 @@
-"""Warm start only where the memory has room for a zygote beside each kernel (attnkit.sandbox.warm.too_little_memory;
+"""Warm start only where the memory has room for a zygote beside each kernel (attnkit.sandbox.warm.cold_for_memory;
 the batch's choice in attnkit.batch.driver). The kernels themselves: tests/test_warm_start.py."""
 from __future__ import annotations
 

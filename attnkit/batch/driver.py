@@ -51,7 +51,8 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
         raise sandbox.SandboxUnavailable(
             f"{sandbox.describe(mode)}. Refusing to grade submissions unsandboxed: install bubblewrap "
             f"(apt-get install -y bubblewrap) or pass --unsandboxed-i-accept-the-risk.")
-    limits = KernelLimits.configured(course.api().config)
+    config = course.api().config
+    limits = KernelLimits.configured(config)
     print(sandbox.describe_limits(mode, limits.memory_limit_mb, limits.cgroup_memory_mb, limits.max_processes),
           file=sys.stderr)  # below the sandbox line
     if mode == "setpriv":  # the fallback's kernels run as another uid: take its rights off the secrets
@@ -89,8 +90,8 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
 
     env = {sandbox.ENV_MODE: mode, GRADER_MEMORY_ENV: str(grader_memory_mb(course))}
     ahead = lambda slot: start_ahead(root, assignment, slot)  # noqa: E731
-    configured = course.api().config
-    short = cold_for_memory(mode, workers) if configured.get("CourseKernelManager", {}).get("warm_start", True) else ""
+    warm_configured = config.get("CourseKernelManager", {}).get("warm_start", True)
+    short = sandbox.warm.cold_for_memory(workers) if mode == "bwrap" and warm_configured else ""
     if short:  # said once, below the memory line; the grading processes inherit the choice
         print(f"warm start: off: {short}; kernels start cold ({sandbox.ENV_WARM}=1 turns it on)", file=sys.stderr)
         env[sandbox.ENV_WARM], ahead = "0", None
@@ -106,16 +107,6 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
     typed = sorted([StudentResult.from_json(r) for r in results] + refused, key=lambda r: r.student)
     save_report(course.root, assignment, typed)
     return typed
-
-
-def cold_for_memory(mode: str, workers: int) -> str:
-    """Why this batch's kernels start cold where they would start warm but for the host's memory ('' otherwise)."""
-    from attnkit import switched_on
-    from attnkit.sandbox import warm
-
-    if mode != "bwrap" or os.geteuid() != 0 or not switched_on(warm.ENV_WARM) or warm.asked_for():
-        return ""
-    return warm.too_little_memory(workers)
 
 
 def grader_memory_mb(course: Course) -> int:

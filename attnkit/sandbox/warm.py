@@ -248,17 +248,22 @@ def too_little_memory(workers: int = 1) -> str:
     return f"{each} ({where}), under the {WARM_MB_PER_WORKER} MB a grading process needs to keep a warm sandbox"
 
 
-def asked_for() -> bool:
-    """Is ATTNKIT_WARM_START set to a value (on or off), which then holds on any host? (Set empty: not asked.)"""
-    return bool(os.environ.get(ENV_WARM, "").strip())
+def cold_for_memory(workers: int = 1) -> str:
+    """Why kernels start cold where warm start is on but for this host's memory ('' otherwise). An
+    ATTNKIT_WARM_START set to a value (on or off) holds on any host; set empty, it is not a choice."""
+    if not _switched_on_here() or os.environ.get(ENV_WARM, "").strip():
+        return ""
+    return too_little_memory(workers)
+
+
+def _switched_on_here() -> bool:
+    # as root only: the zygote must be another uid than the notebooks (as bwrap's init is), or a
+    # notebook's kill -9 -1 would take the zygote, and with it the whole sandbox, down
+    return os.geteuid() == 0 and switched_on(ENV_WARM)
 
 
 def warm_enabled(workers: int = 1) -> bool:
-    # as root only: the zygote must be another uid than the notebooks (as bwrap's init is), or a
-    # notebook's kill -9 -1 would take the zygote, and with it the whole sandbox, down
-    if os.geteuid() != 0 or not switched_on(ENV_WARM):
-        return False
-    return asked_for() or not too_little_memory(workers)
+    return _switched_on_here() and not cold_for_memory(workers)
 
 
 def _new_runs() -> str:

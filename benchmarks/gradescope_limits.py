@@ -5,10 +5,11 @@ Builds the autograder zip, unpacks it as Gradescope does, and runs ``run_autogra
 notebooks each): ``solved`` (the instructor's solution), ``q6-quadratic`` (the same, with a Q6
 linear attention that builds the N x N matrix: the cost-growth checks measure it), ``memory-hog`` (the
 solution, its first notebook ending in a cell that takes memory until something is killed: the run must
-survive it, every part scored). Prints each run's
-seconds, peak memory and score, then each figure beside its target (20 s, 600 MB) and the ratio. As in
-Gradescope's container, the cgroup files are read-only to the run (a private mount namespace): the kit
-makes no kernel cgroup, so the kernels' memory counts in the 768 MB (``--kernel-cgroups``: not so).
+survive it, every part scored). Prints the machine's speed at the start and the end (import torch on
+core 0), each run's seconds, peak memory and score, then each figure beside its target (20 s, 600 MB)
+and the ratio. As in Gradescope's container, the cgroup files are read-only to the run (a private mount
+namespace): the kit makes no kernel cgroup, so the kernels' memory counts in the 768 MB
+(``--kernel-cgroups``: not so).
 
 The memory limit, in order of preference:
 * ``cgroup`` - a child memory cgroup (v1) of this process's own cgroup with
@@ -148,6 +149,17 @@ def page_cache(folders: list[Path], how: str) -> float:
     return total / 2**20
 
 
+def import_torch_s(repeats: int = 3) -> float:
+    """Seconds a new interpreter takes to import torch on core 0 (median of ``repeats``): the machine's speed at
+    that moment, beside each figure (a shared machine's drifts: the same run has read 1.2 s and 1.9 s on one day)."""
+    took = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run(["taskset", "-c", "0", sys.executable, "-c", "import torch"], check=True, capture_output=True)
+        took.append(time.perf_counter() - t0)
+    return sorted(took)[len(took) // 2]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--memory-mb", type=int, default=768)
@@ -165,14 +177,15 @@ def main() -> int:
     kitzip = tmp / "hw9-gradescope.zip"
     subprocess.run([sys.executable, "-m", "attnkit", "--root", str(ROOT), "gradescope", "hw9", "-o", str(kitzip)],
                    check=True, capture_output=True)
-    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
+    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start; import torch on core 0: "
+          f"{import_torch_s():.2f} s (median of 3)")
     rows, problems = [], 0
     for kind in args.submissions.split(","):
         print(f"\n== {kind}")
         got, failed = run_one(args, tmp / kind, kitzip, kind)
         rows += [(f"{kind}: {name}", figure, target) for name, figure, target in got]
         problems += failed
-    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end; import torch on core 0: {import_torch_s():.2f} s")
     for name, figure, target in rows:
         print(f"target: {name} {figure:.1f} <= {target:g} (ratio {figure / target:.2f}): "
               f"{'met' if figure <= target else 'NOT met'}")

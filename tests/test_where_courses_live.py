@@ -240,6 +240,24 @@ def readme_table() -> str:
     return _table((ROOT / "README.md").read_text())
 
 
+def _parts_said(course: Path, student: str) -> str:
+    """What the student's autograded notebooks of the demo say: every test cell that lost its points (grade id and
+    message) and every cost measurement that passed (its figures), so that a row unlike the README's names the part
+    and the numbers."""
+    import nbformat
+
+    from attnkit.reports import failures
+
+    said = []
+    for path in sorted((course / "demo" / "autograded" / student / "hw9").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        said += [f"{path.stem} {gid} LOST: {msg}" for gid, msg in failures(nb).items()]
+        said += [f"{path.stem}: {line}" for cell in nb.cells for out in cell.get("outputs", [])
+                 if out.get("output_type") == "stream" for line in out.get("text", "").splitlines()
+                 if line.startswith("ok ") and ("grows like" in line or "the memory one call takes" in line)]
+    return "\n".join(said)
+
+
 def _sh(*argv, **kw):
     """(in "/" unless told: the early job's commands must not inherit a test's working folder, which may go)"""
     return subprocess.run(list(argv), capture_output=True, text=True, **{"cwd": "/", **kw})
@@ -278,7 +296,8 @@ def _debian_python() -> str:
 @early.job
 def ordinary_user_demo():
     """The README's first command as an ordinary user (started with the session: minutes of pip, then the demo).
-    Returns (user, its course path, the Python it should choose, its version, the demo's process, seconds), or a
+    Returns (user, its course path, the Python it should choose, its version, the demo's process, seconds, what the
+    solved sample's notebooks said, the regrade's process, what they said then: _parts_said), or a
     string saying why it cannot run here."""
     import time
 
@@ -316,11 +335,12 @@ def ordinary_user_demo():
     theirs = _sh("runuser", "-u", user.pw_name, "--", *env, "bash", "-c", 'cd "$1" && ./kit demo --workers 2',
                  "kit-demo", str(course), timeout=1800)
     took = time.perf_counter() - t0
+    said = _parts_said(course, "sample-solution")  # before the regrade below writes its own
     # ./kit autograde (the demo grades in its own process): its grading process is a fork of the command
     again = _sh("runuser", "-u", user.pw_name, "--", *env, "bash", "-c",
                 'cd "$1" && ./kit --root demo autograde hw9 --student sample-solution --workers 1 --quiet',
                 "kit-autograde", str(course), timeout=900) if theirs.returncode == 0 else None
-    return user, course, py, version, theirs, took, again
+    return user, course, py, version, theirs, took, said, again, _parts_said(course, "sample-solution")
 
 
 @pytest.mark.slow
@@ -332,7 +352,7 @@ def test_an_ordinary_user_runs_the_demo_with_debians_python_through_a_symlink():
     found = early.result("ordinary_user_demo")
     if isinstance(found, str):
         pytest.skip(found)
-    user, course, py, version, theirs, took, again = found
+    user, course, py, version, theirs, took, said, again, said_again = found
     print(f"\n--- as {user.pw_name}, in {course} ({took:.0f} s with set-up)\n{theirs.stderr[-3000:]}\n"
           f"{theirs.stdout[-1500:]}")
     assert theirs.returncode == 0, theirs.stdout[-3000:] + theirs.stderr[-3000:]
@@ -346,11 +366,12 @@ def test_an_ordinary_user_runs_the_demo_with_debians_python_through_a_symlink():
     assert memory.startswith("memory: NO cgroup limit") and (
         "this host has cgroup v1" if v1 else f"in no subtree delegated to uid {user.pw_uid}") in memory, memory
     # the table of the root run: the README's, which tests/test_export.py checks against a root demo
-    assert _table(theirs.stdout) == readme_table()
+    assert _table(theirs.stdout) == readme_table(), f"sample-solution's notebooks said:\n{said}"
     # the same submission regraded by ./kit autograde as that user: the same row
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     row = next(l for l in readme_table().splitlines() if l.startswith("sample-solution "))
-    assert [l.split() for l in _table(again.stdout).splitlines()[1:]] == [row.split()], again.stdout[-2000:]
+    assert [l.split() for l in _table(again.stdout).splitlines()[1:]] == [row.split()], \
+        f"{again.stdout[-2000:]}\nits notebooks said:\n{said_again}"
 
 
 def test_a_new_gradebook_records_the_migration_head_alembic_names(tmp_path, monkeypatch):

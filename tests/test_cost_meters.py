@@ -2,6 +2,7 @@
 where this host gives one) and the sizes the time statistic measures (attnkit/grader/growth.py, on scripted costs)."""
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -106,9 +107,10 @@ class _Procs:
     """A meter whose processes are scripted: each call to procs() takes the next entry (the last one stays)."""
 
     def __init__(self, *readings):
-        self.readings, self.resets = list(readings), []
+        self.readings, self.resets, self.calls = list(readings), [], 0
 
     def procs(self):
+        self.calls += 1
         return self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
 
     def reset_peak(self):
@@ -157,6 +159,76 @@ def test_a_process_started_before_the_test_is_allowed_in_every_reading(monkeypat
     m._settle()
     assert m.resident == set(KERNEL) | set(HELPER)
     m._settle()  # no exception: only allowed processes
+
+
+def test_the_processes_that_started_a_kernel_are_allowed_at_the_first_reading_without_a_wait(monkeypatch):
+    """A cold kernel's cgroup also holds bubblewrap's two processes, older than the kernel, which never exit while it
+    runs: are the meter's launchers allowed at once at the first reading (not after SETTLE_S, on every memory
+    test), while a process of the notebook's, younger than its kernel, is still waited for?"""
+    monkeypatch.setattr(growth, "SETTLE_S", 0.5)
+    cold = {10: 100, 11: 101, 12: 102}
+    meter = _Procs(cold)
+    meter.launchers = frozenset({10, 11})
+    m = _measured(meter)
+    m._settle()
+    assert m.resident == set(cold) and meter.calls == 1  # read once: nothing waited for
+    meter = _Procs({**cold, 20: 400}, {**cold, 20: 400}, cold)
+    meter.launchers = frozenset({10, 11})
+    m = _measured(meter)
+    m._settle()
+    assert m.resident == set(cold) and meter.calls == 3  # until the notebook's process had gone
+
+
+BWRAP = sandbox.detect() == "bwrap" and sandbox.meter_cgroups() and os.geteuid() == 0
+
+
+@pytest.mark.skipif(not BWRAP, reason="a cold kernel with a cgroup of its own needs bwrap as root and cgroups")
+def test_a_cold_kernels_first_memory_reading_waits_for_the_notebooks_processes_not_for_bubblewraps(tmp_path,
+                                                                                                    monkeypatch):
+    """In a real cold kernel's cgroup: are bubblewrap's two processes, and only they, the kernel's launchers (not the
+    kernel, not a process of the notebook's even if it names itself bwrap), so that the first memory reading takes
+    no wait where the notebook left nothing running, and still waits for what it left?"""
+    import asyncio
+    import time
+    import types
+
+    from attnkit.grader import channel
+
+    monkeypatch.setattr(growth, "SETTLE_S", 5.0)
+    os.chmod(tmp_path, 0o755)
+
+    async def run():
+        km = sandbox.CourseKernelManager()
+        await km.start_kernel(cwd=str(tmp_path))
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=60)
+            ex = types.SimpleNamespace(km=km, kc=kc)
+            meter = channel.kernel_meter(ex)
+            assert isinstance(meter, CgroupMeter)
+            now = meter.procs()
+            assert len(now) == 3 and len(meter.launchers) == 2 and meter.launchers < set(now), (now, meter.launchers)
+            kernel = min(set(now) - meter.launchers)
+            assert open(f"/proc/{kernel}/comm").read().strip() != "bwrap"
+            m = _measured(meter)
+            t0 = time.monotonic()
+            m._settle()
+            assert time.monotonic() - t0 < 1.0 and m.resident == set(now)
+            # a process of the notebook's, named as bubblewrap is, still there at the first reading: waited for
+            forked = ("import ctypes, os, time\nif os.fork() == 0:\n    ctypes.CDLL(None).prctl(15, b'bwrap', 0, 0, 0)\n"
+                      "    time.sleep(2)\n    os._exit(0)\n")
+            assert await channel.execute(ex, forked, time.monotonic() + 60) == "idle"
+            assert len(meter.procs()) == 4
+            m = _measured(meter)
+            t0 = time.monotonic()
+            m._settle()
+            assert 1.0 < time.monotonic() - t0 < 4.5 and m.resident == set(now)
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel(now=True)
+
+    asyncio.run(run())
 
 
 class Scripted:

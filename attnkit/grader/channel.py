@@ -276,7 +276,8 @@ def kernel_meter(executor) -> KernelMeter | CgroupMeter:
     processes, else its process tree."""
     km = executor.km
     proc = getattr(km, "meters_proc", lambda: True)()
-    found = None if proc else CgroupMeter.of(getattr(km, "_cgroup", None))
+    launchers = km.launchers() if not proc and hasattr(km, "launchers") else frozenset()
+    found = None if proc else CgroupMeter.of(getattr(km, "_cgroup", None), launchers)
     if found is not None:
         return found
     sealed = km.sealed_filters() if proc and hasattr(km, "sealed_filters") else 0

@@ -198,17 +198,20 @@ class Measured:
 
     def _settle(self) -> None:
         """Wait until the kernel has no process but those allowed. At the first reading those are the kernel
-        (its oldest process) and whatever is still there ``SETTLE_S`` later (started before this test: what
-        it holds is in every base alike); after that, only those: a process a measured call started that is
-        still there ``SETTLE_S`` after its call makes the measurement inconclusive."""
+        (its oldest process but the meter's ``launchers``, the kit's own processes that started it), those
+        launchers, and whatever is still there ``SETTLE_S`` later (started before this test: what it holds is in
+        every base alike); after that, only those: a process a measured call started that is still there
+        ``SETTLE_S`` after its call makes the measurement inconclusive."""
         procs = getattr(self.meter, "procs", None)
         if procs is None:
             return
+        launchers = getattr(self.meter, "launchers", frozenset())
         end = time.monotonic() + SETTLE_S
         while True:
             now = procs()
+            rest = {p: t for p, t in now.items() if p not in launchers}
             allowed = self.resident if self.resident is not None else \
-                {min(now, key=now.get)} if now else set()
+                (launchers & set(now)) | ({min(rest, key=rest.get)} if rest else set())
             if not set(now) - allowed:
                 break
             if time.monotonic() >= end:

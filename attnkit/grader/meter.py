@@ -164,11 +164,14 @@ class CgroupMeter:
 
     counts_children = True
 
-    def __init__(self, kind: str, cpu: str | None, memory: str | None):
-        self.kind, self.cpu, self.memory = kind, cpu, memory
+    def __init__(self, kind: str, cpu: str | None, memory: str | None, launchers: frozenset = frozenset()):
+        """``launchers``: pids of the kit's own processes in the cgroup that started the kernel and live as long
+        as it (a cold kernel's bubblewrap: CourseKernelManager.launchers); a memory reading need not wait for
+        them to exit (growth.Measured._settle)."""
+        self.kind, self.cpu, self.memory, self.launchers = kind, cpu, memory, frozenset(launchers)
 
     @classmethod
-    def of(cls, cgroup) -> "CgroupMeter | None":
+    def of(cls, cgroup, launchers: frozenset = frozenset()) -> "CgroupMeter | None":
         """The meter of a KernelCgroup, or None where its CPU time or its peak cannot be read and reset."""
         if cgroup is None:
             return None
@@ -185,7 +188,7 @@ class CgroupMeter:
                 memory = None
         if cpu is None or memory is None:
             return None
-        self = cls(cgroup.kind, cpu, memory)
+        self = cls(cgroup.kind, cpu, memory, launchers)
         if cgroup.kind == "v2":
             self._peak_fd = fd
         return self

@@ -129,6 +129,15 @@ class CourseKernelClient(AsyncKernelClient):
     wait_for_ready = _async_wait_for_ready
 
 
+def _comm(pid: int) -> str:
+    """A process's command name ("" once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 class CourseKernelManager(AsyncKernelManager):
     """Always start the course's Python kernel, whatever kernelspec the notebook names, in the sandbox."""
 
@@ -208,6 +217,23 @@ class CourseKernelManager(AsyncKernelManager):
     def meters_proc(self) -> bool:
         """Do this kernel's cost meters read /proc (no cgroup of its own counts its processes)?"""
         return self.cost_meter == "proc" or not meter_cgroups()
+
+    def launchers(self) -> frozenset:
+        """Host pids of the processes in a cold kernel's cgroup that started it and live as long as it: bubblewrap's
+        first process (the command the provisioner started) and its one child, bubblewrap's init. Neither runs a
+        notebook's code, and no process of a notebook's can become the first one's child (an orphan goes to the
+        init). Empty for a forked kernel, whose cgroup holds only it, and outside bubblewrap (setpriv's process is
+        the kernel itself)."""
+        proc = getattr(self.provisioner, "process", None)
+        if self._cgroup is None or self.mode() != "bwrap" or not isinstance(proc, subprocess.Popen):
+            return frozenset()
+        found = {proc.pid} if _comm(proc.pid) == "bwrap" else set()
+        for pid in found.copy():
+            with contextlib.suppress(OSError):
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{tid}/children") as f:
+                        found |= {int(c) for c in f.read().split() if _comm(int(c)) == "bwrap"}
+        return frozenset(found)
 
     def sealed_filters(self) -> int:
         """How many seccomp filters the kernel runs under once it refuses new processes: the grader's own

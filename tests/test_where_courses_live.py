@@ -4,6 +4,7 @@ by an ordinary user with the distribution's python3 in a course folder reached t
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -293,11 +294,36 @@ def _debian_python() -> str:
     return py
 
 
+# as the ordinary user, in its clone: the cost meter of a course kernel it starts (which keeps that user's uid)
+METER_PROBE = """
+import asyncio, json, os, tempfile, types
+from attnkit import sandbox
+from attnkit.grader import channel
+
+async def main():
+    folder = tempfile.mkdtemp()
+    os.chmod(folder, 0o755)
+    km = sandbox.CourseKernelManager()
+    await km.start_kernel(cwd=folder)
+    try:
+        meter = channel.kernel_meter(types.SimpleNamespace(km=km))
+        pids = sorted(meter.pids())
+        print(json.dumps({"meter": type(meter).__name__, "uid": getattr(meter, "uid", None), "pids": pids,
+                          "names": [open(f"/proc/{p}/comm").read().strip() for p in pids], "me": os.getpid(),
+                          "kernel_top": km.provisioner.process.pid, "launchers": sorted(meter.launchers)}))
+    finally:
+        await km.shutdown_kernel(now=True)
+
+asyncio.run(main())
+"""
+
+
 @early.job
 def ordinary_user_demo():
     """The README's first command as an ordinary user (started with the session: minutes of pip, then the demo).
     Returns (user, its course path, the Python it should choose, its version, the demo's process, seconds, what the
-    solved sample's notebooks said, the regrade's process, what they said then: _parts_said), or a
+    solved sample's notebooks said, the regrade's process, what they said then: _parts_said, METER_PROBE's process),
+    or a
     string saying why it cannot run here."""
     import time
 
@@ -340,7 +366,9 @@ def ordinary_user_demo():
     again = _sh("runuser", "-u", user.pw_name, "--", *env, "bash", "-c",
                 'cd "$1" && ./kit --root demo autograde hw9 --student sample-solution --workers 1 --quiet',
                 "kit-autograde", str(course), timeout=900) if theirs.returncode == 0 else None
-    return user, course, py, version, theirs, took, said, again, _parts_said(course, "sample-solution")
+    probe = _sh("runuser", "-u", user.pw_name, "--", *env, "bash", "-c", 'cd "$1" && exec .venv/bin/python -c "$2"',
+                "kit-meter", str(course), METER_PROBE, timeout=300) if theirs.returncode == 0 else None
+    return user, course, py, version, theirs, took, said, again, _parts_said(course, "sample-solution"), probe
 
 
 @pytest.mark.slow
@@ -352,7 +380,7 @@ def test_an_ordinary_user_runs_the_demo_with_debians_python_through_a_symlink():
     found = early.result("ordinary_user_demo")
     if isinstance(found, str):
         pytest.skip(found)
-    user, course, py, version, theirs, took, said, again, said_again = found
+    user, course, py, version, theirs, took, said, again, said_again, probe = found
     print(f"\n--- as {user.pw_name}, in {course} ({took:.0f} s with set-up)\n{theirs.stderr[-3000:]}\n"
           f"{theirs.stdout[-1500:]}")
     assert theirs.returncode == 0, theirs.stdout[-3000:] + theirs.stderr[-3000:]
@@ -372,6 +400,14 @@ def test_an_ordinary_user_runs_the_demo_with_debians_python_through_a_symlink():
     row = next(l for l in readme_table().splitlines() if l.startswith("sample-solution "))
     assert [l.split() for l in _table(again.stdout).splitlines()[1:]] == [row.split()], \
         f"{again.stdout[-2000:]}\nits notebooks said:\n{said_again}"
+    # that user's kernel keeps the user's uid: its cost meter reads the kernel's own processes (bubblewrap's two, then
+    # the kernel), not every process of the user (the grader, the batch, the other workers, the user's shell)
+    assert probe.returncode == 0, probe.stdout[-2000:] + probe.stderr[-3000:]
+    got = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert got["meter"] == "KernelMeter" and got["uid"] is None, got
+    assert got["me"] not in got["pids"] and got["kernel_top"] in got["pids"] and len(got["pids"]) == 3, got
+    bwraps = sorted(p for p, name in zip(got["pids"], got["names"]) if name == "bwrap")
+    assert len(bwraps) == 2 and got["launchers"] == bwraps, got
 
 
 def test_a_new_gradebook_records_the_migration_head_alembic_names(tmp_path, monkeypatch):

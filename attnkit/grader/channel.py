@@ -276,15 +276,17 @@ def kernel_meter(executor) -> KernelMeter | CgroupMeter:
     processes, else its process tree."""
     km = executor.km
     proc = getattr(km, "meters_proc", lambda: True)()
-    launchers = km.launchers() if not proc and hasattr(km, "launchers") else frozenset()
+    launchers = km.launchers() if hasattr(km, "launchers") else frozenset()
     found = None if proc else CgroupMeter.of(getattr(km, "_cgroup", None), launchers)
     if found is not None:
         return found
     sealed = km.sealed_filters() if proc and hasattr(km, "sealed_filters") else 0
     uid = getattr(km, "_uid", None)
-    if uid is not None:
+    if uid is not None and uid != os.getuid():  # a uid of the kernel's own: root's sandbox slots
         return KernelMeter(uid=uid, sealed_filters=sealed)
-    return KernelMeter(root_pid=km.provisioner.process.pid, sealed_filters=sealed)
+    # an unprivileged grader's kernel keeps the grader's uid (in bubblewrap's user namespace), which this process,
+    # the batch, the other workers and every other process of that user share: the kernel's process tree instead
+    return KernelMeter(root_pid=km.provisioner.process.pid, sealed_filters=sealed, launchers=launchers)
 
 
 async def run_hidden_regions(executor, cell, sources, folder) -> str | None:

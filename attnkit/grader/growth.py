@@ -198,7 +198,7 @@ class Measured:
 
     def _settle(self) -> None:
         """Wait until the kernel has no process but those allowed. At the first reading those are the kernel
-        (its oldest process but the meter's ``launchers``, the kit's own processes that started it), those
+        (its oldest process other than the meter's ``launchers``, the kit's own processes that started it), those
         launchers, and whatever is still there ``SETTLE_S`` later (started before this test: what it holds is in
         every base alike); after that, only those: a process a measured call started that is still there
         ``SETTLE_S`` after its call makes the measurement inconclusive."""

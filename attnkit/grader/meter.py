@@ -3,8 +3,9 @@
 Grader process only. Timing and memory verdicts must not rest on numbers the student's process
 reports about itself, so the grader reads the kernel's processes from /proc:
 
-* which processes: every process of the kernel's uid (the sandbox's slot uid, which only this
-  notebook's kernel and its children hold; attnkit/sandbox/limits.py), else the kernel's process tree;
+* which processes: every process of the kernel's uid where it has one of its own (root's sandbox slot uid,
+  which only this notebook's kernel and its children hold; attnkit/sandbox/slots.py), else the kernel's process
+  tree (an unprivileged grader's kernel keeps the grader's uid, which all that user's processes share);
 * CPU: each process's CPU-time clock, read from outside (clock_gettime on the process's clock id:
   every thread, ended ones too, to the nanosecond; /proc/<pid>/schedstat lags a running thread by up
   to a scheduler tick), plus the CPU time of children they reaped (/proc/<pid>/stat cutime + cstime,
@@ -58,11 +59,12 @@ class KernelMeter:
     """Reads one kernel's processes: by ``uid`` (sandboxed) or as the tree under ``root_pid``."""
 
     def __init__(self, uid: int | None = None, root_pid: int | None = None, watch_forks: bool = True,
-                 sealed_filters: int = 0):
+                 sealed_filters: int = 0, launchers: frozenset = frozenset()):
+        """``launchers``: as CgroupMeter's (the tree under ``root_pid`` starts with bubblewrap's two processes)."""
         if uid is None and root_pid is None:
             raise ValueError("a uid or a process to measure")
         self.uid, self.root_pid, self.watch_forks = uid, root_pid, watch_forks
-        self.sealed_filters, self._sealed = sealed_filters, False
+        self.sealed_filters, self._sealed, self.launchers = sealed_filters, False, frozenset(launchers)
 
     def pids(self) -> list[int]:
         if self.uid is not None:

@@ -219,13 +219,13 @@ class CourseKernelManager(AsyncKernelManager):
         return self.cost_meter == "proc" or not meter_cgroups()
 
     def launchers(self) -> frozenset:
-        """Host pids of the processes in a cold kernel's cgroup that started it and live as long as it: bubblewrap's
-        first process (the command the provisioner started) and its one child, bubblewrap's init. Neither runs a
-        notebook's code, and no process of a notebook's can become the first one's child (an orphan goes to the
-        init). Empty for a forked kernel, whose cgroup holds only it, and outside bubblewrap (setpriv's process is
-        the kernel itself)."""
+        """Host pids of the processes that started a cold kernel and live as long as it (in its cgroup, or at the
+        top of its process tree): bubblewrap's first process (the command the provisioner started) and its one
+        child, bubblewrap's init. Neither runs a notebook's code, and no process of a notebook's can become the
+        first one's child (an orphan goes to the init). Empty for a forked kernel, which has no such processes,
+        and outside bubblewrap (setpriv's process is the kernel itself)."""
         proc = getattr(self.provisioner, "process", None)
-        if self._cgroup is None or self.mode() != "bwrap" or not isinstance(proc, subprocess.Popen):
+        if self.mode() != "bwrap" or not isinstance(proc, subprocess.Popen):
             return frozenset()
         found = {proc.pid} if _comm(proc.pid) == "bwrap" else set()
         for pid in found.copy():

@@ -223,7 +223,6 @@ def test_a_cold_kernels_first_memory_reading_waits_for_the_notebooks_processes_n
     no wait where the notebook left nothing running, and still waits for what it left?"""
     import asyncio
     import time
-    import types
 
     from attnkit.grader import channel
 

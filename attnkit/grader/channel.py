@@ -276,13 +276,15 @@ def kernel_meter(executor) -> KernelMeter | CgroupMeter:
     processes, else its process tree."""
     km = executor.km
     proc = getattr(km, "meters_proc", lambda: True)()
-    launchers = km.launchers() if hasattr(km, "launchers") else frozenset()
+    uid = getattr(km, "_uid", None)
+    own_uid = uid is not None and uid != os.getuid()  # a uid of the kernel's own: root's sandbox slots
+    # (the uid meter never sees bubblewrap's processes, which are root's: no launchers to allow there)
+    launchers = km.launchers() if hasattr(km, "launchers") and not (proc and own_uid) else frozenset()
     found = None if proc else CgroupMeter.of(getattr(km, "_cgroup", None), launchers)
     if found is not None:
         return found
     sealed = km.sealed_filters() if proc and hasattr(km, "sealed_filters") else 0
-    uid = getattr(km, "_uid", None)
-    if uid is not None and uid != os.getuid():  # a uid of the kernel's own: root's sandbox slots
+    if own_uid:
         return KernelMeter(uid=uid, sealed_filters=sealed)
     # an unprivileged grader's kernel keeps the grader's uid (in bubblewrap's user namespace), which this process,
     # the batch, the other workers and every other process of that user share: the kernel's process tree instead

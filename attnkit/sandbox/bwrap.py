@@ -127,6 +127,24 @@ def bwrap_argv(inner: list[str], *, uid: int, workfiles: dict, run_dir: str | No
     return killed_first(a + list(inner))
 
 
+def _children(pid: int) -> list[int]:
+    """The host pids of a process's children (of every thread's); OSError once it has gone."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(c) for c in f.read().split()]
+    return found
+
+
+def _comm(pid: int) -> str:
+    """A process's command name ("" once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _host_pid(root: int, ns_pid: int) -> int | None:
     """The host pid of the process that is ``ns_pid`` in the PID namespace under host process ``root``."""
     todo = [root]
@@ -137,9 +155,7 @@ def _host_pid(root: int, ns_pid: int) -> int | None:
                 nspid = next((l.split()[1:] for l in f if l.startswith("NSpid:")), [])
             if len(nspid) > 1 and nspid[-1] == str(ns_pid):
                 return pid
-            for task in os.listdir(f"/proc/{pid}/task"):
-                with open(f"/proc/{pid}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
+            todo += _children(pid)
         except (OSError, ValueError):
             continue
     return None

@@ -18,8 +18,8 @@ from traitlets import Bool, default, DottedObjectName, Integer, List, Unicode
 
 from attnkit.sandbox import seccomp
 from attnkit.sandbox import warm as _ws
-from attnkit.sandbox.bwrap import (KERNEL_MODULES, KIT_DIR, SETPRIV, _host_pid, _setpriv_args, bwrap_argv, python_exe,
-                                   workdir_files)
+from attnkit.sandbox.bwrap import (KERNEL_MODULES, KIT_DIR, SETPRIV, _children, _comm, _host_pid, _setpriv_args,
+                                   bwrap_argv, python_exe, workdir_files)
 from attnkit.sandbox.detection import detect, probe
 from attnkit.sandbox.fallback import kill_uid
 from attnkit.sandbox.limits import (LIMITS, KernelCgroup, killed_first, memory_cgroups, meter_cgroups,
@@ -129,15 +129,6 @@ class CourseKernelClient(AsyncKernelClient):
     wait_for_ready = _async_wait_for_ready
 
 
-def _comm(pid: int) -> str:
-    """A process's command name ("" once it has gone)."""
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 class CourseKernelManager(AsyncKernelManager):
     """Always start the course's Python kernel, whatever kernelspec the notebook names, in the sandbox."""
 
@@ -227,13 +218,12 @@ class CourseKernelManager(AsyncKernelManager):
         proc = getattr(self.provisioner, "process", None)
         if self.mode() != "bwrap" or not isinstance(proc, subprocess.Popen):
             return frozenset()
-        found = {proc.pid} if _comm(proc.pid) == "bwrap" else set()
-        for pid in found.copy():
-            with contextlib.suppress(OSError):
-                for tid in os.listdir(f"/proc/{pid}/task"):
-                    with open(f"/proc/{pid}/task/{tid}/children") as f:
-                        found |= {int(c) for c in f.read().split() if _comm(int(c)) == "bwrap"}
-        return frozenset(found)
+        if _comm(proc.pid) != "bwrap":
+            return frozenset()
+        try:
+            return frozenset({proc.pid, *(c for c in _children(proc.pid) if _comm(c) == "bwrap")})
+        except OSError:  # gone: the kernel with it
+            return frozenset()
 
     def sealed_filters(self) -> int:
         """How many seccomp filters the kernel runs under once it refuses new processes: the grader's own

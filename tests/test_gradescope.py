@@ -705,3 +705,73 @@ def test_a_file_named_like_the_fallback_does_not_replace_the_result(tmp_path, ki
                                             f'{json.dumps(result)}\nX\n;; *) exec "{sys.executable}" "$@";; esac')
     _, res = run_autograder(root, prefix=str(kit_ran))
     assert res == result
+
+
+def _processes() -> dict:
+    """pid -> (parent pid, comm, environ text) of every process readable here."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read().decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        found[int(entry)] = (int(rest[1]), comm, environ)
+    return found
+
+
+def _children(procs: dict, pid: int) -> set:
+    return {p for p, (ppid, _, _) in procs.items() if ppid == pid}
+
+
+@pytest.mark.slow
+def test_the_command_grades_in_itself_and_a_death_is_graded_again_by_the_pool(tmp_path, kitzip):
+    """Does the runner's ./kit autograde grade the submission in its own process (its kernels' sandbox its own child,
+    no forked grading process), and when that process dies before it records a result, is the submission graded
+    once more by the batch's pool (a grading process of its own), with every point and the death said?"""
+    import signal
+    import threading
+    import time
+
+    root = gradescope_root(tmp_path, kitzip, {f"{NB}.ipynb": nb_bytes(solved())})
+    env = dict(os.environ, AUTOGRADER_ROOT=str(root), KIT_PREFIX=sys.prefix)
+    proc = subprocess.Popen(["bash", str(root / "source" / "run_autograder")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = {"killed": None, "in_process_forked": None, "retry_forked": False}
+
+    def watch():
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            procs = _processes()
+            for pid, (_, comm, environ) in procs.items():
+                if "\0ATTNKIT_GRADE_IN_PROCESS=1\0" not in f"\0{environ}" or "AUTOGRADER_ROOT" not in environ:
+                    if seen["killed"] and comm == "attnkit-grading" and f"AUTOGRADER_ROOT={root}" in environ:
+                        seen["retry_forked"] = True
+                    continue
+                kids = _children(procs, pid)
+                if seen["killed"] is None and any(procs[k][1] == "bwrap" for k in kids):  # grading, in itself
+                    seen["in_process_forked"] = any(procs[k][1] == "attnkit-grading" for k in kids)
+                    time.sleep(1.0)  # its first cells run
+                    os.kill(pid, signal.SIGKILL)
+                    seen["killed"] = pid
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    out, _ = proc.communicate(timeout=600)
+    watcher.join(10)
+    assert proc.returncode == 0, out[-3000:]
+    assert seen["killed"], f"no ./kit autograde graded in its own process: {out[-2000:]}"
+    assert seen["in_process_forked"] is False, "the command forked a grading process although it grades in itself"
+    assert seen["retry_forked"], "the second grading was not done by a grading process of the pool"
+    assert "the grading process died (killed by signal SIGKILL) before it recorded a result" in out, out[-3000:]
+    res = json.loads((root / "results" / "results.json").read_text())
+    check_schema(res)
+    want = {name: points for name, points in
+            ((t["name"], t["max_score"]) for t in res["tests"] if t["name"] in of(NB))}
+    assert want and all(by_name(res)[name]["score"] == points for name, points in want.items()), res

@@ -36,6 +36,11 @@ def test_warm_start_needs_room_for_a_zygote_beside_each_kernel(monkeypatch):
     assert (warm.too_little_memory(1) == "") == (have >= EACH)
 
     monkeypatch.setattr(limits, "memory_limit_mb", lambda: 768)
+    # a batch process that grades its one student itself has no forked grading process's copy of its pages
+    assert warm.too_little_memory(1, in_process=True) == "" and warm.too_little_memory(2, in_process=True)
+    monkeypatch.setattr(limits, "memory_limit_mb", lambda: warm.WARM_MB_IN_PROCESS - 1)
+    assert f"under the {warm.WARM_MB_IN_PROCESS} MB" in warm.too_little_memory(1, in_process=True)
+    monkeypatch.setattr(limits, "memory_limit_mb", lambda: 768)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     monkeypatch.delenv(warm.ENV_WARM, raising=False)
     assert not warm.warm_enabled()
@@ -86,5 +91,39 @@ def test_a_batch_short_of_memory_starts_its_kernels_cold_and_says_why(monkeypatc
             assert args[4].get(warm.ENV_WARM) == "0" and kw["ahead"] is None and dropped
         else:
             assert said == [] and warm.ENV_WARM not in args[4] and kw["ahead"] is not None and not dropped
+    finally:
+        shutil.rmtree(course.root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("memory_mb", [768, warm.WARM_MB_IN_PROCESS - 1])
+def test_a_batch_that_grades_its_one_student_itself_keeps_warm_kernels_in_less_memory(monkeypatch, capsys, memory_mb):
+    """Where ./kit autograde grades its one student in its own process (ATTNKIT_GRADE_IN_PROCESS, as Gradescope's
+    runner asks), do Gradescope's 768 MB keep warm kernels (said to the process's own checks: ATTNKIT_WARM_START=1,
+    a sandbox started ahead), and does less than WARM_MB_IN_PROCESS still start them cold and say why?"""
+    course = Course(ROOT).scratch_copy(notebooks=["q12_scaled_dot_product"])
+    try:
+        generate(course, ASSIGNMENT)
+        course.path("submitted", "someone", ASSIGNMENT).mkdir(parents=True)
+        monkeypatch.delenv(warm.ENV_WARM, raising=False)
+        monkeypatch.setenv(workers.IN_PROCESS_ENV, "1")
+        monkeypatch.setattr(workers, "can_fork", lambda: True)  # (the test runner's threads)
+        monkeypatch.setattr(sandbox.detection, "detect", lambda: "bwrap")
+        monkeypatch.setattr(limits, "sweep", lambda: None)
+        monkeypatch.setattr(os, "geteuid", lambda: 0)
+        monkeypatch.setattr(limits, "memory_limit_mb", lambda: memory_mb)
+        monkeypatch.setattr(warm, "drop_early", lambda: None)
+        batches = []
+        monkeypatch.setattr(workers, "run_batch", lambda *a, **k: batches.append((a, k)) or [])
+        driver.autograde(course, ASSIGNMENT, ["someone"], workers=1, progress=False, fork=True)
+        (args, kw), = batches
+        said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warm start:")]
+        if memory_mb >= warm.WARM_MB_IN_PROCESS:
+            assert said == [] and args[4].get(warm.ENV_WARM) == "1" and kw["ahead"] is not None
+        else:
+            assert said == [f"warm start: off: {warm.too_little_memory(1, in_process=True)}; kernels start cold "
+                            f"({warm.ENV_WARM}=1 turns it on)"]
+            assert args[4].get(warm.ENV_WARM) == "0" and kw["ahead"] is None
+        assert workers.grades_in_process(1, 1, fork=True) and not workers.grades_in_process(2, 1, fork=True)
+        assert not workers.grades_in_process(1, 2, fork=True) and not workers.grades_in_process(1, 1, fork=False)
     finally:
         shutil.rmtree(course.root, ignore_errors=True)

@@ -44,7 +44,7 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
 
     Refuses (SandboxUnavailable) when no sandbox works here, unless ``allow_unsandboxed``."""
     from attnkit import sandbox
-    from attnkit.batch.workers import GRADER_MEMORY_ENV, RETRIES, Interrupted, run_batch
+    from attnkit.batch.workers import GRADER_MEMORY_ENV, RETRIES, Interrupted, grades_in_process, run_batch
 
     mode = sandbox.detect()
     if mode == "none" and not allow_unsandboxed:
@@ -91,11 +91,14 @@ def autograde(course: Course, assignment: str, students: list[str] | None = None
     env = {sandbox.ENV_MODE: mode, GRADER_MEMORY_ENV: str(grader_memory_mb(course))}
     ahead = lambda slot: start_ahead(root, assignment, slot)  # noqa: E731
     warm_configured = config.get("CourseKernelManager", {}).get("warm_start", True)
-    short = sandbox.warm.cold_for_memory(workers) if mode == "bwrap" and warm_configured else ""
+    in_process = grades_in_process(len(students), workers, fork)
+    short = sandbox.warm.cold_for_memory(workers, in_process) if mode == "bwrap" and warm_configured else ""
     if short:  # said once, below the memory line; the grading processes inherit the choice
         print(f"warm start: off: {short}; kernels start cold ({sandbox.ENV_WARM}=1 turns it on)", file=sys.stderr)
         env[sandbox.ENV_WARM], ahead = "0", None
         sandbox.warm.drop_early()
+    elif in_process and mode == "bwrap" and warm_configured and sandbox.warm.cold_for_memory(workers):
+        env[sandbox.ENV_WARM] = "1"  # warm only because no grading process is forked: this process's own checks agree
     try:
         results = run_batch(root, assignment, students, workers, env, _on_result, notebooks,
                             failed_result, ahead=ahead,

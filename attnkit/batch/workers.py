@@ -259,6 +259,11 @@ class Forked:
 
 
 FORK_ENV = "ATTNKIT_FORK_WORKERS"
+# "1": a batch of one student with one worker is graded in the batch's own process, not in a grading process of its
+# own: no second copy of the pages a fork would write (40-60 MB: Gradescope's 768 MB then fits warm kernels). Only
+# where something outside supervises the command as the pool supervises a grading process (a time limit, a retry
+# after a death, the reason said): Gradescope's runner sets it (lms/gradescope.py).
+IN_PROCESS_ENV = "ATTNKIT_GRADE_IN_PROCESS"
 
 
 def can_fork() -> bool:
@@ -269,6 +274,35 @@ def can_fork() -> bool:
     return hasattr(os, "fork") and threading.active_count() == 1 and switched_on(FORK_ENV)
 
 
+def grades_in_process(students: int, workers: int, fork: bool) -> bool:
+    """Does the batch grade its one student in its own process (IN_PROCESS_ENV, one worker, a process that may
+    fork: the command's own, with no other thread)?"""
+    return fork and students == 1 and workers == 1 and can_fork() and os.environ.get(IN_PROCESS_ENV) == "1"
+
+
+def _grade_here(root: str, assignment: str, student: str, env: dict, on_result, ahead=None) -> list[dict]:
+    """The one student graded in this process, as a grading process would grade it (its environment, its own
+    memory limit, its sandbox and slot, torch on one thread, loaded while the first cells run). No retry and no
+    per-student limit: the supervisor that asked for this (IN_PROCESS_ENV) keeps both."""
+    from attnkit.batch.student import _safe_grade, start_ahead
+    from attnkit.sandbox.warm import keep_here
+
+    os.environ.update({**env, "ATTNKIT_SANDBOX_SLOT": "0"})
+    limit_own_memory(int(os.environ.get(GRADER_MEMORY_ENV, "0") or 0))
+    zygote = ahead(0) if ahead else None
+    if zygote is not None:
+        keep_here(zygote)
+    threading.Thread(target=_import_grader, daemon=True).start()
+    if zygote is None:
+        start_ahead(root, assignment)
+    try:
+        result = _safe_grade(root, assignment, student, prestart=False)
+    except KeyboardInterrupt:
+        raise Interrupted([]) from None
+    on_result(result)
+    return [result]
+
+
 def run_batch(root: str, assignment: str, students: list[str], workers: int, env: dict, on_result,
               notebooks: list[str], failed_result, ahead=None, limit: float | None = None,
               fork: bool = False) -> list[dict]:
@@ -276,7 +310,10 @@ def run_batch(root: str, assignment: str, students: list[str], workers: int, env
     ``failed_result(student, done, reason, tries)`` builds the result of a student whose grading kept dying
     or ran past ``limit`` seconds (wall clock, per student).
     ``ahead(slot)``: a warm-start interpreter started here for a worker slot's first process (or None).
-    ``fork``: this is the command's own process: each slot's first grading process may be a fork of it."""
+    ``fork``: this is the command's own process: each slot's first grading process may be a fork of it, or, where
+    ``grades_in_process``, the grading process is this one."""
+    if grades_in_process(len(students), workers, fork):
+        return _grade_here(root, assignment, students[0], env, on_result, ahead)
     queue, lock, results, live = deque(students), threading.Lock(), [], set()
     stop = threading.Event()
     # each slot's first grading process and its sandbox start here, before any thread: a fork then copies one

@@ -252,14 +252,39 @@ def _course_for(root: Path, settings: dict) -> Course:
 
 def _grade(course: Course, assignment: str, budget_s: float, log) -> bool:
     """``./kit autograde`` on the one submission, in its own process group so that a
-    submission that would outlast Gradescope's timeout is stopped. True if it finished."""
+    submission that would outlast Gradescope's timeout is stopped. True if it finished.
+
+    This process supervises it as the batch's pool supervises a grading process: the command grades the
+    submission in its own process (no forked grading process: 40-60 MB less, so warm kernels fit Gradescope's
+    768 MB), this budget is its time limit, and if it dies before it records a result (killed, out of memory, a
+    crash) the submission is graded once more by the batch's own pool, a grading process of its own."""
+    from attnkit.batch.results import load_report
+    from attnkit.batch.workers import IN_PROCESS_ENV
+
+    deadline = time.monotonic() + budget_s
+    for in_process in (True, False):
+        env = {k: v for k, v in os.environ.items() if k != IN_PROCESS_ENV}
+        if in_process:
+            env[IN_PROCESS_ENV] = "1"
+        finished, rc = _autograde(course, assignment, deadline - time.monotonic(), log, env)
+        if not (finished and in_process) or STUDENT in load_report(course.root, assignment):
+            return finished
+        how = f"killed by signal {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
+        log(f"the grading process died ({how}) before it recorded a result: graded once more, in a grading process "
+            "of its own")
+    return finished
+
+
+def _autograde(course: Course, assignment: str, budget_s: float, log, env: dict) -> tuple[bool, int]:
+    """(finished within ``budget_s``, its exit status) of ``./kit autograde`` on the one submission."""
     cmd = [sys.executable, "-m", "attnkit", "--root", str(course.root), "autograde", assignment,
            "--student", STUDENT, "--workers", "1", "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=env)
     try:
-        out, _ = proc.communicate(timeout=budget_s)
+        out, _ = proc.communicate(timeout=max(budget_s, 1.0))
         log(out)
-        return True
+        return True, proc.returncode
     except subprocess.TimeoutExpired:
         import psutil
 
@@ -276,7 +301,7 @@ def _grade(course: Course, assignment: str, budget_s: float, log) -> bool:
                 pass
         out, _ = proc.communicate()
         log(out or "")
-        return False
+        return False, proc.returncode
 
 
 def results_for(course: Course, assignment: str, settings: dict, matching, finished: bool) -> dict:

@@ -34,6 +34,13 @@ def uid_slot() -> int:
 ENV_SLOT_FD = "ATTNKIT_SANDBOX_SLOT_FD"  # "fd uid": a slot lock handed to a grading process
 
 
+def hold_slot(uid: int, lock) -> None:
+    """This process's sandbox uid is ``uid``, whose lock (claim_slot's) it holds: the batch process grades in
+    itself with the sandbox it started for its one worker slot."""
+    global _held_slot
+    _held_slot = (uid, lock)
+
+
 def claim_slot(start: int) -> tuple[int, object]:
     """(uid, open lock file) of the first free slot from ``start`` on; held while the file is open
     in any process (a grading process may inherit it)."""

@@ -234,26 +234,32 @@ _next: "Zygote | None" = None  # for the next student of this grading process: k
 # memory for each grading process (below a "1.0 GB" container however counted, 953 or 1024 MiB), kernels start cold
 # unless ATTNKIT_WARM_START is set.
 WARM_MB_PER_WORKER = 900
+# Where the batch process grades its one student itself (batch/workers.py: IN_PROCESS_ENV, Gradescope's runner), no
+# second copy of its pages is made for a forked grading process: warm, the same benchmark read 548 MB solved and
+# 572 MB quadratic (against 589 and 628 forked). Kernels start warm from this much memory.
+WARM_MB_IN_PROCESS = 700
 
 
-def too_little_memory(workers: int = 1) -> str:
+def too_little_memory(workers: int = 1, in_process: bool = False) -> str:
     """Why this host has too little memory to start ``workers`` grading processes' kernels warm ('' where it has
-    enough): a zygote beside each kernel is the margin on a small container."""
+    enough): a zygote beside each kernel is the margin on a small container. ``in_process``: the batch process
+    grades its one student itself."""
     from attnkit.sandbox import limits
 
+    need = WARM_MB_IN_PROCESS if in_process and workers == 1 else WARM_MB_PER_WORKER
     have, where = limits.memory_mb()
-    if have is None or have >= workers * WARM_MB_PER_WORKER:
+    if have is None or have >= workers * need:
         return ""
     each = f"{have // workers} MB for each of {workers} grading processes" if workers > 1 else f"{have} MB"
-    return f"{each} ({where}), under the {WARM_MB_PER_WORKER} MB a grading process needs to keep a warm sandbox"
+    return f"{each} ({where}), under the {need} MB a grading process needs to keep a warm sandbox"
 
 
-def cold_for_memory(workers: int = 1) -> str:
+def cold_for_memory(workers: int = 1, in_process: bool = False) -> str:
     """Why kernels start cold where warm start is on but for this host's memory ('' otherwise). An
     ATTNKIT_WARM_START set to a value (on or off) holds on any host; set empty, it is not a choice."""
     if not _switched_on_here() or os.environ.get(ENV_WARM, "").strip():
         return ""
-    return too_little_memory(workers)
+    return too_little_memory(workers, in_process)
 
 
 def _switched_on_here() -> bool:
@@ -459,6 +465,17 @@ def take_early(workfiles: dict, env: dict, scratch_mb: int, preload: tuple) -> Z
 
 
 ENV_HANDED = "ATTNKIT_ZYGOTE"  # fd and JSON of a zygote the batch process started for a grading process
+
+
+def keep_here(zyg: Zygote) -> None:
+    """The sandbox started for worker slot 0 is this process's own: the batch process grades its one student
+    itself (no handover); its slot's uid and lock with it."""
+    global _next
+    from attnkit.sandbox.slots import hold_slot
+
+    if zyg.slot_lock is not None:
+        hold_slot(zyg.key[0], zyg.slot_lock)
+    _next = zyg
 
 
 def adopt_handed() -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 import nbformat
 import pytest
@@ -191,6 +192,91 @@ def test_a_forked_kernel_never_collects_what_it_inherited(tmp_path):
         assert isinstance(proc, sandbox.ForkedKernel), "not a warm kernel"
     frozen = int(out.split("FROZEN", 1)[1].split()[0])
     assert frozen > 100_000, f"only {frozen} objects frozen: {out!r}"
+
+
+def _descendants(pid: int) -> list[int]:
+    from attnkit.sandbox.bwrap import _children
+
+    found, todo = [], [pid]
+    while todo:
+        try:
+            kids = _children(todo.pop())
+        except OSError:
+            continue
+        found += kids
+        todo += kids
+    return found
+
+
+def _status(pid: int, key: str) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        return next(line.split()[1] for line in f if line.startswith(key + ":"))
+
+
+@pytest.mark.skipif(not WARM, reason="warm start needs the bwrap sandbox as root")
+def test_after_its_last_kernel_the_interpreter_gives_its_memory_back_and_still_answers_for_it(tmp_path):
+    """Once the scope's last kernel is forked (no student follows), is the warm-start interpreter a small keeper (no
+    torch: a few MB, not the 100 MB and more of the interpreter) that still watches, stops and cleans up after that
+    kernel (the notebook's leftover process gone, the sandbox clean), and does a kernel started after it (a restart)
+    start cold and run?"""
+    import asyncio
+
+    from attnkit.sandbox.manager import CourseKernelManager
+
+    workdir = _workdir(tmp_path)
+
+    async def run(source):
+        km = CourseKernelManager()
+        await km.start_kernel(cwd=workdir)
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=60)
+        out = []
+        msg_id = kc.execute(source)
+        while True:
+            msg = await kc.get_iopub_msg(timeout=120)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                if msg["msg_type"] == "stream":
+                    out.append(msg["content"]["text"])
+                elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    break
+        proc = km.provisioner.process
+        seen, alive = {}, None
+        if isinstance(proc, sandbox.ForkedKernel):
+            # the sandbox's root processes (not the kernel, which runs as the slot's uid) that are not bubblewrap's
+            roots = [p for p in _descendants(proc.zygote.proc.pid)
+                     if _status(p, "Name") != "bwrap" and _status(p, "Uid") == str(os.getuid())]
+            seen = {p: (_comm_line(p), int(_status(p, "RssAnon")), os.readlink(f"/proc/{p}/cwd")) for p in roots}
+            alive = await km.is_alive()
+        kc.stop_channels()
+        await km.shutdown_kernel(now=True)
+        return "".join(out), proc, seen, alive
+
+    with sandbox.warm_start(prestart=False):
+        sandbox.warm.last_kernel()
+        out, proc, seen, alive = asyncio.run(run(POISON))
+        assert "POISONED" in out and isinstance(proc, sandbox.ForkedKernel), out
+        zygote = proc.zygote
+        keepers = [kb for line, kb, _ in seen.values() if "--keeper" in line]
+        assert len(seen) == 1 and len(keepers) == 1, f"not one keeper (and no zygote) beside the last kernel: {seen}"
+        assert keepers[0] < 20 << 10, f"the keeper holds {keepers[0] >> 10} MB: {seen}"
+        (line, _, cwd), = seen.values()  # root's code: never from the home folder the notebook writes to
+        assert cwd == "/" and (" -P " in line or sys.version_info < (3, 11)), seen
+        assert alive, "the keeper did not answer that the kernel is alive"
+        assert zygote.alive, "the keeper could not clean the sandbox after the kernel (it was dropped)"
+        left = [p for p in _descendants(zygote.proc.pid) if _comm_line(p).startswith("sleep 1000")]
+        assert not left, "the notebook's leftover process outlived its kernel"
+        out, proc, _, _ = asyncio.run(run("print('RAN', 6 * 7)"))  # a restart: the keeper forks no more
+        assert "RAN 42" in out and not isinstance(proc, sandbox.ForkedKernel), out
+    assert not zygote.alive
+
+
+def _comm_line(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 HISTORY = """

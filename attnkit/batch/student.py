@@ -148,7 +148,7 @@ def grade_student(root: str, assignment: str, student: str, on_notebook=None, pr
     folder = course.path("submitted", student, assignment)
     with course.gradebook() as gb:
         notebooks = sorted(nb.name for nb in gb.find_assignment(assignment).notebooks)
-    from attnkit.sandbox.warm import warm_start
+    from attnkit.sandbox.warm import last_kernel, warm_start
 
     refused, skip, notes = submission_problems(folder)
     with warm_start(prestart):  # this student's kernels fork from one pre-imported interpreter
@@ -156,6 +156,8 @@ def grade_student(root: str, assignment: str, student: str, on_notebook=None, pr
             if refused:
                 _refuse(course, assignment, student, notebook, result, on_notebook, refused)
                 continue
+            if notebook == notebooks[-1]:
+                last_kernel()  # (where no student follows: the interpreter need not stay beside this one)
             _grade_one(course, assignment, student, notebook, folder, result, on_notebook, skip, notes)
     result.seconds = time.perf_counter() - started
     return result.to_json()

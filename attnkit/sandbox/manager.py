@@ -316,7 +316,8 @@ class CourseKernelManager(AsyncKernelManager):
                 workfiles, env, args = self._warm_args
                 zyg = _zygote_for(self._uid, workfiles, env, self.scratch_mb, tuple(self.preload),
                                   self.sandbox_per_student)
-                pid = zyg.call(op="spawn", argv=args, log=os.path.join(self._run_dir, "kernel.log"))["pid"]
+                pid = zyg.call(op="spawn", argv=args, log=os.path.join(self._run_dir, "kernel.log"),
+                               last=_ws.spawn_is_last())["pid"]
                 if self._cgroup is not None:  # before the client connects, so before any cell runs
                     host = _host_pid(zyg.proc.pid, pid)
                     if host is None:

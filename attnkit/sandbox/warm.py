@@ -328,6 +328,20 @@ def warm_start(prestart: bool = False):
             _next = scope["next"]
 
 
+def last_kernel() -> None:
+    """The open scope's next kernel is its last (the last notebook of a student no other follows in this process):
+    its zygote need not stay beside it. Once it has forked that kernel it becomes a small keeper that answers for
+    it and forks no more (attnkit.kernel's ``_become_keeper``); a later kernel of the scope (a restart) starts
+    cold."""
+    if _warm is not None and not _warm["prestart"]:
+        _warm["last"] = True
+
+
+def spawn_is_last() -> bool:
+    """Is the kernel about to be forked the scope's last (``last_kernel``)?"""
+    return bool(_warm is not None and _warm.get("last") and not _warm["prestart"])
+
+
 def _digest(workfiles: dict) -> str:
     h = hashlib.sha256()
     for name, path in sorted(workfiles.items()):

@@ -127,3 +127,23 @@ def test_a_batch_that_grades_its_one_student_itself_keeps_warm_kernels_in_less_m
         assert not workers.grades_in_process(1, 2, fork=True) and not workers.grades_in_process(1, 1, fork=False)
     finally:
         shutil.rmtree(course.root, ignore_errors=True)
+
+
+def test_a_sandbox_the_batch_keeps_for_itself_leaves_its_slot_lock_with_the_process(monkeypatch, tmp_path):
+    """Where the batch grades its one student itself (warm.keep_here), does the slot's lock pass to the process, so
+    that stopping that zygote (a kill it could not clean, a restart) never frees the uid while this process's
+    kernels may still run as it (another grading process on the host could claim it: a shared process limit, and a
+    /proc meter that counts that uid's every process)?"""
+    from attnkit.sandbox import slots
+
+    monkeypatch.setattr(slots, "_held_slot", None)
+    monkeypatch.setattr(warm, "_next", None)
+    lock = open(tmp_path / "slot", "w")
+    zyg = warm.Zygote.__new__(warm.Zygote)
+    zyg.key, zyg.slot_lock, zyg.sock, zyg.proc, zyg.home = (2_000_007, "", (), 0, ()), lock, None, None, str(tmp_path)
+    warm.keep_here(zyg)
+    assert warm._next is zyg and slots.uid_slot() == 2_000_007 or os.geteuid() != 0
+    assert slots._held_slot == (2_000_007, lock) and zyg.slot_lock is None
+    zyg.stop()
+    assert not lock.closed, "stopping the zygote let go of the slot this process still grades as"
+    lock.close()

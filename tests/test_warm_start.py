@@ -266,8 +266,10 @@ def test_after_its_last_kernel_the_interpreter_gives_its_memory_back_and_still_a
         assert zygote.alive, "the keeper could not clean the sandbox after the kernel (it was dropped)"
         left = [p for p in _descendants(zygote.proc.pid) if _comm_line(p).startswith("sleep 1000")]
         assert not left, "the notebook's leftover process outlived its kernel"
-        out, proc, _, _ = asyncio.run(run("print('RAN', 6 * 7)"))  # a restart: the keeper forks no more
-        assert "RAN 42" in out and not isinstance(proc, sandbox.ForkedKernel), out
+        for _ in range(2):  # restarts: cold at once (the keeper forks no more), never a new warm-start interpreter
+            out, proc, _, _ = asyncio.run(run("print('RAN', 6 * 7)"))
+            assert "RAN 42" in out and not isinstance(proc, sandbox.ForkedKernel), out
+            assert sandbox.warm._warm["zygote"] is zygote and zygote.alive, "the keeper was asked, or replaced"
     assert not zygote.alive
 
 

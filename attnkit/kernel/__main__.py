@@ -135,8 +135,9 @@ def _others() -> list[int]:
     return out
 
 
-def _become_student() -> None:
-    """In a fork of the zygote: the slot's uid, every capability gone for good, the kernel's limits."""
+def _become_student(helper: bool = False) -> None:
+    """In a fork of the zygote: the slot's uid, every capability gone for good, the kernel's limits (a ``helper``,
+    which only signals or cleans up and exits, loads no filter of its own: the keeper's interpreter has none to load)."""
     import ctypes
 
     uid = int(os.environ.pop("ATTNKIT_KERNEL_UID"))  # gone from the kernel's environment, as in a cold one
@@ -146,7 +147,7 @@ def _become_student() -> None:
     if os.getuid() != uid or os.geteuid() != uid:
         os._exit(70)
     ctypes.CDLL(None).prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-    _limit()
+    _limit(nproc=not helper)
 
 
 def _as_student(fn, *args) -> int:
@@ -154,7 +155,7 @@ def _as_student(fn, *args) -> int:
     pid = os.fork()
     if pid == 0:
         try:
-            _become_student()
+            _become_student(helper=True)
             os._exit(0 if fn(*args) else 1)
         except BaseException:
             os._exit(1)

@@ -267,9 +267,14 @@ def _grade(course: Course, assignment: str, budget_s: float, log) -> bool:
         if in_process:
             env[IN_PROCESS_ENV] = "1"
         finished, rc = _autograde(course, assignment, deadline - time.monotonic(), log, env)
-        if not (finished and in_process) or STUDENT in load_report(course.root, assignment):
+        if not (finished and in_process and rc) or STUDENT in load_report(course.root, assignment):
             return finished
-        how = f"killed by signal {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
+        how = f"exit status {rc}"
+        if rc < 0:
+            try:
+                how = f"killed by signal {signal.Signals(-rc).name}"
+            except ValueError:  # a real-time signal has no name
+                how = f"killed by signal {-rc}"
         log(f"the grading process died ({how}) before it recorded a result: graded once more, in a grading process "
             "of its own")
     return finished

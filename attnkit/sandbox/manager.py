@@ -255,7 +255,7 @@ class CourseKernelManager(AsyncKernelManager):
             kw["stdout"] = kw["stderr"] = log
             kw["cwd"] = self._workdir(kw.get("cwd"))
             if mode == "bwrap":
-                if self.warm_start and _ws._warm is not None and self._run_dir.startswith(_ws._warm["runs"] + "/"):
+                if self.warm_start and _ws.forks_kernels() and self._run_dir.startswith(_ws._warm["runs"] + "/"):
                     # the kernel's own arguments (nbclient's extra ones too, e.g. an in-memory history)
                     args = kernel_cmd[kernel_cmd.index("attnkit.kernel") + 1:]
                     self._warm_args = (workdir_files(kw["cwd"]), dict(self.kernel_spec.env), args)
@@ -311,13 +311,15 @@ class CourseKernelManager(AsyncKernelManager):
         return zyg
 
     async def _async_launch_kernel(self, kernel_cmd, **kw):
-        if self._warm_args is not None and _ws._warm is not None:
+        if self._warm_args is not None and _ws.forks_kernels():
             try:
                 workfiles, env, args = self._warm_args
                 zyg = _zygote_for(self._uid, workfiles, env, self.scratch_mb, tuple(self.preload),
                                   self.sandbox_per_student)
-                pid = zyg.call(op="spawn", argv=args, log=os.path.join(self._run_dir, "kernel.log"),
-                               last=_ws.spawn_is_last())["pid"]
+                last = _ws.spawn_is_last()
+                pid = zyg.call(op="spawn", argv=args, log=os.path.join(self._run_dir, "kernel.log"), last=last)["pid"]
+                if last:
+                    _ws.forked_last()
                 if self._cgroup is not None:  # before the client connects, so before any cell runs
                     host = _host_pid(zyg.proc.pid, pid)
                     if host is None:

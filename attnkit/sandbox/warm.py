@@ -342,6 +342,18 @@ def spawn_is_last() -> bool:
     return bool(_warm is not None and _warm.get("last") and not _warm["prestart"])
 
 
+def forked_last() -> None:
+    """The scope's last kernel was forked: its zygote forks no more, so any kernel after it (a restart after a
+    death) starts cold at once, without asking."""
+    if _warm is not None:
+        _warm["retired"] = True
+
+
+def forks_kernels() -> bool:
+    """Does the open scope fork its next kernel (not past its last)?"""
+    return _warm is not None and not _warm.get("retired")
+
+
 def _digest(workfiles: dict) -> str:
     h = hashlib.sha256()
     for name, path in sorted(workfiles.items()):
@@ -487,8 +499,9 @@ def keep_here(zyg: Zygote) -> None:
     global _next
     from attnkit.sandbox.slots import hold_slot
 
-    if zyg.slot_lock is not None:
+    if zyg.slot_lock is not None:  # this process holds it from now on, whatever becomes of the zygote
         hold_slot(zyg.key[0], zyg.slot_lock)
+        zyg.slot_lock = None
     _next = zyg
 
 

@@ -292,11 +292,24 @@ GRADER_CASES = {"linear": (linear_attention, "linear"), "linear_30ms": (linear_3
                 "impostor_double_fork": (impostor_double_fork, "quadratic")}
 
 
-def run_in_grader(trials, condition, busy, seed0=0, cases=None, verbose=False):
+def run_in_grader(trials, condition, busy, seed0=0, cases=None, verbose=False, kernel_kind="cold"):
     """The verdicts as the hidden test takes them: every case defined in ONE sandboxed grading kernel, the
     statistic computed in this process (attnkit/grader/growth.py) from the kernel's CPU time read from its
     cgroup (attnkit/grader/meter.py; /proc where there is none), fresh inputs drawn in the kernel for every
-    call and every call's value checked against linear_attention here, requests over the comm channel."""
+    call and every call's value checked against linear_attention here, requests over the comm channel.
+    ``kernel_kind``: cold (started on its own), forked (from a warm-start interpreter), or last (forked as a
+    grading process's last kernel, its interpreter then the small keeper: a Gradescope submission's Q6)."""
+    import contextlib
+    from attnkit import sandbox
+
+    scope = contextlib.nullcontext() if kernel_kind == "cold" else sandbox.warm_start(prestart=False)
+    with scope:
+        if kernel_kind == "last":
+            sandbox.warm.last_kernel()
+        return _run_in_grader(trials, condition, busy, seed0, cases, verbose)
+
+
+def _run_in_grader(trials, condition, busy, seed0=0, cases=None, verbose=False):
     import inspect
     import shutil
     import tempfile
@@ -417,6 +430,10 @@ def main(argv=None):
     ap.add_argument("--cases", nargs="*", choices=sorted(GRADER_CASES), default=None,
                     help="--where grader: the cases to measure (default: all)")
     ap.add_argument("--verbose", action="store_true", help="--where grader: every verdict's times, not only wrong ones'")
+    ap.add_argument("--kernel", choices=["cold", "forked", "last"], default="cold",
+                    help="--where grader: the grading kernel started cold, forked from the warm-start interpreter, "
+                         "or forked as the last (its interpreter then the small keeper, as for a Gradescope "
+                         "submission's last notebook); forked and last need bwrap as root")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     conditions = ["quiet", "loaded"] if args.load == "both" else [args.load]
@@ -425,7 +442,8 @@ def main(argv=None):
         if args.where == "kernel":
             res = run_in_kernels(args.trials, cond, args.busy, args.threads, args.clock)
         elif args.where == "grader":
-            res = run_in_grader(args.trials, cond, args.busy, cases=args.cases, verbose=args.verbose)
+            res = run_in_grader(args.trials, cond, args.busy, cases=args.cases, verbose=args.verbose,
+                                kernel_kind=args.kernel)
             summary.append((cond, *confusion(cond, args.busy, res)))
             continue
         else:

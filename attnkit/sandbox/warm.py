@@ -235,8 +235,9 @@ _next: "Zygote | None" = None  # for the next student of this grading process: k
 # unless ATTNKIT_WARM_START is set.
 WARM_MB_PER_WORKER = 900
 # Where the batch process grades its one student itself (batch/workers.py: IN_PROCESS_ENV, Gradescope's runner), no
-# second copy of its pages is made for a forked grading process: warm, the same benchmark read 548 MB solved and
-# 572 MB quadratic (against 589 and 628 forked). Kernels start warm from this much memory.
+# second copy of its pages is made for a forked grading process: warm, with the last kernel's zygote a keeper
+# (last_kernel), the same benchmark read 517-518 MB solved and 541-559 MB quadratic (against 589-600 and 628 MB
+# forked). Kernels start warm from this much memory.
 WARM_MB_IN_PROCESS = 700
 
 

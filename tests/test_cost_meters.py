@@ -363,3 +363,38 @@ def test_a_constant_the_rounds_leave_ahead_at_the_top_size_measures_on_toward_th
     m = Scripted(cost)
     sizes, _times, _fit, k = growth._measure(m, **SCHEDULE)
     assert sizes[-1] == 8192 and k < 1.1, (sizes, k)
+
+
+def test_where_proc_lists_no_children_the_tree_meter_still_reads_the_whole_tree(monkeypatch):
+    """Where /proc lists no children (a kernel built without CONFIG_PROC_CHILDREN: no /proc/<pid>/task/<tid>/children),
+    does the tree meter still find every process under the kernel's first one (their parents read instead), not
+    that process alone (whose memory would read near zero, and an N x N answer keep the memory points)?"""
+    import builtins
+    import subprocess
+    import sys
+
+    from attnkit import procs
+    from attnkit.grader.meter import KernelMeter
+
+    code = ("import subprocess, time; p = subprocess.Popen(['sleep', '60']); print('up', flush=True); time.sleep(60)")
+    top = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert top.stdout.readline().strip() == "up"
+        listed = sorted(KernelMeter(root_pid=top.pid).pids())
+        assert len(listed) == 2, listed  # the interpreter and its sleep
+        real_open, real_exists = builtins.open, os.path.exists
+
+        def no_children_open(path, *args, **kwargs):
+            if str(path).endswith("/children"):
+                raise FileNotFoundError(2, "No such file or directory", str(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", no_children_open)
+        monkeypatch.setattr(os.path, "exists", lambda p: not str(p).endswith("/children") and real_exists(p))
+        monkeypatch.setattr(procs, "_listed", None)  # probed again, on this "kernel"
+        assert not procs.lists_children()
+        assert sorted(KernelMeter(root_pid=top.pid).pids()) == listed
+        assert set(procs.children(top.pid)) == set(listed) - {top.pid}
+    finally:
+        top.kill()
+        top.wait()

@@ -33,6 +33,8 @@ import contextlib
 import os
 import time
 
+from attnkit.procs import children
+
 _TICK_NS = 1e9 / os.sysconf("SC_CLK_TCK")
 
 
@@ -80,8 +82,8 @@ class KernelMeter:
         while todo:
             pid = todo.pop()
             found.append(pid)
-            for tid in os.listdir(f"/proc/{pid}/task") if os.path.isdir(f"/proc/{pid}/task") else ():
-                todo += [int(c) for c in (_read(f"/proc/{pid}/task/{tid}/children") or "").split()]
+            with contextlib.suppress(OSError):  # gone
+                todo += children(pid)
         return found
 
     def procs(self) -> dict[int, int]:

@@ -9,6 +9,7 @@ import tempfile
 from functools import lru_cache
 
 from attnkit.package import kit_dir
+from attnkit.procs import children as _children, comm as _comm  # noqa: F401 (the kernel manager's too)
 from attnkit.sandbox import seccomp
 from attnkit.sandbox.limits import LIMITS, killed_first
 
@@ -125,24 +126,6 @@ def bwrap_argv(inner: list[str], *, uid: int, workfiles: dict, run_dir: str | No
     if os.geteuid() == 0:
         a += [SETPRIV, *_setpriv_args(uid), "--"]
     return killed_first(a + list(inner))
-
-
-def _children(pid: int) -> list[int]:
-    """The host pids of a process's children (of every thread's); OSError once it has gone."""
-    found = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            found += [int(c) for c in f.read().split()]
-    return found
-
-
-def _comm(pid: int) -> str:
-    """A process's command name ("" once it has gone)."""
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def _host_pid(root: int, ns_pid: int) -> int | None:

@@ -17,7 +17,8 @@ Modes (``detect()`` picks one at start; ``ATTNKIT_SANDBOX=bwrap|setpriv|none`` f
 
 The kernel side (rlimits, the zygote) is attnkit/kernel/__main__.py; the agent hidden tests reach it through is
 attnkit/kernel/agent.py. One concern per module: detection, limits (cgroups, tmpfs), slots, bwrap, fallback
-(setpriv), warm (the zygote), manager (jupyter_client's manager and client). ``from attnkit import sandbox``
+(setpriv), warm (which zygote a kernel forks from, and when), zygote (one zygote's host side), manager
+(jupyter_client's manager and client). ``from attnkit import sandbox``
 then ``sandbox.NAME`` loads the one module that defines NAME (the Gradescope runner names the sandbox without
 loading jupyter_client); a test that patches a name patches it in that module.
 """
@@ -37,8 +38,8 @@ _MODULES = {  # (no module is named for a name it defines: importing it would sh
                "OOM_SCORE_ADJ",
                "mount_small_tmpfs", "remove_dir", "small_tmpfs_works", "sweep"),
     "fallback": ("SECRET_NAMES", "kill_uid", "protect", "reap_free_slots"),
-    "warm": ("ENV_HANDED", "ENV_WARM", "PRELOAD", "adopt_handed", "ForkedKernel", "launch_ahead", "start_ahead",
-             "warm_enabled", "warm_start", "Zygote", "ZygoteError"),
+    "warm": ("ENV_WARM", "PRELOAD", "adopt_handed", "launch_ahead", "start_ahead", "warm_enabled", "warm_start"),
+    "zygote": ("ENV_HANDED", "ForkedKernel", "Zygote", "ZygoteError"),
     "manager": ("DIAGNOSES_DEFAULT", "KERNEL_DIED", "MAX_MESSAGE", "RCV_QUEUE", "TIMEOUT_NAMES", "CourseKernelClient",
                 "CourseKernelManager", "diagnoses_setting", "run_source"),
 }

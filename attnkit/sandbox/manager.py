@@ -25,8 +25,9 @@ from attnkit.sandbox.fallback import kill_uid
 from attnkit.sandbox.limits import (LIMITS, KernelCgroup, killed_first, memory_cgroups, meter_cgroups,
                                     mount_small_tmpfs, remove_dir)
 from attnkit.sandbox.slots import SandboxUnavailable, claim_slot, uid_slot
-from attnkit.sandbox.warm import (PRELOAD, ForkedKernel, ZygoteError, _zygote_for, drop_early, forget_first, launch_ahead,
-                                  remember_first, start_ahead, take_early, warm_enabled, warm_start)
+from attnkit.sandbox.warm import (PRELOAD, _zygote_for, drop_early, forget_first, launch_ahead, remember_first,
+                                  start_ahead, take_early, warm_enabled, warm_start)
+from attnkit.sandbox.zygote import ForkedKernel, ZygoteError
 
 
 TIMEOUT_NAMES = {"CellTimeoutError", "KeyboardInterrupt"}

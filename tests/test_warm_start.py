@@ -195,12 +195,12 @@ def test_a_forked_kernel_never_collects_what_it_inherited(tmp_path):
 
 
 def _descendants(pid: int) -> list[int]:
-    from attnkit.sandbox.bwrap import _children
+    from attnkit.procs import children
 
     found, todo = [], [pid]
     while todo:
         try:
-            kids = _children(todo.pop())
+            kids = children(todo.pop())
         except OSError:
             continue
         found += kids

@@ -274,6 +274,20 @@ def can_fork() -> bool:
     return hasattr(os, "fork") and threading.active_count() == 1 and switched_on(FORK_ENV)
 
 
+def _get_ready(root: str, assignment: str, take_sandbox) -> None:
+    """What a grading process does before its first student: its own memory limit; the hidden tests' modules
+    (torch: 1-2 s) loading in a thread while it waits for its sandbox and the first cells run, instead of at the
+    first test cell with the kernel idle; its first sandbox, the one ``take_sandbox()`` takes (True) from the batch
+    process, else one started now (its imports overlap this process's start and its first student's wait)."""
+    from attnkit.batch.student import start_ahead
+
+    limit_own_memory(int(os.environ.get(GRADER_MEMORY_ENV, "0") or 0))
+    taken = take_sandbox()  # (before the thread: starting the batch's sandbox here is Python work too)
+    threading.Thread(target=_import_grader, daemon=True).start()
+    if not taken:
+        start_ahead(root, assignment)
+
+
 def grades_in_process(students: int, workers: int, fork: bool) -> bool:
     """Does the batch grade its one student in its own process (IN_PROCESS_ENV, one worker, a process that may
     fork: the command's own, with no other thread)?"""
@@ -284,17 +298,18 @@ def _grade_here(root: str, assignment: str, student: str, env: dict, on_result, 
     """The one student graded in this process, as a grading process would grade it (its environment, its own
     memory limit, its sandbox and slot, torch on one thread, loaded while the first cells run). No retry and no
     per-student limit: the supervisor that asked for this (IN_PROCESS_ENV) keeps both."""
-    from attnkit.batch.student import _safe_grade, start_ahead
+    from attnkit.batch.student import _safe_grade
     from attnkit.sandbox.warm import keep_here
 
     os.environ.update({**env, "ATTNKIT_SANDBOX_SLOT": "0"})
-    limit_own_memory(int(os.environ.get(GRADER_MEMORY_ENV, "0") or 0))
-    zygote = ahead(0) if ahead else None
-    if zygote is not None:
-        keep_here(zygote)
-    threading.Thread(target=_import_grader, daemon=True).start()
-    if zygote is None:
-        start_ahead(root, assignment)
+
+    def take_started():
+        zygote = ahead(0) if ahead else None
+        if zygote is not None:
+            keep_here(zygote)
+        return zygote is not None
+
+    _get_ready(root, assignment, take_started)
     try:
         result = _safe_grade(root, assignment, student, prestart=False)
     except KeyboardInterrupt:
@@ -450,19 +465,9 @@ def main(argv=None) -> int:
     except Exception:
         pass
     out = os.fdopen(int(fd), "w", buffering=1)
-    limit_own_memory(int(os.environ.get(GRADER_MEMORY_ENV, "0") or 0))
-    from attnkit.batch.student import start_ahead
     from attnkit.sandbox.warm import adopt_handed
 
-    # the hidden tests' modules (torch: 1-2 s) load while this process waits for its sandbox and the
-    # first cells run, instead of at the first test cell with the kernel idle (started after the imports
-    # above, so the two threads share few modules to import)
-    threading.Thread(target=_import_grader, daemon=True).start()
-
-    # the first sandbox: the one the batch process started for this process, else one started now
-    # (its imports overlap this process's start and its first line's wait)
-    if not adopt_handed():
-        start_ahead(root, assignment)
+    _get_ready(root, assignment, adopt_handed)
     peaks = os.environ.get("ATTNKIT_PEAK_LOG")  # measurements: this process's peak memory after each student
     for line in sys.stdin:
         student, more = json.loads(line)

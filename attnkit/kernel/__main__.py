@@ -407,9 +407,9 @@ def keeper(fd: int, keep) -> None:
     ctypes.CDLL(None).prctl(4, 0)  # PR_SET_DUMPABLE=0, as the zygote (an exec sets it again)
     sock = socket.socket(fileno=fd)
     reader = sock.makefile("r")
-    pristine = False
+    pristine, keep = False, set(keep)
     for line in reader:
-        reply, pristine = _serve(json.loads(line), set(keep), pristine)
+        reply, pristine = _serve(json.loads(line), keep, pristine)
         sock.sendall((json.dumps(reply) + "\n").encode())
 
 

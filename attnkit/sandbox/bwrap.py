@@ -9,7 +9,7 @@ import tempfile
 from functools import lru_cache
 
 from attnkit.package import kit_dir
-from attnkit.procs import children as _children, comm as _comm  # noqa: F401 (the kernel manager's too)
+from attnkit.procs import children
 from attnkit.sandbox import seccomp
 from attnkit.sandbox.limits import LIMITS, killed_first
 
@@ -138,7 +138,7 @@ def _host_pid(root: int, ns_pid: int) -> int | None:
                 nspid = next((l.split()[1:] for l in f if l.startswith("NSpid:")), [])
             if len(nspid) > 1 and nspid[-1] == str(ns_pid):
                 return pid
-            todo += _children(pid)
+            todo += children(pid)
         except (OSError, ValueError):
             continue
     return None

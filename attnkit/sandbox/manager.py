@@ -18,8 +18,9 @@ from traitlets import Bool, default, DottedObjectName, Integer, List, Unicode
 
 from attnkit.sandbox import seccomp
 from attnkit.sandbox import warm as _ws
-from attnkit.sandbox.bwrap import (KERNEL_MODULES, KIT_DIR, SETPRIV, _children, _comm, _host_pid, _setpriv_args,
-                                   bwrap_argv, python_exe, workdir_files)
+from attnkit.procs import children, comm
+from attnkit.sandbox.bwrap import (KERNEL_MODULES, KIT_DIR, SETPRIV, _host_pid, _setpriv_args, bwrap_argv, python_exe,
+                                   workdir_files)
 from attnkit.sandbox.detection import detect, probe
 from attnkit.sandbox.fallback import kill_uid
 from attnkit.sandbox.limits import (LIMITS, KernelCgroup, killed_first, memory_cgroups, meter_cgroups,
@@ -219,10 +220,10 @@ class CourseKernelManager(AsyncKernelManager):
         proc = getattr(self.provisioner, "process", None)
         if self.mode() != "bwrap" or not isinstance(proc, subprocess.Popen):
             return frozenset()
-        if _comm(proc.pid) != "bwrap":
+        if comm(proc.pid) != "bwrap":
             return frozenset()
         try:
-            return frozenset({proc.pid, *(c for c in _children(proc.pid) if _comm(c) == "bwrap")})
+            return frozenset({proc.pid, *(c for c in children(proc.pid) if comm(c) == "bwrap")})
         except OSError:  # gone: the kernel with it
             return frozenset()
 

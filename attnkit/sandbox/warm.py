@@ -133,7 +133,7 @@ def last_kernel() -> None:
 
 def spawn_is_last() -> bool:
     """Is the kernel about to be forked the scope's last (``last_kernel``)?"""
-    return bool(_warm is not None and _warm.get("last") and not _warm["prestart"])
+    return bool(_warm is not None and _warm.get("last"))
 
 
 def forked_last() -> None:
